@@ -1,0 +1,36 @@
+# make demo | make test — see README.md. Both create .venv when missing and install into it once
+# (again only when pyproject.toml or constraints/cpu.txt change).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+# DeepSpeed cannot detect an accelerator on a CPU-only machine without being told.
+export DS_ACCELERATOR ?= cpu
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: install demo test test-all clean
+
+install: $(STAMP)
+
+# Order matters: torch first (the local CPU build; a bare `torch` pulls GBs of CUDA wheels), then
+# DeepSpeed built against it without isolation, then the package under the same constraints.
+$(STAMP): pyproject.toml constraints/cpu.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q $$(grep -E '^torch==' constraints/cpu.txt)
+	DS_BUILD_OPS=0 $(PY) -m pip install -q --no-build-isolation -c constraints/cpu.txt deepspeed
+	$(PY) -m pip install -q -c constraints/cpu.txt -e ".[dev]"
+	touch $(STAMP)
+
+demo: install
+	$(VENV)/bin/mortgagellm run configs/cpu-demo.yaml
+
+test: install
+	$(PY) -m pytest -m "not gpu and not slow" $(PYTEST_ARGS)
+
+test-all: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,124 @@
+"""Ray runtime: start the embedded local cluster or connect to an existing one, with token auth.
+
+Local clusters bind to 127.0.0.1 and keep Ray 2.60's token auth on, with the token in the run's
+own directory (never ~/.ray), so a laptop run neither joins a stray cluster nor exposes one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mortgagellm.config import RayConfig, ScalingSettings
+
+if TYPE_CHECKING:
+    import ray.train
+
+log = logging.getLogger(__name__)
+LOOPBACK = "127.0.0.1"
+
+
+def logical_cpus(cfg: RayConfig) -> int:
+    """CPUs the embedded cluster advertises: the recipe's number, else 2 x physical, >= 4.
+
+    Ray's CPU count is a scheduling token, not a core: on a 2-core laptop, a 1-worker
+    TorchTrainer holding its CPU left Ray Data no CPU to run on and the job hung. Advertising
+    more logical CPUs lets both schedule, while torch threads still share the real cores.
+    """
+    return cfg.num_cpus or max(4, 2 * (os.cpu_count() or 1))
+
+
+def check_fits(ray_cfg: RayConfig, scaling: ScalingSettings) -> None:
+    """Fail before start-up when Train workers plus Ray Data cannot share the local cluster."""
+    if ray_cfg.address != "local":
+        return
+    need = scaling.num_workers * scaling.cpus_per_worker + ray_cfg.data_cpus
+    have = logical_cpus(ray_cfg)
+    if need > have:
+        raise ValueError(
+            f"{scaling.num_workers} workers x {scaling.cpus_per_worker} CPUs + ray.data_cpus "
+            f"{ray_cfg.data_cpus} = {need} logical CPUs, but the embedded cluster has {have}: "
+            "raise ray.num_cpus or lower pretrain.scaling.cpus_per_worker"
+        )
+
+
+def prepare_token(token_path: Path) -> Path:
+    """Create (once) a 0600 token file and point this process and its children at it."""
+    token_path.parent.mkdir(parents=True, exist_ok=True)
+    if not token_path.exists():
+        fd = os.open(token_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ["RAY_AUTH_TOKEN_PATH"] = str(token_path.absolute())
+    return token_path
+
+
+def init_ray(cfg: RayConfig, run_dir: str | Path) -> dict:
+    """Start or connect to Ray as the recipe says; returns ray.init's context info.
+
+    'local' never attaches to a running cluster (explicit address="local"); 'auto' reads
+    RAY_ADDRESS; any other value is an address. Token auth: on by default, token kept in
+    <run_dir>/ray/auth_token for local clusters; when connecting, RAY_AUTH_TOKEN_PATH or
+    RAY_AUTH_TOKEN must already name the cluster's token.
+    """
+    if cfg.auth == "disabled":
+        os.environ["RAY_AUTH_MODE"] = "disabled"
+    elif cfg.address == "local":
+        prepare_token(Path(run_dir) / "ray" / "auth_token")
+    else:
+        os.environ["RAY_AUTH_MODE"] = "token"
+    if cfg.address == "local":
+        # Read by ray at import: makes every listener use the loopback address instead of the
+        # machine's routable IP (Ray rewrites a plain _node_ip_address="127.0.0.1").
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    import ray
+
+    if ray.is_initialized():
+        raise RuntimeError("Ray is already initialised in this process; call ray.shutdown() first")
+    if cfg.address == "local":
+        return _start_local(cfg)
+    address = os.environ.get("RAY_ADDRESS") if cfg.address == "auto" else cfg.address
+    if not address:
+        raise ValueError("ray.address is 'auto' but RAY_ADDRESS is not set")
+    log.info("connecting to Ray at %s", address)
+    return ray.init(address=address, log_to_driver=True)
+
+
+def _start_local(cfg: RayConfig) -> dict:
+    import ray
+    from ray._private import ray_constants
+
+    if ray_constants.ENABLE_RAY_CLUSTER:
+        raise RuntimeError(
+            "ray was imported before init_ray could pin it to the loopback address; set "
+            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 in the environment or call init_ray first"
+        )
+    context = ray.init(
+        address="local",
+        num_cpus=logical_cpus(cfg),
+        object_store_memory=cfg.object_store_mb * 1024 * 1024,
+        include_dashboard=cfg.include_dashboard,
+        dashboard_host=LOOPBACK,
+        _node_ip_address=LOOPBACK,
+        log_to_driver=True,
+    )
+    log.info("embedded Ray on %s with %d logical CPUs", LOOPBACK, logical_cpus(cfg))
+    return context
+
+
+def scaling_config(scaling: ScalingSettings) -> "ray.train.ScalingConfig":
+    """Ray Train ScalingConfig from the recipe's topology (nodes x workers, placement)."""
+    from ray.train import ScalingConfig
+
+    return ScalingConfig(
+        num_workers=scaling.num_workers,
+        use_gpu=scaling.use_gpu,
+        resources_per_worker={"CPU": scaling.cpus_per_worker}
+        | ({"GPU": 1} if scaling.use_gpu else {}),
+        placement_strategy=scaling.placement_strategy,
+        accelerator_type=scaling.accelerator_type,
+    )

@@ -1,0 +1,137 @@
+"""Model-level helpers shared by stages: the local byte-level BPE tokenizer with a Llama-3 style
+chat template, tiny Llama construction, greedy chat generation, fidelity and perplexity.
+
+torch and transformers are imported inside functions so `mortgagellm --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from mortgagellm.datasets.instructions import Instruction, correct, follows
+
+if TYPE_CHECKING:
+    from transformers import LlamaForCausalLM, PreTrainedTokenizerBase
+
+BOS, EOS, PAD = "<|begin_of_text|>", "<|end_of_text|>", "<|pad|>"
+START_HEADER, END_HEADER, EOT = "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"
+SPECIAL_TOKENS = (BOS, EOS, PAD, START_HEADER, END_HEADER, EOT)
+# Llama-3's layout: a header per turn, the turn ends with <|eot_id|>.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}"
+    "<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n{{ m['content'] }}<|eot_id|>"
+    "{% endfor %}{% if add_generation_prompt %}"
+    "<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int) -> "PreTrainedTokenizerBase":
+    """Byte-level BPE trained in-process (deterministic for the same texts), chat-ready."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD,
+        chat_template=CHAT_TEMPLATE, model_max_length=1 << 30,
+    )
+
+
+def build_llama(shape: dict[str, int], tokenizer: "PreTrainedTokenizerBase", seed: int
+                ) -> "LlamaForCausalLM":
+    """A randomly initialised Llama of the given shape; the same seed gives the same weights."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=shape["hidden_size"],
+        intermediate_size=shape["intermediate_size"], num_hidden_layers=shape["num_layers"],
+        num_attention_heads=shape["num_heads"], num_key_value_heads=shape["num_heads"],
+        max_position_embeddings=shape["max_position_embeddings"], tie_word_embeddings=False,
+        bos_token_id=tokenizer.convert_tokens_to_ids(BOS),
+        eos_token_id=tokenizer.convert_tokens_to_ids(EOS),
+        pad_token_id=tokenizer.convert_tokens_to_ids(PAD),
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config)
+
+
+def stop_token_ids(tokenizer: "PreTrainedTokenizerBase") -> list[int]:
+    """Tokens that end a generated turn: <|eot_id|> and <|end_of_text|>."""
+    return tokenizer.convert_tokens_to_ids([EOT, EOS])
+
+
+def chat_generate(model: Any, tokenizer: "PreTrainedTokenizerBase", prompts: Sequence[str],
+                  max_new_tokens: int = 48, batch_size: int = 16) -> list[tuple[str, bool]]:
+    """Greedy answers to single-turn chat prompts: (text, stopped) per prompt.
+
+    `stopped` is False when the model ran to max_new_tokens without ending its turn.
+    """
+    import torch
+
+    stops = set(stop_token_ids(tokenizer))
+    tokenizer.padding_side = "left"
+    model.eval()
+    results = []
+    for start in range(0, len(prompts), batch_size):
+        chats = [[{"role": "user", "content": p}] for p in prompts[start:start + batch_size]]
+        texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
+                 for c in chats]
+        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        with torch.no_grad():
+            out = model.generate(
+                **batch, max_new_tokens=max_new_tokens, do_sample=False,
+                eos_token_id=sorted(stops), pad_token_id=tokenizer.pad_token_id,
+            )
+        for row in out[:, batch["input_ids"].shape[1]:].tolist():
+            cut = next((i for i, t in enumerate(row) if t in stops), None)
+            ids = row if cut is None else row[:cut]
+            results.append((tokenizer.decode(ids, skip_special_tokens=True), cut is not None))
+    return results
+
+
+def fidelity(model: Any, tokenizer: "PreTrainedTokenizerBase",
+             instructions: Sequence[Instruction]) -> dict[str, Any]:
+    """Share of instructions whose answer obeys the asked format and ends its turn.
+
+    Also reports exact-answer accuracy and per-format fidelity; examples keep three outputs.
+    """
+    outputs = chat_generate(model, tokenizer, [i.prompt for i in instructions])
+    ok = [stopped and follows(i, text) for i, (text, stopped) in zip(instructions, outputs)]
+    by_format: dict[str, list[bool]] = {}
+    for instruction, good in zip(instructions, ok):
+        by_format.setdefault(instruction.format, []).append(good)
+    return {
+        "fidelity": sum(ok) / len(ok),
+        "accuracy": sum(correct(i, t) for i, (t, _) in zip(instructions, outputs)) / len(ok),
+        "by_format": {f: sum(v) / len(v) for f, v in sorted(by_format.items())},
+        "n": len(ok),
+        "examples": [{"prompt": i.prompt, "output": t} for i, (t, _) in
+                     zip(instructions[:3], outputs[:3])],
+    }
+
+
+def perplexity(model: Any, tokenizer: "PreTrainedTokenizerBase", texts: Sequence[str],
+               max_len: int = 256) -> float:
+    """Token-level perplexity of plain documents (each as BOS + text + EOS)."""
+    import torch
+
+    model.eval()
+    total_nll, total_tokens = 0.0, 0
+    with torch.no_grad():
+        for text in texts:
+            ids = tokenizer(BOS + text + EOS, add_special_tokens=False,
+                            return_tensors="pt")["input_ids"][:, :max_len]
+            loss = model(input_ids=ids, labels=ids).loss
+            total_nll += loss.item() * (ids.shape[1] - 1)
+            total_tokens += ids.shape[1] - 1
+    return math.exp(total_nll / total_tokens)

@@ -1,0 +1,89 @@
+"""Recipe loading: both shipped recipes validate; bad recipes fail naming the key and the file."""
+
+from pathlib import Path
+
+import pytest
+
+from mortgagellm.config import ConfigError, load_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
+def test_every_shipped_recipe_loads_and_starts_with_its_command(name):
+    path = ROOT / "configs" / name
+    recipe = load_recipe(path)
+    assert recipe.run.output_dir
+    lines = path.read_text().splitlines()
+    command = " ".join(lines[:2])  # the command may continue on the second line
+    assert lines[0].startswith("# Run:")
+    assert "mortgagellm run" in command and f"configs/{name}" in command
+
+
+def test_production_recipe_is_4_nodes_of_8_a100_zero3_bf16():
+    recipe = load_recipe(ROOT / "configs/llama3-8b-a100.yaml")
+    assert recipe.pretrain.scaling.num_workers == 32
+    assert recipe.pretrain.deepspeed.zero_stage == 3
+    assert recipe.pretrain.deepspeed.precision == "bf16"
+    assert recipe.bootstrap.base_model.endswith("Meta-Llama-3.1-8B")
+
+
+def test_dotted_overrides_are_typed_from_yaml(tmp_path):
+    recipe = load_recipe(ROOT / "configs/cpu-demo.yaml",
+                         ["pretrain.deepspeed.lr=3e-4", "bootstrap.preset=tiny",
+                          "bootstrap.shape.hidden_size=32", "ray.include_dashboard=true"])
+    assert recipe.pretrain.deepspeed.lr == pytest.approx(3e-4)
+    assert recipe.bootstrap.preset == "tiny"
+    assert recipe.bootstrap.shape.hidden_size == 32
+    assert recipe.ray.include_dashboard is True
+
+
+def write(tmp_path, text):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_unknown_key_is_named_with_the_file_and_known_keys(tmp_path):
+    path = write(tmp_path, "pretrain:\n  deepspeed:\n    zero_stag: 2\n")
+    with pytest.raises(ConfigError) as err:
+        load_recipe(path)
+    message = str(err.value)
+    assert str(path) in message
+    assert "pretrain.deepspeed.zero_stag: unknown key" in message
+    assert "zero_stage" in message  # the known keys are listed
+
+
+def test_bad_values_are_named(tmp_path):
+    path = write(tmp_path, "pretrain:\n  deepspeed:\n    zero_stage: 5\nbootstrap:\n  lr: -1\n")
+    with pytest.raises(ConfigError) as err:
+        load_recipe(path)
+    assert "pretrain.deepspeed.zero_stage" in str(err.value) and "got 5" in str(err.value)
+    assert "bootstrap.lr" in str(err.value)
+
+
+def test_unknown_override_is_rejected():
+    with pytest.raises(ConfigError, match="bootstrap.presett: unknown key"):
+        load_recipe(ROOT / "configs/cpu-demo.yaml", ["bootstrap.presett=tiny"])
+
+
+def test_override_into_a_scalar_is_rejected():
+    with pytest.raises(ConfigError, match="run.seed is not a section"):
+        load_recipe(ROOT / "configs/cpu-demo.yaml", ["run.seed.x=1"])
+
+
+@pytest.mark.parametrize("text,match", [
+    ("pretrain:\n  deepspeed:\n    offload_params: true\n    zero_stage: 2\n",
+     "offload_params needs zero_stage 3"),
+    ("bootstrap:\n  base_model: /models/base\n", "set both base_model and instruct_model"),
+    ("- a\n- b\n", "a recipe is a mapping"),
+    ("run: [unclosed\n", "not valid YAML"),
+])
+def test_inconsistent_recipes_are_rejected(tmp_path, text, match):
+    with pytest.raises(ConfigError, match=match):
+        load_recipe(write(tmp_path, text))
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match="recipe file not found"):
+        load_recipe(tmp_path / "nope.yaml")
