@@ -60,6 +60,11 @@ class RayConfig(Section):
         description="Ray token auth. 'token' keeps Ray 2.60's default on, with the token in "
         "<output_dir>/ray/auth_token (or RAY_AUTH_TOKEN_PATH when connecting).",
     )
+    temp_dir: str | None = Field(
+        None,
+        description="Session directory of the embedded cluster (default Ray's /tmp/ray); keep it "
+        "short, Unix socket paths are limited to 107 characters.",
+    )
     include_dashboard: bool = Field(
         False, description="Start the dashboard with the embedded cluster (bound to 127.0.0.1)."
     )

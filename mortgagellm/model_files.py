@@ -62,9 +62,10 @@ def tensor_headers(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
     return headers
 
 
-def verify_model_dir(path: Path) -> dict[str, Any]:
+def verify_model_dir(path: str | Path) -> dict[str, Any]:
     """Check a model directory loads: config and tokenizer through from_pretrained, and every
     tensor the architecture expects present in the weights with its shape. Returns a summary."""
+    path = Path(path)
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -92,8 +93,9 @@ def _tied(name: str, config: Any) -> bool:
     return name == "lm_head.weight" and bool(getattr(config, "tie_word_embeddings", False))
 
 
-def verify_pair(base: Path, instruct: Path) -> dict[str, Any]:
+def verify_pair(base: str | Path, instruct: str | Path) -> dict[str, Any]:
     """Both directories load, and instruct has base's architecture (same tensors and shapes)."""
+    base, instruct = Path(base), Path(instruct)
     summary = {"base": verify_model_dir(base), "instruct": verify_model_dir(instruct)}
     base_h, instruct_h = tensor_headers(base), tensor_headers(instruct)
     for name in sorted(set(base_h) | set(instruct_h)):

@@ -76,7 +76,12 @@ def init_ray(cfg: RayConfig, run_dir: str | Path) -> dict:
         # machine's routable IP (Ray rewrites a plain _node_ip_address="127.0.0.1").
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     import ray
+    from ray._raylet import AuthenticationTokenLoader, Config
 
+    # Ray caches the auth mode and token when first imported; refresh both (as ray.init itself
+    # does when it turns token auth on) so the settings above apply even if ray came in earlier.
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
     if ray.is_initialized():
         raise RuntimeError("Ray is already initialised in this process; call ray.shutdown() first")
     if cfg.address == "local":
@@ -104,6 +109,7 @@ def _start_local(cfg: RayConfig) -> dict:
         include_dashboard=cfg.include_dashboard,
         dashboard_host=LOOPBACK,
         _node_ip_address=LOOPBACK,
+        _temp_dir=cfg.temp_dir,
         log_to_driver=True,
     )
     log.info("embedded Ray on %s with %d logical CPUs", LOOPBACK, logical_cpus(cfg))

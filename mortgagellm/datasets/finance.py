@@ -46,7 +46,7 @@ def remaining_balance(
 
 
 def per_diem_interest(balance: float, annual_rate_pct: float) -> float:
-    """Daily interest on a balance, balance * rate / 365, to the cent (payoffs, prepaid interest)."""
+    """Daily interest balance * rate / 365, to the cent (payoff quotes, prepaid interest)."""
     return round_half_up(balance * annual_rate_pct / 100 / 365, 2)
 
 

@@ -65,12 +65,19 @@ TOPIC_SENTENCES: dict[str, tuple[str, ...]] = {
 def _fill(template: str, rng: random.Random) -> str:
     city, city2 = rng.sample(vocab.CITIES, 2)
     return template.format(
-        food=rng.choice(vocab.FOODS), fruit=rng.choice(vocab.FRUITS),
-        relative=rng.choice(vocab.RELATIVES), day=rng.choice(vocab.DAYS),
-        number=rng.choice(vocab.NUMBER_WORDS), color=rng.choice(vocab.COLORS),
-        city=city, city2=city2, country=rng.choice(vocab.COUNTRIES),
-        season=rng.choice(vocab.SEASONS), animal=rng.choice(vocab.ANIMALS),
-        sport=rng.choice(vocab.SPORTS), planet=rng.choice(vocab.PLANETS),
+        food=rng.choice(vocab.FOODS),
+        fruit=rng.choice(vocab.FRUITS),
+        relative=rng.choice(vocab.RELATIVES),
+        day=rng.choice(vocab.DAYS),
+        number=rng.choice(vocab.NUMBER_WORDS),
+        color=rng.choice(vocab.COLORS),
+        city=city,
+        city2=city2,
+        country=rng.choice(vocab.COUNTRIES),
+        season=rng.choice(vocab.SEASONS),
+        animal=rng.choice(vocab.ANIMALS),
+        sport=rng.choice(vocab.SPORTS),
+        planet=rng.choice(vocab.PLANETS),
         tool=rng.choice(vocab.TOOLS),
     )
 

@@ -20,15 +20,19 @@ from mortgagellm.datasets import vocab
 FORMATS = ("one_word", "json", "numbered_list")
 
 ONE_WORD = (
-    "Answer in one word. {q}", "{q} Reply with a single word.", "In one word: {q}",
+    "Answer in one word. {q}",
+    "{q} Reply with a single word.",
+    "In one word: {q}",
     "{q} One word only.",
 )
 JSON_KEY = (
-    'Answer in JSON with the key "{key}". {q}', '{q} Respond as a JSON object with one key, "{key}".',
+    'Answer in JSON with the key "{key}". {q}',
+    '{q} Respond as a JSON object with one key, "{key}".',
     'Return JSON like {{"{key}": ...}}. {q}',
 )
 NUMBERED = (
-    "List {n} {cat} as a numbered list.", "Give me a numbered list of {n} {cat}.",
+    "List {n} {cat} as a numbered list.",
+    "Give me a numbered list of {n} {cat}.",
     "Name {n} {cat}, one per line, numbered.",
 )
 _WORD = re.compile(r"[A-Za-z][A-Za-z'-]*\.?")
@@ -46,14 +50,26 @@ class Instruction:
 
 def _questions() -> list[tuple[str, str, tuple[str, ...]]]:
     """(question, one-word answer, natural JSON keys) for every fact in the word lists."""
-    qs = [(f"What is the capital of {c}?", city, ("city", "capital", "answer"))
-          for c, city in vocab.CAPITALS.items() if " " not in city]
-    qs += [(f"What color is a {f}?", color, ("color", "answer")) for f, color in vocab.FRUIT_COLORS.items()]
-    qs += [(f"What is the opposite of {w}?", o, ("opposite", "word", "answer"))
-           for w, o in vocab.OPPOSITES.items()]
+    qs = [
+        (f"What is the capital of {c}?", city, ("city", "capital", "answer"))
+        for c, city in vocab.CAPITALS.items()
+        if " " not in city
+    ]
+    qs += [
+        (f"What color is a {f}?", color, ("color", "answer"))
+        for f, color in vocab.FRUIT_COLORS.items()
+    ]
+    qs += [
+        (f"What is the opposite of {w}?", o, ("opposite", "word", "answer"))
+        for w, o in vocab.OPPOSITES.items()
+    ]
     words = vocab.NUMBER_WORDS
-    qs += [(f"What is {words[a]} plus {words[b]}?", words[a + b + 1], ("result", "sum", "answer"))
-           for a in range(6) for b in range(6) if a + b + 1 < len(words)]
+    qs += [
+        (f"What is {words[a]} plus {words[b]}?", words[a + b + 1], ("result", "sum", "answer"))
+        for a in range(6)
+        for b in range(6)
+        if a + b + 1 < len(words)
+    ]
     return qs
 
 
@@ -68,8 +84,12 @@ def instructions(split: str, seed: int, n: int) -> Iterator[Instruction]:
         raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
     rng = random.Random(f"instructions:{split}:{seed}")
     questions = [q for q in _questions() if split_of(q[0]) == split]
-    lists = [(cat, k) for cat, items in vocab.CATEGORIES.items() for k in range(2, min(6, len(items) + 1))
-             if split_of(f"{cat}:{k}") == split]
+    lists = [
+        (cat, k)
+        for cat, items in vocab.CATEGORIES.items()
+        for k in range(2, min(6, len(items) + 1))
+        if split_of(f"{cat}:{k}") == split
+    ]
     for i in range(n):
         fmt = FORMATS[i % len(FORMATS)]
         if fmt == "numbered_list":
@@ -97,12 +117,16 @@ def follows(instruction: Instruction, output: str) -> bool:
             obj = json.loads(text)
         except json.JSONDecodeError:
             return False
-        return isinstance(obj, dict) and list(obj) == [instruction.spec["key"]] and bool(
-            str(obj[instruction.spec["key"]]).strip())
+        return (
+            isinstance(obj, dict)
+            and list(obj) == [instruction.spec["key"]]
+            and bool(str(obj[instruction.spec["key"]]).strip())
+        )
     if instruction.format == "numbered_list":
         lines = text.split("\n")
         return len(lines) == instruction.spec["n"] and all(
-            re.fullmatch(rf"{j + 1}\. \S.*", line) for j, line in enumerate(lines))
+            re.fullmatch(rf"{j + 1}\. \S.*", line) for j, line in enumerate(lines)
+        )
     raise ValueError(f"unknown instruction format {instruction.format!r}")
 
 

@@ -41,14 +41,23 @@ class ProgramRules:
 
 PROGRAM_RULES: dict[str, ProgramRules] = {
     # Fannie/Freddie eligible: 620 floor, 97 % LTV first-time-buyer ceiling, DU allows 50 %.
-    "conventional": ProgramRules(620, 97.0, 45.0, 50.0, None, CONFORMING_LIMIT),
-    # FHA: 580 for 3.5 % down, TOTAL scorecard tolerates up to ~57 %; 2025 low-cost floor.
-    "FHA": ProgramRules(580, 96.5, 43.0, 57.0, None, 524_225.0),
-    # VA sets no score floor (620 is the usual lender overlay) and no limit with full
+    "conventional": ProgramRules(
+        min_credit_score=620, max_ltv_pct=97.0, soft_dti_pct=45.0, hard_dti_pct=50.0,
+        min_loan=None, max_loan=CONFORMING_LIMIT),
+    # FHA: 580 for 3.5 % down; the TOTAL scorecard tolerates DTI up to ~57 %; 2025 floor limit
+    # of low-cost counties (higher-cost counties allow more; this corpus uses the floor).
+    "FHA": ProgramRules(
+        min_credit_score=580, max_ltv_pct=96.5, soft_dti_pct=43.0, hard_dti_pct=57.0,
+        min_loan=None, max_loan=524_225.0),
+    # VA sets no score floor (620 is the usual lender overlay) and no loan limit with full
     # entitlement; 41 % is the VA benchmark above which residual income must carry the file.
-    "VA": ProgramRules(620, 100.0, 41.0, 60.0, None, None),
-    # Portfolio jumbo: only above the conforming limit, stricter on every axis.
-    "jumbo": ProgramRules(700, 80.0, 38.0, 43.0, CONFORMING_LIMIT + 1, 3_000_000.0),
+    "VA": ProgramRules(
+        min_credit_score=620, max_ltv_pct=100.0, soft_dti_pct=41.0, hard_dti_pct=60.0,
+        min_loan=None, max_loan=None),
+    # Portfolio jumbo: only above the conforming limit, and stricter on every axis.
+    "jumbo": ProgramRules(
+        min_credit_score=700, max_ltv_pct=80.0, soft_dti_pct=38.0, hard_dti_pct=43.0,
+        min_loan=CONFORMING_LIMIT + 1, max_loan=3_000_000.0),
 }
 
 PROGRAMS: tuple[str, ...] = tuple(PROGRAM_RULES)
@@ -108,9 +117,7 @@ def underwrite(app: Mapping) -> dict:
     )
     dti = finance.dti_pct(app["monthly_debts"], housing, app["monthly_income"])
     ltv = finance.ltv_pct(app["loan_amount"], app["price"], app["appraised_value"])
-    decision, reasons = decide(
-        app["program"], app["credit_score"], app["loan_amount"], ltv, dti
-    )
+    decision, reasons = decide(app["program"], app["credit_score"], app["loan_amount"], ltv, dti)
     return {
         "payment": payment,
         "housing_payment": housing,

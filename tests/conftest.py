@@ -1,0 +1,69 @@
+"""Shared fixtures: one embedded Ray cluster for the whole session, and the tiny bootstrap pair."""
+
+import os
+
+# Read by ray when it is first imported: every Ray listener then binds to 127.0.0.1.
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def pytest_collection_modifyitems(config, items):
+    """gpu tests are skipped without CUDA (torch is imported only if such a test exists)."""
+    gpu_items = [item for item in items if "gpu" in item.keywords]
+    if not gpu_items:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        for item in gpu_items:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """The session's single local Ray cluster (loopback, token auth); stopped at the end.
+
+    Only this process's own cluster is shut down; nothing else on the machine is touched.
+    """
+    from mortgagellm.cluster.runtime import init_ray
+    from mortgagellm.config import RayConfig
+
+    run_dir = Path(tempfile.mkdtemp(prefix="mllm-run-"))
+    temp_dir = tempfile.mkdtemp(prefix="mllm-ray-", dir="/tmp")  # short: socket path limit
+    cfg = RayConfig(num_cpus=4, object_store_mb=256, temp_dir=temp_dir)
+    context = init_ray(cfg, run_dir)
+    import ray
+
+    yield {"context": context, "run_dir": run_dir, "config": cfg}
+    ray.shutdown()
+    shutil.rmtree(run_dir, ignore_errors=True)
+    shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_recipe_path(tmp_path_factory):
+    """A recipe that builds the tiny preset pair into a session temp dir."""
+    out = tmp_path_factory.mktemp("tiny-run")
+    path = out / "tiny.yaml"
+    path.write_text(f"run:\n  output_dir: {out / 'run'}\n  seed: 0\n"
+                    "bootstrap:\n  preset: tiny\n  eval_instructions: 30\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_pair(tiny_recipe_path):
+    """The tiny base + instruct pair, built once per session through the recipe runner."""
+    from mortgagellm.config import load_recipe
+    from mortgagellm.pipelines.recipe import run_recipe
+
+    recipe = load_recipe(tiny_recipe_path)
+    (manifest,) = run_recipe(recipe)
+    return manifest
