@@ -177,13 +177,195 @@ class DeepSpeedSettings(Section):
         return self
 
 
-class PretrainConfig(Section):
-    """Domain-adaptive pretraining (DAPT): topology and DeepSpeed settings."""
+class LoraSettings(Section):
+    """LoRA adapters (peft); the trained adapter is merged into the exported model."""
 
+    r: int = Field(16, ge=1, description="Adapter rank.")
+    alpha: int = Field(32, ge=1, description="Scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.1, ge=0, lt=1, description="Dropout on the adapter input.")
+    target_modules: list[str] = Field(
+        ["q_proj", "v_proj"], min_length=1, description="Module names that get adapters."
+    )
+
+
+class PretrainConfig(Section):
+    """Domain-adaptive pretraining (DAPT) of the base model on the packed corpus shards."""
+
+    method: Literal["full", "lora"] = Field(
+        "full", description="Train every parameter, or LoRA adapters merged at export."
+    )
+    lora: LoraSettings = Field(default_factory=LoraSettings, description="Used when method=lora.")
+    max_steps: int = Field(200, ge=1, description="Optimizer steps.")
+    warmup_steps: int = Field(10, ge=0, description="Linear warmup steps before cosine decay.")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Final LR as a share of peak.")
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in backward (saves memory, costs ~30 % time)."
+    )
+    checkpoint_every: int = Field(50, ge=1, description="Steps between DeepSpeed checkpoints.")
+    keep_checkpoints: int = Field(2, ge=1, description="Most recent checkpoints kept.")
+    log_every: int = Field(10, ge=1, description="Steps between progress lines and metrics.")
+    max_failures: int = Field(
+        1, ge=0, description="Worker-group restarts (from the last checkpoint) before failing."
+    )
+    peak_tflops: float | None = Field(
+        None,
+        gt=0,
+        description="Per-device peak TFLOP/s for MFU (e.g. 312 for A100 bf16, 989 for H100). "
+        "Unset on CPU: MFU is then not reported.",
+    )
+    eval_docs: int = Field(
+        50, ge=1, description="Held-out mortgage documents for domain perplexity before/after."
+    )
     scaling: ScalingSettings = Field(default_factory=ScalingSettings, description="Topology.")
     deepspeed: DeepSpeedSettings = Field(
         default_factory=DeepSpeedSettings, description="ZeRO, precision, batch and optimizer."
     )
+
+    @model_validator(mode="after")
+    def _warmup_within_steps(self) -> "PretrainConfig":
+        if self.warmup_steps >= self.max_steps:
+            raise ValueError(
+                f"warmup_steps {self.warmup_steps} must be below max_steps {self.max_steps}"
+            )
+        return self
+
+
+class TaskSetsConfig(Section):
+    """Sizes of the task and eval sets built from the synthetic generator (datasets/tasks.py).
+
+    Seeds come from run.seed: each training set has its own purpose stream and every eval set
+    its own shard of the 'eval' stream. Defaults suit the 2-core cpu-demo (about 5,900 records,
+    built in seconds).
+    """
+
+    sft_per_task: int = Field(
+        360,
+        ge=1,
+        description="Structured-expert training records per task (decision, doc_kind, intent, "
+        "summary), spread evenly over the task's labels (summary: over document kinds).",
+    )
+    dpo_pairs: int = Field(
+        1000, ge=1, description="Conversational-expert training preference pairs."
+    )
+    routing_requests: int = Field(
+        2000,
+        ge=2,
+        description="Router training requests, half structured, half conversational; with 2000 a "
+        "character n-gram logistic regression on the request's first and last 160 characters "
+        "scored 99-99.5 % on eval_routing.",
+    )
+    eval_per_task: int = Field(
+        135,
+        ge=1,
+        description="Held-out records per classification task and for summarisation, spread "
+        "evenly over labels (135 = 45 per decision, 27 per intent, 15 per document kind).",
+    )
+    eval_qa_pairs: int = Field(
+        300, ge=1, description="Held-out QA pairs (reference answer + rejected answer)."
+    )
+    eval_routing: int = Field(
+        600,
+        ge=2,
+        description="Held-out routing requests; 600 resolves the router's 98 % floor to 1/6 %.",
+    )
+    ambiguous_fraction: float = Field(
+        0.15,
+        ge=0,
+        le=0.5,
+        description="Share of routing requests (train and eval) that are deliberately ambiguous.",
+    )
+    max_doc_chars: int = Field(
+        1500,
+        ge=400,
+        description="Documents longer than this are left out of every set, so a prompt fits a "
+        "small model's context (~600 tokens at 2.5 characters per token); every document kind "
+        "still occurs. Raise it for models with a longer context.",
+    )
+
+
+class CorpusConfig(Section):
+    """The corpus stage: sources, cleaning, dedupe, tokenisation and packing into shards."""
+
+    tasks: TaskSetsConfig = Field(
+        default_factory=TaskSetsConfig, description="SFT, DPO, routing and eval set sizes."
+    )
+    synthetic_docs: int = Field(
+        5000, ge=0, description="Generated mortgage documents (the run's 'corpus' seed stream)."
+    )
+    synthetic_shards: int = Field(
+        8, ge=1, description="Generator shards, read in parallel; each is byte-identical for the "
+        "same seed and shard index."
+    )
+    synthetic_noise: bool = Field(
+        True, description="Plant the generator's noise: duplicates, mojibake, HTML, empty and "
+        "oversized records."
+    )
+    regulations: list[str] = Field(
+        default_factory=list, description="RegML files or directories (local path or s3:// URI), "
+        "e.g. ../shared/corpora/cfpb-regulations."
+    )
+    user_corpora: list[str] = Field(
+        default_factory=list, description="User corpora: files or directories (local path or "
+        "s3:// URI) of .jsonl/.json/.ndjson, .parquet or .txt/.md files (one document per file)."
+    )
+    text_field: str = Field("text", description="Text field of JSONL records and Parquet rows.")
+    id_field: str = Field(
+        "id", description="Document id field of user records (a record without one gets "
+        "file:line)."
+    )
+    mixture: dict[Literal["synthetic", "regulations", "user"], float] = Field(
+        default_factory=lambda: {"synthetic": 1.0, "regulations": 1.0, "user": 1.0},
+        description="Uses of each kept document, per source: 2.0 = twice, 0.5 = half of them "
+        "(chosen by hash), 0 = none. Sources left out keep 1.0.",
+    )
+    max_doc_chars: int = Field(
+        100_000, ge=100, description="Longer records are quarantined as oversized."
+    )
+    max_reject_fraction: float = Field(
+        0.05, ge=0, le=1, description="The stage fails when more than this share of records is "
+        "malformed (quarantined); the error names the sources with the most rejects."
+    )
+    min_words: int = Field(10, ge=0, description="Quality: fewer words is 'too_short'.")
+    max_symbol_fraction: float = Field(
+        0.65, gt=0, le=1, description="Quality: a larger share of visible characters that are "
+        "neither letters nor digits is 'symbols' (loan forms with dot leaders reach 0.52)."
+    )
+    max_repeated_line_fraction: float = Field(
+        0.5, gt=0, le=1, description="Quality: a larger share of lines repeating an earlier "
+        "line is 'repetitive'."
+    )
+    shingle_tokens: int = Field(
+        5, ge=1, description="Near dedupe: tokens per shingle of the MinHash signature."
+    )
+    minhash_bands: int = Field(16, ge=1, description="Near dedupe: LSH bands.")
+    minhash_rows: int = Field(
+        8, ge=1, description="Near dedupe: MinHash values per band; bands x rows permutations. "
+        "16 x 8 flags pairs from about 0.7 Jaccard similarity of shingles."
+    )
+    seq_len: int = Field(
+        512, ge=16, description="Tokens per packed row; at most the base model's "
+        "max_position_embeddings."
+    )
+    batch_docs: int = Field(
+        1000, ge=10, description="Documents per Ray Data batch; also the packing window, so "
+        "only the last row of every batch_docs documents is padded."
+    )
+    rows_per_shard: int = Field(
+        8192, ge=1, description="Packed rows per output Parquet shard (the last may have fewer)."
+    )
+
+    @model_validator(mode="after")
+    def _mixture_complete(self) -> "CorpusConfig":
+        if any(w < 0 for w in self.mixture.values()):
+            raise ValueError(f"mixture weights must be >= 0 (got {self.mixture})")
+        full = {"synthetic": 1.0, "regulations": 1.0, "user": 1.0} | self.mixture
+        if full != self.mixture:
+            object.__setattr__(self, "mixture", full)
+        return self
+
+
+class ResidualConfig(Section):
+    """Residual instruction transfer: theta_dapt + lambda * (theta_instruct - theta_base)."""
 
 
 class Recipe(Section):
@@ -194,8 +376,14 @@ class Recipe(Section):
     bootstrap: BootstrapConfig = Field(
         default_factory=BootstrapConfig, description="Starting base + instruct models."
     )
+    corpus: CorpusConfig = Field(
+        default_factory=CorpusConfig, description="Mortgage corpus to packed token shards."
+    )
     pretrain: PretrainConfig = Field(
         default_factory=PretrainConfig, description="DAPT training settings."
+    )
+    residual: ResidualConfig = Field(
+        default_factory=ResidualConfig, description="Instruction residual merge and its gate."
     )
 
 

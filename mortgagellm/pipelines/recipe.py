@@ -25,6 +25,17 @@ def stage_dir(recipe: Recipe, stage: str) -> Path:
     return Path(recipe.run.output_dir) / stage
 
 
+def require_manifest(recipe: Recipe, stage: str) -> Manifest:
+    """The manifest an earlier stage left, or an error saying which stage to run."""
+    from mortgagellm import manifest
+
+    found = manifest.read(str(stage_dir(recipe, stage)))
+    if found is None:
+        raise FileNotFoundError(
+            f"no {stage} output in {stage_dir(recipe, stage)}; run `mortgagellm {stage}` first")
+    return found
+
+
 def select(first: str | None = None, last: str | None = None) -> tuple[str, ...]:
     """The stages from `first` to `last` inclusive, in flow order."""
     for name in (first, last):

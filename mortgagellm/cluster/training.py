@@ -1,0 +1,168 @@
+"""Where a training loop runs: under Ray Train (TorchTrainer, one DeepSpeed rank per worker) or in
+one plain process (for GPU machines without Ray). The loop sees only a `Session`.
+
+A Session gives the loop its rank, its rows of the packed dataset in a fixed order from any row
+position, the latest checkpoint to resume from, and `report(metrics, checkpoint_dir)`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from mortgagellm.cluster.runtime import scaling_config
+from mortgagellm.config import ScalingSettings
+
+
+def rank_rows(shards: list[str], rank: int, world: int, start: int) -> Iterator[dict]:
+    """This rank's rows, in a fixed order, from its `start`-th row on.
+
+    Rows are dealt round-robin (global row i goes to rank i % world), so every rank sees the same
+    number of rows +-1 and a resumed run continues at exactly the next row. Whole row groups
+    before `start` are skipped without being decoded.
+    """
+    seen = 0  # rows of this rank passed so far
+    global_row = 0
+    for shard in shards:
+        file = pq.ParquetFile(shard)
+        for g in range(file.num_row_groups):
+            n = file.metadata.row_group(g).num_rows
+            mine = len(range((rank - global_row) % world, n, world))
+            if seen + mine <= start:
+                seen, global_row = seen + mine, global_row + n
+                continue
+            table = file.read_row_group(g)
+            for i in range((rank - global_row) % world, n, world):
+                if seen >= start:
+                    yield {name: table.column(name)[i].as_py() for name in table.column_names}
+                seen += 1
+            global_row += n
+
+
+def init_single_process(use_gpu: bool) -> None:
+    """A one-rank process group on loopback, as DeepSpeed expects one, when not under Ray."""
+    import socket
+
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return
+    # DeepSpeed checks the variables a launcher would set.
+    os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1"})
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group("nccl" if use_gpu else "gloo", init_method=f"tcp://127.0.0.1:{port}",
+                            rank=0, world_size=1)
+
+
+@dataclass
+class LocalSession:
+    """One process, no Ray: checkpoints are directories under `checkpoint_root`."""
+
+    shards: list[str]
+    checkpoint_root: Path
+    keep: int = 2
+    rank: int = 0
+    world_size: int = 1
+
+    def rows(self, start: int) -> Iterator[dict]:
+        """This process's rows from position `start`."""
+        return rank_rows(self.shards, self.rank, self.world_size, start)
+
+    def latest_checkpoint(self) -> Path | None:
+        """The newest complete checkpoint directory, if any."""
+        done = sorted(self.checkpoint_root.glob("step_*/COMPLETE"))
+        return done[-1].parent if done else None
+
+    def report(self, metrics: dict, checkpoint_dir: Path | None = None) -> None:
+        """Keep the checkpoint (marked complete) and drop all but the newest `keep`."""
+        if checkpoint_dir is None:
+            return
+        (checkpoint_dir / "COMPLETE").write_text(str(metrics.get("step", "")))
+        for old in sorted(self.checkpoint_root.glob("step_*"))[: -self.keep]:
+            shutil.rmtree(old)
+
+    def new_checkpoint_dir(self, step: int) -> Path:
+        """Where the checkpoint of `step` is written."""
+        path = self.checkpoint_root / f"step_{step:08d}"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+class RaySession:
+    """Inside a Ray Train worker: rank from the train context, checkpoints through report()."""
+
+    def __init__(self, shards: list[str], scratch: str) -> None:
+        import ray.train
+
+        context = ray.train.get_context()
+        self.rank = context.get_world_rank()
+        self.world_size = context.get_world_size()
+        self.shards = shards
+        self.scratch = Path(scratch)
+        self._restored: Path | None = None
+
+    def rows(self, start: int) -> Iterator[dict]:
+        """This rank's rows from position `start`."""
+        return rank_rows(self.shards, self.rank, self.world_size, start)
+
+    def latest_checkpoint(self) -> Path | None:
+        """Ray's latest reported checkpoint, copied to local scratch (all ranks' files)."""
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            return None
+        target = self.scratch / f"restore-rank{self.rank}"
+        shutil.rmtree(target, ignore_errors=True)
+        return Path(checkpoint.to_directory(str(target)))
+
+    def new_checkpoint_dir(self, step: int) -> Path:
+        """A fresh local directory for this rank's part of the checkpoint of `step`."""
+        path = self.scratch / f"ckpt-rank{self.rank}-step{step:08d}"
+        shutil.rmtree(path, ignore_errors=True)
+        path.mkdir(parents=True)
+        return path
+
+    def report(self, metrics: dict, checkpoint_dir: Path | None = None) -> None:
+        """Report metrics; with a checkpoint, every rank uploads its files into one checkpoint."""
+        import ray.train
+
+        if checkpoint_dir is None:
+            ray.train.report(metrics)
+            return
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(checkpoint_dir))
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+
+
+def run_on_ray(train_fn: Callable[[dict, Any], Any], config: dict, scaling: ScalingSettings,
+               storage: str, name: str, max_failures: int, keep: int) -> Any:
+    """Run `train_fn(config, RaySession)` on a TorchTrainer; returns Ray's Result.
+
+    Re-running with the same storage and name resumes from the latest checkpoint there (a
+    stopped job relaunched continues instead of starting over).
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    def worker(cfg: dict) -> None:
+        train_fn(cfg, RaySession(cfg["shards"], cfg["scratch"]))
+
+    run_config = RunConfig(
+        storage_path=os.path.abspath(storage), name=name,
+        failure_config=FailureConfig(max_failures=max_failures),
+        checkpoint_config=CheckpointConfig(num_to_keep=keep),
+    )
+    trainer = TorchTrainer(
+        worker, train_loop_config=config, scaling_config=scaling_config(scaling),
+        torch_config=TorchConfig(backend="nccl" if scaling.use_gpu else "gloo"),
+        run_config=run_config,
+    )
+    return trainer.fit()

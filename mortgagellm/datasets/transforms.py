@@ -1,0 +1,205 @@
+"""The corpus stage's per-batch transforms: validate, normalise, quality flags, tokenize, mix, pack.
+
+Each is a plain `f(batch: dict, ...) -> dict` over columns (lists or numpy arrays), the shape Ray
+Data's map_batches passes; none imports Ray, so each is tested on hand-made batches. A rejected
+document keeps its row with `reject` set (and its text dropped), so every input is accounted for
+until the stage writes it to the shards, the quarantine or the duplicate list.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import unicodedata
+from typing import Any
+
+import numpy as np
+
+# --- validate --------------------------------------------------------------------------------
+
+SNIPPET_CHARS = 300
+"""How much of a rejected record the quarantine keeps (after PII redaction)."""
+
+
+def validate(batch: dict, max_chars: int) -> dict:
+    """Reject empty and oversized texts; rows a reader already rejected keep their reason."""
+    reasons, texts, snippets = list(batch["reject"]), list(batch["text"]), list(batch["snippet"])
+    for i, text in enumerate(texts):
+        if reasons[i]:
+            texts[i] = ""
+            continue
+        if not text.strip():
+            reasons[i] = "empty_text"
+        elif len(text) > max_chars:
+            reasons[i] = "oversized"
+        if reasons[i]:
+            snippets[i], texts[i] = text[:SNIPPET_CHARS], ""
+    return {**batch, "reject": reasons, "text": texts, "snippet": snippets}
+
+
+# --- normalise -------------------------------------------------------------------------------
+
+# UTF-8 read as Windows-1252: each byte 0x80-0xFF became the character cp1252 (or, for the five
+# bytes cp1252 leaves undefined, latin-1) shows for it. Inverting that map turns a run of such
+# characters back into bytes; the run is replaced only if those bytes are valid UTF-8.
+_BYTE_OF = {(bytes([b]).decode("cp1252", "ignore") or chr(b)): b for b in range(0x80, 0x100)}
+_LEAD2 = "".join(c for c, b in _BYTE_OF.items() if 0xC2 <= b <= 0xDF)
+_LEAD3 = "".join(c for c, b in _BYTE_OF.items() if 0xE0 <= b <= 0xEF)
+_LEAD4 = "".join(c for c, b in _BYTE_OF.items() if 0xF0 <= b <= 0xF4)
+_CONT = "".join(c for c, b in _BYTE_OF.items() if 0x80 <= b <= 0xBF)
+_MOJIBAKE = re.compile(
+    f"(?:[{re.escape(_LEAD2)}][{re.escape(_CONT)}]|[{re.escape(_LEAD3)}][{re.escape(_CONT)}]{{2}}"
+    f"|[{re.escape(_LEAD4)}][{re.escape(_CONT)}]{{3}})+")
+
+
+def _unmangle(match: re.Match) -> str:
+    try:
+        return bytes(_BYTE_OF[c] for c in match.group()).decode("utf-8")
+    except UnicodeDecodeError:
+        return match.group()
+
+
+def repair_mojibake(text: str) -> str:
+    """Undo UTF-8-read-as-cp1252 ("â€™" -> "’", "Ã©" -> "é") run by run; the rest is kept."""
+    return _MOJIBAKE.sub(_unmangle, text)
+
+
+_HTML_HINT = re.compile(r"</?[A-Za-z][A-Za-z0-9]*(?:\s[^<>]*)?/?>|&(?:[a-z]{2,8}|#\d{2,5});")
+_HTML_DROP = re.compile(r"<(script|style)\b.*?</\1\s*>|<!--.*?-->", re.S | re.I)
+_HTML_BREAK = re.compile(r"<br\s*/?>", re.I)
+_HTML_BLOCK = re.compile(r"</(?:p|div|li|tr|h[1-6]|table|ul|ol|blockquote)\s*>", re.I)
+_HTML_TAG = re.compile(r"</?[A-Za-z][^<>]*>")
+
+
+def strip_html(text: str) -> str:
+    """Markup to text: scripts, styles and comments dropped, <br> and block ends as newlines,
+    other tags removed, entities decoded. Text with no tag or entity is returned unchanged."""
+    if not _HTML_HINT.search(text):
+        return text
+    text = _HTML_DROP.sub("", text)
+    text = _HTML_BREAK.sub("\n", text)
+    text = _HTML_BLOCK.sub("\n\n", text)
+    return html.unescape(_HTML_TAG.sub("", text))
+
+
+_SPACES = re.compile(r"[ \t\u00a0\u2000-\u200a\u202f\u205f\u3000]+")
+_INVISIBLE = re.compile(r"[\u200b-\u200d\u2060\ufeff\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+_BLANK_LINES = re.compile(r"\n{3,}")
+
+
+def normalise_whitespace(text: str) -> str:
+    """NFC; no control or zero-width characters; runs of spaces as one; at most one blank line;
+    no spaces at line ends or around the text."""
+    text = unicodedata.normalize("NFC", text.replace("\r\n", "\n").replace("\r", "\n"))
+    text = _SPACES.sub(" ", _INVISIBLE.sub("", text))
+    text = "\n".join(line.strip(" ") for line in text.split("\n"))
+    return _BLANK_LINES.sub("\n\n", text).strip()
+
+
+def normalise(batch: dict) -> dict:
+    """Batch transform: repair mojibake, strip HTML, normalise whitespace; flags what changed."""
+    texts, repaired, stripped = [], [], []
+    for text in batch["text"]:
+        fixed = repair_mojibake(text)
+        plain = strip_html(fixed)
+        texts.append(normalise_whitespace(plain))
+        repaired.append(fixed != text)
+        stripped.append(plain != fixed)
+    return {**batch, "text": texts, "mojibake_repaired": np.array(repaired),
+            "html_stripped": np.array(stripped)}
+
+
+# --- quality ---------------------------------------------------------------------------------
+
+
+def quality_reason(text: str, min_words: int, max_symbol_fraction: float,
+                   max_repeated_line_fraction: float) -> str:
+    """Why a cleaned text is not worth training on, or "" when it passes.
+
+    too_short: fewer than min_words words. symbols: more than max_symbol_fraction of the
+    non-space characters are neither letters nor digits (tables of markup, ASCII art).
+    repetitive: more than max_repeated_line_fraction of the non-blank lines repeat an earlier
+    line (boilerplate, scraped navigation). garbled: U+FFFD, the mark of undecodable bytes.
+    """
+    if len(text.split()) < min_words:
+        return "too_short"
+    visible = len(text) - sum(text.count(c) for c in " \n")
+    alnum = sum(c.isalnum() for c in text)
+    if visible and (visible - alnum) / visible > max_symbol_fraction:
+        return "symbols"
+    lines = [line for line in text.split("\n") if line]
+    if lines and 1 - len(set(lines)) / len(lines) > max_repeated_line_fraction:
+        return "repetitive"
+    if "\ufffd" in text:
+        return "garbled"
+    return ""
+
+
+def quality(batch: dict, min_words: int, max_symbol_fraction: float,
+            max_repeated_line_fraction: float) -> dict:
+    """Batch transform: a `quality` column, "" or the reason the text fails (see above); a
+    failing text's start goes to `snippet` for the quarantine."""
+    reasons, snippets = [], list(batch["snippet"])
+    for i, (text, rejected) in enumerate(zip(batch["text"], batch["reject"], strict=True)):
+        reason = "" if rejected else quality_reason(
+            text, min_words, max_symbol_fraction, max_repeated_line_fraction)
+        if reason:
+            snippets[i] = text[:SNIPPET_CHARS]
+        reasons.append(reason)
+    return {**batch, "quality": reasons, "snippet": snippets}
+
+
+# --- tokenize, mix, pack ---------------------------------------------------------------------
+
+
+def tokenize(batch: dict, tokenizer: Any, bos_id: int, eos_id: int) -> dict:
+    """Batch transform: `input_ids` = BOS + tokens + EOS per document (none for rejected rows).
+
+    One batched call of the fast (Rust) tokenizer for the whole batch.
+    """
+    encoded = tokenizer.backend_tokenizer.encode_batch(list(batch["text"]), add_special_tokens=False)
+    ids = [np.array([bos_id, *e.ids, eos_id], dtype=np.int32) if not rejected
+           else np.zeros(0, dtype=np.int32)
+           for e, rejected in zip(encoded, batch["reject"], strict=True)]
+    return {**batch, "input_ids": ids, "n_tokens": np.array([len(i) for i in ids], np.int64)}
+
+
+def repeats(order: np.ndarray, weight: float, salt: int) -> np.ndarray:
+    """How often each document is used for a mixture weight: floor(weight), plus one more for a
+    fraction weight - floor(weight) of documents chosen by a hash of their order key."""
+    whole, part = divmod(weight, 1.0)
+    u = (np.asarray(order, np.uint64) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(salt)) >> np.uint64(11)
+    return (whole + (u.astype(np.float64) / float(1 << 53) < part)).astype(np.int64)
+
+
+def mix(batch: dict, weights: dict[str, float], salt: int) -> dict:
+    """Batch transform: each row repeated per its source's mixture weight (0 drops it)."""
+    counts = np.zeros(len(batch["order"]), dtype=np.int64)
+    sources = np.asarray(batch["source"])
+    for source, weight in weights.items():
+        mask = sources == source
+        counts[mask] = repeats(np.asarray(batch["order"])[mask], weight, salt)
+    index = np.repeat(np.arange(len(counts)), counts)
+    return {k: [v[i] for i in index] if isinstance(v, list) else np.asarray(v)[index]
+            for k, v in batch.items()}
+
+
+def pack(batch: dict, seq_len: int, pad_id: int) -> dict:
+    """Batch transform: documents' `input_ids` concatenated and cut into rows of seq_len.
+
+    A document longer than the space left in a row continues in the next one. `segment_ids`
+    numbers the (parts of) documents within each row from 1; the last row is padded with
+    pad_id and segment 0. Output columns: input_ids, segment_ids (see PACKED_SCHEMA).
+    """
+    docs = [np.asarray(d, dtype=np.int32) for d in batch["input_ids"] if len(d)]
+    if not docs:
+        return {"input_ids": [], "segment_ids": []}
+    flat = np.concatenate(docs)
+    doc_of = np.repeat(np.arange(len(docs), dtype=np.int64), [len(d) for d in docs])
+    n_rows = -(-len(flat) // seq_len)
+    pad = n_rows * seq_len - len(flat)
+    ids = np.concatenate([flat, np.full(pad, pad_id, np.int32)]).reshape(n_rows, seq_len)
+    doc = np.concatenate([doc_of, np.full(pad, -1)]).reshape(n_rows, seq_len)
+    segments = (doc - doc[:, :1] + 1).astype(np.int32)
+    segments[doc < 0] = 0
+    return {"input_ids": list(ids), "segment_ids": list(segments)}
