@@ -334,13 +334,17 @@ class CorpusConfig(Section):
         0.5, gt=0, le=1, description="Quality: a larger share of lines repeating an earlier "
         "line is 'repetitive'."
     )
-    shingle_tokens: int = Field(
-        5, ge=1, description="Near dedupe: tokens per shingle of the MinHash signature."
+    shingle_words: int = Field(
+        3, ge=1, description="Near dedupe: words per shingle of the MinHash signature."
     )
-    minhash_bands: int = Field(16, ge=1, description="Near dedupe: LSH bands.")
+    minhash_bands: int = Field(25, ge=1, description="Near dedupe: LSH bands.")
     minhash_rows: int = Field(
-        8, ge=1, description="Near dedupe: MinHash values per band; bands x rows permutations. "
-        "16 x 8 flags pairs from about 0.7 Jaccard similarity of shingles."
+        6, ge=1, description="Near dedupe: signature values per band (bands x rows "
+        "permutations). 25 x 6 makes pairs from Jaccard 0.75 candidates with p = 0.99."
+    )
+    near_dup_threshold: float = Field(
+        0.75, gt=0, le=1, description="Near dedupe: a candidate pair is a duplicate when this "
+        "share of its MinHash values agree (estimated Jaccard similarity of shingles)."
     )
     seq_len: int = Field(
         512, ge=16, description="Tokens per packed row; at most the base model's "
@@ -366,6 +370,55 @@ class CorpusConfig(Section):
 
 class ResidualConfig(Section):
     """Residual instruction transfer: theta_dapt + lambda * (theta_instruct - theta_base)."""
+
+    scale: float = Field(
+        1.0,
+        description="lambda: weight of the instruction residual (instruct - base) added to the "
+        "DAPT weights. Unused when `sweep` is set.",
+    )
+    module_scales: dict[str, float] = Field(
+        default_factory=dict,
+        description="Per-tensor lambda overrides: fnmatch pattern over tensor names -> lambda, "
+        "first match wins, e.g. {'model.embed_tokens.*': 0.5, 'lm_head.*': 0.5, "
+        "'*norm.weight': 1.0}. A pattern that matches no tensor is an error.",
+    )
+    sweep: list[float] = Field(
+        default_factory=list,
+        description="Global lambdas to evaluate, e.g. [0, 0.25, 0.5, 0.75, 1.0, 1.25] (or "
+        "'0,0.5,1' on the command line). The one written: among lambdas whose fidelity ratio "
+        "reaches min_fidelity_ratio, the lowest domain perplexity (ties: the higher fidelity). "
+        "Empty: only `scale` is merged and measured.",
+    )
+    min_fidelity_ratio: float = Field(
+        0.9,
+        ge=0,
+        description="The gate: the stage fails unless fidelity(merged) / fidelity(instruct) "
+        "reaches this on held-out format instructions.",
+    )
+    instruct_rows: list[str] | None = Field(
+        None,
+        description="Tokens whose embedding and lm_head rows are copied from instruct, not "
+        "merged, because base never trained them. None: the chat markers, i.e. the special tokens "
+        "instruct's chat template writes for one user turn plus the generation prompt, and its "
+        "eos, other than base's own bos/eos/pad; plus any token base's vocabulary lacks.",
+    )
+    eval_instructions: int = Field(
+        60, ge=5, description="Held-out format instructions per fidelity measurement."
+    )
+    domain_docs: int = Field(
+        50, ge=1, description="Held-out mortgage documents for domain perplexity."
+    )
+    max_shard_mb: float = Field(
+        4096, gt=0, description="Largest safetensors shard of the merged model, in MiB."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sweep_from_text(cls, data: Any) -> Any:
+        """Accept `--residual.sweep 0,0.5,1` (and a single number) besides a YAML list."""
+        if isinstance(data, dict) and isinstance(data.get("sweep"), (str, int, float)):
+            data = {**data, "sweep": [float(v) for v in str(data["sweep"]).split(",")]}
+        return data
 
 
 class Recipe(Section):

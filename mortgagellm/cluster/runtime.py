@@ -97,11 +97,9 @@ def _start_local(cfg: RayConfig) -> dict:
     import ray
     from ray._private import ray_constants
 
-    if ray_constants.ENABLE_RAY_CLUSTER:
-        raise RuntimeError(
-            "ray was imported before init_ray could pin it to the loopback address; set "
-            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 in the environment or call init_ray first"
-        )
+    # The environment variable set in init_ray reaches Ray's own processes; this process may have
+    # imported ray before it was set, so its copy of the flag is set here too.
+    ray_constants.ENABLE_RAY_CLUSTER = False
     context = ray.init(
         address="local",
         num_cpus=logical_cpus(cfg),

@@ -142,6 +142,27 @@ class RaySession:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
 
 
+def record_placement(directory: Path, rank: int) -> None:
+    """Write which node and host this rank runs on (read back into the stage's manifest)."""
+    import json
+    import socket
+
+    import ray
+
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / f"rank{rank}.json").write_text(json.dumps(
+        {"rank": rank, "node_id": ray.get_runtime_context().get_node_id(),
+         "host": socket.gethostname(), "pid": os.getpid()}))
+
+
+def read_placement(directory: Path) -> list[dict]:
+    """The placement records of every rank, by rank."""
+    import json
+
+    return sorted((json.loads(p.read_text()) for p in directory.glob("rank*.json")),
+                  key=lambda r: r["rank"])
+
+
 def run_on_ray(train_fn: Callable[[dict, Any], Any], config: dict, scaling: ScalingSettings,
                storage: str, name: str, max_failures: int, keep: int) -> Any:
     """Run `train_fn(config, RaySession)` on a TorchTrainer; returns Ray's Result.
@@ -153,7 +174,9 @@ def run_on_ray(train_fn: Callable[[dict, Any], Any], config: dict, scaling: Scal
     from ray.train.torch import TorchConfig, TorchTrainer
 
     def worker(cfg: dict) -> None:
-        train_fn(cfg, RaySession(cfg["shards"], cfg["scratch"]))
+        session = RaySession(cfg["shards"], cfg["scratch"])
+        record_placement(Path(cfg["scratch"]) / "placement", session.rank)
+        train_fn(cfg, session)
 
     run_config = RunConfig(
         storage_path=os.path.abspath(storage), name=name,

@@ -237,10 +237,11 @@ def spans(text: str) -> list[tuple[int, int, str]]:
     return kept
 
 
-def redact_text(text: str, salt: str) -> tuple[str, dict[str, int]]:
-    """(redacted text, number of values replaced per kind)."""
+def redact_text(text: str, salt: str) -> tuple[str, dict[str, int], str]:
+    """(redacted text, number of values replaced per kind, text with each value masked by its
+    kind as "<kind>", which near-dedupe compares)."""
     key = document_key(text, salt)
-    out, counts, last = [], dict.fromkeys(KINDS, 0), 0
+    out, masked, counts, last = [], [], dict.fromkeys(KINDS, 0), 0
     for start, stop, kind in spans(text):
         value = text[start:stop]
         if kind.endswith("_name"):
@@ -248,23 +249,25 @@ def redact_text(text: str, salt: str) -> tuple[str, dict[str, int]]:
         else:
             fake = surrogate(kind, value, key)
         out += [text[last:start], fake]
+        masked += [text[last:start], f"<{kind}>"]
         counts[kind] += 1
         last = stop
-    out.append(text[last:])
-    return "".join(out), counts
+    return "".join(out + [text[last:]]), counts, "".join(masked + [text[last:]])
 
 
 def redact(batch: dict, salt: str) -> dict:
     """Batch transform: replace PII in `text` (and in `snippet`, the part of a rejected record
-    the quarantine keeps); adds pii_<kind> counts per document."""
-    texts, counts = [], {f"pii_{kind}": [] for kind in KINDS}
+    the quarantine keeps); adds `masked_text` and pii_<kind> counts per document."""
+    texts, masks, counts = [], [], {f"pii_{kind}": [] for kind in KINDS}
     for text in batch["text"]:
-        clean, found = redact_text(text, salt) if text else (text, dict.fromkeys(KINDS, 0))
+        clean, found, masked = redact_text(text, salt) if text else (text, dict.fromkeys(KINDS, 0),
+                                                                     text)
         texts.append(clean)
+        masks.append(masked)
         for kind in KINDS:
             counts[f"pii_{kind}"].append(found[kind])
     snippets = [redact_text(s, salt)[0] if s else s for s in batch["snippet"]]
-    return {**batch, "text": texts, "snippet": snippets, **counts}
+    return {**batch, "text": texts, "masked_text": masks, "snippet": snippets, **counts}
 
 
 def leaked(text: str, values: Iterator[str]) -> list[str]:

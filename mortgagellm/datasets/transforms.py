@@ -153,14 +153,18 @@ def quality(batch: dict, min_words: int, max_symbol_fraction: float,
 
 
 def tokenize(batch: dict, tokenizer: Any, bos_id: int, eos_id: int) -> dict:
-    """Batch transform: `input_ids` = BOS + tokens + EOS per document (none for rejected rows).
+    """Batch transform: `input_ids` = BOS + tokens + EOS for each document that passed
+    validation and quality; no tokens for the others.
 
     One batched call of the fast (Rust) tokenizer for the whole batch.
     """
-    encoded = tokenizer.backend_tokenizer.encode_batch(list(batch["text"]), add_special_tokens=False)
-    ids = [np.array([bos_id, *e.ids, eos_id], dtype=np.int32) if not rejected
-           else np.zeros(0, dtype=np.int32)
-           for e, rejected in zip(encoded, batch["reject"], strict=True)]
+    wanted = [i for i, (r, q) in enumerate(zip(batch["reject"], batch["quality"], strict=True))
+              if not r and not q]
+    encoded = tokenizer.backend_tokenizer.encode_batch([batch["text"][i] for i in wanted],
+                                                       add_special_tokens=False)
+    ids = [np.zeros(0, dtype=np.int32)] * len(batch["text"])
+    for i, e in zip(wanted, encoded, strict=True):
+        ids[i] = np.array([bos_id, *e.ids, eos_id], dtype=np.int32)
     return {**batch, "input_ids": ids, "n_tokens": np.array([len(i) for i in ids], np.int64)}
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 from mortgagellm import manifest
 from mortgagellm.cluster.deepspeed import ds_config
 from mortgagellm.cluster.runtime import check_fits
+from mortgagellm.cluster.training import read_placement
 from mortgagellm.config import Recipe
 from mortgagellm.pipelines.recipe import require_manifest, stage_dir
 
@@ -90,10 +92,12 @@ def run(recipe: Recipe, force: bool = False, *, on_ray: bool = True,
         return previous
     started, t0 = manifest.now()
     worker_config = _worker_config(recipe, base, shards, seq_len, out, fail_at_step)
+    shutil.rmtree(out / "scratch" / "placement", ignore_errors=True)
     history, checkpoint = _train(recipe, worker_config, out, on_ray)
     model_dir = export_model(checkpoint, base, out / "model", cfg.method, cfg.lora.model_dump(),
                              cfg.deepspeed.zero_stage)
-    metrics = {"train": history[-1] if history else {}, "history": history,
+    metrics = {"train": history[-1], "history": history,
+               "placement": read_placement(out / "scratch" / "placement"),
                **measure_domain(base, model_dir, recipe.run.seed, cfg.eval_docs)}
     log.info("pretrain: domain perplexity base %.3f -> DAPT %.3f", metrics["perplexity_base"],
              metrics["perplexity_dapt"])
@@ -191,6 +195,7 @@ def train_loop(config: dict, session: Any) -> list[dict]:
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: lr_factor(s, warmup, total, floor)))
     step, history = _restore(engine, session)
+    start_step = step
     micro = config["ds_config"]["train_micro_batch_size_per_gpu"]
     accum = config["ds_config"]["gradient_accumulation_steps"]
     rows = session.rows(step * micro * accum)
@@ -212,7 +217,8 @@ def train_loop(config: dict, session: Any) -> list[dict]:
         window["steps"] += 1
         _maybe_fail(config, step, session.rank)
         if step % config["log_every"] == 0 or step == total:
-            history.append(_log(window, step, engine, session, flops, config, writer))
+            history.append(_log(window, step, engine, session, flops, config, writer)
+                           | {"start_step": start_step})
             window = {"loss": 0.0, "tokens": 0, "wait": 0.0, "t0": time.monotonic(), "steps": 0}
         if step % config["checkpoint_every"] == 0 or step == total:
             _checkpoint(engine, session, step, history)

@@ -1,0 +1,412 @@
+"""corpus stage: synthetic, regulation and user text to packed token shards, streamed by Ray Data.
+
+Run: mortgagellm corpus configs/cpu-demo.yaml
+
+Three passes, because deciding which copy of a duplicate stays needs the whole corpus:
+  1. clean (Ray Data, streaming): read -> validate -> normalise -> redact PII -> content hash +
+     MinHash band keys -> quality flags -> tokenize, written to <out>/staging/ (tokens and
+     per-document columns, no text). Signatures and flags are computed here, in parallel; the
+     decisions they feed are taken in pass 2, dedupe first, then quality.
+  2. dedupe (driver, numpy): (order, hash, band keys) of all documents -> which ones are
+     duplicates; about 150 MB for 1M documents. Counts, quarantine and duplicate list are written
+     here, and the stage stops if too many records were malformed.
+  3. pack (Ray Data, streaming): drop rejected, duplicate and low-quality documents -> apply the
+     mixture weights -> pack into seq_len rows -> write Parquet shards (PACKED_SCHEMA) named by
+     their position in corpus order.
+
+Outputs in <output_dir>/corpus/: shards/, quarantine.parquet, duplicates.parquet and
+manifest.json (counts per step, tokens, rejects by reason and source, shard list, hashes).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import shutil
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from mortgagellm import manifest
+from mortgagellm.cluster import storage
+from mortgagellm.config import CorpusConfig, Recipe
+from mortgagellm.datasets import dedupe, pii, readers, transforms
+from mortgagellm.datasets.schemas import DUPLICATES_SCHEMA, PACKED_SCHEMA, QUARANTINE_SCHEMA
+from mortgagellm.datasets.splits import purpose_seed
+from mortgagellm.pipelines.recipe import stage_dir
+
+log = logging.getLogger(__name__)
+
+STAGING_SCHEMA = pa.schema(
+    [f for f in readers.RAW_SCHEMA if f.name != "text"] + [
+        pa.field("input_ids", pa.list_(pa.int32())),
+        pa.field("n_tokens", pa.int64()),
+        pa.field("content_hash", pa.uint64()),
+        pa.field("minhash", pa.list_(pa.uint16())),
+        pa.field("quality", pa.string()),
+        pa.field("mojibake_repaired", pa.bool_()),
+        pa.field("html_stripped", pa.bool_()),
+    ] + [pa.field(f"pii_{kind}", pa.int32()) for kind in pii.KINDS])
+"""One row per record read, after pass 1."""
+
+SHARD_STATS = pa.schema([pa.field("file", pa.string()), pa.field("rows", pa.int64()),
+                         pa.field("tokens", pa.int64())])
+
+
+def run(recipe: Recipe, force: bool = False) -> manifest.Manifest:
+    """Build the packed corpus (or return the manifest of an identical earlier build)."""
+    cfg, out_dir = recipe.corpus, stage_dir(recipe, "corpus")
+    boot = manifest.read(str(stage_dir(recipe, "bootstrap")))
+    if boot is None:
+        raise FileNotFoundError(f"no bootstrap manifest in {stage_dir(recipe, 'bootstrap')}: "
+                                "run `mortgagellm bootstrap` first (the corpus uses its tokenizer)")
+    base = boot.output_path("base")
+    _check_seq_len(cfg, base)
+    config = {"seed": recipe.run.seed, "corpus": cfg.model_dump(mode="json", exclude={"tasks"})}
+    inputs = {"base": boot.outputs["base"]}
+    inputs |= {f"regulations:{uri}": _input(uri) for uri in cfg.regulations}
+    inputs |= {f"user:{uri}": _input(uri) for uri in cfg.user_corpora}
+    fp = manifest.fingerprint("corpus", config, inputs)
+    previous, why = manifest.reusable(str(out_dir), fp)
+    if previous and not force:
+        log.info("corpus: up to date (%s); skipping. Manifest: %s", why,
+                 out_dir / manifest.MANIFEST)
+        return previous
+    log.info("corpus: building (%s)", why)
+    started, t0 = manifest.now()
+    _ensure_ray(recipe)
+    metrics = build(cfg, recipe.run.seed, base, out_dir)
+    outputs = {name: manifest.artifact(out_dir / name)
+               for name in ("shards", "quarantine.parquet", "duplicates.parquet")}
+    metrics["content_sha256"] = outputs["shards"]["sha256"]
+    return manifest.write(str(out_dir), manifest.Manifest(
+        stage="corpus", fingerprint=fp, config=config, inputs=inputs, outputs=outputs,
+        metrics=metrics, started_at=started, duration_s=round(time.monotonic() - t0, 2)))
+
+
+def build(cfg: CorpusConfig, seed: int, tokenizer_path: str, out_dir: Path) -> dict[str, Any]:
+    """The three passes; returns the manifest's metrics. Ray must be initialised."""
+    from ray.data import DataContext
+
+    DataContext.get_current().execution_options.preserve_order = True  # reproducible shards
+    staging, shards = out_dir / "staging", out_dir / "shards"
+    for path in (staging, shards):
+        shutil.rmtree(path, ignore_errors=True)
+    units = readers.plan_units(cfg.synthetic_docs, cfg.synthetic_shards,
+                               purpose_seed(seed, "corpus"), cfg.regulations, cfg.user_corpora,
+                               cfg.synthetic_noise)
+    log.info("corpus pass 1/3 (clean): %d read units -> %s", len(units), staging)
+    t = time.monotonic()
+    clean_pass(cfg, seed, tokenizer_path, units).write_parquet(str(staging))
+    timings = {"clean_s": time.monotonic() - t}
+
+    t = time.monotonic()
+    table = _staging_columns(staging)
+    drop, metrics = dedupe_pass(cfg, table, units, out_dir)
+    timings["dedupe_s"] = time.monotonic() - t
+    check_rejects(metrics, cfg.max_reject_fraction, out_dir / "quarantine.parquet")
+    del table
+
+    log.info("corpus pass 3/3 (pack): %d documents -> %s", metrics["documents"]["kept"], shards)
+    t = time.monotonic()
+    stats = pack_pass(cfg, seed, staging, drop, tokenizer_path, shards).to_pandas()
+    timings["pack_s"] = time.monotonic() - t
+    shutil.rmtree(staging)
+    rows, tokens = int(stats["rows"].sum()), int(stats["tokens"].sum())
+    metrics["packed"] = {"rows": rows, "seq_len": cfg.seq_len, "tokens": tokens,
+                         "non_pad_fraction": round(tokens / max(1, rows * cfg.seq_len), 6),
+                         "shards": len(stats)}
+    metrics["shards"] = [{"file": f, "rows": int(r)}
+                         for f, r in sorted(zip(stats["file"], stats["rows"], strict=True))]
+    metrics["timings_s"] = {k: round(v, 2) for k, v in timings.items()}
+    log.info("corpus: %d documents -> %d rows of %d tokens (non-pad %.4f) in %d shards",
+             metrics["documents"]["kept"], rows, cfg.seq_len,
+             metrics["packed"]["non_pad_fraction"], len(stats))
+    return metrics
+
+
+# --- pass 1: clean ---------------------------------------------------------------------------
+
+
+def clean_pass(cfg: CorpusConfig, seed: int, tokenizer_path: str, units: list[dict]):
+    """The Ray Data dataset of pass 1: read units -> STAGING_SCHEMA rows."""
+    import ray
+
+    ds = ray.data.from_items(units, override_num_blocks=len(units))
+    ds = ds.map_batches(_read, batch_size=1, batch_format="pyarrow", fn_kwargs={
+        "max_chars": cfg.max_doc_chars, "text_field": cfg.text_field, "id_field": cfg.id_field})
+    return ds.map_batches(_clean, batch_size=cfg.batch_docs, batch_format="pyarrow", fn_kwargs={
+        "cfg": cfg.model_dump(mode="json", exclude={"tasks"}), "salt": _salt(seed),
+        "tokenizer_path": tokenizer_path})
+
+
+def _read(units: pa.Table, max_chars: int, text_field: str, id_field: str):
+    for unit in units.to_pylist():
+        for batch in readers.read_unit(unit, max_chars, text_field, id_field):
+            yield to_arrow(batch, readers.RAW_SCHEMA)
+
+
+def clean(batch: dict, cfg: dict, salt: str, tokenizer: Any) -> dict:
+    """Pass 1 on one batch of RAW_SCHEMA columns, transform by transform, in pipeline order."""
+    batch = transforms.validate(batch, cfg["max_doc_chars"])
+    batch = transforms.normalise(batch)
+    batch = pii.redact(batch, salt)
+    batch = dedupe.signatures(batch, cfg["shingle_words"],
+                              cfg["minhash_bands"] * cfg["minhash_rows"])
+    batch = transforms.quality(batch, cfg["min_words"], cfg["max_symbol_fraction"],
+                               cfg["max_repeated_line_fraction"])
+    return transforms.tokenize(batch, tokenizer, tokenizer.bos_token_id, tokenizer.eos_token_id)
+
+
+def _clean(table: pa.Table, cfg: dict, salt: str, tokenizer_path: str) -> pa.Table:
+    return to_arrow(clean(to_columns(table), cfg, salt, load_tokenizer(tokenizer_path)),
+                    STAGING_SCHEMA)
+
+
+@functools.lru_cache(maxsize=2)
+def load_tokenizer(path: str) -> Any:
+    """The base model's fast tokenizer, loaded once per worker process."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if not tokenizer.is_fast:
+        raise ValueError(f"{path}: the corpus stage needs a fast (Rust) tokenizer")
+    return tokenizer
+
+
+def _salt(seed: int) -> str:
+    return f"corpus-pii:{purpose_seed(seed, 'corpus')}"
+
+
+# --- pass 2: dedupe, counts, quarantine ------------------------------------------------------
+
+_COUNT_COLUMNS = ["order", "source", "location", "doc_id", "reject", "quality", "n_tokens",
+                  "content_hash", "minhash", "mojibake_repaired", "html_stripped"] + \
+    [f"pii_{kind}" for kind in pii.KINDS]
+
+
+def _staging_columns(staging: Path) -> pa.Table:
+    """Every per-document column of the staging files except tokens and snippets."""
+    import pyarrow.dataset as pads
+
+    return pads.dataset(str(staging), format="parquet").to_table(columns=_COUNT_COLUMNS)
+
+
+def dedupe_pass(cfg: CorpusConfig, table: pa.Table, units: list[dict], out_dir: Path
+                ) -> tuple[np.ndarray, dict[str, Any]]:
+    """Find duplicates, write quarantine + duplicate list; (orders to drop, metrics)."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    order = table["order"].to_numpy()
+    valid = pc.equal(table["reject"], "").to_numpy(zero_copy_only=False)
+    idx = np.flatnonzero(valid)
+    sig = table["minhash"].combine_chunks().flatten().to_numpy().reshape(len(table), -1)[idx]
+    pos, kind, kept = dedupe.find_duplicates(
+        order[idx], table["content_hash"].to_numpy()[idx], sig, cfg.minhash_bands,
+        cfg.minhash_rows, cfg.near_dup_threshold)
+    dup_rows, kept_rows = idx[pos], idx[kept]
+    location, doc_id = table["location"].to_numpy(False), table["doc_id"].to_numpy(False)
+    pq.write_table(pa.table({
+        "location": location[dup_rows], "doc_id": doc_id[dup_rows],
+        "kind": np.where(kind == 0, "exact", "near"), "kept_location": location[kept_rows],
+    }, schema=DUPLICATES_SCHEMA), out_dir / "duplicates.parquet")
+
+    is_dup = np.zeros(len(table), bool)
+    is_dup[dup_rows] = True
+    quality = table["quality"].to_numpy(False)
+    low = valid & ~is_dup & (quality != "")
+    kept_mask = valid & ~is_dup & ~low
+    _write_quarantine(out_dir / "staging", ~valid | low, order, out_dir / "quarantine.parquet")
+    metrics = _counts(table, units, valid, is_dup, kind, low, kept_mask)
+    log.info("corpus pass 2/3 (dedupe): %s", json.dumps(metrics["documents"]))
+    return np.sort(order[~kept_mask]), metrics
+
+
+def _write_quarantine(staging: Path, mask: np.ndarray, order: np.ndarray, path: Path) -> None:
+    """Rejected and low-quality rows of the staging files, streamed into one Parquet file."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as pads
+    import pyarrow.parquet as pq
+
+    wanted = pa.array(order[mask])
+    scanner = pads.dataset(str(staging), format="parquet").scanner(
+        columns=["order", "location", "source", "doc_id", "reject", "quality", "snippet"],
+        filter=pc.field("order").isin(wanted))
+    with pq.ParquetWriter(path, QUARANTINE_SCHEMA) as writer:
+        for batch in scanner.to_batches():
+            reject, qual = batch["reject"].to_pylist(), batch["quality"].to_pylist()
+            writer.write_table(pa.table({
+                "location": batch["location"], "source": batch["source"],
+                "doc_id": batch["doc_id"], "snippet": batch["snippet"],
+                "reason": [r or f"quality:{q}" for r, q in zip(reject, qual, strict=True)],
+            }, schema=QUARANTINE_SCHEMA))
+
+
+def _counts(table: pa.Table, units: list[dict], valid: np.ndarray, is_dup: np.ndarray,
+            dup_kind: np.ndarray, low: np.ndarray, kept: np.ndarray) -> dict[str, Any]:
+    """The manifest's per-step counts; read = rejected + duplicates + low_quality + kept."""
+    source = table["source"].to_numpy(False)
+    reject, quality = table["reject"].to_numpy(False), table["quality"].to_numpy(False)
+    tokens = table["n_tokens"].to_numpy()
+    unit_uri = np.array([u["uri"] for u in units], dtype=object)
+    origin = unit_uri[table["order"].to_numpy() >> 32]
+    return {
+        "documents": {"read": len(table), "rejected": int((~valid).sum()),
+                      "exact_duplicates": int((dup_kind == 0).sum()),
+                      "near_duplicates": int((dup_kind == 1).sum()),
+                      "low_quality": int(low.sum()), "kept": int(kept.sum())},
+        "rejects_by_reason": dict(Counter(reject[~valid].tolist())),
+        "rejects_by_source": dict(Counter(origin[~valid].tolist()).most_common()),
+        "low_quality_by_reason": dict(Counter(quality[low].tolist())),
+        "by_source": {s: {"read": int((source == s).sum()), "kept": int((kept & (source == s)).sum()),
+                          "tokens": int(tokens[kept & (source == s)].sum())}
+                      for s in ("regulations", "user", "synthetic")},
+        "normalised": {"mojibake_repaired": int(table["mojibake_repaired"].to_numpy().sum()),
+                       "html_stripped": int(table["html_stripped"].to_numpy().sum())},
+        "pii_redacted": {k: int(table[f"pii_{k}"].to_numpy()[valid & ~is_dup].sum())
+                         for k in pii.KINDS},
+        "tokens_kept_documents": int(tokens[kept].sum()),
+    }
+
+
+def check_rejects(metrics: dict[str, Any], max_fraction: float, quarantine: Path) -> None:
+    """Fail, naming the sources with the most malformed records, above max_reject_fraction."""
+    docs = metrics["documents"]
+    fraction = docs["rejected"] / max(1, docs["read"])
+    if fraction <= max_fraction:
+        return
+    worst = list(metrics["rejects_by_source"].items())[:5]
+    raise ValueError(
+        f"corpus: {docs['rejected']} of {docs['read']} records ({fraction:.1%}) are malformed, "
+        f"above max_reject_fraction {max_fraction:.1%}. Worst sources: "
+        + "; ".join(f"{uri} ({n})" for uri, n in worst)
+        + f". Reasons: {metrics['rejects_by_reason']}. Details in {quarantine}")
+
+
+# --- pass 3: pack ----------------------------------------------------------------------------
+
+
+def pack_pass(cfg: CorpusConfig, seed: int, staging: Path, drop: np.ndarray,
+              tokenizer_path: str, shards: Path):
+    """The Ray Data dataset of pass 3: staging -> packed shards; yields one SHARD_STATS row per
+    shard written."""
+    import ray
+
+    files = sorted(str(p) for p in staging.glob("*.parquet"))
+    ds = ray.data.read_parquet(files, columns=["order", "source", "input_ids"])
+    ds = ds.map_batches(_pack, batch_size=cfg.batch_docs, batch_format="pyarrow", fn_kwargs={
+        "drop": drop, "weights": dict(cfg.mixture), "salt": purpose_seed(seed, "corpus"),
+        "seq_len": cfg.seq_len, "pad_id": load_tokenizer(tokenizer_path).pad_token_id})
+    return ds.map_batches(_write_shard, batch_size=cfg.rows_per_shard, batch_format="pyarrow",
+                          fn_kwargs={"out_dir": str(shards)})
+
+
+def select(batch: dict, drop: np.ndarray) -> dict:
+    """Batch transform: the rows whose `order` is not in the sorted array `drop`."""
+    order = np.asarray(batch["order"])
+    at = np.minimum(np.searchsorted(drop, order), max(0, len(drop) - 1))
+    keep = np.flatnonzero(drop[at] != order) if len(drop) else np.arange(len(order))
+    return {k: [v[i] for i in keep] if isinstance(v, list) else np.asarray(v)[keep]
+            for k, v in batch.items()}
+
+
+def _pack(table: pa.Table, drop: np.ndarray, weights: dict, salt: int, seq_len: int,
+          pad_id: int) -> pa.Table:
+    batch = transforms.mix(select(to_columns(table), drop), weights, salt)
+    packed = to_arrow(transforms.pack(batch, seq_len, pad_id), PACKED_SCHEMA)
+    first = int(np.min(batch["order"])) if len(batch["order"]) else 0
+    return packed.append_column("first_order", pa.array(np.full(len(packed), first, np.int64))) \
+        .append_column("row", pa.array(np.arange(len(packed), dtype=np.int64)))
+
+
+def _write_shard(table: pa.Table, out_dir: str) -> pa.Table:
+    """Write one shard named by its first row's place in corpus order (so names sort in corpus
+    order and a retried task rewrites the same file); returns its SHARD_STATS row."""
+    import pyarrow.parquet as pq
+
+    if not len(table):
+        return SHARD_STATS.empty_table()
+    name = f"shard-{table['first_order'][0].as_py():016x}-{table['row'][0].as_py():06d}.parquet"
+    packed = table.select(PACKED_SCHEMA.names).cast(PACKED_SCHEMA)
+    filesystem, path = storage.filesystem(f"{out_dir}/{name}")
+    filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    pq.write_table(packed, path, filesystem=filesystem)
+    tokens = int(np.count_nonzero(packed["segment_ids"].combine_chunks().flatten().to_numpy()))
+    return pa.table({"file": [name], "rows": [len(packed)], "tokens": [tokens]},
+                    schema=SHARD_STATS)
+
+
+# --- Arrow <-> column dicts ------------------------------------------------------------------
+
+
+def to_columns(table: pa.Table) -> dict:
+    """Arrow table -> dict: strings as lists, int lists as lists of numpy arrays, numbers as
+    numpy arrays (the batch form every transform takes)."""
+    out: dict = {}
+    for name in table.column_names:
+        col = table[name].combine_chunks()
+        if pa.types.is_list(col.type) or pa.types.is_large_list(col.type):
+            values, offsets = col.flatten().to_numpy(), col.offsets.to_numpy()
+            out[name] = [values[a:b] for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+        elif pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+            out[name] = col.to_pylist()
+        else:
+            out[name] = col.to_numpy(zero_copy_only=False)
+    return out
+
+
+def to_arrow(batch: dict, schema: pa.Schema) -> pa.Table:
+    """Column dict -> Arrow table with exactly `schema`'s columns and types."""
+    arrays = []
+    for field in schema:
+        values = batch[field.name]
+        if pa.types.is_list(field.type):
+            lengths = np.fromiter((len(v) for v in values), np.int64, len(values))
+            offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+            flat = np.concatenate(values) if len(values) else np.zeros(0)
+            arrays.append(pa.ListArray.from_arrays(
+                pa.array(offsets), pa.array(flat.astype(field.type.value_type.to_pandas_dtype()))))
+        else:
+            arrays.append(pa.array(values, type=field.type))
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+# --- inputs and Ray --------------------------------------------------------------------------
+
+
+def _input(uri: str) -> dict[str, str]:
+    """Manifest input entry: content hash for local paths, listing hash (names, sizes, mtimes)
+    for remote URIs, where reading everything just to hash it would cost a second download."""
+    if not storage.is_remote(uri):
+        return manifest.artifact(storage.filesystem(uri)[1])
+    filesystem, _ = storage.filesystem(uri)
+    infos = [filesystem.get_file_info(storage.filesystem(f)[1]) for f in readers.list_files(uri)]
+    listing = [(i.path, i.size, i.mtime_ns) for i in infos]
+    return {"uri": uri, "sha256": hashlib.sha256(json.dumps(listing).encode()).hexdigest()}
+
+
+def _check_seq_len(cfg: CorpusConfig, base: str) -> None:
+    config = json.loads((Path(base) / "config.json").read_text())
+    limit = config.get("max_position_embeddings")
+    if limit and cfg.seq_len > limit:
+        raise ValueError(f"corpus.seq_len {cfg.seq_len} exceeds the base model's "
+                         f"max_position_embeddings {limit} ({base})")
+
+
+def _ensure_ray(recipe: Recipe) -> None:
+    """Start Ray as the recipe says unless this process already has it (ray is not imported
+    before init_ray, which must pin the loopback address first)."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        return
+    from mortgagellm.cluster.runtime import init_ray
+
+    init_ray(recipe.ray, recipe.run.output_dir)
