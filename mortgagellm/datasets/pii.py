@@ -125,9 +125,12 @@ def _digits_like(value: str, digits: str) -> str:
 
 
 def surrogate(kind: str, value: str, key: bytes, first: bool = True) -> str:
-    """A fake of the same shape for one value; never the value itself."""
+    """A fake of the same shape for one value; never the value itself. Numbers are keyed by
+    their digits, so "(415) 555-2671" and "415.555.2671" get the same fake digits."""
+    canonical = "".join(c for c in value if c.isdigit())[-10:] if kind in (
+        "ssn", "phone", "loan_number") else value.lower()
     for attempt in range(8):
-        h = _draw(key, kind, value, attempt)
+        h = _draw(key, kind, canonical, attempt)
         if kind == "ssn":
             fake = _digits_like(value, f"{900 + h % 100}{h // 100 % 90 + 10}{h // 10**4 % 9000 + 1000}")
         elif kind == "phone":

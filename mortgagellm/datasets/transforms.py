@@ -52,6 +52,9 @@ _MOJIBAKE = re.compile(
     f"|[{re.escape(_LEAD4)}][{re.escape(_CONT)}]{{3}})+")
 
 
+_LEAD = re.compile("[\u00c2-\u00f4]")
+
+
 def _unmangle(match: re.Match) -> str:
     try:
         return bytes(_BYTE_OF[c] for c in match.group()).decode("utf-8")
@@ -61,6 +64,8 @@ def _unmangle(match: re.Match) -> str:
 
 def repair_mojibake(text: str) -> str:
     """Undo UTF-8-read-as-cp1252 ("â€™" -> "’", "Ã©" -> "é") run by run; the rest is kept."""
+    if not _LEAD.search(text):  # every mangled run starts with one of these; a cheap first look
+        return text
     return _MOJIBAKE.sub(_unmangle, text)
 
 
@@ -82,17 +87,21 @@ def strip_html(text: str) -> str:
     return html.unescape(_HTML_TAG.sub("", text))
 
 
-_SPACES = re.compile(r"[ \t\u00a0\u2000-\u200a\u202f\u205f\u3000]+")
+_WS = r"[ \t\u00a0\u2000-\u200a\u202f\u205f\u3000]"
+_SPACES = re.compile(rf"(?: {_WS}|[^\S \n\r\v\f\x1c-\x1f\x85\u2028\u2029]){_WS}*")  # not a lone space
 _INVISIBLE = re.compile(r"[\u200b-\u200d\u2060\ufeff\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _BLANK_LINES = re.compile(r"\n{3,}")
+_LINE_EDGES = re.compile(r" \n ?|\n ")
 
 
 def normalise_whitespace(text: str) -> str:
     """NFC; no control or zero-width characters; runs of spaces as one; at most one blank line;
     no spaces at line ends or around the text."""
-    text = unicodedata.normalize("NFC", text.replace("\r\n", "\n").replace("\r", "\n"))
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if not text.isascii():
+        text = unicodedata.normalize("NFC", text)
     text = _SPACES.sub(" ", _INVISIBLE.sub("", text))
-    text = "\n".join(line.strip(" ") for line in text.split("\n"))
+    text = _LINE_EDGES.sub("\n", text)
     return _BLANK_LINES.sub("\n\n", text).strip()
 
 
@@ -100,8 +109,8 @@ def normalise(batch: dict) -> dict:
     """Batch transform: repair mojibake, strip HTML, normalise whitespace; flags what changed."""
     texts, repaired, stripped = [], [], []
     for text in batch["text"]:
-        fixed = repair_mojibake(text)
-        plain = strip_html(fixed)
+        fixed = text if text.isascii() else repair_mojibake(text)
+        plain = strip_html(fixed) if "<" in fixed or "&" in fixed else fixed
         texts.append(normalise_whitespace(plain))
         repaired.append(fixed != text)
         stripped.append(plain != fixed)
@@ -110,6 +119,9 @@ def normalise(batch: dict) -> dict:
 
 
 # --- quality ---------------------------------------------------------------------------------
+
+
+_SYMBOL = re.compile(r"[^\w\s]|_")
 
 
 def quality_reason(text: str, min_words: int, max_symbol_fraction: float,
@@ -123,9 +135,8 @@ def quality_reason(text: str, min_words: int, max_symbol_fraction: float,
     """
     if len(text.split()) < min_words:
         return "too_short"
-    visible = len(text) - sum(text.count(c) for c in " \n")
-    alnum = sum(c.isalnum() for c in text)
-    if visible and (visible - alnum) / visible > max_symbol_fraction:
+    visible = len(text) - text.count(" ") - text.count("\n")
+    if visible and len(_SYMBOL.findall(text)) / visible > max_symbol_fraction:
         return "symbols"
     lines = [line for line in text.split("\n") if line]
     if lines and 1 - len(set(lines)) / len(lines) > max_repeated_line_fraction:

@@ -301,7 +301,7 @@ def pack_pass(cfg: CorpusConfig, seed: int, staging: Path, drop: np.ndarray,
     import ray
 
     files = sorted(str(p) for p in staging.glob("*.parquet"))
-    ds = ray.data.read_parquet(files, columns=["order", "source", "input_ids"])
+    ds = ray.data.read_parquet(files).select_columns(["order", "source", "input_ids"])
     ds = ds.map_batches(_pack, batch_size=cfg.batch_docs, batch_format="pyarrow", fn_kwargs={
         "drop": drop, "weights": dict(cfg.mixture), "salt": purpose_seed(seed, "corpus"),
         "seq_len": cfg.seq_len, "pad_id": load_tokenizer(tokenizer_path).pad_token_id})

@@ -59,6 +59,9 @@ def run(recipe: Recipe, force: bool = False) -> manifest.Manifest:
                  out_dir / manifest.MANIFEST)
         return previous
     log.info("residual: merging (%s)", why)
+    import torch
+
+    torch.set_num_threads(cfg.threads or torch.get_num_threads())
     started, t0 = manifest.now()
     paths = {role: Path(entry["uri"]) for role, entry in inputs.items()}
     rows = check_pair(paths["base"], paths["instruct"], cfg.instruct_rows)

@@ -1,0 +1,42 @@
+"""Script for test_multinode: a 2-node Ray cluster on loopback (ray.cluster_utils.Cluster, token
+auth, own temp dir) runs the pretrain stage with 2 workers, one per node (STRICT_SPREAD), and
+prints the ranks' placement as JSON. Only the cluster this script started is shut down.
+
+Usage: python tests/cluster/two_node_run.py RECIPE.yaml RUN_DIR
+"""
+
+import os
+import secrets
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+run_dir = Path(sys.argv[2])
+token = run_dir / "cluster_token"
+token.write_text(secrets.token_hex(32))
+os.environ.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)})
+
+import json  # noqa: E402
+
+from ray.cluster_utils import Cluster  # noqa: E402
+
+from mortgagellm.config import load_recipe  # noqa: E402
+from mortgagellm.pipelines import pretrain  # noqa: E402
+
+temp_dir = tempfile.mkdtemp(prefix="mllm-2n-", dir="/tmp")
+node = {"num_cpus": 2, "node_ip_address": "127.0.0.1", "object_store_memory": 128 << 20}
+cluster = Cluster(initialize_head=True, head_node_args=node | {"temp_dir": temp_dir})
+try:
+    cluster.add_node(**node)
+    cluster.wait_for_nodes()
+    recipe = load_recipe(sys.argv[1], [
+        f"ray.address={cluster.address}", "pretrain.scaling.num_nodes=2",
+        "pretrain.scaling.placement_strategy=STRICT_SPREAD", "pretrain.max_steps=4",
+        "pretrain.checkpoint_every=4", "pretrain.log_every=2"])
+    m = pretrain.run(recipe)
+    print("PLACEMENT " + json.dumps(m.metrics["placement"]))
+    print("NODES " + json.dumps(sorted(n["NodeID"] for n in __import__("ray").nodes())))
+finally:
+    __import__("ray").shutdown()
+    cluster.shutdown()

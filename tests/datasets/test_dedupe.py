@@ -1,0 +1,63 @@
+"""Dedupe: MinHash estimates Jaccard similarity, find_duplicates keeps the earliest copy, and on
+the generator's corpus the planted duplicates are found."""
+
+import numpy as np
+
+from mortgagellm.datasets import dedupe, mortgage, pii, transforms
+
+
+def test_shingles_hash_every_window_and_short_inputs_as_one():
+    a = dedupe.shingles(np.array([1, 2, 3, 4]), 2)
+    assert len(a) == 3 and len(set(a.tolist())) == 3
+    assert (dedupe.shingles(np.array([9, 1, 2, 7]), 2)[1] == a[0])  # same window, same hash
+    assert len(dedupe.shingles(np.array([5]), 3)) == 1
+
+
+def test_minhash_agreement_estimates_jaccard():
+    # Shingle sets {0..999} and {500..1499}: Jaccard 500 / 1500 = 1/3. With size-1 shingles the
+    # shingle sets are the id sets themselves.
+    sig = dedupe.minhash([np.arange(1000), np.arange(500, 1500), np.arange(1000)], 1, 600)
+    assert sig.shape == (3, 600) and sig.dtype == np.uint16
+    assert (sig[0] == sig[2]).all()
+    assert abs((sig[0] == sig[1]).mean() - 1 / 3) < 0.06
+
+
+def test_find_duplicates_keeps_the_earliest_copy():
+    # Documents listed out of corpus order: order 30, 10, 20, 40.
+    order = np.array([30, 10, 20, 40])
+    hashes = np.array([7, 7, 8, 9], dtype=np.uint64)  # 30 is an exact copy of 10
+    sig = np.zeros((4, 12), np.uint16)
+    sig[0] = sig[1] = np.arange(12)
+    sig[2] = np.arange(100, 112)
+    sig[3] = sig[2]
+    sig[3, :2] = 999  # 40 agrees with 20 on 10 of 12 values: 0.83 >= 0.75 -> near duplicate
+    pos, kind, kept = dedupe.find_duplicates(order, hashes, sig, bands=4, rows=3, threshold=0.75)
+    assert sorted(zip(order[pos].tolist(), kind.tolist(), order[kept].tolist())) == \
+        [(30, 0, 10), (40, 1, 20)]
+
+
+def test_find_duplicates_needs_agreement_not_only_a_shared_band():
+    order = np.arange(2)
+    sig = np.array([np.arange(12), np.arange(12)], np.uint16)
+    sig[1, 3:] += 50  # first band equal, the rest not: 3 of 12 agree
+    pos, _, _ = dedupe.find_duplicates(order, np.array([1, 2], np.uint64), sig, 4, 3, 0.75)
+    assert len(pos) == 0
+
+
+def test_planted_duplicates_are_found_in_the_generated_corpus():
+    records = list(mortgage.generate(seed=11, shard=0, num_docs=3000))
+    batch = {"text": [r["text"] for r in records], "reject": [""] * len(records),
+             "snippet": [""] * len(records)}
+    batch = pii.redact(transforms.normalise(transforms.validate(batch, 100_000)), "salt")
+    batch = dedupe.signatures(batch, shingle_words=3, num_perm=150)
+    valid = np.flatnonzero([not r for r in batch["reject"]])
+    pos, kind, kept = dedupe.find_duplicates(
+        valid, batch["content_hash"][valid], np.stack(batch["minhash"])[valid], 25, 6, 0.75)
+    found = {records[valid[p]]["doc_id"]: records[valid[k]]["doc_id"] for p, k in zip(pos, kept)}
+    planted = {r["doc_id"]: r["ground_truth"]["noise"] for r in records
+               if r["ground_truth"]["noise"] in ("exact_duplicate", "near_duplicate")}
+    exact = [d for d, noise in planted.items() if noise == "exact_duplicate"]
+    near = [d for d, noise in planted.items() if noise == "near_duplicate"]
+    assert all(d in found for d in exact)
+    assert sum(d in found for d in near) >= 0.85 * len(near)
+    assert all(int(d.rsplit("-", 1)[1]) > int(found[d].rsplit("-", 1)[1]) for d in found)

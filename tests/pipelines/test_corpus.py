@@ -1,0 +1,172 @@
+"""corpus stage: the pass-1 composition and the helpers around Ray on hand-made inputs, then one
+end-to-end run on a real local Ray cluster (counts add up, shards load, quarantine complete, the
+PII canary never reaches a shard, re-runs skip)."""
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from mortgagellm.cluster import data
+from mortgagellm.config import CorpusConfig, load_recipe
+from mortgagellm.datasets import mortgage, readers
+from mortgagellm.datasets.schemas import PACKED_SCHEMA, QUARANTINE_SCHEMA
+from mortgagellm.pipelines import corpus
+
+REGULATION = (Path(__file__).resolve().parents[2].parent / "shared" / "corpora" /
+              "cfpb-regulations" / "reg-h-1008-2011-31730.xml")
+CANARY = {"name": "Zebulon Quartermaine", "ssn": "078-05-1120", "phone": "(415) 555-2671",
+          "email": "zeb.quartermaine@canary-mail.org", "address": "1600 Canary Row",
+          "loan": "9981234567"}
+CANARY_TEXT = (
+    f"From: {CANARY['name']} <{CANARY['email']}>\n"
+    f"My name is {CANARY['name']}, SSN {CANARY['ssn']}, loan {CANARY['loan']}.\n"
+    "Kiwi orchard escrow question: why did the escrow cushion for the kiwi orchard go up this "
+    f"year? Call me at {CANARY['phone']} or write to {CANARY['address']}, Monterey, CA 93940.\n"
+    f"Thanks,\n{CANARY['name']}")
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from mortgagellm.modeling import train_tokenizer
+
+    texts = [r["text"] for r in mortgage.generate(1, 0, 200, noise=False)]
+    return train_tokenizer(texts, 400)
+
+
+def test_clean_runs_the_transforms_in_order_on_one_batch(tokenizer):
+    batch = {name: [] for name in readers.RAW_SCHEMA.names}
+    for i, (text, reject) in enumerate([(f"<p>{CANARY_TEXT}</p>", ""), ("", ""),
+                                        ("Short one", ""), ("", "invalid_json")]):
+        row = readers._row({"unit": 0, "source": "user"}, i, f"f.jsonl:{i}", f"d{i}", "user",
+                           text, reject=reject)
+        for name in batch:
+            batch[name].append(row[name])
+    cfg = CorpusConfig(min_words=5).model_dump(mode="json", exclude={"tasks"})
+    out = corpus.to_columns(corpus.to_arrow(
+        corpus.clean(corpus.to_columns(corpus.to_arrow(batch, readers.RAW_SCHEMA)), cfg,
+                     "salt", tokenizer), corpus.STAGING_SCHEMA))
+    assert out["reject"] == ["", "empty_text", "", "invalid_json"]
+    assert out["quality"] == ["", "", "too_short", ""]
+    decoded = tokenizer.decode(out["input_ids"][0].tolist(), skip_special_tokens=True)
+    assert decoded.startswith("From: ") and "Kiwi orchard escrow question" in decoded
+    assert "<p>" not in decoded and not any(v in decoded for v in CANARY.values())
+    assert out["html_stripped"].tolist() == [True, False, False, False]
+    assert out["pii_name"][0] == 6 and out["pii_ssn"][0] == 1
+    assert [len(ids) for ids in out["input_ids"][1:]] == [0, 0, 0]  # nothing else tokenized
+    assert out["minhash"][0].shape == (150,)
+
+
+def test_arrow_round_trip_keeps_types():
+    batch = {"input_ids": [np.array([1, 2], np.int32), np.array([], np.int32)],
+             "segment_ids": [np.array([1, 1], np.int32), np.array([], np.int32)]}
+    table = corpus.to_arrow(batch, PACKED_SCHEMA)
+    assert table.schema == PACKED_SCHEMA
+    back = corpus.to_columns(table)
+    assert [a.tolist() for a in back["input_ids"]] == [[1, 2], []]
+
+
+def test_select_drops_the_listed_orders():
+    batch = {"order": np.array([5, 1, 9, 3]), "source": ["a", "b", "c", "d"]}
+    out = corpus.select(batch, np.array([3, 5]))
+    assert out["order"].tolist() == [1, 9] and out["source"] == ["b", "c"]
+    assert corpus.select(batch, np.array([], np.int64))["source"] == ["a", "b", "c", "d"]
+
+
+def test_too_many_rejects_fail_naming_the_worst_sources(tmp_path):
+    metrics = {"documents": {"read": 100, "rejected": 11},
+               "rejects_by_source": {"s3://b/bad.jsonl": 9, "s3://b/ok.jsonl": 2},
+               "rejects_by_reason": {"invalid_json": 11}}
+    corpus.check_rejects(metrics, 0.2, tmp_path / "q.parquet")  # 11 % <= 20 %: passes
+    with pytest.raises(ValueError, match=r"11\.0%.*s3://b/bad\.jsonl \(9\); s3://b/ok\.jsonl"):
+        corpus.check_rejects(metrics, 0.1, tmp_path / "q.parquet")
+
+
+def write_user_corpus(root: Path) -> dict[str, str]:
+    """A user corpus with the canary, good records and one bad record of every kind; returns
+    {location suffix: expected quarantine reason}."""
+    root.mkdir()
+    good = [json.dumps({"id": f"u{i}", "text": f"Customer note {i}: please explain how the "
+                        f"escrow analysis number {i} changed my monthly payment this year."})
+            for i in range(5)]
+    lines = [json.dumps({"id": "canary", "text": CANARY_TEXT}), *good,
+             '{"text": "broken', json.dumps({"text": ["not", "a", "string"]}),
+             json.dumps({"body": "no text"}), json.dumps({"text": "   "}),
+             json.dumps({"text": "z " * 30_000})]
+    (root / "letters.jsonl").write_bytes("\n".join(lines).encode() + b"\n{\"text\": \"\xff\"}\n")
+    pq.write_table(pa.table({"text": ["A Parquet note about the payoff quote for a home loan "
+                                      "that closes next month.", None]}), root / "t.parquet")
+    (root / "notes").mkdir()
+    (root / "notes" / "good.txt").write_text("Plain text: rate lock extensions cost points "
+                                             "and the lender explains the fee in writing.")
+    (root / "notes" / "bad.txt").write_bytes(b"\xfe\xff binary")
+    (root / "sheet.csv").write_text("a,b\n")
+    return {"letters.jsonl:7": "invalid_json", "letters.jsonl:8": "wrong_type",
+            "letters.jsonl:9": "missing_field", "letters.jsonl:10": "empty_text",
+            "letters.jsonl:11": "oversized", "letters.jsonl:12": "bad_utf8",
+            "t.parquet#row=1": "missing_field", "bad.txt": "bad_utf8",
+            "sheet.csv": "unsupported_format"}
+
+
+@pytest.mark.integration
+def test_corpus_stage_end_to_end(ray_cluster, tiny_pair, tiny_recipe_path, tmp_path, caplog):
+    expected_rejects = write_user_corpus(tmp_path / "user")
+    recipe = load_recipe(tiny_recipe_path, {
+        "corpus.synthetic_docs": 2000, "corpus.synthetic_shards": 4,
+        "corpus.regulations": [str(REGULATION)], "corpus.user_corpora": [str(tmp_path / "user")],
+        "corpus.mixture": {"regulations": 2.0}, "corpus.max_doc_chars": 20_000,
+        "corpus.seq_len": 128, "corpus.rows_per_shard": 2000, "corpus.batch_docs": 400})
+    m = corpus.run(recipe, force=True)
+    docs, metrics = m.metrics["documents"], m.metrics
+
+    # Every record read is accounted for exactly once.
+    assert docs["read"] == docs["rejected"] + docs["exact_duplicates"] + \
+        docs["near_duplicates"] + docs["low_quality"] + docs["kept"]
+    assert docs["read"] == sum(s["read"] for s in metrics["by_source"].values())
+    assert metrics["by_source"]["synthetic"]["read"] == 2000
+    assert docs["rejected"] == sum(metrics["rejects_by_reason"].values())
+    # Regulations weigh 2: their tokens are packed twice, everything else once.
+    assert metrics["packed"]["tokens"] == metrics["tokens_kept_documents"] + \
+        metrics["by_source"]["regulations"]["tokens"]
+
+    quarantine = pq.read_table(m.output_path("quarantine.parquet"))
+    assert quarantine.schema.remove_metadata() == QUARANTINE_SCHEMA.remove_metadata()
+    reasons = dict(zip(quarantine["location"].to_pylist(), quarantine["reason"].to_pylist(),
+                       strict=True))
+    for suffix, reason in expected_rejects.items():
+        assert [r for loc, r in reasons.items() if loc.endswith(suffix)] == [reason], suffix
+    assert len(quarantine) == docs["rejected"] + docs["low_quality"]
+    dups = pq.read_table(m.output_path("duplicates.parquet"))
+    assert len(dups) == docs["exact_duplicates"] + docs["near_duplicates"]
+
+    shard_dir = Path(m.output_path("shards"))
+    files = sorted(p.name for p in shard_dir.glob("*.parquet"))
+    assert files == [s["file"] for s in metrics["shards"]] and len(files) >= 2
+    stream = []
+    for name in files:
+        table = pq.read_table(shard_dir / name)
+        assert table.schema.remove_metadata() == PACKED_SCHEMA.remove_metadata()
+        ids = np.stack(table["input_ids"].to_numpy(zero_copy_only=False))
+        segments = np.stack(table["segment_ids"].to_numpy(zero_copy_only=False))
+        assert ids.shape[1] == 128
+        stream.append(ids[segments > 0])
+    tokens = np.concatenate(stream)
+    assert len(tokens) == metrics["packed"]["tokens"]
+    from transformers import AutoTokenizer
+
+    text = AutoTokenizer.from_pretrained(tiny_pair.output_path("base")).decode(
+        tokens.tolist(), skip_special_tokens=True)
+    assert "Kiwi orchard escrow question" in text  # the canary document is in the shards ...
+    assert [v for v in CANARY.values() if v in text] == []  # ... with none of its PII
+    assert not any(v in s for v in CANARY.values() for s in quarantine["snippet"].to_pylist())
+
+    plan = data.shard_plan(m)
+    assert sum(1 for _ in data.iter_rows(plan, 0, 2)) == metrics["packed"]["rows"] // 2
+
+    with caplog.at_level(logging.INFO, logger="mortgagellm.pipelines.corpus"):
+        again = corpus.run(recipe)
+    assert again.started_at == m.started_at and "up to date" in caplog.text
