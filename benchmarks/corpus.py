@@ -160,17 +160,17 @@ def main() -> None:
 
     from mortgagellm.cluster.runtime import init_ray
 
-    init_ray(RayConfig(num_cpus=args.num_cpus, object_store_mb=1024,
+    init_ray(RayConfig(num_cpus=args.num_cpus, object_store_mb=1024,  # token in <work>/ray/
                        temp_dir=tempfile.mkdtemp(prefix="rb-", dir="/tmp")), work)
-    ray_result = measure("ray data", ray_pipeline, cfg, tokenizer_path, work / "ray")
+    ray_result = measure("ray data", ray_pipeline, cfg, tokenizer_path, work / "out-ray")
     if args.scale:
         print(f"scale: {docs:,} docs in {ray_result['seconds'] / 60:.1f} min, peak "
               f"{ray_result['peak_pss_gb']:.2f} GB, non-pad {ray_result['non_pad_fraction']}")
         return
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one core, as in every Ray worker
-    plain = measure("plain loop", plain_loop, cfg, tokenizer_path, work / "plain")
+    plain = measure("plain loop", plain_loop, cfg, tokenizer_path, work / "out-plain")
     os.environ["TOKENIZERS_PARALLELISM"] = "true"  # the Rust tokenizer's own threads on
-    threaded = measure("plain + threads", plain_loop, cfg, tokenizer_path, work / "plain-t")
+    threaded = measure("plain + threads", plain_loop, cfg, tokenizer_path, work / "out-plain-t")
     assert plain["tokens"] == ray_result["tokens"], "the two paths must produce the same tokens"
     print(f"ray data / plain loop docs/s: {ray_result['docs_per_s'] / plain['docs_per_s']:.2f}x; "
           f"vs plain loop with tokenizer threads: "
