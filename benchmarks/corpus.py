@@ -8,13 +8,15 @@ Run: .venv/bin/python benchmarks/corpus.py [--docs 40000] [--num-cpus 4]
 
 Memory is the proportional set size (PSS) summed over this process and every process it started
 (the Ray head, raylet and workers), sampled every second: shared object-store pages are counted
-once, not once per process that maps them. Input: the generator (noise on) plus the three CFPB
+once, not once per process that maps them. CPU seconds are summed over the same processes; on a
+shared machine (see load_avg_1m, at start and end) docs per CPU second is the steadier number. Input: the generator (noise on) plus the three CFPB
 regulations; the tokenizer is a 1,024-token byte-level BPE trained here like the small preset's.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -28,7 +30,7 @@ import psutil
 import pyarrow.parquet as pq
 
 from mortgagellm.config import CorpusConfig, RayConfig
-from mortgagellm.datasets import dedupe, readers, transforms
+from mortgagellm.datasets import dedupe, readers
 from mortgagellm.datasets.schemas import PACKED_SCHEMA
 from mortgagellm.datasets.splits import purpose_seed
 from mortgagellm.pipelines import corpus
@@ -37,36 +39,51 @@ REGULATIONS = Path(__file__).resolve().parents[1].parent / "shared" / "corpora" 
 SEED = 0
 
 
-class MemoryPeak:
-    """Background sampler of summed PSS over this process tree; `peak_gb` once stopped."""
+class Usage:
+    """Background sampler over this process tree, every second: peak summed PSS, peak driver
+    RSS, and CPU seconds used (user + system of every process seen, from when it was first
+    seen). The machine is shared, so CPU seconds say what the work cost when wall time cannot.
+    """
 
     def __init__(self) -> None:
-        self.peak, self.driver_peak, self._stop = 0, 0, threading.Event()
+        self.peak = self.driver_peak = 0
+        self._first: dict[int, float] = {}  # CPU seconds when first seen; 0 if started later
+        self._last: dict[int, float] = {}
+        self._started = False
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> "MemoryPeak":
+    def __enter__(self) -> "Usage":
+        self._sample()
         self._thread.start()
         return self
 
     def __exit__(self, *_) -> None:
         self._stop.set()
         self._thread.join()
+        self._sample()
 
     def _run(self) -> None:
-        me = psutil.Process()
         while not self._stop.wait(1.0):
-            total = 0
-            for p in [me, *me.children(recursive=True)]:
-                try:
-                    total += p.memory_full_info().pss
-                except (psutil.NoSuchProcess, psutil.AccessDenied):
-                    pass
-            self.peak = max(self.peak, total)
-            self.driver_peak = max(self.driver_peak, me.memory_info().rss)
+            self._sample()
+
+    def _sample(self) -> None:
+        me, total = psutil.Process(), 0
+        for p in [me, *me.children(recursive=True)]:
+            try:
+                total += p.memory_full_info().pss
+                cpu = sum(p.cpu_times()[:2])
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+            self._first.setdefault(p.pid, 0.0 if self._started else cpu)
+            self._last[p.pid] = cpu
+        self._started = True
+        self.peak = max(self.peak, total)
+        self.driver_peak = max(self.driver_peak, me.memory_info().rss)
 
     @property
-    def peak_gb(self) -> float:
-        return self.peak / 2**30
+    def cpu_s(self) -> float:
+        return sum(self._last[pid] - first for pid, first in self._first.items())
 
 
 def make_tokenizer(directory: Path) -> str:
@@ -79,63 +96,72 @@ def make_tokenizer(directory: Path) -> str:
     return str(directory)
 
 
-def plain_loop(cfg: CorpusConfig, tokenizer_path: str, out_dir: Path) -> dict:
-    """The stage's transforms in one process: read, clean, dedupe in memory, pack, write."""
-    tokenizer = corpus.load_tokenizer(tokenizer_path)
-    settings = cfg.model_dump(mode="json", exclude={"tasks"})
-    units = readers.plan_units(cfg.synthetic_docs, cfg.synthetic_shards, purpose_seed(SEED, "corpus"),
-                               cfg.regulations, cfg.user_corpora)
-    keep = ("order", "source", "reject", "quality", "content_hash", "minhash", "input_ids")
+def plain_loop(cfg: CorpusConfig, spec: dict, out_dir: Path, threads: bool = False) -> dict:
+    """The stage's transforms in one process: read, clean, dedupe in memory, pack, write.
+    `threads` lets the Rust tokenizer use its own thread pool (off in the stage's workers)."""
+    tokenizer = corpus.load_tokenizer(spec["file"])  # (turns the pool off)
+    os.environ["TOKENIZERS_PARALLELISM"] = "true" if threads else "false"
+    settings, salt = cfg.model_dump(mode="json", exclude={"tasks"}), corpus._salt(SEED)
+    units = readers.plan_units(cfg.synthetic_docs, cfg.synthetic_shards,
+                               purpose_seed(SEED, "corpus"), cfg.regulations, cfg.user_corpora)
+    keep = ("order", "source", "text", "reject", "quality", "content_hash", "minhash")
     staged = []
     for unit in units:
-        for batch in readers.read_unit(unit, cfg.max_doc_chars, cfg.text_field, cfg.id_field):
-            done = corpus.clean(batch, settings, corpus._salt(SEED), tokenizer)
+        for batch in readers.read_unit(unit, cfg.max_doc_chars, cfg.text_field, cfg.id_field,
+                                       cfg.batch_docs):
+            done = corpus.clean(batch, settings, salt)
             staged.append({k: done[k] for k in keep})
     order = np.concatenate([np.asarray(b["order"]) for b in staged])
     valid = np.concatenate([[not r for r in b["reject"]] for b in staged]).astype(bool)
     good = np.concatenate([[not q for q in b["quality"]] for b in staged]).astype(bool)
-    hashes = np.concatenate([b["content_hash"] for b in staged])
     sig = np.concatenate([np.stack(b["minhash"]) for b in staged])
+    hashes = np.concatenate([b["content_hash"] for b in staged])
     idx = np.flatnonzero(valid)
     pos, _, _ = dedupe.find_duplicates(order[idx], hashes[idx], sig[idx], cfg.minhash_bands,
                                        cfg.minhash_rows, cfg.near_dup_threshold)
     dup = np.zeros(len(order), bool)
     dup[idx[pos]] = True
-    drop = np.sort(order[~(valid & good & ~dup)])
+    kept = valid & good & ~dup
+    drop = np.sort(order[~kept])
+    columns = {k: [v for b in staged for v in b[k]] for k in ("source", "text")}
+    columns["order"] = order
     rows = tokens = 0
     out_dir.mkdir(parents=True)
-    with pq.ParquetWriter(out_dir / "shards.parquet", PACKED_SCHEMA) as writer:
-        for b in staged:
-            mixed = transforms.mix(corpus.select(b, drop), dict(cfg.mixture), purpose_seed(SEED,
-                                                                                          "corpus"))
-            packed = transforms.pack(mixed, cfg.seq_len, tokenizer.pad_token_id)
-            writer.write_table(corpus.to_arrow(packed, PACKED_SCHEMA))
-            rows += len(packed["input_ids"])
-            tokens += int(sum(np.count_nonzero(s) for s in packed["segment_ids"]))
-    return {"read": len(order), "kept": int((valid & good & ~dup).sum()), "rows": rows,
-            "tokens": tokens}
+    for start in range(0, len(order), cfg.docs_per_shard):
+        shard = {k: v[start:start + cfg.docs_per_shard] for k, v in columns.items()}
+        packed, _ = corpus.pack_shard(shard, drop, dict(cfg.mixture), purpose_seed(SEED, "corpus"),
+                                      cfg.seq_len, tokenizer, spec)
+        if packed["input_ids"]:
+            pq.write_table(corpus.to_arrow(packed, PACKED_SCHEMA), out_dir / f"{start:09d}.parquet")
+        rows += len(packed["input_ids"])
+        tokens += int(sum(np.count_nonzero(s) for s in packed["segment_ids"]))
+    return {"read": len(order), "kept": int(kept.sum()), "rows": rows, "tokens": tokens}
 
 
-def ray_pipeline(cfg: CorpusConfig, tokenizer_path: str, out_dir: Path) -> dict:
+def ray_pipeline(cfg: CorpusConfig, spec: dict, out_dir: Path) -> dict:
     """The corpus stage's three passes (corpus.build) on the running Ray cluster."""
-    metrics = corpus.build(cfg, SEED, tokenizer_path, out_dir)
+    metrics = corpus.build(cfg, SEED, spec, out_dir)
     return {"read": metrics["documents"]["read"], "kept": metrics["documents"]["kept"],
             "rows": metrics["packed"]["rows"], "tokens": metrics["packed"]["tokens"],
             "timings_s": metrics["timings_s"]}
 
 
-def measure(name: str, fn, cfg: CorpusConfig, tokenizer_path: str, out_dir: Path) -> dict:
+def measure(name: str, fn, cfg: CorpusConfig, spec: dict, out_dir: Path) -> dict:
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True)
-    with MemoryPeak() as memory:
+    load = os.getloadavg()[0]
+    with Usage() as usage:
         t0 = time.monotonic()
-        result = fn(cfg, tokenizer_path, out_dir / "out")
+        result = fn(cfg, spec, out_dir / "out")
         seconds = time.monotonic() - t0
     result |= {"seconds": round(seconds, 1), "docs_per_s": round(result["read"] / seconds, 1),
                "tokens_per_s": round(result["tokens"] / seconds),
-               "peak_pss_gb": round(memory.peak_gb, 2),
-               "driver_peak_rss_gb": round(memory.driver_peak / 2**30, 2),
-               "non_pad_fraction": round(result["tokens"] / (result["rows"] * cfg.seq_len), 4)}
+               "cpu_s": round(usage.cpu_s, 1),
+               "docs_per_cpu_s": round(result["read"] / max(usage.cpu_s, 1e-9), 1),
+               "peak_pss_gb": round(usage.peak / 2**30, 2),
+               "driver_peak_rss_gb": round(usage.driver_peak / 2**30, 2),
+               "non_pad_fraction": round(result["tokens"] / (result["rows"] * cfg.seq_len), 4),
+               "load_avg_1m": [round(load, 1), round(os.getloadavg()[0], 1)]}
     print(f"{name:>16}: {json.dumps(result)}", flush=True)
     return result
 
@@ -151,30 +177,31 @@ def main() -> None:
 
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="corpus-bench-"))
     work.mkdir(parents=True, exist_ok=True)
-    tokenizer_path = make_tokenizer(work / "tokenizer")
+    spec = corpus.tokenizer_spec(make_tokenizer(work / "tokenizer"))
     docs = args.scale or args.docs
     cfg = CorpusConfig(synthetic_docs=docs, synthetic_shards=max(2, docs // args.docs_per_shard),
                        regulations=[str(REGULATIONS)], seq_len=512)
     print(f"{docs:,} generated documents + 3 regulations, {cfg.synthetic_shards} read units, "
           f"{os.cpu_count()} cores, Ray with {args.num_cpus} logical CPUs", flush=True)
 
+    if not args.scale:  # plain loops first, so no idle Ray process counts in their memory
+        plain = measure("plain loop", plain_loop, cfg, spec, work / "out-plain")
+        threaded = measure("plain + threads", functools.partial(plain_loop, threads=True), cfg,
+                           spec, work / "out-plain-t")
+
     from mortgagellm.cluster.runtime import init_ray
 
     init_ray(RayConfig(num_cpus=args.num_cpus, object_store_mb=1024,  # token in <work>/ray/
                        temp_dir=tempfile.mkdtemp(prefix="rb-", dir="/tmp")), work)
-    ray_result = measure("ray data", ray_pipeline, cfg, tokenizer_path, work / "out-ray")
+    ray_result = measure("ray data", ray_pipeline, cfg, spec, work / "out-ray")
     if args.scale:
         print(f"scale: {docs:,} docs in {ray_result['seconds'] / 60:.1f} min, peak "
               f"{ray_result['peak_pss_gb']:.2f} GB, non-pad {ray_result['non_pad_fraction']}")
         return
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one core, as in every Ray worker
-    plain = measure("plain loop", plain_loop, cfg, tokenizer_path, work / "out-plain")
-    os.environ["TOKENIZERS_PARALLELISM"] = "true"  # the Rust tokenizer's own threads on
-    threaded = measure("plain + threads", plain_loop, cfg, tokenizer_path, work / "out-plain-t")
     assert plain["tokens"] == ray_result["tokens"], "the two paths must produce the same tokens"
-    print(f"ray data / plain loop docs/s: {ray_result['docs_per_s'] / plain['docs_per_s']:.2f}x; "
-          f"vs plain loop with tokenizer threads: "
-          f"{ray_result['docs_per_s'] / threaded['docs_per_s']:.2f}x")
+    for name, base in (("plain loop", plain), ("plain loop with tokenizer threads", threaded)):
+        print(f"ray data / {name}: docs/s {ray_result['docs_per_s'] / base['docs_per_s']:.2f}x, "
+              f"docs per CPU-s {ray_result['docs_per_cpu_s'] / base['docs_per_cpu_s']:.2f}x")
 
 
 if __name__ == "__main__":

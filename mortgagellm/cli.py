@@ -3,6 +3,7 @@
     mortgagellm run CONFIG [--from STAGE] [--to STAGE] [--force] [--section.key VALUE ...]
     mortgagellm <stage> CONFIG [--force] [--section.key VALUE ...]
     mortgagellm config CONFIG [--section.key VALUE ...]     print the resolved recipe
+    mortgagellm submit CONFIG [--stages STAGE ...] [--address URL]   run it as a Ray job
 
 Imports nothing heavy at module level, so --help is instant.
 """
@@ -39,6 +40,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--force", action="store_true", help="re-run even if the manifest matches")
     show = sub.add_parser("config", help="print the resolved recipe as YAML", epilog=EPILOG)
     show.add_argument("config", help="recipe YAML")
+    job = sub.add_parser("submit", epilog=EPILOG,
+                         help="run the recipe as a Ray job on an existing cluster (RAY_ADDRESS)")
+    job.add_argument("config", help="recipe YAML, e.g. configs/llama3-8b-a100.yaml")
+    job.add_argument("--stages", nargs="+", choices=STAGES, metavar="STAGE",
+                     help=f"consecutive stages to run (default: all): {', '.join(STAGES)}")
+    job.add_argument("--address", help="dashboard URL, e.g. http://HEAD:8265 (default RAY_ADDRESS)")
+    job.add_argument("--force", action="store_true", help="re-run even if manifests match")
+    job.add_argument("--no-wait", action="store_true", help="submit, print the job id, return")
     return parser
 
 
@@ -67,11 +76,21 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from mortgagellm.config import ConfigError, load_recipe
 
+    overrides = split_overrides(extra)
     try:
-        recipe = load_recipe(args.config, split_overrides(extra))
+        recipe = load_recipe(args.config, overrides)
     except ConfigError as err:
         print(f"mortgagellm: {err}", file=sys.stderr)
         return 2
+    if args.command == "submit":
+        from mortgagellm.cluster.submit import SubmitError, submit
+
+        try:
+            return submit(args.config, recipe, overrides, address=args.address,
+                          stages=args.stages, force=args.force, wait=not args.no_wait)
+        except SubmitError as err:
+            print(f"mortgagellm: {err}", file=sys.stderr)
+            return 2
     if args.command == "config":
         import yaml
 

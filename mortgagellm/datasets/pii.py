@@ -132,7 +132,8 @@ def surrogate(kind: str, value: str, key: bytes, first: bool = True) -> str:
     for attempt in range(8):
         h = _draw(key, kind, canonical, attempt)
         if kind == "ssn":
-            fake = _digits_like(value, f"{900 + h % 100}{h // 100 % 90 + 10}{h // 10**4 % 9000 + 1000}")
+            digits = f"{900 + h % 100}{h // 100 % 90 + 10}{h // 10**4 % 9000 + 1000}"
+            fake = _digits_like(value, digits)
         elif kind == "phone":
             fake = _digits_like(value, f"{200 + h % 800}55501{h // 1000 % 100:02d}")
         elif kind == "loan_number":
@@ -211,7 +212,8 @@ def _numbers(text: str) -> list[tuple[int, int, str]]:
 def _emails(text: str) -> list[tuple[int, int, str]]:
     found, at = [], text.find("@")
     while at != -1:
-        left, right = _EMAIL_LEFT.search(text, max(0, at - 64), at), _EMAIL_RIGHT.match(text, at + 1)
+        left = _EMAIL_LEFT.search(text, max(0, at - 64), at)
+        right = _EMAIL_RIGHT.match(text, at + 1)
         if left and right:
             found.append((left.start(), right.end(), "email"))
         at = text.find("@", at + 1)

@@ -89,33 +89,35 @@ def _row(unit: dict, index: int, location: str, doc_id: str = "", kind: str = ""
             "reject": reject, "snippet": snippet[:_SNIPPET]}
 
 
-def _batches(rows: Iterator[dict]) -> Iterator[dict]:
-    """Rows -> column batches of at most BATCH_ROWS rows."""
+def _batches(rows: Iterator[dict], size: int) -> Iterator[dict]:
+    """Rows -> column batches of at most `size` rows."""
     batch: list[dict] = []
     for row in rows:
         batch.append(row)
-        if len(batch) == BATCH_ROWS:
+        if len(batch) == size:
             yield {k: [r[k] for r in batch] for k in RAW_SCHEMA.names}
             batch = []
     if batch:
         yield {k: [r[k] for r in batch] for k in RAW_SCHEMA.names}
 
 
-def read_unit(unit: dict, max_chars: int, text_field: str = "text", id_field: str = "id"
-              ) -> Iterator[dict]:
-    """RAW_SCHEMA column batches of one unit; unreadable files become one rejected row."""
+def read_unit(unit: dict, max_chars: int, text_field: str = "text", id_field: str = "id",
+              batch_rows: int = BATCH_ROWS) -> Iterator[dict]:
+    """RAW_SCHEMA column batches (at most batch_rows rows each) of one unit; an unreadable file
+    becomes one rejected row."""
     readers = {"synthetic": _synthetic, "regml": _regml, "jsonl": _jsonl, "parquet": _parquet,
                "text": _text}
     if unit["format"] not in readers:
         yield from _batches(iter([_row(unit, 0, unit["uri"], reject="unsupported_format",
-                                       snippet=f"no reader for {unit['uri']}")]))
+                                       snippet=f"no reader for {unit['uri']}")]), 1)
         return
     try:
-        yield from _batches(readers[unit["format"]](unit, max_chars, text_field, id_field))
+        yield from _batches(readers[unit["format"]](unit, max_chars, text_field, id_field),
+                            batch_rows)
     except (OSError, pa.ArrowException) as err:
         # Missing, unreadable or corrupt file: one reject, numbered after any rows already read.
         yield from _batches(iter([_row(unit, _LAST_ROW, unit["uri"], reject="unreadable_file",
-                                       snippet=f"{type(err).__name__}: {err}")]))
+                                       snippet=f"{type(err).__name__}: {err}")]), 1)
 
 
 def _synthetic(unit: dict, max_chars: int, *_: str) -> Iterator[dict]:

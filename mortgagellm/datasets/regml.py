@@ -51,8 +51,9 @@ def _lines(el: ET.Element, out: list[str]) -> None:
         return
     if tag in _PARAGRAPHS:
         title, content = _child(el, "title"), _child(el, "content")
-        head = " ".join(x for x in (el.get("marker", ""), title is not None and _inline(title) or "",
-                                    content is not None and _inline(content) or "") if x)
+        parts = (el.get("marker", ""), _inline(title) if title is not None else "",
+                 _inline(content) if content is not None else "")
+        head = " ".join(x for x in parts if x)
         if head:
             out.append(head)
         for child in el:

@@ -4,15 +4,14 @@ Run: mortgagellm corpus configs/cpu-demo.yaml
 
 Three passes, because deciding which copy of a duplicate stays needs the whole corpus:
   1. clean (Ray Data, streaming): read -> validate -> normalise -> redact PII -> content hash +
-     MinHash band keys -> quality flags -> tokenize, written to <out>/staging/ (tokens and
-     per-document columns, no text). Signatures and flags are computed here, in parallel; the
-     decisions they feed are taken in pass 2, dedupe first, then quality.
-  2. dedupe (driver, numpy): (order, hash, band keys) of all documents -> which ones are
-     duplicates; about 150 MB for 1M documents. Counts, quarantine and duplicate list are written
-     here, and the stage stops if too many records were malformed.
-  3. pack (Ray Data, streaming): drop rejected, duplicate and low-quality documents -> apply the
-     mixture weights -> pack into seq_len rows -> write Parquet shards (PACKED_SCHEMA) named by
-     their position in corpus order.
+     MinHash signature -> quality flag, written to <out>/staging/ (one row per record read).
+  2. dedupe (driver, numpy): (order, hash, signature) of every valid document -> duplicates,
+     about 320 MB for 1M documents; then counts, quarantine and duplicate list are written, and
+     the stage stops here if too many records were malformed.
+  3. pack (Ray Data, streaming): drop rejected, duplicate and low-quality documents -> tokenize
+     (fast tokenizer, one batched call) -> mixture weights -> pack into seq_len rows -> one
+     Parquet shard (PACKED_SCHEMA) per docs_per_shard documents, named by its place in corpus
+     order.
 
 Outputs in <output_dir>/corpus/: shards/, quarantine.parquet, duplicates.parquet and
 manifest.json (counts per step, tokens, rejects by reason and source, shard list, hashes).
@@ -24,6 +23,7 @@ import functools
 import hashlib
 import json
 import logging
+import os
 import shutil
 import sys
 import time
@@ -45,19 +45,20 @@ from mortgagellm.pipelines.recipe import stage_dir
 log = logging.getLogger(__name__)
 
 STAGING_SCHEMA = pa.schema(
-    [f for f in readers.RAW_SCHEMA if f.name != "text"] + [
-        pa.field("input_ids", pa.list_(pa.int32())),
-        pa.field("n_tokens", pa.int64()),
+    list(readers.RAW_SCHEMA) + [
         pa.field("content_hash", pa.uint64()),
         pa.field("minhash", pa.list_(pa.uint16())),
         pa.field("quality", pa.string()),
         pa.field("mojibake_repaired", pa.bool_()),
         pa.field("html_stripped", pa.bool_()),
     ] + [pa.field(f"pii_{kind}", pa.int32()) for kind in pii.KINDS])
-"""One row per record read, after pass 1."""
+"""One row per record read, after pass 1; `text` is the cleaned, redacted text."""
 
-SHARD_STATS = pa.schema([pa.field("file", pa.string()), pa.field("rows", pa.int64()),
-                         pa.field("tokens", pa.int64())])
+SOURCES = ("regulations", "user", "synthetic")
+SHARD_STATS = pa.schema(
+    [pa.field("file", pa.string()), pa.field("rows", pa.int64()), pa.field("tokens", pa.int64())]
+    + [pa.field(f"{s}_tokens", pa.int64()) for s in SOURCES])
+"""What pass 3 reports per shard written: rows, packed tokens, document tokens per source."""
 
 
 def run(recipe: Recipe, force: bool = False) -> manifest.Manifest:
@@ -82,7 +83,7 @@ def run(recipe: Recipe, force: bool = False) -> manifest.Manifest:
     log.info("corpus: building (%s)", why)
     started, t0 = manifest.now()
     _ensure_ray(recipe)
-    metrics = build(cfg, recipe.run.seed, base, out_dir)
+    metrics = build(cfg, recipe.run.seed, tokenizer_spec(base), out_dir)
     outputs = {name: manifest.artifact(out_dir / name)
                for name in ("shards", "quarantine.parquet", "duplicates.parquet")}
     metrics["content_sha256"] = outputs["shards"]["sha256"]
@@ -91,8 +92,10 @@ def run(recipe: Recipe, force: bool = False) -> manifest.Manifest:
         metrics=metrics, started_at=started, duration_s=round(time.monotonic() - t0, 2)))
 
 
-def build(cfg: CorpusConfig, seed: int, tokenizer_path: str, out_dir: Path) -> dict[str, Any]:
-    """The three passes; returns the manifest's metrics. Ray must be initialised."""
+def build(cfg: CorpusConfig, seed: int, tokenizer: dict[str, Any], out_dir: Path
+          ) -> dict[str, Any]:
+    """The three passes; returns the manifest's metrics. Ray must be initialised; `tokenizer`
+    is a `tokenizer_spec`."""
     from ray.data import DataContext
 
     DataContext.get_current().execution_options.preserve_order = True  # reproducible shards
@@ -104,21 +107,22 @@ def build(cfg: CorpusConfig, seed: int, tokenizer_path: str, out_dir: Path) -> d
                                cfg.synthetic_noise)
     log.info("corpus pass 1/3 (clean): %d read units -> %s", len(units), staging)
     t = time.monotonic()
-    clean_pass(cfg, seed, tokenizer_path, units).write_parquet(str(staging))
+    clean_pass(cfg, seed, units).write_parquet(str(staging))
     timings = {"clean_s": time.monotonic() - t}
 
     t = time.monotonic()
-    table = _staging_columns(staging)
-    drop, metrics = dedupe_pass(cfg, table, units, out_dir)
+    drop, metrics = dedupe_pass(cfg, _staging_columns(staging), units, out_dir)
     timings["dedupe_s"] = time.monotonic() - t
     check_rejects(metrics, cfg.max_reject_fraction, out_dir / "quarantine.parquet")
-    del table
 
     log.info("corpus pass 3/3 (pack): %d documents -> %s", metrics["documents"]["kept"], shards)
     t = time.monotonic()
-    stats = pack_pass(cfg, seed, staging, drop, tokenizer_path, shards).to_pandas()
+    stats = pack_pass(cfg, seed, staging, drop, tokenizer, shards).to_pandas()
     timings["pack_s"] = time.monotonic() - t
     shutil.rmtree(staging)
+    for source in SOURCES:
+        metrics["by_source"][source]["tokens"] = int(stats[f"{source}_tokens"].sum())
+    metrics["tokens_kept_documents"] = sum(int(stats[f"{s}_tokens"].sum()) for s in SOURCES)
     rows, tokens = int(stats["rows"].sum()), int(stats["tokens"].sum())
     metrics["packed"] = {"rows": rows, "seq_len": cfg.seq_len, "tokens": tokens,
                          "non_pad_fraction": round(tokens / max(1, rows * cfg.seq_len), 6),
@@ -135,50 +139,73 @@ def build(cfg: CorpusConfig, seed: int, tokenizer_path: str, out_dir: Path) -> d
 # --- pass 1: clean ---------------------------------------------------------------------------
 
 
-def clean_pass(cfg: CorpusConfig, seed: int, tokenizer_path: str, units: list[dict]):
-    """The Ray Data dataset of pass 1: read units -> STAGING_SCHEMA rows."""
+def clean_pass(cfg: CorpusConfig, seed: int, units: list[dict]):
+    """The Ray Data dataset of pass 1: read units -> STAGING_SCHEMA rows.
+
+    One task per unit: _read and _clean fuse, and _clean takes each block _read yields whole
+    (batch_size=None); a batch size there would make Ray bundle several units into one task.
+    """
     import ray
 
     ds = ray.data.from_items(units, override_num_blocks=len(units))
     ds = ds.map_batches(_read, batch_size=1, batch_format="pyarrow", fn_kwargs={
-        "max_chars": cfg.max_doc_chars, "text_field": cfg.text_field, "id_field": cfg.id_field})
-    return ds.map_batches(_clean, batch_size=cfg.batch_docs, batch_format="pyarrow", fn_kwargs={
-        "cfg": cfg.model_dump(mode="json", exclude={"tasks"}), "salt": _salt(seed),
-        "tokenizer_path": tokenizer_path})
+        "max_chars": cfg.max_doc_chars, "text_field": cfg.text_field, "id_field": cfg.id_field,
+        "batch_rows": cfg.batch_docs})
+    return ds.map_batches(_clean, batch_size=None, batch_format="pyarrow", fn_kwargs={
+        "cfg": cfg.model_dump(mode="json", exclude={"tasks"}), "salt": _salt(seed)})
 
 
-def _read(units: pa.Table, max_chars: int, text_field: str, id_field: str):
+def _read(units: pa.Table, max_chars: int, text_field: str, id_field: str, batch_rows: int):
     for unit in units.to_pylist():
-        for batch in readers.read_unit(unit, max_chars, text_field, id_field):
+        for batch in readers.read_unit(unit, max_chars, text_field, id_field, batch_rows):
             yield to_arrow(batch, readers.RAW_SCHEMA)
 
 
-def clean(batch: dict, cfg: dict, salt: str, tokenizer: Any) -> dict:
+def clean(batch: dict, cfg: dict, salt: str) -> dict:
     """Pass 1 on one batch of RAW_SCHEMA columns, transform by transform, in pipeline order."""
     batch = transforms.validate(batch, cfg["max_doc_chars"])
     batch = transforms.normalise(batch)
     batch = pii.redact(batch, salt)
     batch = dedupe.signatures(batch, cfg["shingle_words"],
                               cfg["minhash_bands"] * cfg["minhash_rows"])
-    batch = transforms.quality(batch, cfg["min_words"], cfg["max_symbol_fraction"],
-                               cfg["max_repeated_line_fraction"])
-    return transforms.tokenize(batch, tokenizer, tokenizer.bos_token_id, tokenizer.eos_token_id)
+    return transforms.quality(batch, cfg["min_words"], cfg["max_symbol_fraction"],
+                              cfg["max_repeated_line_fraction"])
 
 
-def _clean(table: pa.Table, cfg: dict, salt: str, tokenizer_path: str) -> pa.Table:
-    return to_arrow(clean(to_columns(table), cfg, salt, load_tokenizer(tokenizer_path)),
-                    STAGING_SCHEMA)
+def _clean(table: pa.Table, cfg: dict, salt: str) -> pa.Table:
+    return to_arrow(clean(to_columns(table), cfg, salt), STAGING_SCHEMA)
+
+
+def tokenizer_spec(base: str) -> dict[str, Any]:
+    """The base model's tokenizer as workers load it: its tokenizer.json and special-token ids.
+
+    AutoTokenizer reads the directory here, once, on the driver; workers load only the Rust
+    tokenizer from tokenizer.json, because importing transformers costs each new worker ~4 s.
+    """
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    file = Path(base) / "tokenizer.json"
+    if not tokenizer.is_fast or not file.is_file():
+        raise ValueError(f"{base}: the corpus stage needs a fast tokenizer (tokenizer.json)")
+    ids = {"bos_id": tokenizer.bos_token_id, "eos_id": tokenizer.eos_token_id,
+           "pad_id": tokenizer.pad_token_id}
+    if None in ids.values():
+        raise ValueError(f"{base}: the tokenizer needs BOS, EOS and PAD tokens, has {ids}")
+    return {"file": str(file), **ids}
 
 
 @functools.lru_cache(maxsize=2)
-def load_tokenizer(path: str) -> Any:
-    """The base model's fast tokenizer, loaded once per worker process."""
-    from transformers import AutoTokenizer
+def load_tokenizer(file: str) -> Any:
+    """The Rust tokenizer of a tokenizer.json, loaded once per worker process.
 
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if not tokenizer.is_fast:
-        raise ValueError(f"{path}: the corpus stage needs a fast (Rust) tokenizer")
-    return tokenizer
+    Its own thread pool is turned off in the process: Ray already runs one task per CPU, and a
+    pool per task on top used about 25 % more CPU time on 2 cores (threads spinning).
+    """
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(file)
 
 
 def _salt(seed: int) -> str:
@@ -187,13 +214,13 @@ def _salt(seed: int) -> str:
 
 # --- pass 2: dedupe, counts, quarantine ------------------------------------------------------
 
-_COUNT_COLUMNS = ["order", "source", "location", "doc_id", "reject", "quality", "n_tokens",
-                  "content_hash", "minhash", "mojibake_repaired", "html_stripped"] + \
+_COUNT_COLUMNS = ["order", "source", "location", "doc_id", "reject", "quality", "content_hash",
+                  "minhash", "mojibake_repaired", "html_stripped"] + \
     [f"pii_{kind}" for kind in pii.KINDS]
 
 
 def _staging_columns(staging: Path) -> pa.Table:
-    """Every per-document column of the staging files except tokens and snippets."""
+    """Every per-document column of the staging files except text, meta and snippets."""
     import pyarrow.dataset as pads
 
     return pads.dataset(str(staging), format="parquet").to_table(columns=_COUNT_COLUMNS)
@@ -255,7 +282,6 @@ def _counts(table: pa.Table, units: list[dict], valid: np.ndarray, is_dup: np.nd
     """The manifest's per-step counts; read = rejected + duplicates + low_quality + kept."""
     source = table["source"].to_numpy(False)
     reject, quality = table["reject"].to_numpy(False), table["quality"].to_numpy(False)
-    tokens = table["n_tokens"].to_numpy()
     unit_uri = np.array([u["uri"] for u in units], dtype=object)
     origin = unit_uri[table["order"].to_numpy() >> 32]
     return {
@@ -266,14 +292,12 @@ def _counts(table: pa.Table, units: list[dict], valid: np.ndarray, is_dup: np.nd
         "rejects_by_reason": dict(Counter(reject[~valid].tolist())),
         "rejects_by_source": dict(Counter(origin[~valid].tolist()).most_common()),
         "low_quality_by_reason": dict(Counter(quality[low].tolist())),
-        "by_source": {s: {"read": int((source == s).sum()), "kept": int((kept & (source == s)).sum()),
-                          "tokens": int(tokens[kept & (source == s)].sum())}
-                      for s in ("regulations", "user", "synthetic")},
+        "by_source": {s: {"read": int((source == s).sum()),
+                          "kept": int((kept & (source == s)).sum())} for s in SOURCES},
         "normalised": {"mojibake_repaired": int(table["mojibake_repaired"].to_numpy().sum()),
                        "html_stripped": int(table["html_stripped"].to_numpy().sum())},
         "pii_redacted": {k: int(table[f"pii_{k}"].to_numpy()[valid & ~is_dup].sum())
                          for k in pii.KINDS},
-        "tokens_kept_documents": int(tokens[kept].sum()),
     }
 
 
@@ -295,18 +319,30 @@ def check_rejects(metrics: dict[str, Any], max_fraction: float, quarantine: Path
 
 
 def pack_pass(cfg: CorpusConfig, seed: int, staging: Path, drop: np.ndarray,
-              tokenizer_path: str, shards: Path):
-    """The Ray Data dataset of pass 3: staging -> packed shards; yields one SHARD_STATS row per
-    shard written."""
+              tokenizer: dict[str, Any], shards: Path):
+    """The Ray Data dataset of pass 3: one task per staging file (one per read unit), each
+    writing a shard per docs_per_shard documents and yielding its SHARD_STATS row.
+
+    Not read_parquet: Ray 2.60 read this pass's few small files in one task and packed them in
+    one more, leaving a core idle.
+    """
     import ray
 
     files = sorted(str(p) for p in staging.glob("*.parquet"))
-    ds = ray.data.read_parquet(files).select_columns(["order", "source", "input_ids"])
-    ds = ds.map_batches(_pack, batch_size=cfg.batch_docs, batch_format="pyarrow", fn_kwargs={
+    ds = ray.data.from_items([{"file": f} for f in files], override_num_blocks=len(files))
+    return ds.map_batches(_pack_file, batch_size=1, batch_format="pyarrow", fn_kwargs={
         "drop": drop, "weights": dict(cfg.mixture), "salt": purpose_seed(seed, "corpus"),
-        "seq_len": cfg.seq_len, "pad_id": load_tokenizer(tokenizer_path).pad_token_id})
-    return ds.map_batches(_write_shard, batch_size=cfg.rows_per_shard, batch_format="pyarrow",
-                          fn_kwargs={"out_dir": str(shards)})
+        "seq_len": cfg.seq_len, "docs_per_shard": cfg.docs_per_shard, "tokenizer": tokenizer,
+        "out_dir": str(shards)})
+
+
+def _pack_file(files: pa.Table, docs_per_shard: int, **kwargs: Any):
+    import pyarrow.parquet as pq
+
+    for file in files["file"].to_pylist():
+        for batch in pq.ParquetFile(file).iter_batches(docs_per_shard,
+                                                       columns=["order", "source", "text"]):
+            yield _pack_shard(pa.Table.from_batches([batch]), **kwargs)
 
 
 def select(batch: dict, drop: np.ndarray) -> dict:
@@ -318,30 +354,35 @@ def select(batch: dict, drop: np.ndarray) -> dict:
             for k, v in batch.items()}
 
 
-def _pack(table: pa.Table, drop: np.ndarray, weights: dict, salt: int, seq_len: int,
-          pad_id: int) -> pa.Table:
-    batch = transforms.mix(select(to_columns(table), drop), weights, salt)
-    packed = to_arrow(transforms.pack(batch, seq_len, pad_id), PACKED_SCHEMA)
-    first = int(np.min(batch["order"])) if len(batch["order"]) else 0
-    return packed.append_column("first_order", pa.array(np.full(len(packed), first, np.int64))) \
-        .append_column("row", pa.array(np.arange(len(packed), dtype=np.int64)))
+def pack_shard(batch: dict, drop: np.ndarray, weights: dict, salt: int, seq_len: int,
+               tokenizer: Any, ids: dict[str, int]) -> tuple[dict, dict]:
+    """Pass 3 on one shard's documents: (packed columns, document tokens per source).
+    `tokenizer` is a tokenizers.Tokenizer, `ids` its bos_id, eos_id and pad_id."""
+    batch = transforms.tokenize(select(batch, drop), tokenizer, ids["bos_id"], ids["eos_id"])
+    sources = np.asarray(batch["source"], dtype=object)
+    per_source = {s: int(batch["n_tokens"][sources == s].sum()) for s in SOURCES}
+    batch = transforms.mix(batch, weights, salt)
+    return transforms.pack(batch, seq_len, ids["pad_id"]), per_source
 
 
-def _write_shard(table: pa.Table, out_dir: str) -> pa.Table:
-    """Write one shard named by its first row's place in corpus order (so names sort in corpus
-    order and a retried task rewrites the same file); returns its SHARD_STATS row."""
+def _pack_shard(table: pa.Table, drop: np.ndarray, weights: dict, salt: int, seq_len: int,
+                tokenizer: dict[str, Any], out_dir: str) -> pa.Table:
+    """Pack and write one shard, named by its first document's place in corpus order (names
+    sort in corpus order, and a retried task rewrites the same file); its SHARD_STATS row."""
     import pyarrow.parquet as pq
 
-    if not len(table):
+    batch = to_columns(table)
+    packed, per_source = pack_shard(batch, drop, weights, salt, seq_len,
+                                    load_tokenizer(tokenizer["file"]), tokenizer)
+    if not packed["input_ids"]:
         return SHARD_STATS.empty_table()
-    name = f"shard-{table['first_order'][0].as_py():016x}-{table['row'][0].as_py():06d}.parquet"
-    packed = table.select(PACKED_SCHEMA.names).cast(PACKED_SCHEMA)
+    name = f"shard-{int(np.min(batch['order'])):016x}.parquet"
     filesystem, path = storage.filesystem(f"{out_dir}/{name}")
     filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    pq.write_table(packed, path, filesystem=filesystem)
-    tokens = int(np.count_nonzero(packed["segment_ids"].combine_chunks().flatten().to_numpy()))
-    return pa.table({"file": [name], "rows": [len(packed)], "tokens": [tokens]},
-                    schema=SHARD_STATS)
+    pq.write_table(to_arrow(packed, PACKED_SCHEMA), path, filesystem=filesystem)
+    tokens = int(sum(np.count_nonzero(s) for s in packed["segment_ids"]))
+    return pa.table({"file": [name], "rows": [len(packed["input_ids"])], "tokens": [tokens],
+                     **{f"{s}_tokens": [n] for s, n in per_source.items()}}, schema=SHARD_STATS)
 
 
 # --- Arrow <-> column dicts ------------------------------------------------------------------

@@ -5,6 +5,10 @@ Run: mortgagellm pretrain configs/cpu-demo.yaml
 
 Set-up and checks happen in `run` before any worker starts; `train_loop` is the per-rank loop and
 sees only a Session (cluster/training.py); the maths are plain functions below it.
+
+The loop, its checkpoint/resume and the export are shared with the sft and dpo stages: a stage
+hands `train_loop` an `Objective` (how rows become a batch, how a batch becomes a loss) and
+everything else — DeepSpeed, LR schedule, checkpoints, logging — stays this one copy.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import logging
 import math
 import shutil
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +53,42 @@ def packed_inputs(input_ids: Any, segment_ids: Any) -> dict[str, Any]:
     labels = input_ids.masked_fill(starts | (segment_ids == 0), -100)
     return {"input_ids": input_ids, "position_ids": index - last_start, "labels": labels,
             "use_cache": False}
+
+
+def lm_loss(engine: Any, batch: dict, state: Any) -> tuple[Any, dict[str, float]]:
+    """Mean next-token cross-entropy over the labelled tokens (transformers computes it)."""
+    return engine(**batch).loss, {}
+
+
+def packed_batch(rows: list[dict], device: Any) -> dict[str, Any]:
+    """Packed corpus rows -> model inputs on `device` (see `packed_inputs`)."""
+    import torch
+
+    ids = torch.tensor([r["input_ids"] for r in rows], dtype=torch.long)
+    segments = torch.tensor([r["segment_ids"] for r in rows], dtype=torch.long)
+    return {k: v.to(device) if hasattr(v, "to") else v
+            for k, v in packed_inputs(ids, segments).items()}
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What a training stage optimises; the one part of `train_loop` that differs by stage.
+
+    `batch(rows, device)` turns a micro-batch of dataset rows into tensors; `loss(engine, batch,
+    state)` returns the loss to backpropagate and extra floats to log (means per logging
+    window); `setup(config, engine)`, when given, builds once per rank the `state` the loss
+    needs (DPO: the frozen reference model and beta). Plain functions in a record, not a class
+    hierarchy.
+    """
+
+    name: str
+    batch: Callable[[list[dict], Any], dict]
+    loss: Callable[[Any, dict, Any], tuple[Any, dict[str, float]]]
+    setup: Callable[[dict, Any], Any] | None = None
+
+
+PACKED_LM = Objective("pretrain", packed_batch, lm_loss)
+"""DAPT: causal LM loss on packed corpus rows."""
 
 
 def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
@@ -93,7 +135,7 @@ def run(recipe: Recipe, force: bool = False, *, on_ray: bool = True,
     started, t0 = manifest.now()
     worker_config = _worker_config(recipe, base, shards, seq_len, out, fail_at_step)
     shutil.rmtree(out / "scratch" / "placement", ignore_errors=True)
-    history, checkpoint = _train(recipe, worker_config, out, on_ray)
+    history, checkpoint = train(train_loop, worker_config, recipe, cfg, out, on_ray, "dapt")
     model_dir = export_model(checkpoint, base, out / "model", cfg.method, cfg.lora.model_dump(),
                              cfg.deepspeed.zero_stage)
     metrics = {"train": history[-1], "history": history,
@@ -155,16 +197,20 @@ def _worker_config(recipe: Recipe, base: Path, shards: list[str], seq_len: int, 
     }
 
 
-def _train(recipe: Recipe, worker_config: dict, out: Path, on_ray: bool
-           ) -> tuple[list[dict], Path]:
-    """Run the loop; returns the logged metrics history and the final checkpoint directory."""
-    cfg = recipe.pretrain
+def train(train_fn: Callable[[dict, Any], list[dict]], worker_config: dict, recipe: Recipe,
+          cfg: Any, out: Path, on_ray: bool, name: str) -> tuple[list[dict], Path]:
+    """Run `train_fn` (a `train_loop`) on Ray Train or in this process, resuming from the
+    stage's latest checkpoint; returns the logged metrics history and the final checkpoint.
+
+    `cfg` is the stage's recipe section (scaling, keep_checkpoints, max_failures); `name` is the
+    Ray Train run name under <out>/ray, which is where a relaunch finds its checkpoints.
+    """
     if not on_ray:
         from mortgagellm.cluster.training import LocalSession, init_single_process
 
         init_single_process(cfg.scaling.use_gpu)
         session = LocalSession(worker_config["shards"], out / "checkpoints", cfg.keep_checkpoints)
-        history = train_loop(worker_config, session)
+        history = train_fn(worker_config, session)
         return history, session.latest_checkpoint()
     import ray
 
@@ -173,7 +219,7 @@ def _train(recipe: Recipe, worker_config: dict, out: Path, on_ray: bool
 
     if not ray.is_initialized():
         init_ray(recipe.ray, recipe.run.output_dir)
-    result = run_on_ray(train_loop, worker_config, cfg.scaling, str(out / "ray"), "dapt",
+    result = run_on_ray(train_fn, worker_config, cfg.scaling, str(out / "ray"), name,
                         cfg.max_failures, cfg.keep_checkpoints)
     final = Path(result.checkpoint.to_directory(str(out / "final_checkpoint")))
     return json.loads((final / "history.json").read_text()), final
@@ -181,8 +227,12 @@ def _train(recipe: Recipe, worker_config: dict, out: Path, on_ray: bool
 
 # ---- the per-rank loop ---------------------------------------------------------------------------
 
-def train_loop(config: dict, session: Any) -> list[dict]:
-    """Train with DeepSpeed from the latest checkpoint (if any) to max_steps; returns history."""
+def train_loop(config: dict, session: Any, objective: Objective = PACKED_LM) -> list[dict]:
+    """Train with DeepSpeed from the latest checkpoint (if any) to max_steps; returns history.
+
+    Rows come from `session.rows` in a fixed order, so a resumed run continues at the exact
+    next row; `objective` says how rows become a batch and a loss (default: packed DAPT).
+    """
     import deepspeed
     import torch
 
@@ -194,32 +244,35 @@ def train_loop(config: dict, session: Any) -> list[dict]:
         model=model, model_parameters=trainable, config=config["ds_config"],
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: lr_factor(s, warmup, total, floor)))
-    step, history = _restore(engine, session)
+    state = objective.setup(config, engine) if objective.setup else None
+    step, history = _restore(engine, session, objective.name)
     start_step = step
     micro = config["ds_config"]["train_micro_batch_size_per_gpu"]
     accum = config["ds_config"]["gradient_accumulation_steps"]
     rows = session.rows(step * micro * accum)
     flops = _model_flops(model, config["seq_len"])
     writer = _tensorboard(config, session.rank)
-    window = {"loss": 0.0, "tokens": 0, "wait": 0.0, "t0": time.monotonic(), "steps": 0}
+    window = _new_window()
     while step < total:
         for _ in range(accum):
             t_wait = time.monotonic()
-            batch = _next_batch(rows, micro, engine.device)
+            batch = objective.batch(_take(rows, micro, objective.name), engine.device)
             tokens = batch["input_ids"].numel()
             window["wait"] += time.monotonic() - t_wait
-            loss = engine(**batch).loss
+            loss, stats = objective.loss(engine, batch, state)
             engine.backward(loss)
             engine.step()
             window["loss"] += loss.item() / accum
             window["tokens"] += tokens
+            for key, value in stats.items():
+                window["stats"][key] = window["stats"].get(key, 0.0) + value / accum
         step += 1
         window["steps"] += 1
         _maybe_fail(config, step, session.rank)
         if step % config["log_every"] == 0 or step == total:
-            history.append(_log(window, step, engine, session, flops, config, writer)
-                           | {"start_step": start_step})
-            window = {"loss": 0.0, "tokens": 0, "wait": 0.0, "t0": time.monotonic(), "steps": 0}
+            history.append(_log(window, step, engine, session, flops, config, writer,
+                                objective.name) | {"start_step": start_step})
+            window = _new_window()
         if step % config["checkpoint_every"] == 0 or step == total:
             _checkpoint(engine, session, step, history)
     return history
@@ -243,20 +296,20 @@ def load_trainable(config: dict) -> Any:
     return model
 
 
-def _next_batch(rows: Any, micro: int, device: Any) -> dict:
-    import torch
+def _new_window() -> dict:
+    return {"loss": 0.0, "tokens": 0, "wait": 0.0, "t0": time.monotonic(), "steps": 0,
+            "stats": {}}
 
+
+def _take(rows: Any, micro: int, name: str) -> list[dict]:
     taken = [next(rows, None) for _ in range(micro)]
     if any(r is None for r in taken):
-        raise RuntimeError("pretrain: the packed dataset ran out of rows before max_steps; "
-                           "lower pretrain.max_steps or generate a larger corpus")
-    ids = torch.tensor([r["input_ids"] for r in taken], dtype=torch.long)
-    segments = torch.tensor([r["segment_ids"] for r in taken], dtype=torch.long)
-    return {k: v.to(device) if hasattr(v, "to") else v
-            for k, v in packed_inputs(ids, segments).items()}
+        raise RuntimeError(f"{name}: the dataset ran out of rows before max_steps; lower "
+                           f"{name}.max_steps or provide more data")
+    return taken
 
 
-def _restore(engine: Any, session: Any) -> tuple[int, list[dict]]:
+def _restore(engine: Any, session: Any, name: str) -> tuple[int, list[dict]]:
     """Resume from the session's latest checkpoint: weights, optimizer, scheduler, step, RNG."""
     import torch
 
@@ -267,7 +320,7 @@ def _restore(engine: Any, session: Any) -> tuple[int, list[dict]]:
     rng = checkpoint / f"rng_rank{session.rank}.pt"
     if rng.exists():
         torch.set_rng_state(torch.load(rng, weights_only=False)["cpu"])
-    log.info("pretrain: resumed at step %d from %s", client["step"], checkpoint)
+    log.info("%s: resumed at step %d from %s", name, client["step"], checkpoint)
     return client["step"], client["history"]
 
 
@@ -306,23 +359,24 @@ def _tensorboard(config: dict, rank: int) -> Any:
 
 
 def _log(window: dict, step: int, engine: Any, session: Any, flops: float, config: dict,
-         writer: Any) -> dict:
+         writer: Any, name: str) -> dict:
     """One progress line and metrics record for the last logging interval (rank 0 logs)."""
     elapsed = time.monotonic() - window["t0"]
     per_device = window["tokens"] / elapsed
     record = {"step": step, "loss": round(window["loss"] / window["steps"], 4),
               "lr": engine.get_lr()[0], "tokens_per_s": round(per_device * session.world_size, 1),
               "data_wait_fraction": round(window["wait"] / elapsed, 4)}
+    record |= {key: round(value / window["steps"], 4) for key, value in window["stats"].items()}
     if config["peak_tflops"]:
         record["mfu"] = round(mfu(per_device, flops, config["peak_tflops"]), 4)
     if session.rank == 0:
-        log.info("pretrain step %d/%d  loss %.4f  lr %.2e  %.0f tok/s  data-wait %.1f%%%s", step,
+        log.info("%s step %d/%d  loss %.4f  lr %.2e  %.0f tok/s  data-wait %.1f%%%s", name, step,
                  config["max_steps"], record["loss"], record["lr"], record["tokens_per_s"],
                  100 * record["data_wait_fraction"],
                  f"  MFU {100 * record['mfu']:.1f}%" if "mfu" in record else "")
         for key, value in record.items():
             if key != "step":
-                writer.add_scalar(f"pretrain/{key}", value, step)
+                writer.add_scalar(f"{name}/{key}", value, step)
         writer.flush()
     return record
 
@@ -330,11 +384,12 @@ def _log(window: dict, step: int, engine: Any, session: Any, flops: float, confi
 # ---- export and measurement ----------------------------------------------------------------------
 
 def export_model(checkpoint: Path, base: Path, out: Path, method: str, lora: dict,
-                 zero_stage: int) -> Path:
+                 zero_stage: int, merge: bool = True) -> Path:
     """Consolidate the DeepSpeed checkpoint into a Hugging Face safetensors model (+ tokenizer).
 
     ZeRO partitions are gathered into one fp32 state dict; LoRA adapters are merged into the
-    base weights, so the next stage always receives a full model."""
+    base weights, so the next stage always receives a full model — unless `merge` is False,
+    which writes the adapter alone (peft's adapter_config.json + adapter_model.safetensors)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -356,7 +411,7 @@ def export_model(checkpoint: Path, base: Path, out: Path, method: str, lora: dic
     if unexpected or [k for k in missing if "lora_" in k or method == "full"]:
         raise ValueError(f"pretrain export: checkpoint does not match the model "
                          f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
-    if method == "lora":
+    if method == "lora" and merge:
         model = model.merge_and_unload()
     model.save_pretrained(out)
     AutoTokenizer.from_pretrained(base).save_pretrained(out)

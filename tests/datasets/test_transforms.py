@@ -114,15 +114,14 @@ def tokenizer():
     return train_tokenizer(texts, 400)
 
 
-def test_tokenize_wraps_documents_in_bos_eos_and_skips_rejected_and_low_quality(tokenizer):
-    batch = {**raw(["Escrow shortage", "", "dropped for quality"], ["", "empty_text", ""]),
-             "quality": ["", "", "too_short"]}
-    out = transforms.tokenize(batch, tokenizer, bos_id=1, eos_id=2)
+def test_tokenize_wraps_each_document_in_bos_and_eos(tokenizer):
+    out = transforms.tokenize({"text": ["Escrow shortage", "Late fee"]},
+                              tokenizer.backend_tokenizer, 1, 2)
     ids = out["input_ids"][0]
     assert ids.dtype == np.int32 and ids[0] == 1 and ids[-1] == 2
     assert tokenizer.decode(ids[1:-1].tolist()) == "Escrow shortage"
-    assert len(out["input_ids"][1]) == 0 and len(out["input_ids"][2]) == 0
-    assert out["n_tokens"].tolist() == [len(ids), 0, 0]
+    assert tokenizer.decode(out["input_ids"][1][1:-1].tolist()) == "Late fee"
+    assert out["n_tokens"].tolist() == [len(ids), len(out["input_ids"][1])]
 
 
 # --- mix -------------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ def tokenizer():
     return train_tokenizer(texts, 400)
 
 
-def test_clean_runs_the_transforms_in_order_on_one_batch(tokenizer):
+def test_clean_runs_the_transforms_in_order_on_one_batch():
     batch = {name: [] for name in readers.RAW_SCHEMA.names}
     for i, (text, reject) in enumerate([(f"<p>{CANARY_TEXT}</p>", ""), ("", ""),
                                         ("Short one", ""), ("", "invalid_json")]):
@@ -48,17 +48,42 @@ def test_clean_runs_the_transforms_in_order_on_one_batch(tokenizer):
             batch[name].append(row[name])
     cfg = CorpusConfig(min_words=5).model_dump(mode="json", exclude={"tasks"})
     out = corpus.to_columns(corpus.to_arrow(
-        corpus.clean(corpus.to_columns(corpus.to_arrow(batch, readers.RAW_SCHEMA)), cfg,
-                     "salt", tokenizer), corpus.STAGING_SCHEMA))
+        corpus.clean(corpus.to_columns(corpus.to_arrow(batch, readers.RAW_SCHEMA)), cfg, "salt"),
+        corpus.STAGING_SCHEMA))
     assert out["reject"] == ["", "empty_text", "", "invalid_json"]
     assert out["quality"] == ["", "", "too_short", ""]
-    decoded = tokenizer.decode(out["input_ids"][0].tolist(), skip_special_tokens=True)
-    assert decoded.startswith("From: ") and "Kiwi orchard escrow question" in decoded
-    assert "<p>" not in decoded and not any(v in decoded for v in CANARY.values())
+    text = out["text"][0]
+    assert text.startswith("From: ") and "Kiwi orchard escrow question" in text
+    assert "<p>" not in text and not any(v in text for v in CANARY.values())
     assert out["html_stripped"].tolist() == [True, False, False, False]
     assert out["pii_name"][0] == 6 and out["pii_ssn"][0] == 1
-    assert [len(ids) for ids in out["input_ids"][1:]] == [0, 0, 0]  # nothing else tokenized
     assert out["minhash"][0].shape == (150,)
+
+
+def test_pack_shard_drops_tokenizes_mixes_and_packs(tokenizer):
+    batch = {"order": np.array([1, 2, 3]), "source": ["synthetic", "regulations", "user"],
+             "text": ["Escrow shortage notice.", "Section 1024.17 escrow.", "Dropped doc."]}
+    ids = {"bos_id": 0, "eos_id": 1, "pad_id": 2}
+    packed, per_source = corpus.pack_shard(batch, np.array([3]), {"regulations": 2.0}, 0, 16,
+                                           tokenizer.backend_tokenizer, ids)
+    one, reg = (len(tokenizer(t)["input_ids"]) + 2 for t in batch["text"][:2])
+    assert per_source == {"regulations": reg, "user": 0, "synthetic": one}
+    tokens = np.concatenate(packed["input_ids"])[np.concatenate(packed["segment_ids"]) > 0]
+    assert len(tokens) == one + 2 * reg  # regulations used twice, order 3 dropped
+    assert tokenizer.decode(tokens.tolist(), skip_special_tokens=True).count("1024.17") == 2
+
+
+def test_workers_tokenizer_matches_the_base_models_tokenizer(tokenizer, tmp_path):
+    from transformers import AutoTokenizer
+
+    tokenizer.save_pretrained(tmp_path)
+    spec = corpus.tokenizer_spec(str(tmp_path))
+    hf = AutoTokenizer.from_pretrained(tmp_path)
+    assert (spec["bos_id"], spec["eos_id"], spec["pad_id"]) == \
+        (hf.bos_token_id, hf.eos_token_id, hf.pad_token_id)
+    text = "Renée’s escrow: $1,204.55 <p>due</p>"
+    assert corpus.load_tokenizer(spec["file"]).encode(text, add_special_tokens=False).ids == \
+        hf(text, add_special_tokens=False)["input_ids"]
 
 
 def test_arrow_round_trip_keeps_types():
@@ -119,7 +144,7 @@ def test_corpus_stage_end_to_end(ray_cluster, tiny_pair, tiny_recipe_path, tmp_p
         "corpus.synthetic_docs": 2000, "corpus.synthetic_shards": 4,
         "corpus.regulations": [str(REGULATION)], "corpus.user_corpora": [str(tmp_path / "user")],
         "corpus.mixture": {"regulations": 2.0}, "corpus.max_doc_chars": 20_000,
-        "corpus.seq_len": 128, "corpus.rows_per_shard": 2000, "corpus.batch_docs": 400})
+        "corpus.seq_len": 128, "corpus.docs_per_shard": 800, "corpus.batch_docs": 400})
     m = corpus.run(recipe, force=True)
     docs, metrics = m.metrics["documents"], m.metrics
 

@@ -1,0 +1,29 @@
+# The project image: Ray's own image (the same Ray and Python on every node) plus this package,
+# its recipes and its dependencies. Used by every pod in k8s/ and by the VM launcher.
+#
+#   docker build -t ghcr.io/your-org/mortgagellm:0.1.0-ray2.60.0-py311 .
+#   docker build --build-arg RAY_TAG=2.60.0-py311-gpu --build-arg TORCH_INDEX=https://pypi.org/simple \
+#                -t ghcr.io/your-org/mortgagellm:0.1.0-ray2.60.0-py311-gpu .
+#
+# Tag = <package version>-ray<Ray version>-py<Python>[-gpu]: a cluster must run the Ray version its
+# clients and rayVersion name. tests/k8s/test_versions.py checks that RAY_TAG, the tags in k8s/ and
+# pyproject's Ray pin agree.
+ARG RAY_TAG=2.60.0-py311
+FROM rayproject/ray:${RAY_TAG}
+
+# The CPU image takes torch from the CPU wheel index (no CUDA wheels); the -gpu image from PyPI.
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+ENV DS_BUILD_OPS=0 PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+
+COPY --chown=ray:users pyproject.toml README.md /home/ray/mortgagellm/
+COPY --chown=ray:users constraints /home/ray/mortgagellm/constraints
+COPY --chown=ray:users mortgagellm /home/ray/mortgagellm/mortgagellm
+COPY --chown=ray:users configs /home/ray/mortgagellm/configs
+WORKDIR /home/ray/mortgagellm
+
+# Same order as the Makefile: torch first, DeepSpeed built against it without build isolation,
+# then the package under the constraints (Ray itself is already the base image's 2.60.0).
+RUN pip install --no-cache-dir --index-url "${TORCH_INDEX}" $(grep -E '^torch==' constraints/cpu.txt) \
+ && pip install --no-cache-dir --no-build-isolation -c constraints/cpu.txt deepspeed \
+ && pip install --no-cache-dir -c constraints/cpu.txt . \
+ && python -c "import ray, mortgagellm; assert ray.__version__ == '2.60.0', ray.__version__"

@@ -1,0 +1,304 @@
+"""dpo stage: the conversational expert — DPO of the merged model on the preference pairs, against
+an explicit frozen reference, optionally with an NLL term on the chosen answers (DPO+NLL), under
+Ray Train + DeepSpeed (or in one process without Ray).
+
+Run: mortgagellm dpo configs/cpu-demo.yaml
+
+The reference is the start model, held one of two ways: with LoRA, the policy itself with its
+adapters disabled (no second copy in memory); with full training, a frozen copy on every rank
+(under ZeRO-3 partitioned by DeepSpeed like the policy, as trl's `prepare_deepspeed` does).
+
+What comes from trl and why the loop is ours: pairs are rendered with trl's preference chat
+formatting (`trl.data_utils.apply_chat_template`), padded with `trl.trainer.utils.pad`, and
+log-probabilities taken with `trl.trainer.utils.selective_log_softmax`; the loss is trl 1.16's
+DPOTrainer formulation — summed completion log-probs, loss_type "sigmoid" plus, when nll_weight
+> 0, loss_type "sft" (mean token NLL of the chosen answers). The loop is pretrain's `train_loop`
+with the DPO `Objective`, so checkpoint/resume and the ZeRO export are the one shared copy.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from mortgagellm import manifest
+from mortgagellm.config import Recipe
+from mortgagellm.datasets.tasks import parse_answer, read_task_set, score
+from mortgagellm.datasets.tasks_format import NUMERIC_MODES
+from mortgagellm.pipelines.pretrain import Objective
+from mortgagellm.pipelines.recipe import stage_dir
+from mortgagellm.pipelines.sft import (
+    check_setup, encode, epoch_order, fit_prompt, global_batch, load_model, measure_once, render,
+    start_models, subset, task_dir, task_source, train_and_export, worker_config, write_rows,
+)
+
+log = logging.getLogger(__name__)
+DPO_FIELDS = ("prompt", "chosen", "rejected", "document")
+
+
+# ---- maths ---------------------------------------------------------------------------------------
+
+def completion_logps(logits: Any, input_ids: Any, completion_mask: Any) -> tuple[Any, Any, Any]:
+    """(summed log-prob of each sequence's completion, per-token log-probs, their mask).
+
+    Token t is predicted by the logits at t-1, hence the shift; only completion tokens count.
+    """
+    from trl.trainer.utils import selective_log_softmax
+
+    token_logps = selective_log_softmax(logits[:, :-1], input_ids[:, 1:])
+    mask = completion_mask[:, 1:].to(token_logps.dtype)
+    return (token_logps * mask).sum(dim=1), token_logps, mask
+
+
+def dpo_losses(chosen: Any, rejected: Any, ref_chosen: Any, ref_rejected: Any, beta: float
+               ) -> tuple[Any, Any]:
+    """Per-pair DPO loss -log sigmoid(beta * margin) and implicit reward margin beta * margin,
+    where margin = (log pi(c) - log ref(c)) - (log pi(r) - log ref(r)) (Rafailov et al. 2023)."""
+    import torch.nn.functional as F
+
+    margin = beta * ((chosen - ref_chosen) - (rejected - ref_rejected))
+    return -F.logsigmoid(margin), margin
+
+
+def chosen_nll(token_logps: Any, mask: Any) -> Any:
+    """Mean negative log-likelihood of the chosen answers' tokens (the first half of the batch):
+    trl's 'sft' loss type, the NLL term of DPO+NLL / RPO."""
+    half = token_logps.shape[0] // 2
+    return -(token_logps[:half] * mask[:half]).sum() / mask[:half].sum()
+
+
+# ---- data ----------------------------------------------------------------------------------------
+
+def pair_problem(pair: dict) -> str | None:
+    """Why a pair must not be trained on, or None: a missing field, an empty prompt or
+    answer, or chosen equal to rejected (no preference to learn)."""
+    if any(pair.get(f) is None for f in DPO_FIELDS):
+        return "missing_field"
+    if not pair["prompt"].strip():
+        return "empty_prompt"
+    if not pair["chosen"].strip() or not pair["rejected"].strip():
+        return "empty_answer"
+    if pair["chosen"].strip() == pair["rejected"].strip():
+        return "chosen_equals_rejected"
+    return None
+
+
+def dpo_rows(pairs: list[dict], tokenizer: Any, max_len: int) -> tuple[list[dict], dict]:
+    """Tokenised rows {prompt_ids, chosen_ids, rejected_ids} of the good pairs and the
+    counts: kept, rejected by reason (too_long: the answers leave no room), documents cut."""
+    rows, rejected, cut = [], Counter(), 0
+    for pair in pairs:
+        problem = pair_problem(pair)
+        if problem is None:
+            texts = render(tokenizer, "", chosen=pair["chosen"], rejected=pair["rejected"])
+            chosen, other = encode(tokenizer, texts["chosen"]), encode(tokenizer, texts["rejected"])
+            fitted = fit_prompt(tokenizer, pair["prompt"], pair["document"],
+                                max_len - max(len(chosen), len(other)))
+            problem = None if fitted else "too_long"
+        if problem:
+            rejected[problem] += 1
+            continue
+        cut += fitted[2]
+        rows.append({"prompt_ids": fitted[1], "chosen_ids": chosen, "rejected_ids": other})
+    return rows, {"kept": len(rows), "rejected": dict(sorted(rejected.items())),
+                  "documents_cut": cut}
+
+
+def dpo_batch(rows: list[dict], device: Any) -> dict[str, Any]:
+    """Prompt + chosen sequences, then prompt + rejected (one forward pass for both, as trl's
+    concatenated forward), right-padded, with a mask of the completion tokens."""
+    import torch
+    from trl.trainer.utils import pad
+
+    seqs, masks = [], []
+    for side in ("chosen_ids", "rejected_ids"):
+        for row in rows:
+            seqs.append(torch.tensor(row["prompt_ids"] + row[side], dtype=torch.long))
+            masks.append(torch.tensor([0] * len(row["prompt_ids"]) + [1] * len(row[side])))
+    batch = {"input_ids": pad(seqs, 0), "attention_mask": pad([torch.ones_like(s) for s in seqs], 0),
+             "completion_mask": pad(masks, 0)}
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+# ---- the objective (runs on every rank) ----------------------------------------------------------
+
+def dpo_setup(config: dict, engine: Any) -> dict[str, Any]:
+    """Per-rank state of the loss: beta, the NLL weight and the frozen reference (None with
+    LoRA: the policy with its adapters disabled is the start model)."""
+    state = {"beta": config["beta"], "nll_weight": config["nll_weight"], "model": None}
+    if config["method"] == "lora":
+        return state
+    return state | {"model": frozen_reference(config, engine)}
+
+
+def frozen_reference(config: dict, engine: Any) -> Any:
+    """A frozen copy of the start model beside the policy, in the policy's dtype. Under ZeRO-3
+    DeepSpeed partitions it over the ranks (no optimizer), so a large copy is never whole on
+    one device."""
+    from transformers import AutoModelForCausalLM
+
+    reference = AutoModelForCausalLM.from_pretrained(config["base_model"])
+    reference.eval().requires_grad_(False)
+    ds = config["ds_config"]
+    if ds["zero_optimization"]["stage"] != 3:
+        return reference.to(engine.device, dtype=next(engine.module.parameters()).dtype)
+    import deepspeed
+
+    inference = {k: ds[k] for k in ("train_micro_batch_size_per_gpu", "bf16", "fp16")}
+    inference["zero_optimization"] = {"stage": 3, "stage3_param_persistence_threshold": 0}
+    wrapped, *_ = deepspeed.initialize(model=reference, config=inference)
+    wrapped.eval()
+    return wrapped
+
+
+def reference_logps(engine: Any, state: dict, batch: dict) -> Any:
+    """Summed completion log-probs under the reference, without gradients."""
+    import torch
+
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
+              "use_cache": False}
+    with torch.no_grad():
+        if state["model"] is None:
+            with engine.module.disable_adapter():
+                logits = engine.module(**inputs).logits
+        else:
+            logits = state["model"](**inputs).logits
+    return completion_logps(logits, batch["input_ids"], batch["completion_mask"])[0]
+
+
+def dpo_loss(engine: Any, batch: dict, state: dict) -> tuple[Any, dict[str, float]]:
+    """DPO (+ nll_weight x chosen NLL) of one micro-batch, and what to log about it."""
+    logits = engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                    use_cache=False).logits
+    logps, token_logps, mask = completion_logps(logits, batch["input_ids"],
+                                                batch["completion_mask"])
+    ref = reference_logps(engine, state, batch)
+    losses, rewards = dpo_losses(*logps.chunk(2), *ref.chunk(2), state["beta"])
+    nll = chosen_nll(token_logps, mask)
+    loss = losses.mean() + state["nll_weight"] * nll
+    return loss, {"dpo_loss": losses.mean().item(), "reward_margin": rewards.mean().item(),
+                  "reward_accuracy": (rewards > 0).float().mean().item(),
+                  "chosen_nll": nll.item()}
+
+
+DPO = Objective("dpo", dpo_batch, dpo_loss, dpo_setup)
+"""Preference pairs against a frozen reference."""
+
+
+# ---- held-out measurement ------------------------------------------------------------------------
+
+def pair_logps(model: Any, rows: list[dict], batch_size: int = 8) -> list[tuple[float, float]]:
+    """(log pi(chosen), log pi(rejected)) of every held-out row, summed over answer tokens."""
+    import torch
+
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(rows), batch_size):
+            batch = dpo_batch(rows[i:i + batch_size], "cpu")
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                           use_cache=False).logits
+            chosen, rejected = completion_logps(logits, batch["input_ids"],
+                                                batch["completion_mask"])[0].chunk(2)
+            out += list(zip(chosen.tolist(), rejected.tolist()))
+    return out
+
+
+def preference_metrics(policy: list[tuple[float, float]], reference: list[tuple[float, float]],
+                       beta: float) -> dict[str, float]:
+    """Against the reference: mean implicit reward margin and the share of pairs it ranks
+    right (reward accuracy); on its own: the share of pairs whose chosen answer is more
+    likely than the rejected one (win rate against the rejected answers)."""
+    margins = [beta * ((c - rc) - (r - rr)) for (c, r), (rc, rr) in zip(policy, reference)]
+    return {"reward_margin": round(sum(margins) / len(margins), 4),
+            "reward_accuracy": round(sum(m > 0 for m in margins) / len(margins), 4),
+            "win_rate": round(sum(c > r for c, r in policy) / len(policy), 4)}
+
+
+def qa_metrics(model: Any, tokenizer: Any, pairs: list[dict], max_len: int,
+               max_new_tokens: int) -> dict[str, Any]:
+    """Greedy answers to the held-out questions scored against the truth: overall correctness,
+    numeric correctness (questions whose answer is a figure) and invented citations."""
+    from mortgagellm.datasets.tasks import invented_citations
+    from mortgagellm.modeling import chat_generate
+
+    fitted = [fit_prompt(tokenizer, p["prompt"], p["document"], max_len - max_new_tokens)
+              for p in pairs]
+    kept = [(p, f) for p, f in zip(pairs, fitted) if f is not None]
+    outputs = chat_generate(model, tokenizer, [f[0] for _, f in kept], max_new_tokens)
+    scores = [score("qa", parse_answer("qa", text), p["truth"])
+              for (p, _), (text, _) in zip(kept, outputs)]
+    numeric = [s for (p, _), s in zip(kept, scores) if p["truth"]["mode"] in NUMERIC_MODES]
+    invented = sum(bool(invented_citations(text, p["document"]))
+                   for (p, _), (text, _) in zip(kept, outputs))
+    return {"qa_correct": round(sum(scores) / len(scores), 4),
+            "qa_numeric_correct": round(sum(numeric) / max(1, len(numeric)), 4),
+            "n_numeric": len(numeric), "invented_citation_rate": round(invented / len(kept), 4),
+            "n": len(kept), "example": outputs[0][0][:300]}
+
+
+def conversational_metrics(models: dict[str, dict], rows: list[dict], pairs: list[dict],
+                           cfg: Any) -> dict[str, dict]:
+    """Preference metrics of every model against the start model (the DPO reference) and its
+    QA metrics; models with the same content hash are measured once."""
+    from transformers import AutoTokenizer
+
+    def measure(path: str) -> tuple[list, dict]:
+        model, tokenizer = load_model(path), AutoTokenizer.from_pretrained(path)
+        return pair_logps(model, rows), qa_metrics(model, tokenizer, pairs, cfg.max_seq_len,
+                                                   cfg.max_new_tokens)
+
+    measured = measure_once(models, measure)
+    reference = measured["start"][0]
+    return {name: preference_metrics(logps, reference, cfg.beta) | qa
+            for name, (logps, qa) in measured.items()}
+
+
+# ---- the stage -----------------------------------------------------------------------------------
+
+def run(recipe: Recipe, force: bool = False, *, on_ray: bool = True,
+        fail_at_step: int | None = None) -> manifest.Manifest:
+    """Train the start model on the preference pairs, export it, measure it against the start
+    and instruct models on held-out QA. `fail_at_step`: fault-tolerance tests only."""
+    from transformers import AutoTokenizer
+
+    cfg, out = recipe.dpo, stage_dir(recipe, "dpo")
+    models = start_models(recipe)
+    source_config, inputs = task_source(recipe, cfg.task_source)
+    inputs |= models
+    config = {"seed": recipe.run.seed, "dpo": cfg.model_dump(mode="json"), **source_config}
+    fp = manifest.fingerprint("dpo", config, inputs)
+    previous, why = manifest.reusable(str(out), fp)
+    if previous and not force:
+        log.info("dpo: up to date (%s); skipping", why)
+        return previous
+    started, t0 = manifest.now()
+    start = Path(models["start"]["uri"])
+    tasks = task_dir(recipe, cfg.task_source, out)
+    tokenizer = AutoTokenizer.from_pretrained(start)
+    rows, counts = dpo_rows(read_task_set(tasks / "dpo_train.parquet"), tokenizer, cfg.max_seq_len)
+    order = epoch_order(len(rows), cfg.epochs, global_batch(cfg), recipe.run.seed)
+    steps = len(order) // global_batch(cfg)
+    check_setup(recipe, cfg, start, steps, "dpo")
+    log.info("dpo: %d pairs kept (%s rejected), %d steps", counts["kept"], counts["rejected"],
+             steps)
+    rows_file = write_rows(rows, order, out / "data" / "train.parquet")
+    config_w = worker_config(recipe, cfg, start, rows_file, steps, out, fail_at_step)
+    history, model_dir, placement = train_and_export(
+        recipe, cfg, DPO, config_w | {"beta": cfg.beta, "nll_weight": cfg.nll_weight}, start,
+        out, on_ray)
+    heldout = subset(read_task_set(tasks / "eval_qa.parquet"), cfg.eval_pairs, recipe.run.seed)
+    eval_rows, eval_counts = dpo_rows(heldout, tokenizer, cfg.max_seq_len)
+    kept = [p for p in heldout if pair_problem(p) is None]
+    measured = conversational_metrics(models | {"expert": manifest.artifact(model_dir)},
+                                      eval_rows, kept, cfg)
+    metrics = {"records": counts | {"steps": steps, "epochs": cfg.epochs},
+               "heldout_pairs": eval_counts, "train": history[-1], "history": history,
+               "heldout": measured, "export": cfg.export, "placement": placement}
+    return manifest.write(str(out), manifest.Manifest(
+        stage="dpo", fingerprint=fp, config=config, inputs=inputs,
+        outputs={"model": manifest.artifact(model_dir)}, metrics=metrics, started_at=started,
+        duration_s=round(time.monotonic() - t0, 2)))

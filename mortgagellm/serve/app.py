@@ -1,0 +1,167 @@
+"""build_app(args): the one entry point of the serving app, for `mortgagellm serve`, `serve run`,
+`serve deploy` and the RayService (import path mortgagellm.serve.app:build_app).
+
+Run: mortgagellm serve configs/cpu-demo.yaml
+     serve run mortgagellm.serve.app:build_app config=configs/cpu-demo.yaml serve.port=8001
+
+args: `config` (recipe YAML, required), `api_keys_file` (overrides serve.auth.keys_file), and any
+dotted recipe override (`serve.router.mode=tier1`). Everything else comes from the recipe's
+`serve` section: a Router (ingress) bound to StructuredExpert and ConversationalExpert.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from mortgagellm.config import ExpertSettings, Recipe, load_recipe
+
+log = logging.getLogger(__name__)
+DEPLOYMENTS = {"structured": "StructuredExpert", "conversational": "ConversationalExpert"}
+ROUTER = "Router"
+
+
+def load(args: dict[str, Any]) -> Recipe:
+    """The recipe named by args['config'] with the other args (but api_keys_file) as overrides."""
+    if "config" not in args:
+        raise ValueError("build_app needs args['config'], the recipe YAML")
+    overrides = {k: v for k, v in args.items() if k not in ("config", "api_keys_file")}
+    return load_recipe(args["config"], overrides)
+
+
+def serve_dir(recipe: Recipe) -> Path:
+    """<output_dir>/serve: registry, tier-1 cache, audit log and demo key by default."""
+    return Path(recipe.run.output_dir) / "serve"
+
+
+def registry_path(recipe: Recipe) -> Path:
+    """The model registry file."""
+    return Path(recipe.serve.registry or serve_dir(recipe) / "registry.json")
+
+
+def audit_dir(recipe: Recipe) -> Path:
+    """The audit log directory."""
+    return Path(recipe.serve.audit.dir or serve_dir(recipe) / "audit")
+
+
+def keys_file(recipe: Recipe, args: dict[str, Any]) -> Path:
+    """Where the API-key hashes are read from."""
+    return Path(args.get("api_keys_file") or recipe.serve.auth.keys_file
+                or serve_dir(recipe) / "api_keys")
+
+
+def api_keys(recipe: Recipe, args: dict[str, Any]) -> dict[str, str]:
+    """{sha256: key id} from the keys file and environment; creates the demo key if asked.
+
+    With no key at all the app still starts and refuses every request (fail closed), as a
+    RayService whose key Secret has not been filled yet should.
+    """
+    from mortgagellm.serve import door
+
+    auth, path = recipe.serve.auth, keys_file(recipe, args)
+    keys = door.load_keys(str(path), auth.env_var)
+    if not keys and auth.create_demo_key:
+        secret, line = door.new_key("demo")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(line + "\n")
+        fd = os.open(f"{path}.secret", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secret + "\n")
+        log.info("created API key 'demo'; the key is in %s.secret", path)
+        keys = door.load_keys(str(path), auth.env_var)
+    if auth.required and not keys:
+        log.warning("no API keys in %s or $%s: every request will get 401", path, auth.env_var)
+    return keys
+
+
+def tier1_file(recipe: Recipe) -> Path:
+    """The trained tier-1 classifier as JSON, trained once per routing set and cached.
+
+    The cache name hashes the training requests and settings, so a changed set retrains.
+    """
+    from mortgagellm.datasets.tasks import build_task_sets, read_task_set
+    from mortgagellm.serve import routing
+
+    r = recipe.serve.router
+    rows = (read_task_set(Path(r.train_set)) if r.train_set else
+            build_task_sets(recipe.corpus.tasks, recipe.run.seed)["routing_train"])
+    pairs = [(row["request"], row["route"]) for row in rows]
+    key = hashlib.sha256(json.dumps([pairs, r.clip_chars, routing.NGRAMS]).encode()).hexdigest()
+    path = serve_dir(recipe) / f"tier1-{key[:16]}.json"
+    if not path.is_file():
+        log.info("training the tier-1 router on %d requests", len(pairs))
+        model = routing.train_tier1([p[0] for p in pairs], [p[1] for p in pairs], r.clip_chars,
+                                    seed=recipe.run.seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(model.to_json())
+        os.replace(tmp, path)
+    return path
+
+
+def served_model(recipe: Recipe, expert: str) -> tuple[str, str]:
+    """(version, model directory) the expert serves: the registry's current version; before the
+    first deploy, the recipe's `model` (a version or a directory) or the bootstrap instruct model,
+    registered and deployed here."""
+    from mortgagellm.pipelines.recipe import require_manifest
+    from mortgagellm.serve import registry
+
+    path = registry_path(recipe)
+    found = registry.current(path, expert)
+    if found is None:
+        wanted = getattr(recipe.serve, expert).model
+        if wanted and Path(wanted).is_dir():
+            version = registry.register(path, wanted, source=f"serve.{expert}.model")
+        elif wanted:
+            version = registry.resolve(path, wanted)
+        else:
+            boot = require_manifest(recipe, "bootstrap")
+            entry = boot.outputs["instruct"]
+            version = registry.register(path, entry["uri"], source="bootstrap:instruct",
+                                        metrics=boot.metrics.get("instruct", {}),
+                                        version=entry["sha256"])
+        registry.deploy(path, expert, version)
+        found = registry.current(path, expert)
+    return found[0], found[1]["path"]
+
+
+def expert_options(expert: str, s: ExpertSettings, version: str, model_dir: str) -> dict:
+    """Deployment options of one expert, all from the recipe."""
+    return {
+        "name": DEPLOYMENTS[expert],
+        "ray_actor_options": {"num_cpus": s.num_cpus, "num_gpus": s.num_gpus},
+        "autoscaling_config": s.autoscaling.model_dump(),
+        "max_ongoing_requests": s.max_ongoing_requests,
+        "max_queued_requests": s.max_queued_requests,
+        "health_check_period_s": s.health_check_period_s,
+        "health_check_timeout_s": s.health_check_timeout_s,
+        "user_config": {"model": model_dir, "version": version},
+    }
+
+
+def build_app(args: dict[str, Any]) -> Any:
+    """The serving Application: Router(StructuredExpert, ConversationalExpert)."""
+    from mortgagellm.serve.experts import Expert
+    from mortgagellm.serve.router import Router
+
+    recipe = load(args)
+    cfg = recipe.serve
+    experts = {}
+    for expert in DEPLOYMENTS:
+        s: ExpertSettings = getattr(cfg, expert)
+        version, model_dir = served_model(recipe, expert)
+        experts[expert] = Expert.options(**expert_options(expert, s, version, model_dir)).bind(
+            expert, s.threads, s.max_batch_size, s.batch_wait_timeout_s,
+            cfg.limits.max_prompt_tokens)
+    r = cfg.router
+    router = Router.options(
+        name=ROUTER, ray_actor_options={"num_cpus": r.num_cpus},
+        autoscaling_config=r.autoscaling.model_dump(),
+        max_ongoing_requests=r.max_ongoing_requests, max_queued_requests=r.max_queued_requests)
+    return router.bind(experts["structured"], experts["conversational"],
+                       cfg.model_dump(mode="json"), str(tier1_file(recipe).absolute()),
+                       api_keys(recipe, args), str(audit_dir(recipe).absolute()))

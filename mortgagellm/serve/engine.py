@@ -1,0 +1,204 @@
+"""The experts' engine: transformers decoding with a KV cache, several requests per batch, text
+streamed as it is decoded, stop sequences, max_tokens, temperature / top_p / seed; and the label
+scoring the few-shot router tier needs. No Ray here: serve/experts.py wraps it in a deployment.
+
+torch and transformers are imported inside functions so `mortgagellm --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from mortgagellm.modeling import EOT
+
+
+@dataclass(frozen=True)
+class GenRequest:
+    """One request, tokenized: what to continue and how."""
+
+    prompt_ids: tuple[int, ...]
+    max_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Delta:
+    """New text of one request after a decoding step; finish_reason set on its last delta."""
+
+    text: str
+    finish_reason: str | None
+    completion_tokens: int
+
+
+def load_model(path: str, threads: int) -> tuple[Any, Any]:
+    """(model, tokenizer) from an HF directory, in eval mode, on GPU when there is one."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.set_num_threads(threads)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+    return model, tokenizer
+
+
+def context_length(model: Any) -> int:
+    """Longest sequence (prompt + completion) the model accepts."""
+    return int(model.config.max_position_embeddings)
+
+
+def chat_ids(tokenizer: Any, messages: Sequence[Mapping[str, str]]) -> list[int]:
+    """Token ids of a conversation through the model's chat template, assistant turn opened."""
+    text = tokenizer.apply_chat_template(list(messages), tokenize=False,
+                                         add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def completion_ids(tokenizer: Any, prompt: str) -> list[int]:
+    """Token ids of a raw completion prompt: BOS + text, as the models were pretrained."""
+    return tokenizer(tokenizer.bos_token + prompt, add_special_tokens=False)["input_ids"]
+
+
+def visible(text: str, stops: Sequence[str]) -> tuple[str, bool]:
+    """(the part of `text` that may be sent now, whether a stop sequence ended it).
+
+    Text from the first stop sequence on is cut. Without a stop, a tail that could still grow
+    into one is held back, and so is a trailing U+FFFD (half a multi-byte character).
+    """
+    cut = min((i for i in (text.find(s) for s in stops if s) if i >= 0), default=-1)
+    if cut >= 0:
+        return text[:cut], True
+    hold = max((k for s in stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+    safe = text[:len(text) - hold]
+    return safe.rstrip("\ufffd"), False
+
+
+@dataclass
+class _Row:
+    request: GenRequest
+    generator: Any
+    ids: list[int] = field(default_factory=list)
+    sent: int = 0
+    finish: str | None = None
+
+
+class Decoder:
+    """Decodes a batch of requests together, one token per row per `step()`, over a KV cache.
+
+    Prompts are left-padded so every row's next token sits in the last column; rows that have
+    finished keep a pad token in the batch (their output is ignored) until all are done.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, requests: Sequence[GenRequest]):
+        import torch
+
+        from mortgagellm.modeling import stop_token_ids
+
+        self.model, self.tokenizer = model, tokenizer
+        self.stop_ids = set(stop_token_ids(tokenizer))
+        self.rows = [_Row(r, torch.Generator().manual_seed(
+            r.seed if r.seed is not None else random.getrandbits(63))) for r in requests]
+        width = max(len(r.prompt_ids) for r in requests)
+        pad = tokenizer.pad_token_id
+        device = model.device
+        self.input_ids = torch.tensor([[pad] * (width - len(r.prompt_ids)) + list(r.prompt_ids)
+                                       for r in requests], device=device)
+        self.mask = torch.tensor([[0] * (width - len(r.prompt_ids)) + [1] * len(r.prompt_ids)
+                                  for r in requests], device=device)
+        self.positions = (self.mask.cumsum(-1) - 1).clamp(min=0)
+        self.cache = None
+
+    @property
+    def done(self) -> bool:
+        """True once every row has finished."""
+        return all(row.finish for row in self.rows)
+
+    def step(self) -> list[Delta | None]:
+        """Advance every unfinished row by one token; None for rows finished before this step."""
+        import torch
+
+        with torch.inference_mode():
+            out = self.model(input_ids=self.input_ids, attention_mask=self.mask,
+                             position_ids=self.positions, past_key_values=self.cache,
+                             use_cache=True)
+        self.cache = out.past_key_values
+        logits = out.logits[:, -1, :].float()
+        deltas, next_ids = [], []
+        for i, row in enumerate(self.rows):
+            if row.finish:
+                deltas.append(None)
+                next_ids.append(self.tokenizer.pad_token_id)
+                continue
+            token = sample(logits[i], row.request.temperature, row.request.top_p, row.generator)
+            deltas.append(self._advance(row, token))
+            next_ids.append(token)
+        device = self.input_ids.device
+        self.input_ids = torch.tensor(next_ids, device=device).unsqueeze(1)
+        self.mask = torch.cat([self.mask, torch.ones_like(self.input_ids)], dim=1)
+        self.positions = self.positions[:, -1:] + 1
+        return deltas
+
+    def _advance(self, row: _Row, token: int) -> Delta:
+        """Append one token to a row and work out the text it makes visible."""
+        if token in self.stop_ids:  # end of turn: flush what was held back for stop strings
+            row.finish = "stop"
+            text = self.tokenizer.decode(row.ids, skip_special_tokens=True).rstrip("\ufffd")
+            return Delta(text[row.sent:], "stop", len(row.ids))
+        row.ids.append(token)
+        text = self.tokenizer.decode(row.ids, skip_special_tokens=True)
+        safe, stopped = visible(text, row.request.stop)
+        if stopped:
+            row.finish = "stop"
+        elif len(row.ids) >= row.request.max_tokens:
+            row.finish, safe = "length", text
+        delta = Delta(safe[row.sent:], row.finish, len(row.ids))
+        row.sent += len(delta.text)
+        return delta
+
+
+def sample(logits: Any, temperature: float, top_p: float, generator: Any) -> int:
+    """Next token: argmax at temperature 0, else a draw from the top-p nucleus."""
+    import torch
+
+    if temperature <= 0:
+        return int(logits.argmax())
+    probs = torch.softmax(logits / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(descending=True)
+        keep = sorted_probs.cumsum(-1) - sorted_probs < top_p
+        probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
+    return int(torch.multinomial(probs.cpu(), 1, generator=generator))
+
+
+def label_logprobs(model: Any, tokenizer: Any, messages: Sequence[Mapping[str, str]],
+                   labels: Sequence[str]) -> dict[str, float]:
+    """log P(label + end of turn | prompt) for each label, all labels in one forward pass.
+
+    The prompt loses tokens from its start when it would not fit the model's context with the
+    longest label: small CPU models have a few hundred positions, and the request is at the end.
+    """
+    import torch
+
+    prompt = chat_ids(tokenizer, messages)
+    answers = [tokenizer(label + EOT, add_special_tokens=False)["input_ids"] for label in labels]
+    room = context_length(model) - max(len(a) for a in answers)
+    prompt = prompt[-room:]
+    rows = [prompt + a for a in answers]
+    width = max(len(r) for r in rows)
+    pad = tokenizer.pad_token_id
+    ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=model.device)
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=model.device)
+    with torch.inference_mode():
+        logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), -1)
+    scores = {}
+    for i, (label, answer) in enumerate(zip(labels, answers)):
+        positions = range(len(prompt) - 1, len(prompt) - 1 + len(answer))
+        scores[label] = float(sum(logp[i, p, t] for p, t in zip(positions, answer)))
+    return scores

@@ -1,0 +1,107 @@
+"""The expert deployment: one class, deployed twice by build_app (StructuredExpert and
+ConversationalExpert). It holds a model and calls engine.py; nothing else.
+
+The model comes in through `user_config` ({"model": directory, "version": registry hash}), so
+`mortgagellm deploy` / `rollback` swap weights in place through `reconfigure`, replica by replica,
+without a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from ray import serve
+
+from mortgagellm.datasets.tasks_format import ROUTES
+from mortgagellm.serve import engine, routing
+
+log = logging.getLogger(__name__)
+
+
+def length_error(prompt_tokens: int, max_tokens: int, max_prompt_tokens: int,
+                 context: int) -> str | None:
+    """Why a request cannot run (prompt or prompt + completion too long), else None."""
+    if prompt_tokens > max_prompt_tokens:
+        return (f"the prompt has {prompt_tokens} tokens; the limit is {max_prompt_tokens}. "
+                "Shorten it.")
+    if prompt_tokens + max_tokens > context:
+        return (f"the prompt has {prompt_tokens} tokens and max_tokens is {max_tokens}, but the "
+                f"model's context is {context} tokens; lower max_tokens or shorten the prompt")
+    return None
+
+
+@serve.deployment
+class Expert:
+    """One expert's replica: streams completions (batched) and scores routes for tier 2."""
+
+    def __init__(self, role: str, threads: int, max_batch_size: int,
+                 batch_wait_timeout_s: float, max_prompt_tokens: int):
+        self.role, self.threads, self.max_prompt_tokens = role, threads, max_prompt_tokens
+        self.model = self.tokenizer = self.version = self.model_dir = None
+        self.prior: dict[str, float] | None = None
+        self._decode.set_max_batch_size(max_batch_size)
+        self._decode.set_batch_wait_timeout_s(batch_wait_timeout_s)
+
+    def reconfigure(self, config: Mapping[str, str]) -> None:
+        """Load the model named by user_config when its version changed."""
+        if config["version"] == self.version:
+            return
+        model, tokenizer = engine.load_model(config["model"], self.threads)
+        # Tier 2's content-free prior (routing.fewshot_probabilities) belongs to the model.
+        prior = engine.label_logprobs(model, tokenizer, routing.fewshot_messages(routing.CONTENT_FREE, 16),
+                                      ROUTES)
+        self.model, self.tokenizer, self.prior = model, tokenizer, prior
+        self.version, self.model_dir = config["version"], config["model"]
+        log.info("%s expert serves version %s from %s", self.role, self.version, self.model_dir)
+
+    def check_health(self) -> None:
+        """Serve's health check: a replica without weights is unhealthy."""
+        if self.model is None:
+            raise RuntimeError(f"{self.role} expert has no model loaded")
+
+    def info(self) -> dict[str, Any]:
+        """Role, model version and directory, context length."""
+        return {"role": self.role, "version": self.version, "model": self.model_dir,
+                "context": engine.context_length(self.model)}
+
+    async def classify(self, request: str, clip_chars: int) -> dict[str, float]:
+        """Tier-2 route probabilities of a request (one forward pass, off the event loop)."""
+        logprobs = await asyncio.to_thread(
+            engine.label_logprobs, self.model, self.tokenizer,
+            routing.fewshot_messages(request, clip_chars), ROUTES)
+        return routing.fewshot_probabilities(logprobs, self.prior)
+
+    async def generate(self, request: Mapping[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """Stream one completion: first {prompt_tokens, version} (or {error}), then deltas.
+
+        `request` has `messages` (chat) or `prompt` (completion), and max_tokens, temperature,
+        top_p, seed, stop.
+        """
+        ids = (engine.chat_ids(self.tokenizer, request["messages"]) if "messages" in request
+               else engine.completion_ids(self.tokenizer, request["prompt"]))
+        error = length_error(len(ids), request["max_tokens"], self.max_prompt_tokens,
+                             engine.context_length(self.model))
+        if error:
+            yield {"error": error}
+            return
+        yield {"prompt_tokens": len(ids), "version": self.version}
+        job = engine.GenRequest(tuple(ids), request["max_tokens"], request["temperature"],
+                                request["top_p"], request["seed"], tuple(request["stop"]))
+        async for delta in self._decode(job):
+            yield {"text": delta.text, "finish_reason": delta.finish_reason,
+                   "completion_tokens": delta.completion_tokens}
+
+    @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.01)
+    async def _decode(self, jobs: list[engine.GenRequest]) -> AsyncIterator[list]:
+        """Dynamic batching: requests that arrive together are decoded as one batch.
+
+        Each step runs in a thread so the replica keeps accepting requests and health checks;
+        a finished row gets StopIteration, which ends that caller's stream (Serve's protocol).
+        """
+        decoder = engine.Decoder(self.model, self.tokenizer, jobs)
+        while not decoder.done:
+            deltas = await asyncio.to_thread(decoder.step)
+            yield [StopIteration if d is None else d for d in deltas]

@@ -1,0 +1,180 @@
+"""The Router's FastAPI app: the door middleware, the four endpoints and the request flow
+(parse -> route -> expert -> OpenAI answer -> metrics + audit), one function per step.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from mortgagellm.serve import openai_api as oa
+from mortgagellm.serve.door import Door
+from mortgagellm.serve.router import RETRIED, ApiError, new_request_id
+from mortgagellm.serve.routing import ROUTE_MODELS, UnknownModel
+
+log = logging.getLogger(__name__)
+
+
+def build_api(router: Any) -> FastAPI:
+    """The app one Router replica serves."""
+    cfg = router.cfg
+    app = FastAPI(title="mortgagellm", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(Door, keys=router.keys, required=cfg.auth.required,
+                       max_body_bytes=cfg.limits.max_body_bytes)
+
+    @app.exception_handler(RequestValidationError)
+    async def malformed(_: Request, err: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}"
+                             for e in err.errors())
+        return error_response(ApiError(422, f"malformed request: {problems}", "invalid_request"))
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return oa.model_list(await router.versions())
+
+    @app.post("/v1/chat/completions")
+    async def chat(body: oa.ChatCompletionRequest, request: Request) -> Any:
+        return await complete(router, "chat", body, request.state.key_id)
+
+    @app.post("/v1/completions")
+    async def completions(body: oa.CompletionRequest, request: Request) -> Any:
+        return await complete(router, "completions", body, request.state.key_id)
+
+    return app
+
+
+def error_response(err: ApiError) -> JSONResponse:
+    """An OpenAI error object with the error's status (503s say when to retry)."""
+    kind = "invalid_request_error" if err.status < 500 else "server_error"
+    headers = {"retry-after": "1"} if err.status == 503 else None
+    return JSONResponse(oa.error_body(err.message, kind, err.code), err.status, headers=headers)
+
+
+def prompt_text(body: Any) -> str:
+    """The prompt as the audit log keeps it: a completion's text, or `role: content` lines."""
+    if isinstance(body, oa.ChatCompletionRequest):
+        return "\n".join(f"{m.role}: {m.content}" for m in body.messages)
+    return body.text()
+
+
+def expert_payload(body: Any, max_tokens: int) -> dict[str, Any]:
+    """What the expert's `generate` takes."""
+    source = ({"messages": [m.model_dump() for m in body.messages]}
+              if isinstance(body, oa.ChatCompletionRequest) else {"prompt": body.text()})
+    return source | {"max_tokens": max_tokens, "temperature": body.temperature,
+                     "top_p": body.top_p, "seed": body.seed, "stop": body.stops()}
+
+
+async def complete(router: Any, endpoint: str, body: Any, key_id: str) -> Any:
+    """One chat or text completion, streamed or not; every outcome is counted and audited."""
+    started = time.perf_counter()
+    request_id = new_request_id("chatcmpl" if endpoint == "chat" else "cmpl")
+    event: dict[str, Any] = {"request_id": request_id, "key_id": key_id, "model": body.model}
+    try:
+        event["prompt"] = prompt_text(body)
+        payload = expert_payload(body, checked_max_tokens(body, router.cfg.limits))
+        text = (body.routing_text() if endpoint == "chat" else body.text())
+        decision = await router.decide(text, body.model)
+        event |= {"route": decision.route, "confidence": round(decision.confidence, 4),
+                  "decided_by": decision.decided_by, "router_mode": decision.mode,
+                  "tier1_confidence": decision.tier1_confidence}
+        meta = {k: event[k] for k in ("route", "confidence", "decided_by", "tier1_confidence")}
+        meta |= {"router_mode": decision.mode, "request_id": request_id}
+        if body.stream:
+            first, stream = await router.open_stream(decision.route, payload)
+            meta["expert_version"] = expert_version(first)
+            return StreamingResponse(
+                stream_events(router, endpoint, body, stream, first, meta, event, started),
+                media_type="text/event-stream")
+        items = await router.answer(decision.route, payload)
+        meta["expert_version"] = expert_version(items[0])
+    except UnknownModel as err:
+        return failed(router, endpoint, started, event, ApiError(404, str(err), "model_not_found"))
+    except ValueError as err:
+        return failed(router, endpoint, started, event, ApiError(400, str(err), "invalid_value"))
+    except ApiError as err:
+        return failed(router, endpoint, started, event, err)
+    answer = "".join(i["text"] for i in items[1:])
+    last = items[-1]
+    usage = oa.usage(items[0]["prompt_tokens"], last["completion_tokens"])
+    model = ROUTE_MODELS[meta["route"]]
+    result = (oa.chat_response(request_id, model, answer, last["finish_reason"], usage, meta)
+              if endpoint == "chat" else
+              oa.completion_response(request_id, model, answer, last["finish_reason"], usage,
+                                     meta))
+    router.metrics.generation_ms.observe((time.perf_counter() - started) * 1e3,
+                                         tags={"route": meta["route"]})
+    router.record(endpoint, 200, started, event | {
+        "output": answer, "expert_version": meta["expert_version"],
+        "finish_reason": last["finish_reason"], **usage})
+    return result
+
+
+def checked_max_tokens(body: Any, limits: Any) -> int:
+    """The request's max_tokens (or the default), refused above the recipe's cap."""
+    wanted = body.wanted_tokens(limits.default_max_tokens)
+    if wanted > limits.max_tokens:
+        raise ApiError(400, f"max_tokens {wanted} exceeds this server's limit of "
+                       f"{limits.max_tokens}", "max_tokens_too_large")
+    return wanted
+
+
+def expert_version(first: dict[str, Any]) -> str:
+    """The model version from an expert's first item; its error becomes a 400."""
+    if "error" in first:
+        raise ApiError(400, first["error"], "context_length_exceeded")
+    return first["version"]
+
+
+def failed(router: Any, endpoint: str, started: float, event: dict[str, Any],
+           err: ApiError) -> JSONResponse:
+    """Count and audit an error answer, then send it."""
+    router.record(endpoint, err.status, started, event | {"error_code": err.code,
+                                                          "error": err.message})
+    return error_response(err)
+
+
+async def stream_events(router: Any, endpoint: str, body: Any, stream: Any, first: dict,
+                        meta: dict[str, Any], event: dict[str, Any],
+                        started: float) -> AsyncIterator[str]:
+    """SSE chunks of one answer, ending in [DONE]; audited when it ends, however it ends.
+
+    A client that goes away cancels this generator: the record then says status 499 and the
+    expert's stream is cancelled too.
+    """
+    model, rid = ROUTE_MODELS[meta["route"]], meta["request_id"]
+    texts, last, status = [], {"completion_tokens": 0, "finish_reason": None}, 499
+    try:
+        if endpoint == "chat":
+            yield oa.sse(oa.chat_chunk(rid, model, {"role": "assistant", "content": ""}, None,
+                                       meta))
+        async for item in stream:
+            texts.append(item["text"])
+            last = item
+            yield oa.sse(oa.chat_chunk(rid, model, {"content": item["text"]},
+                                       item["finish_reason"], meta) if endpoint == "chat" else
+                         oa.completion_response(rid, model, item["text"], item["finish_reason"],
+                                                None, meta, chunk=True))
+        status = 200
+        yield oa.sse("[DONE]")
+    except RETRIED as err:
+        status = 503
+        log.warning("expert lost mid-stream: %s", err)
+        yield oa.sse(oa.error_body(f"the expert failed mid-answer: {err}", "server_error",
+                                   "expert_unavailable"))
+    finally:
+        stream.cancel()
+        router.record(endpoint, status, started, event | {
+            "output": "".join(texts), "expert_version": meta["expert_version"],
+            "finish_reason": last["finish_reason"],
+            **oa.usage(first["prompt_tokens"], last["completion_tokens"])})

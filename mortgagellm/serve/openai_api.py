@@ -1,0 +1,144 @@
+"""The OpenAI-compatible wire format: request schemas and response / stream-chunk builders.
+
+Pure data in, JSON-ready dicts out; the Router calls these. Deviations from OpenAI, on purpose:
+`temperature` defaults to 0 (greedy: answers in a regulated domain should be reproducible), n is 1,
+and every response and chunk carries an extra field `mortgagellm` (ROUTING_FIELD):
+
+    {"route": "structured" | "conversational",
+     "confidence": probability of that route under what decided it (1.0 when the client chose),
+     "decided_by": "client" | "tier1" | "fewshot" | "hybrid",
+     "router_mode": the recipe's serve.router.mode,
+     "tier1_confidence": tier 1's own confidence, or null when tier 1 did not run,
+     "expert_version": registry version (manifest content hash) of the expert's model,
+     "request_id": the id also written to the audit log}
+
+The `openai` client exposes it as `response.model_extra["mortgagellm"]`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ROUTING_FIELD = "mortgagellm"
+
+
+class ChatMessage(BaseModel):
+    """One turn of a conversation; content is plain text."""
+
+    model_config = ConfigDict(extra="ignore")
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+class _Sampling(BaseModel):
+    """Fields shared by chat and text completions (unknown OpenAI fields are ignored)."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: str = Field(description="mortgagellm (route for me), mortgagellm-structured or "
+                       "mortgagellm-chat.")
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    temperature: float = Field(0.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    seed: int | None = None
+    stop: str | list[str] | None = Field(None)
+    stream: bool = False
+    n: int = Field(1, ge=1, le=1, description="Only one choice per request.")
+    user: str | None = None
+
+    def stops(self) -> list[str]:
+        """Stop sequences as a list (OpenAI accepts a string or up to 4 strings)."""
+        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        if len(stops) > 4:
+            raise ValueError(f"stop has {len(stops)} sequences; at most 4 are allowed")
+        return stops
+
+    def wanted_tokens(self, default: int) -> int | None:
+        """max_completion_tokens or max_tokens, else the default."""
+        return self.max_completion_tokens or self.max_tokens or default
+
+
+class ChatCompletionRequest(_Sampling):
+    """POST /v1/chat/completions."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+
+    def routing_text(self) -> str:
+        """What the router reads: the last user turn."""
+        users = [m.content for m in self.messages if m.role == "user"]
+        return users[-1] if users else self.messages[-1].content
+
+
+class CompletionRequest(_Sampling):
+    """POST /v1/completions (one prompt per request)."""
+
+    prompt: str | list[str]
+
+    def text(self) -> str:
+        """The single prompt."""
+        if isinstance(self.prompt, str):
+            return self.prompt
+        if len(self.prompt) != 1:
+            raise ValueError(f"prompt is a list of {len(self.prompt)}; send exactly one prompt")
+        return self.prompt[0]
+
+
+def chat_response(request_id: str, model: str, text: str, finish_reason: str,
+                  usage: dict[str, int], meta: dict[str, Any]) -> dict[str, Any]:
+    """A complete chat.completion object."""
+    return {"id": request_id, "object": "chat.completion", "created": int(time.time()),
+            "model": model, "usage": usage, ROUTING_FIELD: meta,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                         "finish_reason": finish_reason}]}
+
+
+def chat_chunk(request_id: str, model: str, delta: dict[str, str], finish_reason: str | None,
+               meta: dict[str, Any]) -> dict[str, Any]:
+    """One chat.completion.chunk of a stream."""
+    return {"id": request_id, "object": "chat.completion.chunk", "created": int(time.time()),
+            "model": model, ROUTING_FIELD: meta,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}
+
+
+def completion_response(request_id: str, model: str, text: str, finish_reason: str | None,
+                        usage: dict[str, int] | None, meta: dict[str, Any],
+                        chunk: bool = False) -> dict[str, Any]:
+    """A text_completion object; the same shape is a stream chunk (usage None until the end)."""
+    body = {"id": request_id, "object": "text_completion", "created": int(time.time()),
+            "model": model, ROUTING_FIELD: meta,
+            "choices": [{"index": 0, "text": text, "finish_reason": finish_reason,
+                         "logprobs": None}]}
+    return body if chunk else body | {"usage": usage}
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    """OpenAI's usage block."""
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def model_list(versions: dict[str, str | None]) -> dict[str, Any]:
+    """GET /v1/models: the router and both experts, with the experts' versions."""
+    from mortgagellm.serve.routing import AUTO_MODEL, MODEL_ROUTES
+
+    rows = [{"id": AUTO_MODEL, "object": "model", "owned_by": "mortgagellm",
+             ROUTING_FIELD: {"route": None}}]
+    rows += [{"id": name, "object": "model", "owned_by": "mortgagellm",
+              ROUTING_FIELD: {"route": route, "expert_version": versions.get(route)}}
+             for name, route in MODEL_ROUTES.items()]
+    return {"object": "list", "data": rows}
+
+
+def error_body(message: str, kind: str, code: str | None = None,
+               param: str | None = None) -> dict[str, Any]:
+    """OpenAI's error object."""
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def sse(data: dict[str, Any] | str) -> str:
+    """One server-sent event; the stream ends with sse('[DONE]')."""
+    return f"data: {data if isinstance(data, str) else json.dumps(data)}\n\n"

@@ -1,0 +1,93 @@
+"""The model registry: expert model versions by content hash (the manifest's sha256 of the model
+directory) with their metrics, and for each expert the history of deployed versions that
+`mortgagellm deploy` extends and `mortgagellm rollback` walks back.
+
+One JSON file (serve.registry, default <output_dir>/serve/registry.json), rewritten atomically:
+
+    {"versions": {"<sha256>": {"path": ..., "source": ..., "metrics": {...}, "registered_at": ...}},
+     "deployed": {"structured": ["<oldest>", ..., "<current>"], "conversational": [...]}}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from mortgagellm.manifest import sha256_path
+
+EXPERTS = ("structured", "conversational")
+
+
+def read(path: str | Path) -> dict[str, Any]:
+    """The registry, empty when the file does not exist yet."""
+    path = Path(path)
+    if not path.is_file():
+        return {"versions": {}, "deployed": {role: [] for role in EXPERTS}}
+    return json.loads(path.read_text())
+
+
+def _write(path: str | Path, data: dict[str, Any]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".registry-")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def register(path: str | Path, model_dir: str, source: str, metrics: dict[str, Any] | None = None,
+             version: str | None = None) -> str:
+    """Add a model directory (its content hash is the version; pass a manifest's to skip
+    re-hashing). Registering the same content again changes nothing."""
+    version = version or sha256_path(model_dir)
+    data = read(path)
+    if version not in data["versions"]:
+        data["versions"][version] = {
+            "path": str(Path(model_dir).absolute()), "source": source, "metrics": metrics or {},
+            "registered_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        _write(path, data)
+    return version
+
+
+def resolve(path: str | Path, ref: str) -> str:
+    """A full version from a unique prefix (at least 8 characters) of it."""
+    matches = [v for v in read(path)["versions"] if v.startswith(ref)] if len(ref) >= 8 else []
+    if len(matches) != 1:
+        known = ", ".join(v[:12] for v in read(path)["versions"]) or "none"
+        raise ValueError(f"{ref!r} names {len(matches)} registered versions (give 8+ characters "
+                         f"of one; registered: {known})")
+    return matches[0]
+
+
+def deploy(path: str | Path, expert: str, ref: str) -> tuple[str | None, str]:
+    """Make a registered version the expert's current one; returns (previous, new)."""
+    version = resolve(path, ref)
+    data = read(path)
+    history = data["deployed"][expert]
+    previous = history[-1] if history else None
+    if previous != version:
+        history.append(version)
+        _write(path, data)
+    return previous, version
+
+
+def rollback(path: str | Path, expert: str) -> tuple[str, str]:
+    """Return the expert to the version deployed before the current one; (from, to)."""
+    data = read(path)
+    history = data["deployed"][expert]
+    if len(history) < 2:
+        raise ValueError(f"{expert} has no earlier deployed version to roll back to")
+    current = history.pop()
+    _write(path, data)
+    return current, history[-1]
+
+
+def current(path: str | Path, expert: str) -> tuple[str, dict[str, Any]] | None:
+    """(version, entry) the expert serves, None before anything was deployed."""
+    data = read(path)
+    history = data["deployed"][expert]
+    return (history[-1], data["versions"][history[-1]]) if history else None

@@ -1,0 +1,163 @@
+"""The Router: the app's ingress. It checks the door, routes (routing.py), calls an expert over
+its handle, answers in OpenAI's format (openai_api.py), counts (Prometheus) and audits.
+
+Endpoints: POST /v1/chat/completions, POST /v1/completions (both with `stream`), GET /v1/models,
+GET /healthz. Errors are OpenAI error objects: 400 bad value, 401 no/bad key, 404 unknown model,
+413 body too large, 422 malformed JSON or schema, 503 overloaded (an expert's queue is full) or
+unavailable, 504 an expert too slow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from ray import serve
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+
+from mortgagellm.config import ServeConfig
+from mortgagellm.serve import openai_api as oa
+from mortgagellm.serve import routing
+from mortgagellm.serve.audit import AuditLog
+
+log = logging.getLogger(__name__)
+RETRIED = (RayActorError,)
+"""A replica that died or became unreachable mid-call: the call is made once more."""
+OVERLOADED = (BackPressureError, DeploymentUnavailableError)
+
+
+class ApiError(Exception):
+    """An error answer: HTTP status, message, OpenAI error code."""
+
+    def __init__(self, status: int, message: str, code: str):
+        super().__init__(message)
+        self.status, self.message, self.code = status, message, code
+
+
+class Metrics:
+    """The Prometheus series of the router (exported on Ray's metrics port)."""
+
+    def __init__(self) -> None:
+        from ray.serve.metrics import Counter, Histogram
+
+        ms = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000]
+        self.requests = Counter("mortgagellm_requests", "Requests by route and status.",
+                                tag_keys=("endpoint", "route", "status"))
+        self.routing_ms = Histogram("mortgagellm_routing_latency_ms", "Time to decide a route.",
+                                    boundaries=ms, tag_keys=("decided_by",))
+        self.generation_ms = Histogram("mortgagellm_generation_latency_ms",
+                                       "Expert time of a whole answer.", boundaries=ms,
+                                       tag_keys=("route",))
+        self.tokens = Counter("mortgagellm_tokens", "Prompt and completion tokens.",
+                              tag_keys=("route", "kind"))
+        self.errors = Counter("mortgagellm_errors", "Error answers by code.", tag_keys=("code",))
+
+
+@serve.deployment
+@serve.ingress()
+class Router:
+    """Ingress: holds the two experts' handles, the tier-1 classifier and the audit writer."""
+
+    def __init__(self, structured: Any, conversational: Any, settings: dict[str, Any],
+                 tier1_path: str, keys: dict[str, str], audit_dir: str):
+        self.cfg = ServeConfig.model_validate(settings)
+        self.experts = {"structured": structured, "conversational": conversational}
+        self.tier1 = routing.Tier1.from_json(Path(tier1_path).read_text())
+        self.keys = keys
+        self.metrics = Metrics()
+        writer = serve.get_replica_context().replica_id.unique_id
+        self.audit = (AuditLog(audit_dir, f"router-{writer}", self.cfg.audit.retention_days,
+                               self.cfg.audit.pii_salt) if self.cfg.audit.enabled else None)
+
+    def __serve_build_asgi_app__(self) -> Any:
+        """The FastAPI app, built per replica so the door uses this recipe's keys and limits."""
+        from mortgagellm.serve.http import build_api
+
+        return build_api(self)
+
+    async def versions(self) -> dict[str, str]:
+        """{route: model version} as the experts report it."""
+        infos = await asyncio.gather(*(h.info.remote() for h in self.experts.values()))
+        return {route: info["version"] for route, info in zip(self.experts, infos)}
+
+    async def decide(self, text: str, model: str) -> routing.Decision:
+        """Route a request; asks the structured expert for tier 2 only when route() needs it."""
+        started = time.perf_counter()
+        r = self.cfg.router
+        decision = routing.route(text, model, r.mode, self.tier1, r.threshold)
+        if decision is None:
+            probs = await self._expert_call(
+                self.experts["structured"].classify.remote(text, r.clip_chars))
+            decision = routing.route(text, model, r.mode, self.tier1, r.threshold, probs)
+        self.metrics.routing_ms.observe((time.perf_counter() - started) * 1e3,
+                                        tags={"decided_by": decision.decided_by})
+        return decision
+
+    async def answer(self, route: str, payload: dict[str, Any]) -> list[dict[str, Any]]:
+        """The whole stream of an expert's answer; made once more if a replica dies meanwhile."""
+        for attempt in (0, 1):
+            stream = self.experts[route].options(stream=True).generate.remote(payload)
+            try:
+                return await self._expert_call(_collect(stream))
+            except RETRIED as err:
+                if attempt:
+                    raise ApiError(503, f"the {route} expert failed twice: {err}",
+                                   "expert_unavailable") from err
+                log.warning("%s expert replica lost (%s); retrying once", route, err)
+        raise AssertionError("unreachable")
+
+    async def open_stream(self, route: str, payload: dict[str, Any]) -> tuple[dict, Any]:
+        """(first item, the rest) of a streamed answer; retried once until the first item."""
+        for attempt in (0, 1):
+            stream = self.experts[route].options(stream=True).generate.remote(payload)
+            try:
+                return await self._expert_call(stream.__anext__()), stream
+            except RETRIED as err:
+                if attempt:
+                    raise ApiError(503, f"the {route} expert failed twice: {err}",
+                                   "expert_unavailable") from err
+                log.warning("%s expert replica lost (%s); retrying once", route, err)
+        raise AssertionError("unreachable")
+
+    async def _expert_call(self, awaitable: Any) -> Any:
+        """Await an expert with the recipe's timeout; overload becomes 503, slowness 504."""
+        try:
+            return await asyncio.wait_for(awaitable, self.cfg.router.expert_timeout_s)
+        except OVERLOADED as err:
+            raise ApiError(503, f"the experts are overloaded, retry shortly ({type(err).__name__})",
+                           "overloaded") from err
+        except asyncio.TimeoutError as err:
+            raise ApiError(504, f"no answer from the expert within "
+                           f"{self.cfg.router.expert_timeout_s} s", "expert_timeout") from err
+
+    def record(self, endpoint: str, status: int, started: float, event: dict[str, Any]) -> None:
+        """Count the request and queue its audit record (never blocks)."""
+        route = event.get("route") or "none"
+        self.metrics.requests.inc(tags={"endpoint": endpoint, "route": route,
+                                        "status": str(status)})
+        if status >= 400:
+            self.metrics.errors.inc(tags={"code": str(event.get("error_code"))})
+        for kind in ("prompt_tokens", "completion_tokens"):
+            if event.get(kind):
+                self.metrics.tokens.inc(event[kind], tags={"route": route, "kind": kind})
+        if self.audit is not None:
+            self.audit.append(event | {"type": "request", "endpoint": endpoint, "status": status,
+                                       "time": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                             time.gmtime()),
+                                       "latency_ms": round((time.perf_counter() - started) * 1e3,
+                                                           2)})
+
+
+async def _collect(stream: AsyncIterator[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [item async for item in stream]
+
+
+def new_request_id(prefix: str) -> str:
+    """OpenAI-style id, also the audit record's request id."""
+    return f"{prefix}-{uuid.uuid4().hex}"

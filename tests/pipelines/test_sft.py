@@ -1,0 +1,206 @@
+"""sft: the structured expert. Unit tier: record checks, prompt fitting, batches and epoch order on
+hand-made inputs. Integration tier: the stage on the shared Ray cluster from the tiny instruct
+model (loss falls, weights change, the export loads, answers parse), and in one process with
+LoRA (adapter export == merged export on a fixed input)."""
+
+import shutil
+
+import pytest
+import torch
+
+from mortgagellm import manifest
+from mortgagellm.config import load_recipe
+from mortgagellm.datasets.tasks import SFT_TASKS
+from mortgagellm.pipelines import sft
+
+SETS = ["corpus.tasks.sft_per_task=48", "corpus.tasks.dpo_pairs=32",
+        "corpus.tasks.routing_requests=2", "corpus.tasks.eval_per_task=9",
+        "corpus.tasks.eval_qa_pairs=12", "corpus.tasks.eval_routing=2"]
+SFT_SMALL = ["sft.max_seq_len=256", "sft.epochs=4", "sft.deepspeed.micro_batch_size=8",
+             "sft.deepspeed.lr=5e-3", "sft.log_every=4", "sft.checkpoint_every=40",
+             "sft.eval_per_task=6", "sft.max_new_tokens=48"]
+
+
+def make_run(tmp_path, tiny_pair, extra=()):
+    """A run directory whose residual 'merged model' is the tiny instruct model (the residual
+    stage is tested on its own; here only its manifest contract matters)."""
+    run = tmp_path / "run"
+    for name in ("base", "instruct"):
+        shutil.copytree(tiny_pair.output_path(name), run / "bootstrap" / name)
+    manifest.write(str(run / "bootstrap"), manifest.Manifest(
+        stage="bootstrap", fingerprint="test", config={},
+        outputs={n: manifest.artifact(run / "bootstrap" / n) for n in ("base", "instruct")}))
+    shutil.copytree(tiny_pair.output_path("instruct"), run / "residual" / "merged")
+    manifest.write(str(run / "residual"), manifest.Manifest(
+        stage="residual", fingerprint="test", config={},
+        outputs={"model": manifest.artifact(run / "residual" / "merged")}))
+    recipe_path = tmp_path / "recipe.yaml"
+    recipe_path.write_text(f"run:\n  output_dir: {run}\n")
+    return load_recipe(recipe_path, [*SETS, *extra])
+
+
+def weights(model_dir):
+    from safetensors.torch import load_file
+
+    return load_file(str(manifest.Path(model_dir) / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_pair):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_pair.output_path("instruct"))
+
+
+# ---- unit ----------------------------------------------------------------------------------------
+
+def record(task="decision", answer="approve", **change):
+    doc = "Loan file 7. Credit score 720, LTV 80%, DTI 31%."
+    base = {"task": task, "prompt": f"Decide: approve, refer or deny.\n\n{doc}", "answer": answer,
+            "document": doc, "truth": {"label": answer}}
+    return {k: v for k, v in (base | change).items() if v is not ...}
+
+
+def test_bad_records_are_rejected_with_counts_and_not_trained_on(tokenizer):
+    long_summary = "\n".join(f"field_{i}: value {i}" for i in range(80)) + "\nsummary: long."
+    records = [record(), record(answer="deny"), record(answer=None), record(truth=...),
+               record(answer="   "), record(answer="maybe"), record(task="poetry"),
+               record(prompt=" "), record(task="summary", answer=long_summary)]
+    rows, counts = sft.sft_rows(records, tokenizer, 128)
+    assert counts["kept"] == 2 and len(rows) == 2
+    assert counts["rejected"] == {"missing_field": 2, "empty_answer": 1, "unparseable_answer": 1,
+                                  "unknown_task": 1, "empty_prompt": 1, "too_long": 1}
+    answers = [tokenizer.decode(r["input_ids"][r["prompt_len"]:]) for r in rows]
+    assert answers == ["approve<|eot_id|>", "deny<|eot_id|>"]  # only the good ones, whole
+
+
+def test_fit_prompt_cuts_only_the_document_and_counts_it(tokenizer):
+    doc = " ".join(f"line {i} of the loan file." for i in range(60))
+    user = f"Classify this document.\n\n{doc}"
+    text, ids, cut = sft.fit_prompt(tokenizer, user, doc, 10_000)
+    assert (text, cut) == (user, False)
+    text, ids, cut = sft.fit_prompt(tokenizer, user, doc, 64)
+    assert cut and len(ids) <= 64 and len(ids) >= 60  # cut at a token boundary, no slack
+    assert text.startswith("Classify this document.\n\nline 0 of the loan file.")
+    assert doc.startswith(text.removeprefix("Classify this document.\n\n"))
+    assert ids == sft.encode(tokenizer, sft.render(tokenizer, text)["prompt"])
+    assert sft.fit_prompt(tokenizer, user, doc, 12) is None  # the instruction alone is too long
+
+
+def test_chat_rendering_ends_prompt_at_assistant_header_and_answer_at_eot(tokenizer):
+    texts = sft.render(tokenizer, "Decide.", completion="deny")
+    assert texts["prompt"].endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")
+    assert texts["prompt"].startswith("<|begin_of_text|><|start_header_id|>user")
+    assert texts["completion"] == "deny<|eot_id|>"
+
+
+def test_sft_batch_puts_loss_on_answer_tokens_only():
+    rows = [{"input_ids": [5, 6, 7, 8], "prompt_len": 3}, {"input_ids": [9, 10, 11], "prompt_len": 1}]
+    batch = sft.sft_batch(rows, "cpu")
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 8], [9, 10, 11, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 1, 0]]
+    assert batch["labels"].tolist() == [[-100, -100, -100, 8], [-100, 10, 11, -100]]
+
+
+def test_epoch_order_shuffles_each_epoch_and_keeps_whole_global_batches():
+    order = sft.epoch_order(10, 3, 4, seed=0)
+    assert len(order) == 28  # 30 rows cut to 7 global batches of 4
+    assert sorted(order[:10]) == list(range(10)) and sorted(order[10:20]) == list(range(10))
+    assert order[:10] != order[10:20]
+    assert order == sft.epoch_order(10, 3, 4, seed=0)
+
+
+def test_adapter_export_needs_lora(tiny_pair, tmp_path):
+    from mortgagellm.config import ConfigError
+
+    with pytest.raises(ConfigError, match="export 'adapter' needs method 'lora'"):
+        make_run(tmp_path, tiny_pair, ["sft.export=adapter"])
+
+
+def test_missing_residual_output_names_the_stage_to_run(tiny_pair, tmp_path):
+    recipe = make_run(tmp_path, tiny_pair)
+    (manifest.Path(recipe.run.output_dir) / "residual" / "manifest.json").unlink()
+    with pytest.raises(FileNotFoundError, match="run `mortgagellm residual` first"):
+        sft.run(recipe)
+
+
+# ---- integration ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def trained(ray_cluster, tiny_pair, tmp_path_factory):
+    recipe = make_run(tmp_path_factory.mktemp("sft"), tiny_pair, SFT_SMALL)
+    return recipe, sft.run(recipe)
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(900)
+def test_sft_on_ray_lowers_loss_changes_weights_and_exports(trained, tiny_pair):
+    from transformers import AutoModelForCausalLM
+
+    recipe, m = trained
+    history = m.metrics["history"]
+    assert history[-1]["step"] == m.metrics["records"]["steps"] > 40
+    assert sum(h["loss"] for h in history[-3:]) < 0.5 * sum(h["loss"] for h in history[:3])
+    records = m.metrics["records"]
+    assert records["kept"] + sum(records["rejected"].values()) == 4 * 48
+    assert set(records["documents_cut"]) <= set(SFT_TASKS)
+    AutoModelForCausalLM.from_pretrained(m.output_path("model"))
+    start, expert = weights(tiny_pair.output_path("instruct")), weights(m.output_path("model"))
+    assert start.keys() == expert.keys()
+    assert all(not torch.equal(start[k], expert[k]) for k in start if k.endswith("proj.weight"))
+    assert [p["node_id"] for p in m.metrics["placement"]]
+
+
+@pytest.mark.integration
+def test_structured_expert_answers_parse(trained):
+    """The tiny model (2 layers, width 64, 640-token BPE) learns the answer formats only partly
+    in ~80 steps: measured parse rates, 6 held-out records per task, were decision 1.0,
+    intent 1.0, doc_kind 0.5-0.83 (labels of up to 16 tokens), summary 1.0, against 0.0 for the
+    start model on every task. Asserted: every task parses at least half the time, and the
+    start model's answers never do."""
+    _, m = trained
+    start, expert = m.metrics["heldout"]["start"], m.metrics["heldout"]["expert"]
+    for task in SFT_TASKS:
+        assert expert[task]["parsed"] >= 0.5, (task, expert[task])
+        assert start[task]["parsed"] == 0.0
+    assert expert["decision"]["parsed"] == expert["intent"]["parsed"] == 1.0
+
+
+@pytest.mark.integration
+def test_rerun_is_skipped(trained, caplog):
+    recipe, m = trained
+    caplog.set_level("INFO")
+    assert sft.run(recipe).started_at == m.started_at
+    assert "up to date" in caplog.text
+
+
+@pytest.mark.timeout(900)
+def test_lora_adapter_export_equals_merged_export_and_resumes(tiny_pair, tmp_path):
+    """In one process (no Ray), LoRA with the adapter exported; the same checkpoint exported
+    merged gives the same logits, only q/v projections change; a run that failed at step 3
+    continues from its step-2 checkpoint."""
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoModelForCausalLM
+
+    lora = ["sft.method=lora", "sft.export=adapter", "sft.epochs=1", "sft.checkpoint_every=2",
+            "sft.log_every=2", "sft.eval_per_task=1", "sft.max_new_tokens=8",
+            "corpus.tasks.sft_per_task=6", "sft.lora.dropout=0.0"]
+    recipe = make_run(tmp_path / "a", tiny_pair, [*SFT_SMALL, *lora])
+    with pytest.raises(RuntimeError, match="injected failure at step 3"):
+        sft.run(recipe, on_ray=False, fail_at_step=3)
+    m = sft.run(recipe, on_ray=False)
+    assert m.metrics["history"][-1]["start_step"] == 2
+    adapter_dir = manifest.Path(m.output_path("model"))
+    assert (adapter_dir / "adapter_config.json").exists()
+    out = manifest.Path(recipe.run.output_dir) / "sft"
+    checkpoint = sorted((out / "checkpoints").glob("step_*"))[-1]
+    merged_dir = sft.export_model(checkpoint, out.parent / "residual" / "merged", tmp_path / "merged",
+                                  "lora", recipe.sft.lora.model_dump(), 2, merge=True)
+    ids = torch.tensor([[1, 40, 41, 300, 12, 7, 99, 5]])
+    with torch.no_grad():
+        a = AutoPeftModelForCausalLM.from_pretrained(adapter_dir).eval()(input_ids=ids).logits
+        b = AutoModelForCausalLM.from_pretrained(merged_dir).eval()(input_ids=ids).logits
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    start = weights(tiny_pair.output_path("instruct"))
+    changed = {k for k, v in weights(merged_dir).items() if not torch.equal(v, start[k])}
+    assert changed and all("q_proj" in k or "v_proj" in k for k in changed)

@@ -1,0 +1,158 @@
+"""routing.py: tier-1 accuracy on the held-out routing set, calibration and speed; the pure
+decision logic on hand-made inputs."""
+
+import math
+import time
+
+import pytest
+
+from mortgagellm.serve import routing
+from mortgagellm.serve.routing import Decision, Tier1, UnknownModel, clip, route
+
+ACCURACY_FLOOR = 0.985
+"""Measured 0.9917 on eval_routing (seed 0); goal >= 0.98. 600 requests: one error = 0.17 %."""
+
+
+def confusion(records, tier1):
+    """{(truth, predicted): count} and accuracy of tier 1 alone."""
+    table = {(t, p): 0 for t in routing.ROUTES for p in routing.ROUTES}
+    for r in records:
+        decision = route(r["request"], "mortgagellm", "tier1", tier1, 0.9)
+        table[(r["route"], decision.route)] += 1
+    correct = sum(v for (t, p), v in table.items() if t == p)
+    return table, correct / len(records)
+
+
+def test_tier1_accuracy_on_eval_routing_with_confusion_matrix(routing_sets, tier1):
+    table, accuracy = confusion(routing_sets["eval"], tier1)
+    print(f"\ntier-1 accuracy {accuracy:.4f} on {len(routing_sets['eval'])} held-out requests")
+    print("truth \\ predicted   structured  conversational")
+    for truth in routing.ROUTES:
+        print(f"{truth:<19} {table[(truth, 'structured')]:>10}  "
+              f"{table[(truth, 'conversational')]:>14}")
+    assert sum(table.values()) == 600
+    assert accuracy >= ACCURACY_FLOOR
+    ambiguous = [r for r in routing_sets["eval"] if r["ambiguous"]]
+    _, hard = confusion(ambiguous, tier1)
+    assert hard >= 0.9, f"ambiguous requests: {hard:.3f}"
+
+
+def test_tier1_confidence_is_calibrated(routing_sets, tier1):
+    """Expected calibration error over 5 bins of confidence stays below 3 points, and the
+    requests under the hybrid threshold hold most of the errors."""
+    rows = []
+    for r in routing_sets["eval"]:
+        d = route(r["request"], "mortgagellm", "tier1", tier1, 0.9)
+        rows.append((d.confidence, d.route == r["route"]))
+    bins = [[] for _ in range(5)]
+    for conf, ok in rows:
+        bins[min(4, int((conf - 0.5) / 0.1))].append((conf, ok))
+    ece = sum(abs(sum(c for c, _ in b) / len(b) - sum(o for _, o in b) / len(b)) * len(b)
+              for b in bins if b) / len(rows)
+    assert ece < 0.03
+    errors = [conf for conf, ok in rows if not ok]
+    assert sum(conf < 0.9 for conf in errors) >= len(errors) / 2
+
+
+def test_tier1_is_fast(routing_sets, tier1):
+    """p99 <= 2 ms per request, measured as the thread's CPU time: other engineers' jobs share
+    these 2 cores, so wall time here measures them too (benchmarks/serve.py reports wall time)."""
+    requests = [r["request"] for r in routing_sets["eval"]]
+    costs = []
+    for text in requests:
+        start = time.thread_time()
+        route(text, "mortgagellm", "tier1", tier1, 0.9)
+        costs.append(time.thread_time() - start)
+    costs.sort()
+    assert costs[int(0.99 * len(costs))] <= 2e-3
+
+
+def test_tier1_json_round_trip_gives_the_same_probability(routing_sets, tier1):
+    again = Tier1.from_json(tier1.to_json())
+    for r in routing_sets["eval"][:20]:
+        assert again.probability(r["request"]) == tier1.probability(r["request"])
+
+
+def test_tier1_matches_sklearn_on_the_same_features(routing_sets):
+    """The plain-Python scorer computes exactly sklearn's TF-IDF + logistic regression margin."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    train = routing_sets["train"][:300]
+    texts = [clip(r["request"], 120) for r in train]
+    y = [r["route"] == "structured" for r in train]
+    vec = TfidfVectorizer(analyzer=routing.ngrams, sublinear_tf=True, min_df=2)
+    model = LogisticRegression(C=10.0, max_iter=2000).fit(vec.fit_transform(texts), y)
+    terms = {g: (float(vec.idf_[j]), float(model.coef_[0][j]))
+             for g, j in vec.vocabulary_.items()}
+    ours = Tier1(terms, float(model.intercept_[0]), 1.0, 120)
+    sample = [r["request"] for r in routing_sets["eval"][:25]]
+    expected = model.decision_function(vec.transform([clip(t, 120) for t in sample]))
+    for text, z in zip(sample, expected):
+        assert ours.margin(text) == pytest.approx(z, abs=1e-9)
+
+
+def test_clip_keeps_head_and_tail():
+    assert clip("abcdef", 3) == "abcdef"
+    assert clip("0123456789", 2) == "01\n89"
+
+
+def test_ngrams_lowercase_and_collapse_whitespace():
+    assert routing.ngrams("A  b") == ["a", " ", "b", "a ", " b", "a b"]
+
+
+# A hand-made classifier: the n-gram "zz" alone decides. For "zz": tf 1, idf 1, x = 1/1,
+# z = 2 * 1 + 0 = 2, P(structured) = sigmoid(2) = 0.8808. For "qq": no known n-gram, z = 0.
+HAND = Tier1({"zz": (1.0, 2.0)}, 0.0, 1.0, 120)
+P_ZZ = 1 / (1 + math.exp(-2))
+
+
+def test_client_choice_wins_and_unknown_models_are_refused():
+    assert route("zz", "mortgagellm-chat", "hybrid", HAND, 0.9) == Decision(
+        "conversational", 1.0, "client", "hybrid")
+    assert route("qq", "mortgagellm-structured", "tier1", HAND, 0.9).route == "structured"
+    with pytest.raises(UnknownModel, match="gpt-4"):
+        route("zz", "gpt-4", "tier1", HAND, 0.9)
+
+
+def test_tier1_mode_uses_the_classifier_alone():
+    d = route("zz", "mortgagellm", "tier1", HAND, 0.99)
+    assert (d.route, d.decided_by) == ("structured", "tier1")
+    assert d.confidence == pytest.approx(P_ZZ)
+
+
+def test_hybrid_asks_tier2_only_below_the_threshold_and_multiplies():
+    assert route("zz", "mortgagellm", "hybrid", HAND, 0.85).decided_by == "tier1"  # 0.88 >= 0.85
+    assert route("zz", "mortgagellm", "hybrid", HAND, 0.9) is None  # needs tier 2
+    # tier 2 says conversational 0.9: joint structured 0.8808 * 0.1 vs 0.1192 * 0.9
+    d = route("zz", "mortgagellm", "hybrid", HAND, 0.9,
+              {"structured": 0.1, "conversational": 0.9})
+    s, c = P_ZZ * 0.1, (1 - P_ZZ) * 0.9
+    assert (d.route, d.decided_by) == ("conversational", "hybrid")
+    assert d.confidence == pytest.approx(c / (s + c))
+    assert d.tier1_confidence == pytest.approx(P_ZZ)
+
+
+def test_fewshot_mode_takes_tier2_as_is():
+    assert route("zz", "mortgagellm", "fewshot", HAND, 0.9) is None
+    d = route("zz", "mortgagellm", "fewshot", HAND, 0.9,
+              {"structured": 0.3, "conversational": 0.7})
+    assert (d.route, d.confidence, d.decided_by) == ("conversational", 0.7, "fewshot")
+
+
+def test_fewshot_probabilities_subtract_the_prior():
+    # log-probs -1 / -3 with prior -2 / -2: scores 1 and -1 -> softmax (e^1, e^-1).
+    p = routing.fewshot_probabilities({"structured": -1.0, "conversational": -3.0},
+                                      {"structured": -2.0, "conversational": -2.0})
+    assert p["structured"] == pytest.approx(math.e / (math.e + 1 / math.e))
+    # A prior favouring structured by 5 nats turns the answer around: scores -1 and 2.
+    p = routing.fewshot_probabilities({"structured": -1.0, "conversational": -3.0},
+                                      {"structured": 0.0, "conversational": -5.0})
+    assert p["conversational"] == pytest.approx(1 / (1 + math.exp(-3)))
+
+
+def test_fewshot_prompt_ends_with_the_clipped_request():
+    (message,) = routing.fewshot_messages("x" * 500, 10)
+    assert message["role"] == "user"
+    assert message["content"].endswith("Request: " + "x" * 10 + "\n" + "x" * 10 + "\nRoute:")
+    assert message["content"].count("Route: structured") == 3
