@@ -180,9 +180,11 @@ def main() -> None:
     spec = corpus.tokenizer_spec(make_tokenizer(work / "tokenizer"))
     docs = args.scale or args.docs
     cfg = CorpusConfig(synthetic_docs=docs, synthetic_shards=max(2, docs // args.docs_per_shard),
-                       regulations=[str(REGULATIONS)], seq_len=512)
-    print(f"{docs:,} generated documents + 3 regulations, {cfg.synthetic_shards} read units, "
-          f"{os.cpu_count()} cores, Ray with {args.num_cpus} logical CPUs", flush=True)
+                       regulations=[str(REGULATIONS)], seq_len=512,
+                       cpus_per_task=args.num_cpus / (os.cpu_count() or 1))  # a task per core
+    print(f"{docs:,} generated documents + 3 regulations, {cfg.synthetic_shards + 3} read units, "
+          f"{os.cpu_count()} cores, Ray with {args.num_cpus} logical CPUs, "
+          f"{cfg.cpus_per_task} per task", flush=True)
 
     if not args.scale:  # plain loops first, so no idle Ray process counts in their memory
         plain = measure("plain loop", plain_loop, cfg, spec, work / "out-plain")

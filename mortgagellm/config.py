@@ -364,6 +364,11 @@ class CorpusConfig(Section):
         10_000, ge=10, description="Documents packed into one output Parquet shard; also the "
         "packing window, so only the last row of each shard is padded."
     )
+    cpus_per_task: float = Field(
+        1.0, gt=0, description="Logical CPUs each Ray Data task of the stage reserves. The "
+        "embedded cluster advertises about 2 logical CPUs per core (ray.num_cpus), where 2.0 "
+        "runs one task per core: 4 tasks on 2 cores cost 28 % more CPU time for the same work."
+    )
 
     @model_validator(mode="after")
     def _mixture_complete(self) -> "CorpusConfig":
@@ -479,6 +484,11 @@ class SftConfig(Section):
         256, ge=8, description="Generation budget of a held-out summary (labels get 16); held-out "
         "prompts are cut to max_seq_len minus this."
     )
+    threads: int | None = Field(
+        None, ge=1, description="torch threads of the driver process: held-out measurements and "
+        "in-process training (default: all physical cores). Small models on a busy machine run "
+        "far faster on 1. Ray workers use scaling.threads_per_worker."
+    )
     scaling: ScalingSettings = Field(default_factory=ScalingSettings, description="Topology.")
     deepspeed: DeepSpeedSettings = Field(
         default_factory=DeepSpeedSettings, description="ZeRO, precision, batch and optimizer."
@@ -546,6 +556,11 @@ class DpoConfig(Section):
     max_new_tokens: int = Field(
         160, ge=8, description="Generation budget of a held-out answer; held-out prompts are cut "
         "to max_seq_len minus this."
+    )
+    threads: int | None = Field(
+        None, ge=1, description="torch threads of the driver process: held-out measurements and "
+        "in-process training (default: all physical cores). Small models on a busy machine run "
+        "far faster on 1. Ray workers use scaling.threads_per_worker."
     )
     scaling: ScalingSettings = Field(default_factory=ScalingSettings, description="Topology.")
     deepspeed: DeepSpeedSettings = Field(

@@ -148,11 +148,13 @@ def clean_pass(cfg: CorpusConfig, seed: int, units: list[dict]):
     import ray
 
     ds = ray.data.from_items(units, override_num_blocks=len(units))
-    ds = ds.map_batches(_read, batch_size=1, batch_format="pyarrow", fn_kwargs={
-        "max_chars": cfg.max_doc_chars, "text_field": cfg.text_field, "id_field": cfg.id_field,
-        "batch_rows": cfg.batch_docs})
-    return ds.map_batches(_clean, batch_size=None, batch_format="pyarrow", fn_kwargs={
-        "cfg": cfg.model_dump(mode="json", exclude={"tasks"}), "salt": _salt(seed)})
+    ds = ds.map_batches(_read, batch_size=1, batch_format="pyarrow", num_cpus=cfg.cpus_per_task,
+                        fn_kwargs={"max_chars": cfg.max_doc_chars, "text_field": cfg.text_field,
+                                   "id_field": cfg.id_field, "batch_rows": cfg.batch_docs})
+    return ds.map_batches(_clean, batch_size=None, batch_format="pyarrow",
+                          num_cpus=cfg.cpus_per_task,
+                          fn_kwargs={"cfg": cfg.model_dump(mode="json", exclude={"tasks"}),
+                                     "salt": _salt(seed)})
 
 
 def _read(units: pa.Table, max_chars: int, text_field: str, id_field: str, batch_rows: int):
@@ -330,7 +332,8 @@ def pack_pass(cfg: CorpusConfig, seed: int, staging: Path, drop: np.ndarray,
 
     files = sorted(str(p) for p in staging.glob("*.parquet"))
     ds = ray.data.from_items([{"file": f} for f in files], override_num_blocks=len(files))
-    return ds.map_batches(_pack_file, batch_size=1, batch_format="pyarrow", fn_kwargs={
+    return ds.map_batches(_pack_file, batch_size=1, batch_format="pyarrow",
+                          num_cpus=cfg.cpus_per_task, fn_kwargs={
         "drop": drop, "weights": dict(cfg.mixture), "salt": purpose_seed(seed, "corpus"),
         "seq_len": cfg.seq_len, "docs_per_shard": cfg.docs_per_shard, "tokenizer": tokenizer,
         "out_dir": str(shards)})

@@ -32,7 +32,8 @@ from mortgagellm.pipelines.pretrain import Objective
 from mortgagellm.pipelines.recipe import stage_dir
 from mortgagellm.pipelines.sft import (
     check_setup, encode, epoch_order, fit_prompt, global_batch, load_model, measure_once, render,
-    start_models, subset, task_dir, task_source, train_and_export, worker_config, write_rows,
+    set_threads, start_models, subset, task_dir, task_source, train_and_export, worker_config,
+    write_rows,
 )
 
 log = logging.getLogger(__name__)
@@ -276,6 +277,7 @@ def run(recipe: Recipe, force: bool = False, *, on_ray: bool = True,
         log.info("dpo: up to date (%s); skipping", why)
         return previous
     started, t0 = manifest.now()
+    set_threads(cfg.threads)
     start = Path(models["start"]["uri"])
     tasks = task_dir(recipe, cfg.task_source, out)
     tokenizer = AutoTokenizer.from_pretrained(start)

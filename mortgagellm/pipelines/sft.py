@@ -201,6 +201,13 @@ def measure_once(models: dict[str, dict], measure: Any) -> dict[str, Any]:
     return {name: done[entry["sha256"]] for name, entry in models.items()}
 
 
+def set_threads(threads: int | None) -> None:
+    """torch threads of this process (None keeps torch's default, all physical cores)."""
+    import torch
+
+    torch.set_num_threads(threads or torch.get_num_threads())
+
+
 def load_model(path: str | Path) -> Any:
     """An exported model for evaluation: a full model, or start model + adapter."""
     path = Path(path)
@@ -318,6 +325,7 @@ def run(recipe: Recipe, force: bool = False, *, on_ray: bool = True,
         log.info("sft: up to date (%s); skipping", why)
         return previous
     started, t0 = manifest.now()
+    set_threads(cfg.threads)
     start = Path(models["start"]["uri"])
     tasks = task_dir(recipe, cfg.task_source, out)
     rows, counts = sft_rows(read_task_set(tasks / "sft_train.parquet"),

@@ -217,6 +217,16 @@ def test_chat_markers_are_the_rows_base_never_trained(paths):
         residual.check_pair(paths["base"], paths["instruct"], ["<|nope|>"])
 
 
+def test_tokens_base_lacks_are_instruct_rows_too(paths):
+    from transformers import AutoTokenizer
+
+    base = AutoTokenizer.from_pretrained(paths["base"])
+    instruct = AutoTokenizer.from_pretrained(paths["instruct"])
+    instruct.add_special_tokens({"additional_special_tokens": ["<|python_tag|>"]})
+    assert residual.chat_markers(base, instruct) == [START_HEADER, END_HEADER, EOT,
+                                                     "<|python_tag|>"]
+
+
 def test_streamed_model_equals_in_memory_reference_bit_for_bit(paths, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

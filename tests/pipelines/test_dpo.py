@@ -1,0 +1,133 @@
+"""dpo: the conversational expert. Unit tier: the DPO maths against hand computations, pair checks
+and batch layout. Integration tier: the stage on the shared Ray cluster with LoRA (reference =
+adapters disabled) raises the held-out reward margin; in one process with full training
+(reference = frozen copy) it does too, and the export loads."""
+
+import math
+
+import pytest
+import torch
+
+from mortgagellm import manifest
+from mortgagellm.pipelines import dpo
+from tests.pipelines.test_sft import make_run, weights
+
+DPO_SMALL = ["dpo.max_seq_len=192", "dpo.epochs=1", "dpo.deepspeed.micro_batch_size=4",
+             "dpo.deepspeed.lr=2e-3", "dpo.log_every=2", "dpo.checkpoint_every=20",
+             "dpo.eval_pairs=8", "dpo.max_new_tokens=24", "dpo.threads=1",
+             "dpo.scaling.threads_per_worker=1"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_pair):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_pair.output_path("instruct"))
+
+
+# ---- unit ----------------------------------------------------------------------------------------
+
+def test_dpo_loss_and_margin_match_a_hand_computation():
+    # policy gains 1 nat on chosen and loses 1 on rejected relative to the reference:
+    # margin = 0.5 * ((-1 - -2) - (-3 - -2)) = 1.0; loss = -log sigmoid(1) = log(1 + e^-1)
+    chosen, rejected = torch.tensor([-1.0, -2.0]), torch.tensor([-3.0, -2.0])
+    ref = torch.tensor([-2.0, -2.0])
+    losses, margins = dpo.dpo_losses(chosen, rejected, ref, ref, beta=0.5)
+    assert margins.tolist() == [1.0, 0.0]
+    assert losses.tolist() == pytest.approx([math.log(1 + math.exp(-1)), math.log(2)])
+
+
+def test_completion_logps_count_only_completion_tokens_shifted_by_one():
+    logits = torch.log(torch.tensor([[[0.5, 0.25, 0.25], [0.1, 0.8, 0.1], [0.2, 0.2, 0.6],
+                                      [1 / 3, 1 / 3, 1 / 3]]]))
+    ids = torch.tensor([[0, 2, 1, 2]])
+    mask = torch.tensor([[0, 0, 1, 1]])  # prompt [0, 2], completion [1, 2]
+    total, per_token, shifted = dpo.completion_logps(logits, ids, mask)
+    # token 1 at position 2 is predicted by position 1 (p=0.8), token 2 at 3 by 2 (p=0.6)
+    assert total.item() == pytest.approx(math.log(0.8) + math.log(0.6))
+    assert per_token[0, 0].item() == pytest.approx(math.log(0.25))  # prompt token, not counted
+    assert shifted.tolist() == [[0, 1, 1]]
+
+
+def test_chosen_nll_is_the_mean_over_chosen_tokens_only():
+    per_token = torch.tensor([[-1.0, -3.0], [-2.0, 0.0], [-9.0, -9.0], [-9.0, -9.0]])
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0], [1.0, 1.0], [1.0, 1.0]])
+    assert dpo.chosen_nll(per_token, mask).item() == pytest.approx(2.0)  # (1 + 3 + 2) / 3
+
+
+def test_preference_metrics_by_hand():
+    policy = [(-1.0, -3.0), (-2.0, -1.0)]
+    reference = [(-2.0, -2.0), (-2.0, -2.0)]
+    m = dpo.preference_metrics(policy, reference, beta=0.1)
+    assert m == {"reward_margin": pytest.approx(0.1 * (2 + -1) / 2), "reward_accuracy": 0.5,
+                 "win_rate": 0.5}
+
+
+def pair(**change):
+    doc = "The APR is 6.912%. The note rate is 6.500%."
+    base = {"prompt": f"What is the APR?\n\n{doc}", "chosen": "The APR is 6.912%.",
+            "rejected": "The APR is 6.500%.", "document": doc}
+    return {k: v for k, v in (base | change).items() if v is not ...}
+
+
+def test_bad_pairs_are_rejected_with_counts_and_not_trained_on(tokenizer):
+    pairs = [pair(), pair(chosen=None), pair(document=...), pair(rejected=" "),
+             pair(chosen="The APR is 6.500%."), pair(prompt=""), pair(chosen="x " * 300)]
+    rows, counts = dpo.dpo_rows(pairs, tokenizer, 128)
+    assert counts["rejected"] == {"missing_field": 2, "empty_answer": 1, "empty_prompt": 1,
+                                  "chosen_equals_rejected": 1, "too_long": 1}
+    assert counts["kept"] == len(rows) == 1
+    assert tokenizer.decode(rows[0]["chosen_ids"]) == "The APR is 6.912%.<|eot_id|>"
+    assert tokenizer.decode(rows[0]["rejected_ids"]) == "The APR is 6.500%.<|eot_id|>"
+
+
+def test_dpo_batch_puts_chosen_first_then_rejected_with_completion_masks():
+    rows = [{"prompt_ids": [1, 2], "chosen_ids": [3], "rejected_ids": [4, 5]},
+            {"prompt_ids": [6], "chosen_ids": [7, 8], "rejected_ids": [9]}]
+    batch = dpo.dpo_batch(rows, "cpu")
+    assert batch["input_ids"].tolist() == [[1, 2, 3, 0], [6, 7, 8, 0], [1, 2, 4, 5], [6, 9, 0, 0]]
+    assert batch["completion_mask"].tolist() == [[0, 0, 1, 0], [0, 1, 1, 0], [0, 0, 1, 1],
+                                                 [0, 1, 0, 0]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 0], [1, 1, 1, 0], [1, 1, 1, 1],
+                                                [1, 1, 0, 0]]
+
+
+# ---- integration ---------------------------------------------------------------------------------
+
+@pytest.mark.integration
+@pytest.mark.timeout(900)
+def test_lora_dpo_on_ray_raises_the_heldout_reward_margin(ray_cluster, tiny_pair, tmp_path):
+    """LoRA: the reference is the policy with its adapters disabled; adapter exported."""
+    from peft import AutoPeftModelForCausalLM
+
+    recipe = make_run(tmp_path, tiny_pair, [*DPO_SMALL, "dpo.method=lora",
+                                            "dpo.export=adapter", "dpo.lora.dropout=0.0"])
+    m = dpo.run(recipe)
+    history, heldout = m.metrics["history"], m.metrics["heldout"]
+    records = m.metrics["records"]
+    assert records["kept"] + records["rejected"].get("too_long", 0) == 32
+    assert history[-1]["step"] == records["steps"] == records["kept"] // 4 >= 5
+    assert history[0]["reward_margin"] < history[-1]["reward_margin"]
+    assert history[-1]["loss"] < history[0]["loss"]
+    assert heldout["start"]["reward_margin"] == 0.0  # the reference against itself
+    assert heldout["expert"]["reward_margin"] > 0.0
+    assert heldout["expert"]["reward_accuracy"] > 0.5
+    model = AutoPeftModelForCausalLM.from_pretrained(m.output_path("model"))
+    adapters = {k: v for k, v in model.state_dict().items() if "lora_B" in k}
+    assert adapters and any(v.abs().sum() > 0 for v in adapters.values())  # B starts at zero
+
+
+@pytest.mark.timeout(900)
+def test_full_dpo_with_nll_in_one_process_uses_a_frozen_reference(tiny_pair, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    recipe = make_run(tmp_path, tiny_pair, [*DPO_SMALL, "dpo.nll_weight=0.5",
+                                            "corpus.tasks.dpo_pairs=16", "dpo.eval_pairs=6"])
+    m = dpo.run(recipe, on_ray=False)
+    heldout = m.metrics["heldout"]
+    assert heldout["expert"]["reward_margin"] > heldout["start"]["reward_margin"] == 0.0
+    assert {"dpo_loss", "chosen_nll", "reward_accuracy"} <= set(m.metrics["history"][-1])
+    assert m.metrics["records"]["documents_cut"] > 0
+    AutoModelForCausalLM.from_pretrained(m.output_path("model"))
+    start, expert = weights(tiny_pair.output_path("instruct")), weights(m.output_path("model"))
+    assert not torch.equal(start["lm_head.weight"], expert["lm_head.weight"])
