@@ -1,13 +1,15 @@
 """Benchmark: the streaming residual merge against a raw read of the same three checkpoints.
 
-Run: .venv/bin/python benchmarks/residual.py [--sizes 0.5,2] [--repeats 3] [--work-dir DIR]
+Run: .venv/bin/python benchmarks/residual.py [--sizes 0.5,2] [--cache warm,cold] [--repeats 3]
+         [--work-dir DIR] [--out-dir /dev/shm/mllm-merged]
 
 For each size (GB per model) it writes synthetic bf16 Llama-shaped base / instruct / dapt
 checkpoints (hidden 2048, MLP 5632, vocabulary 32000; the layer count sets the size), then times,
-in fresh child processes and with a warm page cache, (a) reading every byte of the three models
-and (b) the merge (read, compute, write the sharded output). Best of --repeats each. Prints the
-read/merge time ratio (goal >= 0.7) and the merge's peak RSS above the interpreter's (goal: flat
-as the model grows, bounded by a few tensors).
+in fresh child processes, (a) reading every byte of the three models and (b) the merge (read,
+compute, write the sharded output), best of --repeats each, with the inputs in the page cache
+(warm: the merge's compute against memcpy) and evicted from it (cold: both read the disk).
+Prints the read/merge time ratio (goal >= 0.7) and the merge's peak RSS above the interpreter's
+(goal: flat as the model grows, bounded by a few tensors).
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ def layer_shapes(i: int) -> dict[str, tuple[int, int]]:
             p + "self_attn.o_proj.weight": (HIDDEN, HIDDEN),
             p + "mlp.gate_proj.weight": (MLP, HIDDEN), p + "mlp.up_proj.weight": (MLP, HIDDEN),
             p + "mlp.down_proj.weight": (HIDDEN, MLP),
-            p + "input_layernorm.weight": (HIDDEN,), p + "post_attention_layernorm.weight": (HIDDEN,)}
+            p + "input_layernorm.weight": (HIDDEN,),
+            p + "post_attention_layernorm.weight": (HIDDEN,)}
 
 
 def model_shapes(size_gb: float) -> dict[str, tuple[int, ...]]:
@@ -77,7 +80,7 @@ def write_checkpoint(path: Path, shapes: dict[str, tuple[int, ...]], seed: int) 
     (path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
 
 
-def child(mode: str, cache: str, work: Path) -> dict[str, float]:
+def child(mode: str, cache: str, work: Path, out: Path) -> dict[str, float]:
     """One timed run in this (fresh) process: 'read' the three models or 'merge' them, after
     evicting the input files from the page cache when cache is 'cold'."""
     import torch  # noqa: F401  (imported before the RSS baseline: not the merge's memory)
@@ -100,11 +103,10 @@ def child(mode: str, cache: str, work: Path) -> dict[str, float]:
     else:
         plan = MergePlan(scale=1.0, instruct_rows={"model.embed_tokens.weight": (1, 2, 3),
                                                     "lm_head.weight": (1, 2, 3)})
-        merge_dirs(work / "dapt", work / "instruct", work / "base", plan, work / "merged",
-                   4 << 30)
+        merge_dirs(work / "dapt", work / "instruct", work / "base", plan, out, 4 << 30)
     seconds = time.perf_counter() - t0
     peak = memory_kb("VmHWM")
-    shutil.rmtree(work / "merged", ignore_errors=True)
+    shutil.rmtree(out, ignore_errors=True)
     return {"seconds": seconds, "rss_above_start_mb": (peak - baseline) / 1024}
 
 
@@ -126,25 +128,25 @@ def evict(files: list[Path]) -> None:
         os.close(fd)
 
 
-def spawn(mode: str, cache: str, work: Path) -> dict[str, float]:
-    out = subprocess.run([sys.executable, __file__, "--child", mode, "--cache", cache,
-                          "--work-dir", str(work)],
-                         check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+def spawn(mode: str, cache: str, work: Path, out: Path) -> dict[str, float]:
+    printed = subprocess.run([sys.executable, __file__, "--child", mode, "--cache", cache,
+                              "--work-dir", str(work), "--out-dir", str(out)],
+                             check=True, capture_output=True, text=True).stdout
+    return json.loads(printed.strip().splitlines()[-1])
 
 
-def bench_size(size_gb: float, root: Path, cache: str, repeats: int) -> dict[str, float]:
+def bench_size(size_gb: float, work: Path, out: Path, cache: str, repeats: int
+               ) -> dict[str, float]:
     """Write the three checkpoints of one size (once), then time read and merge alternately."""
-    work = root / f"{size_gb:g}gb"
     shapes = model_shapes(size_gb)
     if not (work / "base/model.safetensors.index.json").exists():
         for seed, role in enumerate(("base", "instruct", "dapt")):
             write_checkpoint(work / role, shapes, seed)
-    spawn("read", "warm", work)  # the first read of fresh files warms the page cache
+    spawn("read", "warm", work, out)  # the first read of fresh files warms the page cache
     reads, merges = [], []
     for _ in range(repeats):
-        reads.append(spawn("read", cache, work))
-        merges.append(spawn("merge", cache, work))
+        reads.append(spawn("read", cache, work, out))
+        merges.append(spawn("merge", cache, work, out))
     read = min(r["seconds"] for r in reads)
     merge = min(m["seconds"] for m in merges)
     return {"model_gb": sum(_numel(s) for s in shapes.values()) * 2 / 1e9, "cache": cache,
@@ -162,17 +164,22 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each, best kept")
     parser.add_argument("--work-dir", default="/tmp/mllm-residual-bench",
                         help="where the checkpoints are written (about 4 x size each)")
+    parser.add_argument("--out-dir", default=None,
+                        help="where the merged model goes (default WORK_DIR/merged); a tmpfs "
+                        "such as /dev/shm/mllm-merged takes the disk's write speed out")
     parser.add_argument("--keep", action="store_true", help="keep the checkpoints afterwards")
     parser.add_argument("--child", choices=("read", "merge"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     root = Path(args.work_dir)
+    out = Path(args.out_dir or root / "merged")
     if args.child:
-        print(json.dumps(child(args.child, args.cache, root)))
+        print(json.dumps(child(args.child, args.cache, root, out)))
         return 0
     results = []
     for size in (float(s) for s in args.sizes.split(",")):
         for cache in args.cache.split(","):
-            results.append(r := bench_size(size, root, cache, args.repeats))
+            results.append(r := bench_size(size, root / f"{size:g}gb", out, cache,
+                                           args.repeats))
             print(f"{r['model_gb']:.2f} GB per model, {cache}: read {r['read_s']:.2f} s, merge "
                   f"{r['merge_s']:.2f} s, merge peak RSS +{r['merge_rss_mb']:.0f} MB", flush=True)
     if not args.keep:

@@ -48,7 +48,32 @@ def build_parser() -> argparse.ArgumentParser:
     job.add_argument("--address", help="dashboard URL, e.g. http://HEAD:8265 (default RAY_ADDRESS)")
     job.add_argument("--force", action="store_true", help="re-run even if manifests match")
     job.add_argument("--no-wait", action="store_true", help="submit, print the job id, return")
+    add_serve_commands(sub)
     return parser
+
+
+def add_serve_commands(sub: Any) -> None:
+    """serve, deploy, rollback (recipe commands) and `audit verify` (no recipe)."""
+    serve = sub.add_parser("serve", epilog=EPILOG,
+                           help="serve the router and both experts on serve.host:serve.port")
+    serve.add_argument("config", help="recipe YAML, e.g. configs/cpu-demo.yaml")
+    serve.add_argument("--demo", action="store_true", help="send one structured and one "
+                       "conversational request, print the answers and routes, stop")
+    deploy = sub.add_parser("deploy", epilog=EPILOG,
+                            help="point an expert at a registered model version, in place")
+    deploy.add_argument("config", help="recipe YAML")
+    deploy.add_argument("expert", choices=("structured", "conversational"))
+    deploy.add_argument("version", help="registry version (8+ hex characters of it) or a model "
+                        "directory to register first")
+    rollback = sub.add_parser("rollback", epilog=EPILOG,
+                              help="return an expert to its previously deployed version")
+    rollback.add_argument("config", help="recipe YAML")
+    rollback.add_argument("expert", choices=("structured", "conversational"))
+    audit = sub.add_parser("audit", help="audit-log tools")
+    actions = audit.add_subparsers(dest="action", required=True, metavar="ACTION")
+    verify = actions.add_parser("verify", help="check the hash chain; exit 1 naming the first "
+                                "altered or missing record")
+    verify.add_argument("path", help="audit log directory or one of its files")
 
 
 def split_overrides(extra: list[str]) -> list[str]:
@@ -76,6 +101,13 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from mortgagellm.config import ConfigError, load_recipe
 
+    if args.command == "audit":
+        from mortgagellm.serve.audit import verify
+
+        report = verify(args.path)
+        print(f"{args.path}: {report.records} records intact" if report.ok else
+              f"{args.path}: {report.problem} ({report.records} records intact before it)")
+        return 0 if report.ok else 1
     overrides = split_overrides(extra)
     try:
         recipe = load_recipe(args.config, overrides)
@@ -96,6 +128,14 @@ def main(argv: list[str] | None = None) -> int:
 
         print(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False), end="")
         return 0
+    if args.command in ("serve", "deploy", "rollback"):
+        from mortgagellm.serve import ops
+
+        if args.command == "serve":
+            return ops.serve(recipe, args.config, overrides, demo=args.demo)
+        if args.command == "deploy":
+            return ops.deploy(recipe, args.config, overrides, args.expert, args.version)
+        return ops.rollback(recipe, args.config, overrides, args.expert)
     from mortgagellm.pipelines import recipe as pipeline
 
     if args.command == "run":

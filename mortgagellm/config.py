@@ -501,6 +501,24 @@ class SftConfig(Section):
         return self
 
 
+class OnPolicySettings(Section):
+    """On-policy preference pairs (pipelines/onpolicy.py): the start model answers training
+    questions several times, a programmatic reward picks the best and worst answers."""
+
+    enabled: bool = Field(False, description="Add on-policy pairs to the training pairs.")
+    questions: int = Field(
+        200, ge=1, description="Training questions (the first of dpo_train) answered on-policy."
+    )
+    samples: int = Field(4, ge=2, description="Sampled answers per question.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
+    top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling mass.")
+    max_new_tokens: int = Field(160, ge=8, description="Longest sampled answer (tokens).")
+    min_reward_gap: float = Field(
+        0.5, gt=0, description="Keep a pair only when best - worst reward is at least this "
+        "(and the best answer is correct)."
+    )
+
+
 class DpoConfig(Section):
     """Conversational expert: DPO of the merged model on the preference pairs
     (datasets/tasks_dpo.py), against a frozen reference (a copy of the start model, or the
@@ -548,6 +566,10 @@ class DpoConfig(Section):
     log_every: int = Field(10, ge=1, description="Steps between progress lines and metrics.")
     max_failures: int = Field(
         1, ge=0, description="Worker-group restarts (from the last checkpoint) before failing."
+    )
+    onpolicy: OnPolicySettings = Field(
+        default_factory=OnPolicySettings, description="On-policy pairs sampled from the start "
+        "model and ranked by a programmatic reward (off by default)."
     )
     eval_pairs: int = Field(
         100, ge=1, description="Held-out QA pairs (eval_qa) for the manifest: reward margin and "

@@ -130,8 +130,9 @@ def find_duplicates(order: np.ndarray, hashes: np.ndarray, sig: np.ndarray, band
     exact = first != np.arange(n)
     kept = np.where(exact, first, -1)
     rest = np.flatnonzero(~exact)
+    candidates = sig[rest]
     for band in range(bands if len(rest) else 0):
-        keys = band_key(sig[rest], band, rows)
+        keys = band_key(candidates, band, rows)
         ranked = np.lexsort((rest, keys))
         keys = keys[ranked]
         for d in range(1, neighbours + 1):

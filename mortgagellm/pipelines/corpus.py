@@ -237,10 +237,12 @@ def dedupe_pass(cfg: CorpusConfig, table: pa.Table, units: list[dict], out_dir: 
     order = table["order"].to_numpy()
     valid = pc.equal(table["reject"], "").to_numpy(zero_copy_only=False)
     idx = np.flatnonzero(valid)
-    sig = table["minhash"].combine_chunks().flatten().to_numpy().reshape(len(table), -1)[idx]
+    sig = np.concatenate([c.flatten().to_numpy() for c in table["minhash"].chunks]
+                         or [np.zeros(0, np.uint16)])
     pos, kind, kept = dedupe.find_duplicates(
-        order[idx], table["content_hash"].to_numpy()[idx], sig, cfg.minhash_bands,
-        cfg.minhash_rows, cfg.near_dup_threshold)
+        order[idx], table["content_hash"].to_numpy()[idx], sig.reshape(len(table), -1)[idx],
+        cfg.minhash_bands, cfg.minhash_rows, cfg.near_dup_threshold)
+    del sig
     dup_rows, kept_rows = idx[pos], idx[kept]
     location, doc_id = table["location"].to_numpy(False), table["doc_id"].to_numpy(False)
     pq.write_table(pa.table({

@@ -260,6 +260,20 @@ def conversational_metrics(models: dict[str, dict], rows: list[dict], pairs: lis
 
 # ---- the stage -----------------------------------------------------------------------------------
 
+def onpolicy(recipe: Recipe, cfg: Any, start: Path, pairs: list[dict]) -> tuple[list[dict], dict]:
+    """On-policy pairs from the start model (pipelines/onpolicy.py); its Ray Data pipeline
+    needs Ray, started here as the recipe says when this process has none yet."""
+    import ray
+
+    from mortgagellm.cluster.runtime import init_ray
+    from mortgagellm.pipelines.onpolicy import onpolicy_pairs
+
+    if not ray.is_initialized():
+        init_ray(recipe.ray, recipe.run.output_dir)
+    return onpolicy_pairs(pairs, str(start), cfg.onpolicy, cfg.max_seq_len, recipe.run.seed,
+                          cfg.threads)
+
+
 def run(recipe: Recipe, force: bool = False, *, on_ray: bool = True,
         fail_at_step: int | None = None) -> manifest.Manifest:
     """Train the start model on the preference pairs, export it, measure it against the start
@@ -281,7 +295,11 @@ def run(recipe: Recipe, force: bool = False, *, on_ray: bool = True,
     start = Path(models["start"]["uri"])
     tasks = task_dir(recipe, cfg.task_source, out)
     tokenizer = AutoTokenizer.from_pretrained(start)
-    rows, counts = dpo_rows(read_task_set(tasks / "dpo_train.parquet"), tokenizer, cfg.max_seq_len)
+    pairs, sampled = read_task_set(tasks / "dpo_train.parquet"), None
+    if cfg.onpolicy.enabled:
+        new, sampled = onpolicy(recipe, cfg, start, pairs)
+        pairs += new
+    rows, counts = dpo_rows(pairs, tokenizer, cfg.max_seq_len)
     order = epoch_order(len(rows), cfg.epochs, global_batch(cfg), recipe.run.seed)
     steps = len(order) // global_batch(cfg)
     check_setup(recipe, cfg, start, steps, "dpo")
@@ -298,7 +316,8 @@ def run(recipe: Recipe, force: bool = False, *, on_ray: bool = True,
     measured = conversational_metrics(models | {"expert": manifest.artifact(model_dir)},
                                       eval_rows, kept, cfg)
     metrics = {"records": counts | {"steps": steps, "epochs": cfg.epochs},
-               "heldout_pairs": eval_counts, "train": history[-1], "history": history,
+               "onpolicy": sampled, "heldout_pairs": eval_counts, "train": history[-1],
+               "history": history,
                "heldout": measured, "export": cfg.export, "placement": placement}
     return manifest.write(str(out), manifest.Manifest(
         stage="dpo", fingerprint=fp, config=config, inputs=inputs,

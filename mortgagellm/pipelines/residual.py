@@ -1,4 +1,4 @@
-"""residual stage: add the instruction residual back onto the DAPT model, and measure that it worked.
+"""residual stage: add the instruction residual back onto the DAPT model and measure that it works.
 
 Run: mortgagellm residual configs/cpu-demo.yaml [--residual.sweep 0,0.25,0.5,0.75,1,1.25]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -63,9 +64,10 @@ class Expert:
             raise RuntimeError(f"{self.role} expert has no model loaded")
 
     def info(self) -> dict[str, Any]:
-        """Role, model version and directory, context length."""
+        """Role, model version and directory, context length, and the replica's process id
+        (which shows that deploy / rollback reconfigured it rather than replacing it)."""
         return {"role": self.role, "version": self.version, "model": self.model_dir,
-                "context": engine.context_length(self.model)}
+                "context": engine.context_length(self.model), "pid": os.getpid()}
 
     async def classify(self, request: str, clip_chars: int) -> dict[str, float]:
         """Tier-2 route probabilities of a request (one forward pass, off the event loop)."""

@@ -131,3 +131,64 @@ def test_full_dpo_with_nll_in_one_process_uses_a_frozen_reference(tiny_pair, tmp
     AutoModelForCausalLM.from_pretrained(m.output_path("model"))
     start, expert = weights(tiny_pair.output_path("instruct")), weights(m.output_path("model"))
     assert not torch.equal(start["lm_head.weight"], expert["lm_head.weight"])
+
+
+# ---- on-policy pairs -----------------------------------------------------------------------------
+
+APR_DOC = "Loan Estimate. Note rate 6.500%. Prepaid finance charges $2,000.00. APR 6.912%."
+APR_REFERENCE = ("The APR is 6.912%. It is above the 6.500% note rate because $2,000.00 of prepaid "
+                 "finance charges count in it.")
+
+
+def apr_truth():
+    from mortgagellm.datasets.tasks_format import qa_truth
+
+    return qa_truth("apr", "What is the APR?", "6.912%", 6.912, "percent")
+
+
+def test_reward_counts_correctness_required_facts_and_invented_citations():
+    from mortgagellm.pipelines.onpolicy import reward
+
+    truth = apr_truth()
+    right = reward("The APR is 6.912%, above the 6.500% note rate.", truth, APR_DOC, APR_REFERENCE)
+    assert right == {"reward": pytest.approx(1 + 0.5 * 2 / 3, abs=1e-4), "correct": 1.0,
+                     "facts": pytest.approx(2 / 3, abs=1e-4), "invented": 0.0}
+    wrong = reward("The APR is 6.500%.", truth, APR_DOC, APR_REFERENCE)
+    assert (wrong["correct"], wrong["reward"]) == (0.0, pytest.approx(0.5 / 3, abs=1e-4))
+    cited = reward("The APR is 6.912%. Under Section 12(b) of the Home Loan Transparency Act of "
+                   "2001 it cannot change.", truth, APR_DOC, APR_REFERENCE)
+    assert (cited["correct"], cited["invented"]) == (1.0, 1.0)
+    assert cited["reward"] == pytest.approx(1 + 0.5 / 3 - 1, abs=1e-4)
+
+
+def test_best_vs_worst_keeps_only_a_correct_best_clearly_above_the_worst():
+    from mortgagellm.pipelines.onpolicy import best_vs_worst
+
+    question = {"id": "q1", "prompt": "What is the APR?", "document": APR_DOC}
+    r = [{"reward": 1.33, "correct": 1.0}, {"reward": 0.17, "correct": 0.0},
+         {"reward": 0.5, "correct": 0.0}]
+    pair, why = best_vs_worst(question, ["best", "worst", "middle"], r, gap=0.5)
+    assert why == "kept" and (pair["chosen"], pair["rejected"]) == ("best", "worst")
+    assert pair["prompt"] == "What is the APR?" and pair["rejection_kind"] == "onpolicy"
+    wrong = [dict(x, correct=0.0) for x in r]
+    assert best_vs_worst(question, ["a", "b", "c"], wrong, 0.5) == (None, "no_correct_sample")
+    close = [{"reward": 1.0, "correct": 1.0}, {"reward": 0.9, "correct": 1.0}]
+    assert best_vs_worst(question, ["a", "b"], close, 0.5) == (None, "tie")
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(600)
+def test_onpolicy_pairs_sample_and_score_through_ray_data(ray_cluster, tiny_pair):
+    """Two questions, three samples each, through Ray Data. The tiny model never answers
+    correctly, so no pair may be kept; every sample is scored."""
+    from mortgagellm.config import OnPolicySettings
+    from mortgagellm.pipelines.onpolicy import onpolicy_pairs
+
+    question = {"prompt": f"What is the APR?\n\n{APR_DOC}", "document": APR_DOC,
+                "chosen": APR_REFERENCE, "truth": apr_truth()}
+    questions = [question | {"id": "q1"}, question | {"id": "q2"}, question | {"id": "q3"}]
+    cfg = OnPolicySettings(enabled=True, questions=2, samples=3, max_new_tokens=12)
+    pairs, counts = onpolicy_pairs(questions, tiny_pair.output_path("instruct"), cfg, 192, 0, 1)
+    assert pairs == []
+    assert counts["questions"] == 2 and counts["pairs"] == {"no_correct_sample": 2}
+    assert counts["sample_correct_rate"] == 0.0 and counts["sample_mean_reward"] >= 0.0

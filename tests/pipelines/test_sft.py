@@ -186,6 +186,7 @@ def test_lora_adapter_export_equals_merged_export_and_resumes(tiny_pair, tmp_pat
     from transformers import AutoModelForCausalLM
 
     lora = ["sft.method=lora", "sft.export=adapter", "sft.epochs=1", "sft.checkpoint_every=2",
+            "sft.deepspeed.micro_batch_size=2",
             "sft.log_every=2", "sft.eval_per_task=1", "sft.max_new_tokens=8",
             "corpus.tasks.sft_per_task=6", "sft.lora.dropout=0.0"]
     recipe = make_run(tmp_path / "a", tiny_pair, [*SFT_SMALL, *lora])

@@ -14,9 +14,46 @@ def routing_sets():
 
 
 @pytest.fixture(scope="session")
-def tier1(routing_sets):
-    """Tier 1 trained on routing_train (the serve.router defaults)."""
-    from mortgagellm.serve.routing import train_tier1
+def serve_output(tmp_path_factory):
+    """run.output_dir shared by the session's serve recipes, so tier 1 is trained only once
+    (app.tier1_file caches it in <output_dir>/serve)."""
+    return tmp_path_factory.mktemp("serve-run")
 
-    train = routing_sets["train"]
-    return train_tier1([r["request"] for r in train], [r["route"] for r in train], 120)
+
+@pytest.fixture(scope="session")
+def tier1(serve_output):
+    """Tier 1 as build_app trains it: on routing_train of the default recipe (seed 0)."""
+    from mortgagellm.config import Recipe
+    from mortgagellm.serve.app import tier1_file
+    from mortgagellm.serve.routing import Tier1
+
+    recipe = Recipe.model_validate({"run": {"output_dir": str(serve_output)}})
+    return Tier1.from_json(tier1_file(recipe).read_text())
+
+
+@pytest.fixture(scope="session")
+def micro_model(tmp_path_factory):
+    """A Llama-3-style chat model in seconds (the tiny bootstrap pair takes minutes on a busy
+    2-core machine): an in-process BPE tokenizer and a random 2-layer Llama whose output layer
+    is scaled up, so greedy decoding has clear winners and is stable under batching."""
+    import torch
+
+    from mortgagellm.datasets.general import general_documents
+    from mortgagellm.datasets.instructions import instructions
+    from mortgagellm.modeling import EOT, build_llama, stop_token_ids, train_tokenizer
+
+    texts = list(general_documents(0, 300, 0.1))
+    texts += [f"{i.prompt}\n{i.answer}" for i in instructions("train", 0, 300)]
+    tokenizer = train_tokenizer(texts, 512)
+    model = build_llama({"hidden_size": 32, "intermediate_size": 64, "num_layers": 2,
+                         "num_heads": 2, "max_position_embeddings": 256}, tokenizer, 0)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(40)
+    model.config.eos_token_id = tokenizer.convert_tokens_to_ids(EOT)
+    model.generation_config.eos_token_id = stop_token_ids(tokenizer)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    path = tmp_path_factory.mktemp("micro") / "instruct"
+    model.save_pretrained(path)
+    tokenizer.eos_token = EOT
+    tokenizer.save_pretrained(path)
+    return path

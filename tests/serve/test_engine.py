@@ -1,5 +1,5 @@
-"""engine.py on the tiny bootstrap instruct model: batched KV-cache decoding against the
-reference generate, stop sequences, max_tokens, seeds, and label scoring against a hand loop."""
+"""engine.py on a micro Llama-3-style model: batched KV-cache decoding against transformers'
+generate, stop sequences, max_tokens, seeds, and label scoring against a hand loop."""
 
 import pytest
 
@@ -13,8 +13,8 @@ PROMPTS = ["Answer with one word: what colour is the sky?",
 
 
 @pytest.fixture(scope="module")
-def instruct(tiny_pair):
-    return engine.load_model(tiny_pair.output_path("instruct"), threads=1)
+def instruct(micro_model):
+    return engine.load_model(str(micro_model), threads=1)
 
 
 def run(model, tokenizer, requests):
@@ -37,7 +37,8 @@ def chat(tokenizer, prompt, **kw):
 def test_visible_cuts_at_stops_and_holds_back_partial_ones():
     assert visible("hello world", ["wor"]) == ("hello ", True)
     assert visible("hello wo", ["world"]) == ("hello ", False)  # "wo" may become "world"
-    assert visible("abcab", ["ab", "zzz"]) == ("abc", True)
+    assert visible("abcab", ["ca", "zzz"]) == ("ab", True)  # first occurrence wins
+    assert visible("abcab", ["bx", "abq"]) == ("abc", False)  # "ab" may become "abq"
     assert visible("caf\ufffd", []) == ("caf", False)
     assert visible("plain", []) == ("plain", False)
 
@@ -61,10 +62,12 @@ def test_a_row_decodes_the_same_alone_and_in_a_batch(instruct):
 
 
 def test_max_tokens_ends_with_length(instruct):
+    from mortgagellm.modeling import chat_generate
+
     model, tokenizer = instruct
     ((text, last),) = run(model, tokenizer, [chat(tokenizer, PROMPTS[1], max_tokens=3)])
     assert last.finish_reason == "length" and last.completion_tokens == 3
-    assert text == tokenizer.decode(tokenizer(text, add_special_tokens=False)["input_ids"])
+    assert text == chat_generate(model, tokenizer, PROMPTS[1:2], max_new_tokens=3)[0][0]
 
 
 def test_stop_sequence_cuts_the_answer(instruct):

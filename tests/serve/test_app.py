@@ -1,0 +1,294 @@
+"""The running app on the session's Ray cluster (loopback): the official `openai` client gets
+routed answers from both experts, streamed and not; the door's 401 / 413 / 400 / 404 / 422 /
+503; the audit log; Prometheus series; deploy and rollback in place.
+
+The experts serve the micro model (conftest.py); the Serve proxy binds 127.0.0.1 on a free port.
+"""
+
+import json
+import shutil
+import socket
+import time
+from types import SimpleNamespace
+
+import pytest
+import requests
+
+from mortgagellm.serve import audit, door, engine, ops, registry
+from mortgagellm.serve.app import registry_path
+
+pytestmark = pytest.mark.integration
+STRUCTURED, CONVERSATIONAL = ops.DEMO_REQUESTS
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+RECIPE = """\
+run: {{output_dir: {output}}}
+serve:
+  port: {port}
+  registry: {work}/registry.json
+  audit: {{dir: {work}/audit, pii_salt: test}}
+  auth: {{keys_file: {work}/keys}}
+  router: {{num_cpus: 0.1, expert_timeout_s: 60}}
+  structured:
+    model: {model}
+    num_cpus: 0.5
+    max_ongoing_requests: 2
+    max_queued_requests: 2
+    autoscaling: {{min_replicas: 1, max_replicas: 2, target_ongoing_requests: 1,
+                  upscale_delay_s: 1, downscale_delay_s: 3, metrics_interval_s: 0.5,
+                  look_back_period_s: 1}}
+  conversational:
+    model: {model}
+    num_cpus: 0.5
+    autoscaling: {{min_replicas: 2, max_replicas: 2}}
+  limits: {{max_body_bytes: 65536, max_prompt_tokens: 200, max_tokens: 64,
+            default_max_tokens: 16}}
+"""
+
+
+@pytest.fixture(scope="module")
+def app(ray_cluster, micro_model, serve_output, tier1, tmp_path_factory):
+    """The app, deployed once for this module; deleted (only it) at the end."""
+    from ray import serve
+
+    from mortgagellm.config import load_recipe
+
+    work = tmp_path_factory.mktemp("served")
+    key, line = door.new_key("tester")
+    (work / "keys").write_text(line + "\n")
+    config = work / "recipe.yaml"
+    config.write_text(RECIPE.format(output=serve_output, port=free_port(), work=work,
+                                    model=micro_model))
+    recipe = load_recipe(config)
+    url = ops.start(recipe, {"config": str(config)})
+    yield SimpleNamespace(url=url, key=key, recipe=recipe, config=str(config), work=work,
+                          model=micro_model)
+    serve.delete(recipe.serve.app_name)
+    serve.shutdown()
+
+
+@pytest.fixture(scope="module")
+def client(app):
+    import openai
+
+    return openai.OpenAI(base_url=f"{app.url}/v1", api_key=app.key, max_retries=0)
+
+
+def post(app, path, body, key=None, **kw):
+    headers = {"Authorization": f"Bearer {key or app.key}"} | kw.pop("headers", {})
+    return requests.post(f"{app.url}{path}", json=body, headers=headers, timeout=60, **kw)
+
+
+def greedy(model_dir, text, max_tokens):
+    """What the expert must answer at temperature 0: the engine run locally on the same model."""
+    model, tokenizer = engine.load_model(str(model_dir), threads=1)
+    ids = engine.chat_ids(tokenizer, [{"role": "user", "content": text}])
+    decoder = engine.Decoder(model, tokenizer, [engine.GenRequest(tuple(ids), max_tokens)])
+    out = ""
+    while not decoder.done:
+        out += decoder.step()[0].text
+    return out
+
+
+def chat(client, text, model="mortgagellm", **kw):
+    return client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": text}], **({"max_tokens": 8} | kw))
+
+
+def test_routed_answers_from_both_experts_carry_route_and_version(app, client):
+    version = registry.current(registry_path(app.recipe), "structured")[0]
+    for text, route, model in ((STRUCTURED, "structured", "mortgagellm-structured"),
+                               (CONVERSATIONAL, "conversational", "mortgagellm-chat")):
+        answer = chat(client, text)
+        meta = answer.model_extra["mortgagellm"]
+        assert (meta["route"], meta["decided_by"], answer.model) == (route, "tier1", model)
+        assert meta["confidence"] > 0.9 and meta["expert_version"] == version
+        assert answer.choices[0].message.content == greedy(app.model, text, 8)
+        assert answer.choices[0].finish_reason == "length"
+        assert answer.usage.completion_tokens == 8
+        assert answer.usage.total_tokens == answer.usage.prompt_tokens + 8
+
+
+def test_streaming_gives_the_same_answer_in_chunks(app, client):
+    whole = chat(client, CONVERSATIONAL, max_tokens=12).choices[0].message.content
+    chunks = list(chat(client, CONVERSATIONAL, max_tokens=12, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == whole
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[-1].choices[0].finish_reason == "length"
+    assert {c.model_extra["mortgagellm"]["route"] for c in chunks} == {"conversational"}
+    raw = post(app, "/v1/chat/completions", {"model": "mortgagellm-chat", "stream": True,
+                                             "max_tokens": 4,
+                                             "messages": [{"role": "user", "content": "hi"}]})
+    assert raw.headers["content-type"].startswith("text/event-stream")
+    events = [line for line in raw.text.split("\n\n") if line]
+    assert events[-1] == "data: [DONE]" and len(events) >= 3
+
+
+def test_text_completions_streamed_and_not(app, client):
+    whole = client.completions.create(model="mortgagellm-chat", prompt="The escrow",
+                                      max_tokens=6)
+    assert whole.usage.completion_tokens == 6 and whole.model == "mortgagellm-chat"
+    parts = list(client.completions.create(model="mortgagellm-chat", prompt="The escrow",
+                                           max_tokens=6, stream=True))
+    assert "".join(p.choices[0].text for p in parts) == whole.choices[0].text
+
+
+def test_client_choice_overrides_routing(client):
+    meta = chat(client, STRUCTURED, model="mortgagellm-chat").model_extra["mortgagellm"]
+    assert (meta["route"], meta["decided_by"], meta["confidence"]) == (
+        "conversational", "client", 1.0)
+
+
+def test_unsure_requests_are_also_asked_of_tier2(client, tier1):
+    text = "Can you help me with my mortgage"
+    p = tier1.probability(text)
+    assert max(p, 1 - p) < 0.9  # below serve.router.threshold
+    meta = chat(client, text).model_extra["mortgagellm"]
+    assert meta["decided_by"] == "hybrid"
+    assert meta["tier1_confidence"] == pytest.approx(max(p, 1 - p))
+
+
+def test_models_and_healthz(app, client):
+    models = {m.id: m.model_extra["mortgagellm"] for m in client.models.list()}
+    assert set(models) == {"mortgagellm", "mortgagellm-structured", "mortgagellm-chat"}
+    assert models["mortgagellm-chat"]["expert_version"] == registry.current(
+        registry_path(app.recipe), "conversational")[0]
+    assert requests.get(f"{app.url}/healthz", timeout=10).json() == {"status": "ok"}
+
+
+def test_keys_are_required(app):
+    import openai
+
+    bad = openai.OpenAI(base_url=f"{app.url}/v1", api_key="mllm-wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        chat(bad, CONVERSATIONAL)
+    response = requests.get(f"{app.url}/v1/models", timeout=10)
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == "Bearer"
+
+
+def test_oversized_bodies_are_413(app):
+    big = {"model": "mortgagellm", "messages": [{"role": "user", "content": "x" * 70_000}]}
+    response = post(app, "/v1/chat/completions", big)
+    assert response.status_code == 413
+    assert "exceeds the limit of 65536 bytes" in response.json()["error"]["message"]
+    chunked = post(app, "/v1/chat/completions", None,
+                   data=(b"x" * 8192 for _ in range(10)),
+                   headers={"Content-Type": "application/json"})
+    assert chunked.status_code == 413
+
+
+def test_bad_requests_say_what_is_wrong(app, client):
+    import openai
+
+    long_prompt = "escrow " * 400
+    response = post(app, "/v1/chat/completions", {
+        "model": "mortgagellm-chat", "messages": [{"role": "user", "content": long_prompt}]})
+    assert response.status_code == 400
+    assert "the limit is 200" in response.json()["error"]["message"]
+    response = post(app, "/v1/completions", {"model": "mortgagellm", "prompt": "x",
+                                             "max_tokens": 65})
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "max_tokens_too_large"
+    with pytest.raises(openai.NotFoundError, match="gpt-4"):
+        chat(client, "hi", model="gpt-4")
+    response = post(app, "/v1/chat/completions", None, data=b"{not json",
+                    headers={"Content-Type": "application/json"})
+    assert response.status_code == 422
+    response = post(app, "/v1/chat/completions", {"model": "mortgagellm", "messages": []})
+    assert response.status_code == 422 and "messages" in response.json()["error"]["message"]
+
+
+def test_overload_is_refused_fast_with_503(app):
+    """StructuredExpert takes 2 ongoing + 2 queued: of 12 simultaneous requests, the surplus
+    gets 503 with Retry-After at once, and nothing hangs."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    body = {"model": "mortgagellm-structured", "max_tokens": 64,
+            "messages": [{"role": "user", "content": CONVERSATIONAL}]}
+
+    def one(_):
+        started = time.monotonic()
+        response = post(app, "/v1/chat/completions", body)
+        return response.status_code, time.monotonic() - started, response.headers
+
+    with ThreadPoolExecutor(12) as pool:
+        results = list(pool.map(one, range(12)))
+    refused = [r for r in results if r[0] == 503]
+    assert refused and {r[0] for r in results} <= {200, 503}
+    assert all(r[2]["retry-after"] == "1" and r[1] < 5 for r in refused)
+
+
+def test_every_request_is_audited_redacted_and_chained(app, client):
+    answer = chat(client, "My SSN is 123-45-6789. What is escrow?")
+    request_id = answer.model_extra["mortgagellm"]["request_id"]
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        records = [json.loads(line) for f in sorted((app.work / "audit").glob("*.jsonl"))
+                   for line in f.read_text().splitlines()]
+        mine = [r for r in records if r.get("request_id") == request_id]
+        if mine:
+            break
+        time.sleep(0.2)
+    (record,) = mine
+    assert "123-45-6789" not in json.dumps(records)
+    assert record["key_id"] == "tester" and record["status"] == 200
+    assert record["route"] == "conversational" and record["router_mode"] == "hybrid"
+    assert record["expert_version"] == answer.model_extra["mortgagellm"]["expert_version"]
+    assert record["completion_tokens"] == 8 and record["latency_ms"] > 0
+    assert {r["status"] for r in records} >= {200, 400, 404, 422, 503}
+    report = audit.verify(app.work / "audit")
+    assert report.ok and report.records == len(records)
+
+
+def test_prometheus_series_on_the_ray_metrics_port(app, client):
+    import ray
+
+    port = ray._private.worker.global_worker.node.metrics_export_port
+    chat(client, CONVERSATIONAL)
+    deadline, text = time.monotonic() + 60, ""
+    while time.monotonic() < deadline and "mortgagellm_routing_latency_ms" not in text:
+        time.sleep(2)
+        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    lines = [line for line in text.splitlines() if line.startswith("ray_mortgagellm_requests")]
+    assert any('route="conversational"' in line and 'status="200"' in line for line in lines)
+    for series in ("mortgagellm_generation_latency_ms", "mortgagellm_tokens",
+                   "mortgagellm_errors"):
+        assert series in text
+
+
+def expert_info(app, name):
+    from ray import serve
+
+    return serve.get_deployment_handle(name, app.recipe.serve.app_name).info.remote().result()
+
+
+def test_deploy_and_rollback_switch_versions_in_place(app, client, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    second = tmp_path / "second"
+    shutil.copytree(app.model, second)
+    model = AutoModelForCausalLM.from_pretrained(second)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(-1)
+    model.save_pretrained(second)
+    before = expert_info(app, "StructuredExpert")
+    assert ops.deploy(app.recipe, app.config, [], "structured", str(second)) == 0
+    after = expert_info(app, "StructuredExpert")
+    new = registry.current(registry_path(app.recipe), "structured")[0]
+    assert after["version"] == new != before["version"] and after["pid"] == before["pid"]
+    meta = chat(client, STRUCTURED).model_extra["mortgagellm"]
+    assert meta["expert_version"] == new
+    assert ops.rollback(app.recipe, app.config, [], "structured") == 0
+    assert expert_info(app, "StructuredExpert")["version"] == before["version"]
+    events = [json.loads(line) for f in (app.work / "audit").glob("ops-*.jsonl")
+              for line in f.read_text().splitlines()]
+    assert [(e["type"], e["to"]) for e in events] == [("deploy", new),
+                                                      ("rollback", before["version"])]
