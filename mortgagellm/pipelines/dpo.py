@@ -260,9 +260,14 @@ def conversational_metrics(models: dict[str, dict], rows: list[dict], pairs: lis
 
 # ---- the stage -----------------------------------------------------------------------------------
 
-def onpolicy(recipe: Recipe, cfg: Any, start: Path, pairs: list[dict]) -> tuple[list[dict], dict]:
-    """On-policy pairs from the start model (pipelines/onpolicy.py); its Ray Data pipeline
-    needs Ray, started here as the recipe says when this process has none yet."""
+def training_pairs(recipe: Recipe, cfg: Any, start: Path, tasks: Path
+                   ) -> tuple[list[dict], dict | None]:
+    """dpo_train's pairs, plus on-policy pairs from the start model when the recipe asks
+    (pipelines/onpolicy.py; its Ray Data pipeline starts Ray as the recipe says if this
+    process has none yet). Returns the pairs and the on-policy counts (None when off)."""
+    pairs = read_task_set(tasks / "dpo_train.parquet")
+    if not cfg.onpolicy.enabled:
+        return pairs, None
     import ray
 
     from mortgagellm.cluster.runtime import init_ray
@@ -270,8 +275,9 @@ def onpolicy(recipe: Recipe, cfg: Any, start: Path, pairs: list[dict]) -> tuple[
 
     if not ray.is_initialized():
         init_ray(recipe.ray, recipe.run.output_dir)
-    return onpolicy_pairs(pairs, str(start), cfg.onpolicy, cfg.max_seq_len, recipe.run.seed,
-                          cfg.threads)
+    new, counts = onpolicy_pairs(pairs, str(start), cfg.onpolicy, cfg.max_seq_len,
+                                 recipe.run.seed, cfg.threads)
+    return pairs + new, counts
 
 
 def run(recipe: Recipe, force: bool = False, *, on_ray: bool = True,
@@ -295,10 +301,7 @@ def run(recipe: Recipe, force: bool = False, *, on_ray: bool = True,
     start = Path(models["start"]["uri"])
     tasks = task_dir(recipe, cfg.task_source, out)
     tokenizer = AutoTokenizer.from_pretrained(start)
-    pairs, sampled = read_task_set(tasks / "dpo_train.parquet"), None
-    if cfg.onpolicy.enabled:
-        new, sampled = onpolicy(recipe, cfg, start, pairs)
-        pairs += new
+    pairs, sampled = training_pairs(recipe, cfg, start, tasks)
     rows, counts = dpo_rows(pairs, tokenizer, cfg.max_seq_len)
     order = epoch_order(len(rows), cfg.epochs, global_batch(cfg), recipe.run.seed)
     steps = len(order) // global_batch(cfg)
@@ -315,9 +318,8 @@ def run(recipe: Recipe, force: bool = False, *, on_ray: bool = True,
     kept = [p for p in heldout if pair_problem(p) is None]
     measured = conversational_metrics(models | {"expert": manifest.artifact(model_dir)},
                                       eval_rows, kept, cfg)
-    metrics = {"records": counts | {"steps": steps, "epochs": cfg.epochs},
-               "onpolicy": sampled, "heldout_pairs": eval_counts, "train": history[-1],
-               "history": history,
+    metrics = {"records": counts | {"steps": steps, "epochs": cfg.epochs}, "onpolicy": sampled,
+               "heldout_pairs": eval_counts, "train": history[-1], "history": history,
                "heldout": measured, "export": cfg.export, "placement": placement}
     return manifest.write(str(out), manifest.Manifest(
         stage="dpo", fingerprint=fp, config=config, inputs=inputs,

@@ -126,12 +126,14 @@ def onpolicy_pairs(questions: list[dict], model_dir: str, cfg: Any, max_len: int
             items.append({"id": q["id"], "fitted": fitted[0], "prompt": q["prompt"],
                           "document": q["document"], "chosen": q["chosen"],
                           "truth_json": json.dumps(q["truth"])})
+    sampler = {"model_dir": model_dir, "samples": cfg.samples, "temperature": cfg.temperature,
+               "top_p": cfg.top_p, "max_new_tokens": cfg.max_new_tokens, "seed": seed,
+               "threads": threads}
+    # One actor holds the model; answers are seeded per question, so more actors (or a
+    # retried task) would give the same samples.
     ds = ray.data.from_items(items).map_batches(
         Sampler, batch_size=4, compute=ray.data.ActorPoolStrategy(size=1), num_cpus=1,
-        fn_constructor_kwargs={
-            "model_dir": model_dir, "samples": cfg.samples, "temperature": cfg.temperature,
-            "top_p": cfg.top_p, "max_new_tokens": cfg.max_new_tokens, "seed": seed,
-            "threads": threads}).map_batches(score_batch, batch_size=16)
+        fn_constructor_kwargs=sampler).map_batches(score_batch, batch_size=16)
     pairs, why, rewards = [], Counter(), []
     for row in ds.iter_rows():
         question = {k: row[k] for k in ("id", "prompt", "document")} | {

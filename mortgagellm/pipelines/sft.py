@@ -244,16 +244,17 @@ def sft_rows(records: list[dict], tokenizer: Any, max_len: int) -> tuple[list[di
     rows, rejected, cut = [], Counter(), Counter()
     for record in records:
         problem = sft_problem(record)
-        answer_ids = [] if problem else encode(
-            tokenizer, render(tokenizer, "", completion=record["answer"])["completion"])
-        fitted = None if problem else fit_prompt(
-            tokenizer, record["prompt"], record["document"], max_len - len(answer_ids))
-        if problem or fitted is None:
-            rejected[problem or "too_long"] += 1
+        if problem is None:
+            answer = render(tokenizer, "", completion=record["answer"])["completion"]
+            answer_ids = encode(tokenizer, answer)
+            fitted = fit_prompt(tokenizer, record["prompt"], record["document"],
+                                max_len - len(answer_ids))
+            problem = None if fitted else "too_long"
+        if problem:
+            rejected[problem] += 1
             continue
-        _, prompt_ids, was_cut = fitted
-        cut[record["task"]] += was_cut
-        rows.append({"input_ids": prompt_ids + answer_ids, "prompt_len": len(prompt_ids)})
+        cut[record["task"]] += fitted[2]
+        rows.append({"input_ids": fitted[1] + answer_ids, "prompt_len": len(fitted[1])})
     return rows, {"kept": len(rows), "rejected": dict(sorted(rejected.items())),
                   "documents_cut": dict(sorted(cut.items()))}
 

@@ -23,6 +23,7 @@ from mortgagellm.config import ExpertSettings, Recipe, load_recipe
 log = logging.getLogger(__name__)
 DEPLOYMENTS = {"structured": "StructuredExpert", "conversational": "ConversationalExpert"}
 ROUTER = "Router"
+IMPORT_PATH = "mortgagellm.serve.app:build_app"
 
 
 def load(args: dict[str, Any]) -> Recipe:
@@ -129,17 +130,50 @@ def served_model(recipe: Recipe, expert: str) -> tuple[str, str]:
     return found[0], found[1]["path"]
 
 
-def expert_options(expert: str, s: ExpertSettings, version: str, model_dir: str) -> dict:
-    """Deployment options of one expert, all from the recipe."""
+def deployment_options(recipe: Recipe) -> dict[str, dict[str, Any]]:
+    """{deployment name: its options} from the recipe: resources, autoscaling, queue limits and
+    health checks. build_app applies them in code, serve_config writes them out."""
+    cfg = recipe.serve
+    options = {ROUTER: {
+        "autoscaling_config": cfg.router.autoscaling.model_dump(),
+        "max_ongoing_requests": cfg.router.max_ongoing_requests,
+        "max_queued_requests": cfg.router.max_queued_requests,
+        "ray_actor_options": {"num_cpus": cfg.router.num_cpus}}}
+    for expert, name in DEPLOYMENTS.items():
+        s: ExpertSettings = getattr(cfg, expert)
+        options[name] = {
+            "autoscaling_config": s.autoscaling.model_dump(),
+            "max_ongoing_requests": s.max_ongoing_requests,
+            "max_queued_requests": s.max_queued_requests,
+            "health_check_period_s": s.health_check_period_s,
+            "health_check_timeout_s": s.health_check_timeout_s,
+            "ray_actor_options": {"num_cpus": s.num_cpus, "num_gpus": s.num_gpus}}
+    return options
+
+
+def user_config(recipe: Recipe, expert: str) -> dict[str, str]:
+    """An expert's user_config: the model version it serves and where its weights are."""
+    version, model_dir = served_model(recipe, expert)
+    return {"model": model_dir, "version": version}
+
+
+def serve_config(recipe: Recipe, args: dict[str, Any], versions: bool = True) -> dict[str, Any]:
+    """The app as a Serve config (ServeDeploySchema, what `serve build` writes).
+
+    Deploying it declaratively is what makes deploy / rollback happen in place: Serve keeps the
+    replicas when import path and args are unchanged and only the experts' user_config differs.
+    versions=False leaves user_config out (the file kept in configs/: versions are per run).
+    """
+    cfg = recipe.serve
+    options = deployment_options(recipe)
+    if versions:
+        for expert, name in DEPLOYMENTS.items():
+            options[name]["user_config"] = user_config(recipe, expert)
     return {
-        "name": DEPLOYMENTS[expert],
-        "ray_actor_options": {"num_cpus": s.num_cpus, "num_gpus": s.num_gpus},
-        "autoscaling_config": s.autoscaling.model_dump(),
-        "max_ongoing_requests": s.max_ongoing_requests,
-        "max_queued_requests": s.max_queued_requests,
-        "health_check_period_s": s.health_check_period_s,
-        "health_check_timeout_s": s.health_check_timeout_s,
-        "user_config": {"model": model_dir, "version": version},
+        "http_options": {"host": cfg.host, "port": cfg.port},
+        "applications": [{
+            "name": cfg.app_name, "route_prefix": cfg.route_prefix, "import_path": IMPORT_PATH,
+            "args": args, "deployments": [{"name": n} | o for n, o in options.items()]}],
     }
 
 
@@ -150,18 +184,15 @@ def build_app(args: dict[str, Any]) -> Any:
 
     recipe = load(args)
     cfg = recipe.serve
+    options = deployment_options(recipe)
     experts = {}
-    for expert in DEPLOYMENTS:
+    for expert, name in DEPLOYMENTS.items():
         s: ExpertSettings = getattr(cfg, expert)
-        version, model_dir = served_model(recipe, expert)
-        experts[expert] = Expert.options(**expert_options(expert, s, version, model_dir)).bind(
-            expert, s.threads, s.max_batch_size, s.batch_wait_timeout_s,
-            cfg.limits.max_prompt_tokens)
-    r = cfg.router
-    router = Router.options(
-        name=ROUTER, ray_actor_options={"num_cpus": r.num_cpus},
-        autoscaling_config=r.autoscaling.model_dump(),
-        max_ongoing_requests=r.max_ongoing_requests, max_queued_requests=r.max_queued_requests)
+        deployment = Expert.options(name=name, user_config=user_config(recipe, expert),
+                                    **options[name])
+        experts[expert] = deployment.bind(expert, s.threads, s.max_batch_size,
+                                          s.batch_wait_timeout_s, cfg.limits.max_prompt_tokens)
+    router = Router.options(name=ROUTER, **options[ROUTER])
     return router.bind(experts["structured"], experts["conversational"],
                        cfg.model_dump(mode="json"), str(tier1_file(recipe).absolute()),
                        api_keys(recipe, args), str(audit_dir(recipe).absolute()))

@@ -82,11 +82,21 @@ class Door:
 
     A body without Content-Length (chunked) is read here up to the limit and replayed to the
     app, so an oversized one is refused without the app ever buffering it. The key's id is
-    left in scope["state"]["key_id"] for the audit log.
+    left in scope["state"]["key_id"] for the audit log; `on_reject(path, status, code, key id)`
+    hears of every refusal (the Router counts and audits them).
     """
 
-    def __init__(self, app: Any, keys: Mapping[str, str], required: bool, max_body_bytes: int):
+    def __init__(self, app: Any, keys: Mapping[str, str], required: bool, max_body_bytes: int,
+                 on_reject: Callable[[str, int, str, str | None], None] | None = None):
         self.app, self.keys, self.required, self.max_body = app, keys, required, max_body_bytes
+        self.on_reject = on_reject
+
+    async def refuse(self, scope: dict, send: Any, who: str | None, status: int, message: str,
+                     code: str, headers: Mapping[str, str] | None = None) -> None:
+        """Report a refusal, then send it."""
+        if self.on_reject is not None:
+            self.on_reject(scope["path"], status, code, who)
+        await reject(send, status, message, code, headers)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
@@ -94,17 +104,20 @@ class Door:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         who = key_id(headers.get("authorization"), self.keys)
         if who is None and self.required:
-            return await reject(send, 401, "a valid API key is required: send "
-                                "'Authorization: Bearer <key>'", "invalid_api_key",
-                                {"www-authenticate": "Bearer"})
-        scope.setdefault("state", {})["key_id"] = who or "anonymous"
+            return await self.refuse(scope, send, None, 401, "a valid API key is required: send "
+                                     "'Authorization: Bearer <key>'", "invalid_api_key",
+                                     {"www-authenticate": "Bearer"})
+        who = who or "anonymous"
+        scope.setdefault("state", {})["key_id"] = who
         length = headers.get("content-length")
         if length is not None:
             if not length.isdigit():
-                return await reject(send, 400, "Content-Length is not a number", "bad_request")
+                return await self.refuse(scope, send, who, 400, "Content-Length is not a number",
+                                         "bad_request")
             if int(length) > self.max_body:
-                return await reject(send, 413, f"request body of {length} bytes exceeds the "
-                                    f"limit of {self.max_body} bytes", "request_too_large")
+                return await self.refuse(scope, send, who, 413, f"request body of {length} bytes "
+                                         f"exceeds the limit of {self.max_body} bytes",
+                                         "request_too_large")
             return await self.app(scope, receive, send)
         body, more = b"", True
         while more:
@@ -114,8 +127,8 @@ class Door:
             body += message.get("body", b"")
             more = message.get("more_body", False)
             if len(body) > self.max_body:
-                return await reject(send, 413, f"request body exceeds the limit of "
-                                    f"{self.max_body} bytes", "request_too_large")
+                return await self.refuse(scope, send, who, 413, f"request body exceeds the limit "
+                                         f"of {self.max_body} bytes", "request_too_large")
         return await self.app(scope, _replay(body, receive), send)
 
 

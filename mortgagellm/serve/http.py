@@ -19,20 +19,31 @@ from mortgagellm.serve.router import RETRIED, ApiError, new_request_id
 from mortgagellm.serve.routing import ROUTE_MODELS, UnknownModel
 
 log = logging.getLogger(__name__)
+ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completions",
+             "/v1/models": "models"}
+"""Endpoint names of the metrics and audit records."""
 
 
 def build_api(router: Any) -> FastAPI:
     """The app one Router replica serves."""
     cfg = router.cfg
     app = FastAPI(title="mortgagellm", docs_url=None, redoc_url=None, openapi_url=None)
+
+    def refused(path: str, status: int, code: str, key_id: str | None) -> None:
+        router.record(ENDPOINTS.get(path, path), status, time.perf_counter(), {
+            "request_id": new_request_id("refused"), "key_id": key_id, "error_code": code})
+
     app.add_middleware(Door, keys=router.keys, required=cfg.auth.required,
-                       max_body_bytes=cfg.limits.max_body_bytes)
+                       max_body_bytes=cfg.limits.max_body_bytes, on_reject=refused)
 
     @app.exception_handler(RequestValidationError)
-    async def malformed(_: Request, err: RequestValidationError) -> JSONResponse:
+    async def malformed(request: Request, err: RequestValidationError) -> JSONResponse:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}"
                              for e in err.errors())
-        return error_response(ApiError(422, f"malformed request: {problems}", "invalid_request"))
+        error = ApiError(422, f"malformed request: {problems}", "invalid_request")
+        event = {"request_id": new_request_id("invalid"), "key_id": request.state.key_id}
+        return failed(router, ENDPOINTS.get(request.url.path, request.url.path),
+                      time.perf_counter(), event, error)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

@@ -17,7 +17,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from mortgagellm.config import Recipe
+from mortgagellm.config import Recipe, load_recipe
 from mortgagellm.serve import app as serve_app
 from mortgagellm.serve import registry
 
@@ -31,22 +31,50 @@ DEMO_REQUESTS = (
 
 
 def app_args(config: str, overrides: list[str]) -> dict[str, str]:
-    """build_app's args from the CLI: the recipe path and its dotted overrides."""
-    return {"config": config} | dict(o.split("=", 1) for o in overrides)
+    """build_app's args from the CLI: the recipe and its dotted overrides, with every path
+    absolute (the app is built by the Serve controller, whose working directory may differ)."""
+    args = {"config": str(Path(config).absolute())} | dict(o.split("=", 1) for o in overrides)
+    output_dir = args.get("run.output_dir") or load_recipe(config).run.output_dir
+    if "://" not in output_dir:
+        args["run.output_dir"] = str(Path(output_dir).absolute())
+    return args
 
 
-def start(recipe: Recipe, args: dict[str, str]) -> str:
-    """Deploy (or update in place) the app on the connected Ray cluster; returns its base URL.
+def start(args: dict[str, str], timeout_s: float = 300.0) -> str:
+    """Deploy (or update) the app on the connected Ray cluster from its Serve config; returns
+    the base URL once it runs.
 
-    Serve compares the new app with the running one: when only an expert's user_config changed
-    (deploy / rollback), its replicas are reconfigured in place, not restarted.
+    Declarative on purpose: when only an expert's user_config changed (deploy / rollback) Serve
+    reconfigures the running replicas in place; serve.run would replace them all.
     """
     from ray import serve
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeDeploySchema
 
+    recipe = serve_app.load(args)
+    serve_app.tier1_file(recipe)  # trained here, where its log shows; the build finds it cached
+    config = serve_app.serve_config(recipe, args)
+    serve.start(http_options=config["http_options"])
+    _get_global_client().deploy_apps(ServeDeploySchema.model_validate(config))
+    wait_running(recipe.serve.app_name, timeout_s)
     cfg = recipe.serve
-    serve.start(http_options={"host": cfg.host, "port": cfg.port})
-    serve.run(serve_app.build_app(args), name=cfg.app_name, route_prefix=cfg.route_prefix)
     return f"http://{cfg.host}:{cfg.port}{cfg.route_prefix.rstrip('/')}"
+
+
+def wait_running(name: str, timeout_s: float) -> None:
+    """Block until the app is RUNNING; fail with Serve's message if its deploy failed."""
+    from ray import serve
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        app = serve.status().applications.get(name)
+        if app is not None and app.status == "RUNNING" and all(
+                d.status == "HEALTHY" for d in app.deployments.values()):
+            return
+        if app is not None and app.status == "DEPLOY_FAILED":
+            raise RuntimeError(f"serve app {name} failed to deploy: {app.message}")
+        time.sleep(0.5)
+    raise TimeoutError(f"serve app {name} not running after {timeout_s} s")
 
 
 def serve(recipe: Recipe, config: str, overrides: list[str], demo: bool = False) -> int:
@@ -56,16 +84,19 @@ def serve(recipe: Recipe, config: str, overrides: list[str], demo: bool = False)
     from mortgagellm.cluster.runtime import init_ray
 
     context = init_ray(recipe.ray, recipe.run.output_dir)
-    url = start(recipe, app_args(config, overrides))
+    url = start(app_args(config, overrides))
     state = serve_app.serve_dir(recipe) / CLUSTER_FILE
     state.write_text(json.dumps({"address": context.address_info["gcs_address"],
                                  "token": os.environ.get("RAY_AUTH_TOKEN_PATH"), "url": url}))
-    key_path = Path(f"{serve_app.keys_file(recipe, {})}.secret")
-    print(f"mortgagellm serving on {url}/v1 (OpenAI API); key: {key_path if key_path.exists() else 'your own'}")
+    key = Path(f"{serve_app.keys_file(recipe, {})}.secret")
+    print(f"mortgagellm: OpenAI API on {url}/v1 (Ctrl-C stops)"
+          + (f"; the demo API key is in {key}" if key.is_file() else ""), flush=True)
     try:
         if demo:
+            if not key.is_file():
+                raise SystemExit(f"--demo needs the demo key {key}: set serve.auth.create_demo_key")
             for text in DEMO_REQUESTS:
-                print(demo_line(url, key_path.read_text().strip(), text))
+                print(demo_line(url, key.read_text().strip(), text), flush=True)
             return 0
         while True:
             time.sleep(3600)
@@ -107,7 +138,7 @@ def switch(recipe: Recipe, config: str, overrides: list[str], expert: str, actio
     log_.close()
     print(f"{action}: {expert} {str(previous)[:12]} -> {version[:12]}")
     if connect(recipe):
-        start(recipe, app_args(config, overrides))
+        start(app_args(config, overrides))
         print("the running app now serves it (replicas reconfigured in place)")
     else:
         print("no running app found; the next `mortgagellm serve` serves it")

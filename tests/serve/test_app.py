@@ -66,7 +66,7 @@ def app(ray_cluster, micro_model, serve_output, tier1, tmp_path_factory):
     config.write_text(RECIPE.format(output=serve_output, port=free_port(), work=work,
                                     model=micro_model))
     recipe = load_recipe(config)
-    url = ops.start(recipe, {"config": str(config)})
+    url = ops.start(ops.app_args(str(config), []))
     yield SimpleNamespace(url=url, key=key, recipe=recipe, config=str(config), work=work,
                           model=micro_model)
     serve.delete(recipe.serve.app_name)
@@ -242,7 +242,7 @@ def test_every_request_is_audited_redacted_and_chained(app, client):
     assert record["route"] == "conversational" and record["router_mode"] == "hybrid"
     assert record["expert_version"] == answer.model_extra["mortgagellm"]["expert_version"]
     assert record["completion_tokens"] == 8 and record["latency_ms"] > 0
-    assert {r["status"] for r in records} >= {200, 400, 404, 422, 503}
+    assert {r["status"] for r in records} >= {200, 400, 401, 404, 413, 422, 503}
     report = audit.verify(app.work / "audit")
     assert report.ok and report.records == len(records)
 
@@ -263,6 +263,14 @@ def test_prometheus_series_on_the_ray_metrics_port(app, client):
         assert series in text
 
 
+def replicas(name):
+    """Names of the live replica actors of a deployment."""
+    import ray
+
+    return {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+            if f"#{name}#" in a["name"]}
+
+
 def expert_info(app, name):
     from ray import serve
 
@@ -270,6 +278,8 @@ def expert_info(app, name):
 
 
 def test_deploy_and_rollback_switch_versions_in_place(app, client, tmp_path):
+    """ConversationalExpert (2 fixed replicas) gets a second model and goes back, reconfigured
+    through user_config: the same replica actors before and after."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -279,16 +289,20 @@ def test_deploy_and_rollback_switch_versions_in_place(app, client, tmp_path):
     with torch.no_grad():
         model.lm_head.weight.mul_(-1)
     model.save_pretrained(second)
-    before = expert_info(app, "StructuredExpert")
-    assert ops.deploy(app.recipe, app.config, [], "structured", str(second)) == 0
-    after = expert_info(app, "StructuredExpert")
-    new = registry.current(registry_path(app.recipe), "structured")[0]
-    assert after["version"] == new != before["version"] and after["pid"] == before["pid"]
-    meta = chat(client, STRUCTURED).model_extra["mortgagellm"]
-    assert meta["expert_version"] == new
-    assert ops.rollback(app.recipe, app.config, [], "structured") == 0
-    assert expert_info(app, "StructuredExpert")["version"] == before["version"]
+    old = registry.current(registry_path(app.recipe), "conversational")[0]
+    before = replicas("ConversationalExpert")
+    assert len(before) == 2
+    assert ops.deploy(app.recipe, app.config, [], "conversational", str(second)) == 0
+    new = registry.current(registry_path(app.recipe), "conversational")[0]
+    assert new != old and replicas("ConversationalExpert") == before
+    assert expert_info(app, "ConversationalExpert")["version"] == new
+    answer = chat(client, CONVERSATIONAL)
+    assert answer.model_extra["mortgagellm"]["expert_version"] == new
+    assert answer.choices[0].message.content == greedy(second, CONVERSATIONAL, 8)
+    assert ops.rollback(app.recipe, app.config, [], "conversational") == 0
+    assert replicas("ConversationalExpert") == before
+    assert chat(client, CONVERSATIONAL).model_extra["mortgagellm"]["expert_version"] == old
     events = [json.loads(line) for f in (app.work / "audit").glob("ops-*.jsonl")
               for line in f.read_text().splitlines()]
-    assert [(e["type"], e["to"]) for e in events] == [("deploy", new),
-                                                      ("rollback", before["version"])]
+    assert [(e["type"], e["from"], e["to"]) for e in events] == [("deploy", old, new),
+                                                                 ("rollback", new, old)]

@@ -80,11 +80,14 @@ KEYS = {hashlib.sha256(b"good").hexdigest(): "team"}
 
 
 def test_no_or_bad_key_is_401_and_the_body_is_never_read():
-    app = Door(inner, KEYS, required=True, max_body_bytes=100)
+    heard = []
+    app = Door(inner, KEYS, required=True, max_body_bytes=100,
+               on_reject=lambda *args: heard.append(args))
     for headers in ({}, {"authorization": "Bearer bad", "content-length": "5"}):
         status, body, reads, _ = call(app, headers)
         assert (status, reads) == (401, 0)
         assert body["error"]["code"] == "invalid_api_key"
+    assert heard == [("/v1/completions", 401, "invalid_api_key", None)] * 2
 
 
 def test_declared_oversized_body_is_413_before_reading():
