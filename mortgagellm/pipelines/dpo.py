@@ -219,37 +219,50 @@ def preference_metrics(policy: list[tuple[float, float]], reference: list[tuple[
             "win_rate": round(sum(c > r for c, r in policy) / len(policy), 4)}
 
 
-def qa_metrics(model: Any, tokenizer: Any, pairs: list[dict], max_len: int,
+def heldout_pairs(pairs: list[dict], tokenizer: Any, max_len: int, max_new_tokens: int
+                  ) -> tuple[list[dict], dict, list[tuple[dict, str]]]:
+    """Before any training: the held-out rows (both answers scored), their counts, and the
+    (pair, prompt cut to leave max_new_tokens) questions answered greedily; none that fits is
+    an error now, not after training."""
+    rows, counts = dpo_rows(pairs, tokenizer, max_len)
+    fitted = [(p, fit_prompt(tokenizer, p["prompt"], p["document"], max_len - max_new_tokens))
+              for p in pairs if pair_problem(p) is None]
+    questions = [(p, f[0]) for p, f in fitted if f]
+    if not rows or not questions:
+        raise ValueError(f"dpo: none of the {len(pairs)} held-out pairs fits max_seq_len "
+                         f"{max_len} (with max_new_tokens {max_new_tokens} for answers); raise "
+                         "dpo.max_seq_len")
+    return rows, counts, questions
+
+
+def qa_metrics(model: Any, tokenizer: Any, questions: list[tuple[dict, str]],
                max_new_tokens: int) -> dict[str, Any]:
     """Greedy answers to the held-out questions scored against the truth: overall correctness,
     numeric correctness (questions whose answer is a figure) and invented citations."""
     from mortgagellm.datasets.tasks import invented_citations
     from mortgagellm.modeling import chat_generate
 
-    fitted = [fit_prompt(tokenizer, p["prompt"], p["document"], max_len - max_new_tokens)
-              for p in pairs]
-    kept = [(p, f) for p, f in zip(pairs, fitted) if f is not None]
-    outputs = chat_generate(model, tokenizer, [f[0] for _, f in kept], max_new_tokens)
-    scores = [score("qa", parse_answer("qa", text), p["truth"])
-              for (p, _), (text, _) in zip(kept, outputs)]
-    numeric = [s for (p, _), s in zip(kept, scores) if p["truth"]["mode"] in NUMERIC_MODES]
-    invented = sum(bool(invented_citations(text, p["document"]))
-                   for (p, _), (text, _) in zip(kept, outputs))
+    outputs = chat_generate(model, tokenizer, [text for _, text in questions], max_new_tokens)
+    texts = [text for text, _ in outputs]
+    pairs = [p for p, _ in questions]
+    scores = [score("qa", parse_answer("qa", t), p["truth"]) for p, t in zip(pairs, texts)]
+    numeric = [s for p, s in zip(pairs, scores) if p["truth"]["mode"] in NUMERIC_MODES]
+    invented = sum(bool(invented_citations(t, p["document"])) for p, t in zip(pairs, texts))
     return {"qa_correct": round(sum(scores) / len(scores), 4),
             "qa_numeric_correct": round(sum(numeric) / max(1, len(numeric)), 4),
-            "n_numeric": len(numeric), "invented_citation_rate": round(invented / len(kept), 4),
-            "n": len(kept), "example": outputs[0][0][:300]}
+            "n_numeric": len(numeric), "invented_citation_rate": round(invented / len(texts), 4),
+            "n": len(texts), "example": texts[0][:300]}
 
 
-def conversational_metrics(models: dict[str, dict], rows: list[dict], pairs: list[dict],
-                           cfg: Any) -> dict[str, dict]:
+def conversational_metrics(models: dict[str, dict], rows: list[dict],
+                           questions: list[tuple[dict, str]], cfg: Any) -> dict[str, dict]:
     """Preference metrics of every model against the start model (the DPO reference) and its
     QA metrics; models with the same content hash are measured once."""
     from transformers import AutoTokenizer
 
     def measure(path: str) -> tuple[list, dict]:
         model, tokenizer = load_model(path), AutoTokenizer.from_pretrained(path)
-        return pair_logps(model, rows), qa_metrics(model, tokenizer, pairs, cfg.max_seq_len,
+        return pair_logps(model, rows), qa_metrics(model, tokenizer, questions,
                                                    cfg.max_new_tokens)
 
     measured = measure_once(models, measure)
@@ -303,6 +316,9 @@ def run(recipe: Recipe, force: bool = False, *, on_ray: bool = True,
     tokenizer = AutoTokenizer.from_pretrained(start)
     pairs, sampled = training_pairs(recipe, cfg, start, tasks)
     rows, counts = dpo_rows(pairs, tokenizer, cfg.max_seq_len)
+    eval_rows, eval_counts, questions = heldout_pairs(
+        subset(read_task_set(tasks / "eval_qa.parquet"), cfg.eval_pairs, recipe.run.seed),
+        tokenizer, cfg.max_seq_len, cfg.max_new_tokens)
     order = epoch_order(len(rows), cfg.epochs, global_batch(cfg), recipe.run.seed)
     steps = len(order) // global_batch(cfg)
     check_setup(recipe, cfg, start, steps, "dpo")
@@ -313,11 +329,8 @@ def run(recipe: Recipe, force: bool = False, *, on_ray: bool = True,
     history, model_dir, placement = train_and_export(
         recipe, cfg, DPO, config_w | {"beta": cfg.beta, "nll_weight": cfg.nll_weight}, start,
         out, on_ray)
-    heldout = subset(read_task_set(tasks / "eval_qa.parquet"), cfg.eval_pairs, recipe.run.seed)
-    eval_rows, eval_counts = dpo_rows(heldout, tokenizer, cfg.max_seq_len)
-    kept = [p for p in heldout if pair_problem(p) is None]
     measured = conversational_metrics(models | {"expert": manifest.artifact(model_dir)},
-                                      eval_rows, kept, cfg)
+                                      eval_rows, questions, cfg)
     metrics = {"records": counts | {"steps": steps, "epochs": cfg.epochs}, "onpolicy": sampled,
                "heldout_pairs": eval_counts, "train": history[-1], "history": history,
                "heldout": measured, "export": cfg.export, "placement": placement}

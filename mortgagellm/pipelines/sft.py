@@ -280,9 +280,30 @@ SFT = Objective("sft", sft_batch, lm_loss)
 
 # ---- held-out measurement ------------------------------------------------------------------------
 
-def structured_metrics(model_dir: str | Path, sets: dict[str, list[dict]], max_len: int,
+def answer_budget(task: str, max_new_tokens: int) -> int:
+    """Tokens a held-out answer may take: a summary max_new_tokens, a label LABEL_TOKENS."""
+    return max_new_tokens if task == "summary" else LABEL_TOKENS
+
+
+def heldout_prompts(sets: dict[str, list[dict]], tokenizer: Any, max_len: int,
+                    max_new_tokens: int) -> dict[str, list[tuple[dict, str, bool]]]:
+    """(record, prompt cut to leave room for the answer, cut?) per task, before any training:
+    a task none of whose held-out prompts fits is an error now, not after training."""
+    prepared = {}
+    for task, records in sets.items():
+        budget = answer_budget(task, max_new_tokens)
+        fitted = [(r, fit_prompt(tokenizer, r["prompt"], r["document"], max_len - budget))
+                  for r in records]
+        prepared[task] = [(r, f[0], f[2]) for r, f in fitted if f]
+        if not prepared[task]:
+            raise ValueError(f"sft: no held-out {task} prompt fits max_seq_len {max_len} minus "
+                             f"its {budget}-token answer; raise sft.max_seq_len")
+    return prepared
+
+
+def structured_metrics(model_dir: str | Path, prepared: dict[str, list[tuple[dict, str, bool]]],
                        max_new_tokens: int) -> dict[str, dict]:
-    """Greedy answers to held-out records, per task: accuracy (classification) or field
+    """Greedy answers to the held-out prompts, per task: accuracy (classification) or field
     accuracy (summary), the share that parses in the task's format, prompts cut, n."""
     from transformers import AutoTokenizer
 
@@ -290,19 +311,15 @@ def structured_metrics(model_dir: str | Path, sets: dict[str, list[dict]], max_l
 
     tokenizer, model = AutoTokenizer.from_pretrained(model_dir), load_model(model_dir)
     result = {}
-    for task, records in sets.items():
-        budget = max_new_tokens if task == "summary" else LABEL_TOKENS
-        fitted = [fit_prompt(tokenizer, r["prompt"], r["document"], max_len - budget)
-                  for r in records]
-        kept = [(r, f) for r, f in zip(records, fitted) if f is not None]
-        outputs = chat_generate(model, tokenizer, [f[0] for _, f in kept], budget)
+    for task, items in prepared.items():
+        outputs = chat_generate(model, tokenizer, [text for _, text, _ in items],
+                                answer_budget(task, max_new_tokens))
         parsed = [parse_answer(task, text) for text, _ in outputs]
-        scores = [score(task, p, r["truth"]) for (r, _), p in zip(kept, parsed)]
+        scores = [score(task, p, r["truth"]) for (r, _, _), p in zip(items, parsed)]
         key = "field_accuracy" if task == "summary" else "accuracy"
         result[task] = {key: round(sum(scores) / len(scores), 4),
                         "parsed": round(sum(p is not None for p in parsed) / len(parsed), 4),
-                        "prompts_cut": sum(f[2] for _, f in kept),
-                        "skipped": len(records) - len(kept), "n": len(kept),
+                        "prompts_cut": sum(cut for _, _, cut in items), "n": len(items),
                         "example": outputs[0][0][:300]}
     return result
 
@@ -329,8 +346,12 @@ def run(recipe: Recipe, force: bool = False, *, on_ray: bool = True,
     set_threads(cfg.threads)
     start = Path(models["start"]["uri"])
     tasks = task_dir(recipe, cfg.task_source, out)
-    rows, counts = sft_rows(read_task_set(tasks / "sft_train.parquet"),
-                            AutoTokenizer.from_pretrained(start), cfg.max_seq_len)
+    tokenizer = AutoTokenizer.from_pretrained(start)
+    rows, counts = sft_rows(read_task_set(tasks / "sft_train.parquet"), tokenizer, cfg.max_seq_len)
+    heldout = heldout_prompts(
+        {name: subset(read_task_set(tasks / f"eval_{name}.parquet"), cfg.eval_per_task,
+                      recipe.run.seed) for name in SFT_TASKS},
+        tokenizer, cfg.max_seq_len, cfg.max_new_tokens)
     order = epoch_order(len(rows), cfg.epochs, global_batch(cfg), recipe.run.seed)
     steps = len(order) // global_batch(cfg)
     check_setup(recipe, cfg, start, steps, "sft")
@@ -340,10 +361,8 @@ def run(recipe: Recipe, force: bool = False, *, on_ray: bool = True,
     history, model_dir, placement = train_and_export(
         recipe, cfg, SFT, worker_config(recipe, cfg, start, rows_file, steps, out, fail_at_step),
         start, out, on_ray)
-    heldout = {name: subset(read_task_set(tasks / f"eval_{name}.parquet"), cfg.eval_per_task,
-                            recipe.run.seed) for name in SFT_TASKS}
     measured = measure_once(models | {"expert": manifest.artifact(model_dir)}, lambda path:
-                            structured_metrics(path, heldout, cfg.max_seq_len, cfg.max_new_tokens))
+                            structured_metrics(path, heldout, cfg.max_new_tokens))
     metrics = {"records": counts | {"steps": steps, "epochs": cfg.epochs}, "train": history[-1],
                "history": history, "heldout": measured, "export": cfg.export,
                "placement": placement}

@@ -1,6 +1,6 @@
-"""corpus stage: the pass-1 composition and the helpers around Ray on hand-made inputs, then one
-end-to-end run on a real local Ray cluster (counts add up, shards load, quarantine complete, the
-PII canary never reaches a shard, re-runs skip)."""
+"""corpus stage: the passes' pure parts on hand-made inputs, then one end-to-end run on a real
+local Ray cluster (counts add up, shards load, quarantine complete, the PII canary never reaches a
+shard, a forced re-run writes identical shards, a plain re-run skips)."""
 
 import json
 import logging
@@ -192,6 +192,9 @@ def test_corpus_stage_end_to_end(ray_cluster, tiny_pair, tiny_recipe_path, tmp_p
     plan = data.shard_plan(m)
     assert sum(1 for _ in data.iter_rows(plan, 0, 2)) == metrics["packed"]["rows"] // 2
 
+    rebuilt = corpus.run(recipe, force=True)  # same inputs and config: byte-identical shards
+    assert rebuilt.outputs == m.outputs and rebuilt.metrics["content_sha256"] == \
+        m.metrics["content_sha256"]
     with caplog.at_level(logging.INFO, logger="mortgagellm.pipelines.corpus"):
         again = corpus.run(recipe)
-    assert again.started_at == m.started_at and "up to date" in caplog.text
+    assert again.started_at == rebuilt.started_at and "up to date" in caplog.text

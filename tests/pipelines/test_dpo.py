@@ -81,6 +81,14 @@ def test_bad_pairs_are_rejected_with_counts_and_not_trained_on(tokenizer):
     assert tokenizer.decode(rows[0]["rejected_ids"]) == "The APR is 6.500%.<|eot_id|>"
 
 
+def test_heldout_pairs_that_cannot_fit_fail_before_training(tokenizer):
+    rows, counts, questions = dpo.heldout_pairs([pair(), pair(chosen=None)], tokenizer, 128, 24)
+    assert (len(rows), counts["rejected"], len(questions)) == (1, {"missing_field": 1}, 1)
+    assert questions[0][1] == pair()["prompt"]  # fits whole: nothing cut
+    with pytest.raises(ValueError, match="none of the 1 held-out pairs fits max_seq_len 40"):
+        dpo.heldout_pairs([pair()], tokenizer, 40, 24)
+
+
 def test_dpo_batch_puts_chosen_first_then_rejected_with_completion_masks():
     rows = [{"prompt_ids": [1, 2], "chosen_ids": [3], "rejected_ids": [4, 5]},
             {"prompt_ids": [6], "chosen_ids": [7, 8], "rejected_ids": [9]}]

@@ -252,15 +252,17 @@ def test_prometheus_series_on_the_ray_metrics_port(app, client):
 
     port = ray._private.worker.global_worker.node.metrics_export_port
     chat(client, CONVERSATIONAL)
+    series = ("mortgagellm_requests", "mortgagellm_routing_latency_ms", "mortgagellm_tokens",
+              "mortgagellm_generation_latency_ms", "mortgagellm_errors")
     deadline, text = time.monotonic() + 60, ""
-    while time.monotonic() < deadline and "mortgagellm_routing_latency_ms" not in text:
+    while time.monotonic() < deadline and not all(f"ray_{s}" in text for s in series):
         time.sleep(2)
         text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    assert all(f"ray_{s}" in text for s in series)
     lines = [line for line in text.splitlines() if line.startswith("ray_mortgagellm_requests")]
     assert any('route="conversational"' in line and 'status="200"' in line for line in lines)
-    for series in ("mortgagellm_generation_latency_ms", "mortgagellm_tokens",
-                   "mortgagellm_errors"):
-        assert series in text
+    assert any('code="overloaded"' in line for line in text.splitlines()
+               if line.startswith("ray_mortgagellm_errors"))
 
 
 def replicas(name):
@@ -306,3 +308,62 @@ def test_deploy_and_rollback_switch_versions_in_place(app, client, tmp_path):
               for line in f.read_text().splitlines()]
     assert [(e["type"], e["from"], e["to"]) for e in events] == [("deploy", old, new),
                                                                  ("rollback", new, old)]
+
+
+def load(app, model, seconds, workers, stop_when=None):
+    """Constant load from `workers` threads for up to `seconds`: (ok, failed) counts."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    body = {"model": model, "max_tokens": 4,
+            "messages": [{"role": "user", "content": CONVERSATIONAL}]}
+    deadline = time.monotonic() + seconds
+
+    def worker(_):
+        ok = failed = 0
+        while time.monotonic() < deadline and not (stop_when and stop_when()):
+            response = post(app, "/v1/chat/completions", body)
+            ok, failed = ok + (response.status_code == 200), failed + (response.status_code != 200)
+        return ok, failed
+
+    with ThreadPoolExecutor(workers) as pool:
+        results = list(pool.map(worker, range(workers)))
+    return sum(r[0] for r in results), sum(r[1] for r in results)
+
+
+def test_a_replica_killed_under_load_fails_under_1_percent(app):
+    """One of ConversationalExpert's two replicas is killed mid-load; the router's one retry
+    and Serve's replacement keep failures below 1 %."""
+    import threading
+
+    import ray
+
+    victim = sorted(replicas("ConversationalExpert"))[0]
+    killer = threading.Timer(3.0, lambda: ray.kill(ray.get_actor(victim, namespace="serve"),
+                                                    no_restart=True))
+    killer.start()
+    ok, failed = load(app, "mortgagellm-chat", seconds=12, workers=3)
+    killer.join()
+    assert victim not in replicas("ConversationalExpert")
+    assert ok > 50 and failed / (ok + failed) < 0.01, (ok, failed)
+
+
+def test_load_scales_the_structured_expert_up_and_back_down(app):
+    """target 1 ongoing request per replica, max 2: three callers raise it to 2 replicas, and
+    it returns to 1 once they stop (delays are test-sized in RECIPE)."""
+    from ray import serve
+
+    def running():
+        states = serve.status().applications[app.recipe.serve.app_name].deployments
+        return states["StructuredExpert"].replica_states.get("RUNNING", 0)
+
+    deadline = time.monotonic() + 60
+    while running() != 1 and time.monotonic() < deadline:  # after the overload test
+        time.sleep(1)
+    assert running() == 1
+    ok, _ = load(app, "mortgagellm-structured", seconds=60, workers=3,
+                 stop_when=lambda: running() == 2)
+    assert running() == 2 and ok > 0
+    deadline = time.monotonic() + 60
+    while running() != 1 and time.monotonic() < deadline:
+        time.sleep(1)
+    assert running() == 1

@@ -1,0 +1,60 @@
+"""registry.py and the app's choice of model: versions by content hash, deploy / rollback
+history, and the bootstrap instruct model registered on first start."""
+
+import shutil
+
+import pytest
+
+from mortgagellm import manifest
+from mortgagellm.config import Recipe
+from mortgagellm.serve import app, registry
+
+
+def model_dir(tmp_path, name, content):
+    path = tmp_path / name
+    path.mkdir()
+    (path / "config.json").write_text(content)
+    return path
+
+
+def test_versions_are_content_hashes_and_history_walks_back(tmp_path):
+    reg = tmp_path / "registry.json"
+    a = registry.register(reg, str(model_dir(tmp_path, "a", "{}")), "test", {"fidelity": 0.9})
+    b = registry.register(reg, str(model_dir(tmp_path, "b", '{"x": 1}')), "test")
+    assert a == manifest.sha256_path(tmp_path / "a") and a != b
+    assert registry.register(reg, str(tmp_path / "a"), "again") == a  # same content, no change
+    assert registry.read(reg)["versions"][a]["metrics"] == {"fidelity": 0.9}
+    assert registry.deploy(reg, "structured", a) == (None, a)
+    assert registry.deploy(reg, "structured", b[:8]) == (a, b)  # a unique prefix will do
+    assert registry.current(reg, "structured")[0] == b
+    assert registry.current(reg, "conversational") is None
+    assert registry.rollback(reg, "structured") == (b, a)
+    with pytest.raises(ValueError, match="no earlier deployed version"):
+        registry.rollback(reg, "structured")
+    with pytest.raises(ValueError, match="names 0 registered versions"):
+        registry.deploy(reg, "structured", "deadbeef")
+
+
+def test_first_start_serves_the_bootstrap_instruct_model(tmp_path, micro_model):
+    boot = tmp_path / "run" / "bootstrap"
+    shutil.copytree(micro_model, boot / "instruct")
+    instruct = manifest.artifact(boot / "instruct")
+    manifest.write(str(boot), manifest.Manifest(
+        stage="bootstrap", fingerprint="f", config={}, outputs={"instruct": instruct},
+        metrics={"instruct": {"fidelity": 1.0}}))
+    recipe = Recipe.model_validate({"run": {"output_dir": str(tmp_path / "run")}})
+    for expert in ("structured", "conversational"):
+        assert app.served_model(recipe, expert) == (instruct["sha256"], str(boot / "instruct"))
+    entry = registry.read(app.registry_path(recipe))["versions"][instruct["sha256"]]
+    assert entry["source"] == "bootstrap:instruct" and entry["metrics"] == {"fidelity": 1.0}
+
+
+def test_recipe_model_seeds_the_registry_once(tmp_path):
+    first = model_dir(tmp_path, "first", "{}")
+    recipe = Recipe.model_validate({"run": {"output_dir": str(tmp_path / "run")},
+                                    "serve": {"structured": {"model": str(first)}}})
+    version, path = app.served_model(recipe, "structured")
+    assert path == str(first) and version == manifest.sha256_path(first)
+    other = registry.register(app.registry_path(recipe), str(model_dir(tmp_path, "o", "1")), "t")
+    registry.deploy(app.registry_path(recipe), "structured", other)
+    assert app.served_model(recipe, "structured")[0] == other  # the registry wins afterwards
