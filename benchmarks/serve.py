@@ -127,7 +127,7 @@ def main() -> None:
             assert response.status_code == 200, response.text
 
         def direct():
-            list(expert.options(stream=True).generate.remote(payload))
+            expert.complete.remote(payload).result()
 
         def hop():
             assert session.get(f"{url}/healthz", timeout=60).status_code == 200
@@ -135,7 +135,7 @@ def main() -> None:
         n = args.requests
         results = {"direct": timed(direct, n), "routed": timed(routed, n), "hop": timed(hop, n)}
         print(f"tier-1 routing    {percentiles(routing_times)}   ({len(routing_times)} requests)")
-        print(f"expert, direct    {percentiles(results['direct'])}   (handle, stream collected)")
+        print(f"expert, direct    {percentiles(results['direct'])}   (handle -> expert.complete)")
         print(f"routed over HTTP  {percentiles(results['routed'])}   (proxy -> Router -> expert)")
         print(f"one Serve hop     {percentiles(results['hop'])}   (GET /healthz: proxy -> Router)")
         for workers in (1, 4, 8):

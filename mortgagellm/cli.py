@@ -4,6 +4,10 @@
     mortgagellm <stage> CONFIG [--force] [--section.key VALUE ...]
     mortgagellm config CONFIG [--section.key VALUE ...]     print the resolved recipe
     mortgagellm submit CONFIG [--stages STAGE ...] [--address URL]   run it as a Ray job
+    mortgagellm serve CONFIG [--demo]                  the OpenAI-compatible app on serve.host:port
+    mortgagellm deploy CONFIG EXPERT VERSION|DIR       switch an expert's model in place
+    mortgagellm rollback CONFIG EXPERT                 back to its previous version
+    mortgagellm audit verify PATH                      check the audit log's hash chain
 
 Imports nothing heavy at module level, so --help is instant.
 """

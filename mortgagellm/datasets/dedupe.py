@@ -89,11 +89,11 @@ def minhash(docs: list[np.ndarray], size: int, num_perm: int, seed: int = 0) -> 
     return out
 
 
-def band_key(signatures: np.ndarray, band: int, rows: int) -> np.ndarray:
-    """(n,) uint64 LSH key of one band: its `rows` values folded through splitmix64."""
-    key = np.full(len(signatures), band, dtype=np.uint64)
-    for value in signatures[:, band * rows:(band + 1) * rows].T:
-        key = _mix(key ^ value.astype(np.uint64))
+def band_key(values: np.ndarray) -> np.ndarray:
+    """(n,) uint64 LSH keys of one band: its (n, rows) signature values folded by splitmix64."""
+    key = np.zeros(len(values), dtype=np.uint64)
+    for column in values.T:
+        key = _mix(key ^ column.astype(np.uint64))
     return key
 
 
@@ -111,11 +111,13 @@ def _first_of(keys: np.ndarray) -> np.ndarray:
 
 
 def find_duplicates(order: np.ndarray, hashes: np.ndarray, sig: np.ndarray, bands: int,
-                    rows: int, threshold: float, neighbours: int = 8
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                    rows: int, threshold: float, neighbours: int = 8,
+                    members: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(position, kind, kept position) of every duplicate, positions indexing the inputs.
 
     `order` ranks documents (the earliest is kept); kind is 0 for exact, 1 for near duplicates.
+    Only the positions in `members` take part (default: all), so a caller can leave rejected
+    rows out without copying the signatures, which at 1M documents are the largest array here.
     Within each band's buckets (sorted by order) a document is compared with up to
     `neighbours` earlier members, and is a near duplicate of the first that agrees on at least
     `threshold` of the signature.
@@ -123,24 +125,22 @@ def find_duplicates(order: np.ndarray, hashes: np.ndarray, sig: np.ndarray, band
     if bands * rows > sig.shape[1]:
         raise ValueError(f"{bands} bands x {rows} rows need {bands * rows} permutations, "
                          f"signatures have {sig.shape[1]}")
-    by_order = np.argsort(order, kind="stable")
-    h, sig = hashes[by_order], sig[by_order]
-    n = len(by_order)
-    first = _first_of(h)
-    exact = first != np.arange(n)
-    kept = np.where(exact, first, -1)
-    rest = np.flatnonzero(~exact)
-    candidates = sig[rest]
+    members = np.arange(len(order)) if members is None else np.asarray(members)
+    ranked = members[np.argsort(order[members], kind="stable")]  # input positions, by order
+    first = _first_of(hashes[ranked])
+    exact = first != np.arange(len(ranked))
+    kept = np.where(exact, ranked[first], -1)  # per rank: input position of the kept copy
+    rest = np.flatnonzero(~exact)  # ranks still in play for near duplicates
     for band in range(bands if len(rest) else 0):
-        keys = band_key(candidates, band, rows)
-        ranked = np.lexsort((rest, keys))
-        keys = keys[ranked]
+        keys = band_key(sig[ranked[rest], band * rows:(band + 1) * rows])
+        by_rank = np.lexsort((rest, keys))  # a bucket's members together, earliest first
+        by_key, keys = rest[by_rank], keys[by_rank]
         for d in range(1, neighbours + 1):
             same = np.flatnonzero(keys[d:] == keys[:-d])
-            later, earlier = rest[ranked[same + d]], rest[ranked[same]]
+            later, earlier = by_key[same + d], by_key[same]
             open_ = kept[later] < 0
             later, earlier = later[open_], earlier[open_]
-            agree = (sig[later] == sig[earlier]).mean(axis=1) >= threshold
-            kept[later[agree]] = earlier[agree]
+            agree = (sig[ranked[later]] == sig[ranked[earlier]]).mean(axis=1) >= threshold
+            kept[later[agree]] = ranked[earlier[agree]]
     dup = np.flatnonzero(kept >= 0)
-    return by_order[dup], (~exact[dup]).astype(np.int8), by_order[kept[dup]]
+    return ranked[dup], (~exact[dup]).astype(np.int8), kept[dup]

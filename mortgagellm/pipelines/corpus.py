@@ -96,9 +96,8 @@ def build(cfg: CorpusConfig, seed: int, tokenizer: dict[str, Any], out_dir: Path
           ) -> dict[str, Any]:
     """The three passes; returns the manifest's metrics. Ray must be initialised; `tokenizer`
     is a `tokenizer_spec`."""
-    from ray.data import DataContext
-
-    DataContext.get_current().execution_options.preserve_order = True  # reproducible shards
+    # Reproducible without preserve_order: every task handles one read unit or one staging
+    # file, pass 2 orders by `order`, and shards are named by their first document's order.
     staging, shards = out_dir / "staging", out_dir / "shards"
     for path in (staging, shards):
         shutil.rmtree(path, ignore_errors=True)
@@ -236,24 +235,22 @@ def dedupe_pass(cfg: CorpusConfig, table: pa.Table, units: list[dict], out_dir: 
 
     order = table["order"].to_numpy()
     valid = pc.equal(table["reject"], "").to_numpy(zero_copy_only=False)
-    idx = np.flatnonzero(valid)
     sig = np.concatenate([c.flatten().to_numpy() for c in table["minhash"].chunks]
-                         or [np.zeros(0, np.uint16)])
+                         or [np.zeros(0, np.uint16)]).reshape(len(table), -1)
+    table = table.drop_columns(["minhash"])  # the one large column; numpy holds it now
     pos, kind, kept = dedupe.find_duplicates(
-        order[idx], table["content_hash"].to_numpy()[idx], sig.reshape(len(table), -1)[idx],
-        cfg.minhash_bands, cfg.minhash_rows, cfg.near_dup_threshold)
+        order, table["content_hash"].to_numpy(), sig, cfg.minhash_bands, cfg.minhash_rows,
+        cfg.near_dup_threshold, members=np.flatnonzero(valid))
     del sig
-    dup_rows, kept_rows = idx[pos], idx[kept]
-    location, doc_id = table["location"].to_numpy(False), table["doc_id"].to_numpy(False)
     pq.write_table(pa.table({
-        "location": location[dup_rows], "doc_id": doc_id[dup_rows],
-        "kind": np.where(kind == 0, "exact", "near"), "kept_location": location[kept_rows],
-    }, schema=DUPLICATES_SCHEMA), out_dir / "duplicates.parquet")
+        "location": table["location"].take(pos), "doc_id": table["doc_id"].take(pos),
+        "kind": np.where(kind == 0, "exact", "near"),
+        "kept_location": table["location"].take(kept)}, schema=DUPLICATES_SCHEMA),
+        out_dir / "duplicates.parquet")
 
     is_dup = np.zeros(len(table), bool)
-    is_dup[dup_rows] = True
-    quality = table["quality"].to_numpy(False)
-    low = valid & ~is_dup & (quality != "")
+    is_dup[pos] = True
+    low = valid & ~is_dup & pc.not_equal(table["quality"], "").to_numpy(zero_copy_only=False)
     kept_mask = valid & ~is_dup & ~low
     _write_quarantine(out_dir / "staging", ~valid | low, order, out_dir / "quarantine.parquet")
     metrics = _counts(table, units, valid, is_dup, kind, low, kept_mask)
@@ -262,28 +259,26 @@ def dedupe_pass(cfg: CorpusConfig, table: pa.Table, units: list[dict], out_dir: 
 
 
 def _write_quarantine(staging: Path, mask: np.ndarray, order: np.ndarray, path: Path) -> None:
-    """Rejected and low-quality rows of the staging files, streamed into one Parquet file."""
+    """Rejected and low-quality rows of the staging files, in corpus order, into one Parquet
+    file (they are few: at most max_reject_fraction plus the low-quality share)."""
     import pyarrow.compute as pc
     import pyarrow.dataset as pads
     import pyarrow.parquet as pq
 
-    wanted = pa.array(order[mask])
-    scanner = pads.dataset(str(staging), format="parquet").scanner(
+    rows = pads.dataset(str(staging), format="parquet").to_table(
         columns=["order", "location", "source", "doc_id", "reject", "quality", "snippet"],
-        filter=pc.field("order").isin(wanted))
-    with pq.ParquetWriter(path, QUARANTINE_SCHEMA) as writer:
-        for batch in scanner.to_batches():
-            reject, qual = batch["reject"].to_pylist(), batch["quality"].to_pylist()
-            writer.write_table(pa.table({
-                "location": batch["location"], "source": batch["source"],
-                "doc_id": batch["doc_id"], "snippet": batch["snippet"],
-                "reason": [r or f"quality:{q}" for r, q in zip(reject, qual, strict=True)],
-            }, schema=QUARANTINE_SCHEMA))
+        filter=pc.field("order").isin(pa.array(order[mask]))).sort_by("order")
+    reason = [r or f"quality:{q}" for r, q in zip(rows["reject"].to_pylist(),
+                                                    rows["quality"].to_pylist(), strict=True)]
+    pq.write_table(pa.table({"location": rows["location"], "source": rows["source"],
+                             "doc_id": rows["doc_id"], "reason": reason,
+                             "snippet": rows["snippet"]}, schema=QUARANTINE_SCHEMA), path)
 
 
 def _counts(table: pa.Table, units: list[dict], valid: np.ndarray, is_dup: np.ndarray,
             dup_kind: np.ndarray, low: np.ndarray, kept: np.ndarray) -> dict[str, Any]:
-    """The manifest's per-step counts; read = rejected + duplicates + low_quality + kept."""
+    """The manifest's per-step counts; read = rejected + duplicates + low_quality + kept.
+    rejects_by_source names the 20 files or shards with the most malformed records."""
     source = table["source"].to_numpy(False)
     reject, quality = table["reject"].to_numpy(False), table["quality"].to_numpy(False)
     unit_uri = np.array([u["uri"] for u in units], dtype=object)
@@ -294,7 +289,7 @@ def _counts(table: pa.Table, units: list[dict], valid: np.ndarray, is_dup: np.nd
                       "near_duplicates": int((dup_kind == 1).sum()),
                       "low_quality": int(low.sum()), "kept": int(kept.sum())},
         "rejects_by_reason": dict(Counter(reject[~valid].tolist())),
-        "rejects_by_source": dict(Counter(origin[~valid].tolist()).most_common()),
+        "rejects_by_source": dict(Counter(origin[~valid].tolist()).most_common(20)),
         "low_quality_by_reason": dict(Counter(quality[low].tolist())),
         "by_source": {s: {"read": int((source == s).sum()),
                           "kept": int((kept & (source == s)).sum())} for s in SOURCES},

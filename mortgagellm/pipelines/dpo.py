@@ -119,8 +119,8 @@ def dpo_batch(rows: list[dict], device: Any) -> dict[str, Any]:
         for row in rows:
             seqs.append(torch.tensor(row["prompt_ids"] + row[side], dtype=torch.long))
             masks.append(torch.tensor([0] * len(row["prompt_ids"]) + [1] * len(row[side])))
-    batch = {"input_ids": pad(seqs, 0), "attention_mask": pad([torch.ones_like(s) for s in seqs], 0),
-             "completion_mask": pad(masks, 0)}
+    batch = {"input_ids": pad(seqs, 0), "completion_mask": pad(masks, 0),
+             "attention_mask": pad([torch.ones_like(s) for s in seqs], 0)}
     return {k: v.to(device) for k, v in batch.items()}
 
 

@@ -17,7 +17,7 @@ from mortgagellm.manifest import Manifest
 
 log = logging.getLogger(__name__)
 
-STAGES: tuple[str, ...] = ("bootstrap",)
+STAGES: tuple[str, ...] = ("bootstrap", "corpus", "pretrain", "sft", "dpo")
 
 
 def stage_dir(recipe: Recipe, stage: str) -> Path:

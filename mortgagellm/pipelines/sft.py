@@ -38,8 +38,9 @@ from mortgagellm.pipelines.recipe import require_manifest, stage_dir
 
 log = logging.getLogger(__name__)
 SFT_FIELDS = ("task", "prompt", "answer", "document", "truth")
-LABEL_TOKENS = 16
-"""Generation budget of a held-out label answer (the longest label is a few tokens)."""
+LABEL_TOKENS = 24
+"""Generation budget of a held-out label answer: the longest label, regulatory_explanation, is
+16 tokens of the tiny preset's 640-token BPE, plus <|eot_id|>."""
 
 
 # ---- shared with dpo: inputs, prompt fitting, rows, worker config, loading ---------------------

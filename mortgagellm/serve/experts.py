@@ -52,8 +52,8 @@ class Expert:
             return
         model, tokenizer = engine.load_model(config["model"], self.threads)
         # Tier 2's content-free prior (routing.fewshot_probabilities) belongs to the model.
-        prior = engine.label_logprobs(model, tokenizer, routing.fewshot_messages(routing.CONTENT_FREE, 16),
-                                      ROUTES)
+        prior = engine.label_logprobs(
+            model, tokenizer, routing.fewshot_messages(routing.CONTENT_FREE, 16), ROUTES)
         self.model, self.tokenizer, self.prior = model, tokenizer, prior
         self.version, self.model_dir = config["version"], config["model"]
         log.info("%s expert serves version %s from %s", self.role, self.version, self.model_dir)
@@ -95,6 +95,11 @@ class Expert:
         async for delta in self._decode(job):
             yield {"text": delta.text, "finish_reason": delta.finish_reason,
                    "completion_tokens": delta.completion_tokens}
+
+    async def complete(self, request: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """All of generate()'s items in one reply: a request that is not streamed to its client
+        crosses Ray once instead of once per token."""
+        return [item async for item in self.generate(request)]
 
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.01)
     async def _decode(self, jobs: list[engine.GenRequest]) -> AsyncIterator[list]:

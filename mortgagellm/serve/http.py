@@ -169,7 +169,7 @@ async def stream_events(router: Any, endpoint: str, body: Any, stream: Any, firs
         if endpoint == "chat":
             yield oa.sse(oa.chat_chunk(rid, model, {"role": "assistant", "content": ""}, None,
                                        meta))
-        async for item in stream:
+        while (item := await router.next_item(stream)) is not None:
             texts.append(item["text"])
             last = item
             yield oa.sse(oa.chat_chunk(rid, model, {"content": item["text"]},
@@ -183,6 +183,9 @@ async def stream_events(router: Any, endpoint: str, body: Any, stream: Any, firs
         log.warning("expert lost mid-stream: %s", err)
         yield oa.sse(oa.error_body(f"the expert failed mid-answer: {err}", "server_error",
                                    "expert_unavailable"))
+    except ApiError as err:  # the expert stalled past serve.router.expert_timeout_s
+        status = err.status
+        yield oa.sse(oa.error_body(err.message, "server_error", err.code))
     finally:
         stream.cancel()
         router.record(endpoint, status, started, event | {

@@ -15,7 +15,6 @@ import os
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
 
 from mortgagellm.config import Recipe, load_recipe
 from mortgagellm.serve import app as serve_app
@@ -24,8 +23,8 @@ from mortgagellm.serve import registry
 log = logging.getLogger(__name__)
 CLUSTER_FILE = "cluster.json"
 DEMO_REQUESTS = (
-    "Classify the underwriting decision of this loan file as approve, refer or deny.\n\n"
-    "Borrower: Alex Kim. Credit score 742. DTI 31%. LTV 78%. Employment: 6 years, salaried.",
+    ("Classify the underwriting decision of this loan file as approve, refer or deny.\n\n"
+     "Borrower: Alex Kim. Credit score 742. DTI 31%. LTV 78%. Employment: 6 years, salaried."),
     "Can you explain escrow in plain English?",
 )
 

@@ -13,7 +13,6 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,6 @@ from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
 from mortgagellm.config import ServeConfig
-from mortgagellm.serve import openai_api as oa
 from mortgagellm.serve import routing
 from mortgagellm.serve.audit import AuditLog
 
@@ -100,11 +98,10 @@ class Router:
         return decision
 
     async def answer(self, route: str, payload: dict[str, Any]) -> list[dict[str, Any]]:
-        """The whole stream of an expert's answer; made once more if a replica dies meanwhile."""
+        """All items of an expert's answer in one reply; asked once more if a replica dies."""
         for attempt in (0, 1):
-            stream = self.experts[route].options(stream=True).generate.remote(payload)
             try:
-                return await self._expert_call(_collect(stream))
+                return await self._expert_call(self.experts[route].complete.remote(payload))
             except RETRIED as err:
                 if attempt:
                     raise ApiError(503, f"the {route} expert failed twice: {err}",
@@ -124,6 +121,14 @@ class Router:
                                    "expert_unavailable") from err
                 log.warning("%s expert replica lost (%s); retrying once", route, err)
         raise AssertionError("unreachable")
+
+    async def next_item(self, stream: Any) -> dict[str, Any] | None:
+        """The next item of an open expert stream, None at its end; a stall is a 504, never a
+        hang."""
+        try:
+            return await self._expert_call(stream.__anext__())
+        except StopAsyncIteration:
+            return None
 
     async def _expert_call(self, awaitable: Any) -> Any:
         """Await an expert with the recipe's timeout; overload becomes 503, slowness 504."""
@@ -153,9 +158,6 @@ class Router:
                                        "latency_ms": round((time.perf_counter() - started) * 1e3,
                                                            2)})
 
-
-async def _collect(stream: AsyncIterator[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [item async for item in stream]
 
 
 def new_request_id(prefix: str) -> str:

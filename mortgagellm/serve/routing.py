@@ -1,7 +1,7 @@
 """Routing: which expert answers a request. Pure functions; the Router deployment calls them.
 
 Tier 1 is a character n-gram TF-IDF + logistic regression read over the request's head and tail,
-temperature-calibrated, evaluated in plain Python (no sklearn on the request path; p99 well under 2 ms).
+temperature-calibrated, evaluated in plain Python (no sklearn on the request path; p99 ~1 ms).
 Tier 2 is the paper's few-shot self-classification: the structured expert scores each route's
 log-probability after a few-shot prompt (engine.label_logprobs, one forward pass); this module
 only builds that prompt and turns the scores into probabilities. `route` combines them with the
@@ -99,7 +99,7 @@ class Tier1:
                            "clip_chars": self.clip_chars, "ngrams": NGRAMS})
 
     @classmethod
-    def from_json(cls, text: str) -> "Tier1":
+    def from_json(cls, text: str) -> Tier1:
         """Inverse of to_json; refuses a file written with other n-gram lengths."""
         data = json.loads(text)
         if tuple(data["ngrams"]) != NGRAMS:

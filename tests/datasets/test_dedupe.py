@@ -36,6 +36,13 @@ def test_find_duplicates_keeps_the_earliest_copy():
         [(30, 0, 10), (40, 1, 20)]
 
 
+def test_find_duplicates_ignores_rows_outside_members():
+    order, hashes = np.arange(3), np.array([5, 5, 5], np.uint64)  # three exact copies
+    sig = np.zeros((3, 12), np.uint16)
+    pos, _, kept = dedupe.find_duplicates(order, hashes, sig, 4, 3, 0.75, members=np.array([1, 2]))
+    assert pos.tolist() == [2] and kept.tolist() == [1]  # row 0 (a rejected record) takes no part
+
+
 def test_find_duplicates_needs_agreement_not_only_a_shared_band():
     order = np.arange(2)
     sig = np.array([np.arange(12), np.arange(12)], np.uint16)

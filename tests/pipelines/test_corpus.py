@@ -16,6 +16,7 @@ from mortgagellm.config import CorpusConfig, load_recipe
 from mortgagellm.datasets import mortgage, readers
 from mortgagellm.datasets.schemas import PACKED_SCHEMA, QUARANTINE_SCHEMA
 from mortgagellm.pipelines import corpus
+from mortgagellm.pipelines.recipe import run_stage
 
 REGULATION = (Path(__file__).resolve().parents[2].parent / "shared" / "corpora" /
               "cfpb-regulations" / "reg-h-1008-2011-31730.xml")
@@ -138,7 +139,10 @@ def write_user_corpus(root: Path) -> dict[str, str]:
 
 
 @pytest.mark.integration
-def test_corpus_stage_end_to_end(ray_cluster, tiny_pair, tiny_recipe_path, tmp_path, caplog):
+def test_corpus_stage_end_to_end(ray_cluster, tiny_recipe_path, tmp_path, caplog):
+    # The tiny pair, built through its own stage: tiny_pair runs the whole recipe, which now
+    # includes this stage and later ones.
+    boot = run_stage(load_recipe(tiny_recipe_path), "bootstrap")
     expected_rejects = write_user_corpus(tmp_path / "user")
     recipe = load_recipe(tiny_recipe_path, {
         "corpus.synthetic_docs": 2000, "corpus.synthetic_shards": 4,
@@ -183,7 +187,7 @@ def test_corpus_stage_end_to_end(ray_cluster, tiny_pair, tiny_recipe_path, tmp_p
     assert len(tokens) == metrics["packed"]["tokens"]
     from transformers import AutoTokenizer
 
-    text = AutoTokenizer.from_pretrained(tiny_pair.output_path("base")).decode(
+    text = AutoTokenizer.from_pretrained(boot.output_path("base")).decode(
         tokens.tolist(), skip_special_tokens=True)
     assert "Kiwi orchard escrow question" in text  # the canary document is in the shards ...
     assert [v for v in CANARY.values() if v in text] == []  # ... with none of its PII

@@ -8,7 +8,6 @@ import math
 import pytest
 import torch
 
-from mortgagellm import manifest
 from mortgagellm.pipelines import dpo
 from tests.pipelines.test_sft import make_run, weights
 

@@ -200,7 +200,6 @@ def dapt(tiny_pair, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def paths(tiny_pair, dapt):
-
     return {"base": Path(tiny_pair.output_path("base")),
             "instruct": Path(tiny_pair.output_path("instruct")), "dapt": dapt}
 
@@ -235,10 +234,13 @@ def test_streamed_model_equals_in_memory_reference_bit_for_bit(paths, tmp_path):
     summary = residual.write_merged(paths, plan, tmp_path / "merged", max_shard_mb=0.2)
     assert summary["shards"] > 1 and summary["tensors"] == len(load_dir(paths["base"]))
 
-    reference = merge_state(*(load_dir(paths[r]) for r in ("dapt", "instruct", "base")), plan)
+    dapt, instruct, base = (load_dir(paths[r]) for r in ("dapt", "instruct", "base"))
+    reference = merge_state(dapt, instruct, base, plan)
     streamed = load_dir(tmp_path / "merged")
     assert streamed.keys() == reference.keys()
     assert all(same_bits(streamed[n], reference[n]) for n in reference)
+    name = "model.layers.0.mlp.up_proj.weight"  # and the reference is the formula
+    torch.testing.assert_close(streamed[name], dapt[name] + 0.5 * (instruct[name] - base[name]))
 
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "merged")
     assert all(same_bits(t, reference[n]) for n, t in model.state_dict().items())

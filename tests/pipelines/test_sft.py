@@ -97,7 +97,8 @@ def test_chat_rendering_ends_prompt_at_assistant_header_and_answer_at_eot(tokeni
 
 
 def test_sft_batch_puts_loss_on_answer_tokens_only():
-    rows = [{"input_ids": [5, 6, 7, 8], "prompt_len": 3}, {"input_ids": [9, 10, 11], "prompt_len": 1}]
+    rows = [{"input_ids": [5, 6, 7, 8], "prompt_len": 3},
+            {"input_ids": [9, 10, 11], "prompt_len": 1}]
     batch = sft.sft_batch(rows, "cpu")
     assert batch["input_ids"].tolist() == [[5, 6, 7, 8], [9, 10, 11, 0]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 1, 0]]
@@ -124,6 +125,25 @@ def test_missing_residual_output_names_the_stage_to_run(tiny_pair, tmp_path):
     (manifest.Path(recipe.run.output_dir) / "residual" / "manifest.json").unlink()
     with pytest.raises(FileNotFoundError, match="run `mortgagellm residual` first"):
         sft.run(recipe)
+
+
+def test_task_sets_come_from_the_corpus_manifest_or_are_built_here(tiny_pair, tmp_path):
+    recipe = make_run(tmp_path, tiny_pair)
+    run = manifest.Path(recipe.run.output_dir)
+    config, inputs = sft.task_source(recipe, "build")  # identified by the sizes and the seed
+    assert inputs == {} and config["tasks"]["sft_per_task"] == 48
+    manifest.write(str(run / "corpus"), manifest.Manifest(stage="corpus", fingerprint="t",
+                                                          config={}))
+    with pytest.raises(FileNotFoundError, match="no 'tasks' output; set task_source: build"):
+        sft.task_source(recipe, "corpus")
+    (run / "corpus" / "tasks").mkdir()
+    (run / "corpus" / "tasks" / "sft_train.parquet").write_bytes(b"stand-in")
+    manifest.write(str(run / "corpus"), manifest.Manifest(
+        stage="corpus", fingerprint="t", config={},
+        outputs={"tasks": manifest.artifact(run / "corpus" / "tasks")}))
+    config, inputs = sft.task_source(recipe, "corpus")  # identified by the files' hash
+    assert config == {} and inputs["tasks"]["uri"] == str(run / "corpus" / "tasks")
+    assert sft.task_dir(recipe, "corpus", run / "sft") == run / "corpus" / "tasks"
 
 
 # ---- integration ---------------------------------------------------------------------------------
@@ -198,8 +218,9 @@ def test_lora_adapter_export_equals_merged_export_and_resumes(tiny_pair, tmp_pat
     assert (adapter_dir / "adapter_config.json").exists()
     out = manifest.Path(recipe.run.output_dir) / "sft"
     checkpoint = sorted((out / "checkpoints").glob("step_*"))[-1]
-    merged_dir = sft.export_model(checkpoint, out.parent / "residual" / "merged", tmp_path / "merged",
-                                  "lora", recipe.sft.lora.model_dump(), 2, merge=True)
+    start_dir = out.parent / "residual" / "merged"
+    merged_dir = sft.export_model(checkpoint, start_dir, tmp_path / "merged", "lora",
+                                  recipe.sft.lora.model_dump(), 2, merge=True)
     ids = torch.tensor([[1, 40, 41, 300, 12, 7, 99, 5]])
     with torch.no_grad():
         a = AutoPeftModelForCausalLM.from_pretrained(adapter_dir).eval()(input_ids=ids).logits

@@ -3,6 +3,7 @@ first altered, missing or reordered record; retention deletes old day files."""
 
 import datetime as dt
 import hashlib
+import itertools
 import json
 import threading
 
@@ -30,7 +31,7 @@ def test_records_are_redacted_hashed_and_chained(tmp_path):
     records = [json.loads(line) for line in path.read_text().splitlines()]
     assert [r["seq"] for r in records] == [0, 1, 2, 3, 4]
     assert records[0]["prev"] == audit.GENESIS
-    for before, after in zip(records, records[1:]):
+    for before, after in itertools.pairwise(records):
         assert after["prev"] == before["hash"]
     first = records[0]
     assert first["input_sha256"] == hashlib.sha256(EVENT["prompt"].encode()).hexdigest()
@@ -65,7 +66,7 @@ def rewrite(path, change):
 
 def test_verify_names_an_altered_record(tmp_path):
     path = write_log(tmp_path)
-    rewrite(path, lambda lines: lines.__setitem__(2, lines[2].replace("structured", "conversational")))
+    rewrite(path, lambda lines: lines.__setitem__(2, lines[2].replace("structured", "chat")))
     report = audit.verify(path)
     assert not report.ok and report.records == 2
     assert "line 3: record seq 2 was altered" in report.problem

@@ -81,7 +81,7 @@ def test_stop_sequence_cuts_the_answer(instruct):
 
 def test_sampling_is_reproducible_by_seed(instruct):
     model, tokenizer = instruct
-    request = dict(temperature=1.0, top_p=0.95, max_tokens=20)
+    request = {"temperature": 1.0, "top_p": 0.95, "max_tokens": 20}
     first = run(model, tokenizer, [chat(tokenizer, PROMPTS[1], seed=7, **request)])
     again = run(model, tokenizer, [chat(tokenizer, PROMPTS[1], seed=7, **request)])
     assert first[0][0] == again[0][0]
