@@ -23,8 +23,11 @@ $(STAMP): pyproject.toml constraints/cpu.txt
 	$(PY) -m pip install -q -c constraints/cpu.txt -e ".[dev]"
 	touch $(STAMP)
 
+# The recipe's stages, then the served app answers one structured and one conversational
+# request (printed with their routes) and stops.
 demo: install
 	$(VENV)/bin/mortgagellm run configs/cpu-demo.yaml
+	$(VENV)/bin/mortgagellm serve configs/cpu-demo.yaml --demo
 
 test: install
 	$(PY) -m pytest -m "not gpu and not slow" $(PYTEST_ARGS)

@@ -9,8 +9,9 @@ Run: .venv/bin/python benchmarks/corpus.py [--docs 40000] [--num-cpus 4]
 Memory is the proportional set size (PSS) summed over this process and every process it started
 (the Ray head, raylet and workers), sampled every second: shared object-store pages are counted
 once, not once per process that maps them. CPU seconds are summed over the same processes; on a
-shared machine (see load_avg_1m, at start and end) docs per CPU second is the steadier number. Input: the generator (noise on) plus the three CFPB
-regulations; the tokenizer is a 1,024-token byte-level BPE trained here like the small preset's.
+shared machine (see load_avg_1m, at start and end) docs per CPU second is the steadier number.
+Input: the generator (noise on) plus the three CFPB regulations; the tokenizer is a 1,024-token
+byte-level BPE trained here like the small preset's.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import psutil
 import pyarrow.parquet as pq
 
 from mortgagellm.config import CorpusConfig, RayConfig
-from mortgagellm.datasets import dedupe, readers
+from mortgagellm.datasets import batches, dedupe, readers
 from mortgagellm.datasets.schemas import PACKED_SCHEMA
 from mortgagellm.datasets.splits import purpose_seed
 from mortgagellm.pipelines import corpus
@@ -101,7 +102,7 @@ def plain_loop(cfg: CorpusConfig, spec: dict, out_dir: Path, threads: bool = Fal
     `threads` lets the Rust tokenizer use its own thread pool (off in the stage's workers)."""
     tokenizer = corpus.load_tokenizer(spec["file"])  # (turns the pool off)
     os.environ["TOKENIZERS_PARALLELISM"] = "true" if threads else "false"
-    settings, salt = cfg.model_dump(mode="json", exclude={"tasks"}), corpus._salt(SEED)
+    settings, salt = cfg.model_dump(mode="json", exclude={"tasks"}), corpus.pii_salt(SEED)
     units = readers.plan_units(cfg.synthetic_docs, cfg.synthetic_shards,
                                purpose_seed(SEED, "corpus"), cfg.regulations, cfg.user_corpora)
     keep = ("order", "source", "text", "reject", "quality", "content_hash", "minhash")
@@ -132,7 +133,8 @@ def plain_loop(cfg: CorpusConfig, spec: dict, out_dir: Path, threads: bool = Fal
         packed, _ = corpus.pack_shard(shard, drop, dict(cfg.mixture), purpose_seed(SEED, "corpus"),
                                       cfg.seq_len, tokenizer, spec)
         if packed["input_ids"]:
-            pq.write_table(corpus.to_arrow(packed, PACKED_SCHEMA), out_dir / f"{start:09d}.parquet")
+            pq.write_table(batches.to_arrow(packed, PACKED_SCHEMA),
+                           out_dir / f"{start:09d}.parquet")
         rows += len(packed["input_ids"])
         tokens += int(sum(np.count_nonzero(s) for s in packed["segment_ids"]))
     return {"read": len(order), "kept": int(kept.sum()), "rows": rows, "tokens": tokens}

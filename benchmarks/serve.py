@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import socket
 import statistics
 import tempfile
@@ -110,8 +111,8 @@ def main() -> None:
         f"max_queued_requests: 64}}\n")
     recipe = load_recipe(config)
     routing_times = tier1_latency(recipe)
-    init_ray(RayConfig(num_cpus=4, object_store_mb=128,
-                       temp_dir=tempfile.mkdtemp(prefix="mllm-bs-", dir="/tmp")), work / "run")
+    ray_dir = tempfile.mkdtemp(prefix="mllm-bs-", dir="/tmp")  # short: socket path limit
+    init_ray(RayConfig(num_cpus=4, object_store_mb=128, temp_dir=ray_dir), work / "run")
     try:
         url = ops.start(ops.app_args(str(config), []))
         expert = serve.get_deployment_handle("ConversationalExpert", recipe.serve.app_name)
@@ -150,6 +151,8 @@ def main() -> None:
     finally:
         serve.shutdown()
         ray.shutdown()
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(ray_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -65,5 +65,5 @@ def tiny_pair(tiny_recipe_path):
     from mortgagellm.pipelines.recipe import run_recipe
 
     recipe = load_recipe(tiny_recipe_path)
-    (manifest,) = run_recipe(recipe)
+    (manifest,) = run_recipe(recipe, last="bootstrap")
     return manifest

@@ -111,13 +111,18 @@ def read_unit(unit: dict, max_chars: int, text_field: str = "text", id_field: st
         yield from _batches(iter([_row(unit, 0, unit["uri"], reject="unsupported_format",
                                        snippet=f"no reader for {unit['uri']}")]), 1)
         return
+    rows = readers[unit["format"]](unit, max_chars, text_field, id_field)
+    yield from _batches(_until_unreadable(rows, unit), batch_rows)
+
+
+def _until_unreadable(rows: Iterator[dict], unit: dict) -> Iterator[dict]:
+    """The rows, then one unreadable_file reject if reading fails (missing, truncated or
+    corrupt file); rows read before the failure are kept."""
     try:
-        yield from _batches(readers[unit["format"]](unit, max_chars, text_field, id_field),
-                            batch_rows)
+        yield from rows
     except (OSError, pa.ArrowException) as err:
-        # Missing, unreadable or corrupt file: one reject, numbered after any rows already read.
-        yield from _batches(iter([_row(unit, _LAST_ROW, unit["uri"], reject="unreadable_file",
-                                       snippet=f"{type(err).__name__}: {err}")]), 1)
+        yield _row(unit, _LAST_ROW, unit["uri"], reject="unreadable_file",
+                   snippet=f"{type(err).__name__}: {err}")
 
 
 def _synthetic(unit: dict, max_chars: int, *_: str) -> Iterator[dict]:

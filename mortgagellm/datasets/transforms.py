@@ -161,7 +161,16 @@ def quality(batch: dict, min_words: int, max_symbol_fraction: float,
     return {**batch, "quality": reasons, "snippet": snippets}
 
 
-# --- tokenize, mix, pack ---------------------------------------------------------------------
+# --- select, tokenize, mix, pack ------------------------------------------------------------
+
+
+def select(batch: dict, drop: np.ndarray) -> dict:
+    """Batch transform: the rows whose `order` is not in the sorted array `drop`."""
+    order = np.asarray(batch["order"])
+    at = np.minimum(np.searchsorted(drop, order), max(0, len(drop) - 1))
+    keep = np.flatnonzero(drop[at] != order) if len(drop) else np.arange(len(order))
+    return {k: [v[i] for i in keep] if isinstance(v, list) else np.asarray(v)[keep]
+            for k, v in batch.items()}
 
 
 def tokenize(batch: dict, tokenizer: Any, bos_id: int, eos_id: int) -> dict:

@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import shutil
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -37,10 +36,10 @@ import pyarrow as pa
 from mortgagellm import manifest
 from mortgagellm.cluster import storage
 from mortgagellm.config import CorpusConfig, Recipe
-from mortgagellm.datasets import dedupe, pii, readers, transforms
+from mortgagellm.datasets import batches, dedupe, pii, readers, transforms
 from mortgagellm.datasets.schemas import DUPLICATES_SCHEMA, PACKED_SCHEMA, QUARANTINE_SCHEMA
 from mortgagellm.datasets.splits import purpose_seed
-from mortgagellm.pipelines.recipe import stage_dir
+from mortgagellm.pipelines.recipe import require_manifest, stage_dir
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +63,7 @@ SHARD_STATS = pa.schema(
 def run(recipe: Recipe, force: bool = False) -> manifest.Manifest:
     """Build the packed corpus (or return the manifest of an identical earlier build)."""
     cfg, out_dir = recipe.corpus, stage_dir(recipe, "corpus")
-    boot = manifest.read(str(stage_dir(recipe, "bootstrap")))
-    if boot is None:
-        raise FileNotFoundError(f"no bootstrap manifest in {stage_dir(recipe, 'bootstrap')}: "
-                                "run `mortgagellm bootstrap` first (the corpus uses its tokenizer)")
+    boot = require_manifest(recipe, "bootstrap")  # its base model's tokenizer
     base = boot.output_path("base")
     _check_seq_len(cfg, base)
     config = {"seed": recipe.run.seed, "corpus": cfg.model_dump(mode="json", exclude={"tasks"})}
@@ -82,7 +78,12 @@ def run(recipe: Recipe, force: bool = False) -> manifest.Manifest:
         return previous
     log.info("corpus: building (%s)", why)
     started, t0 = manifest.now()
-    _ensure_ray(recipe)
+    import ray
+
+    from mortgagellm.cluster.runtime import init_ray
+
+    if not ray.is_initialized():
+        init_ray(recipe.ray, recipe.run.output_dir)
     metrics = build(cfg, recipe.run.seed, tokenizer_spec(base), out_dir)
     outputs = {name: manifest.artifact(out_dir / name)
                for name in ("shards", "quarantine.parquet", "duplicates.parquet")}
@@ -153,13 +154,13 @@ def clean_pass(cfg: CorpusConfig, seed: int, units: list[dict]):
     return ds.map_batches(_clean, batch_size=None, batch_format="pyarrow",
                           num_cpus=cfg.cpus_per_task,
                           fn_kwargs={"cfg": cfg.model_dump(mode="json", exclude={"tasks"}),
-                                     "salt": _salt(seed)})
+                                     "salt": pii_salt(seed)})
 
 
 def _read(units: pa.Table, max_chars: int, text_field: str, id_field: str, batch_rows: int):
     for unit in units.to_pylist():
         for batch in readers.read_unit(unit, max_chars, text_field, id_field, batch_rows):
-            yield to_arrow(batch, readers.RAW_SCHEMA)
+            yield batches.to_arrow(batch, readers.RAW_SCHEMA)
 
 
 def clean(batch: dict, cfg: dict, salt: str) -> dict:
@@ -174,7 +175,7 @@ def clean(batch: dict, cfg: dict, salt: str) -> dict:
 
 
 def _clean(table: pa.Table, cfg: dict, salt: str) -> pa.Table:
-    return to_arrow(clean(to_columns(table), cfg, salt), STAGING_SCHEMA)
+    return batches.to_arrow(clean(batches.to_columns(table), cfg, salt), STAGING_SCHEMA)
 
 
 def tokenizer_spec(base: str) -> dict[str, Any]:
@@ -209,7 +210,8 @@ def load_tokenizer(file: str) -> Any:
     return Tokenizer.from_file(file)
 
 
-def _salt(seed: int) -> str:
+def pii_salt(seed: int) -> str:
+    """The key surrogates derive from, per run seed (pii.document_key adds the text)."""
     return f"corpus-pii:{purpose_seed(seed, 'corpus')}"
 
 
@@ -329,11 +331,11 @@ def pack_pass(cfg: CorpusConfig, seed: int, staging: Path, drop: np.ndarray,
 
     files = sorted(str(p) for p in staging.glob("*.parquet"))
     ds = ray.data.from_items([{"file": f} for f in files], override_num_blocks=len(files))
+    kwargs = {"drop": drop, "weights": dict(cfg.mixture), "salt": purpose_seed(seed, "corpus"),
+              "seq_len": cfg.seq_len, "docs_per_shard": cfg.docs_per_shard,
+              "tokenizer": tokenizer, "out_dir": str(shards)}
     return ds.map_batches(_pack_file, batch_size=1, batch_format="pyarrow",
-                          num_cpus=cfg.cpus_per_task, fn_kwargs={
-        "drop": drop, "weights": dict(cfg.mixture), "salt": purpose_seed(seed, "corpus"),
-        "seq_len": cfg.seq_len, "docs_per_shard": cfg.docs_per_shard, "tokenizer": tokenizer,
-        "out_dir": str(shards)})
+                          num_cpus=cfg.cpus_per_task, fn_kwargs=kwargs)
 
 
 def _pack_file(files: pa.Table, docs_per_shard: int, **kwargs: Any):
@@ -345,20 +347,12 @@ def _pack_file(files: pa.Table, docs_per_shard: int, **kwargs: Any):
             yield _pack_shard(pa.Table.from_batches([batch]), **kwargs)
 
 
-def select(batch: dict, drop: np.ndarray) -> dict:
-    """Batch transform: the rows whose `order` is not in the sorted array `drop`."""
-    order = np.asarray(batch["order"])
-    at = np.minimum(np.searchsorted(drop, order), max(0, len(drop) - 1))
-    keep = np.flatnonzero(drop[at] != order) if len(drop) else np.arange(len(order))
-    return {k: [v[i] for i in keep] if isinstance(v, list) else np.asarray(v)[keep]
-            for k, v in batch.items()}
-
-
 def pack_shard(batch: dict, drop: np.ndarray, weights: dict, salt: int, seq_len: int,
                tokenizer: Any, ids: dict[str, int]) -> tuple[dict, dict]:
     """Pass 3 on one shard's documents: (packed columns, document tokens per source).
     `tokenizer` is a tokenizers.Tokenizer, `ids` its bos_id, eos_id and pad_id."""
-    batch = transforms.tokenize(select(batch, drop), tokenizer, ids["bos_id"], ids["eos_id"])
+    batch = transforms.tokenize(transforms.select(batch, drop), tokenizer, ids["bos_id"],
+                                ids["eos_id"])
     sources = np.asarray(batch["source"], dtype=object)
     per_source = {s: int(batch["n_tokens"][sources == s].sum()) for s in SOURCES}
     batch = transforms.mix(batch, weights, salt)
@@ -371,7 +365,7 @@ def _pack_shard(table: pa.Table, drop: np.ndarray, weights: dict, salt: int, seq
     sort in corpus order, and a retried task rewrites the same file); its SHARD_STATS row."""
     import pyarrow.parquet as pq
 
-    batch = to_columns(table)
+    batch = batches.to_columns(table)
     packed, per_source = pack_shard(batch, drop, weights, salt, seq_len,
                                     load_tokenizer(tokenizer["file"]), tokenizer)
     if not packed["input_ids"]:
@@ -379,45 +373,10 @@ def _pack_shard(table: pa.Table, drop: np.ndarray, weights: dict, salt: int, seq
     name = f"shard-{int(np.min(batch['order'])):016x}.parquet"
     filesystem, path = storage.filesystem(f"{out_dir}/{name}")
     filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    pq.write_table(to_arrow(packed, PACKED_SCHEMA), path, filesystem=filesystem)
+    pq.write_table(batches.to_arrow(packed, PACKED_SCHEMA), path, filesystem=filesystem)
     tokens = int(sum(np.count_nonzero(s) for s in packed["segment_ids"]))
     return pa.table({"file": [name], "rows": [len(packed["input_ids"])], "tokens": [tokens],
                      **{f"{s}_tokens": [n] for s, n in per_source.items()}}, schema=SHARD_STATS)
-
-
-# --- Arrow <-> column dicts ------------------------------------------------------------------
-
-
-def to_columns(table: pa.Table) -> dict:
-    """Arrow table -> dict: strings as lists, int lists as lists of numpy arrays, numbers as
-    numpy arrays (the batch form every transform takes)."""
-    out: dict = {}
-    for name in table.column_names:
-        col = table[name].combine_chunks()
-        if pa.types.is_list(col.type) or pa.types.is_large_list(col.type):
-            values, offsets = col.flatten().to_numpy(), col.offsets.to_numpy()
-            out[name] = [values[a:b] for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
-        elif pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
-            out[name] = col.to_pylist()
-        else:
-            out[name] = col.to_numpy(zero_copy_only=False)
-    return out
-
-
-def to_arrow(batch: dict, schema: pa.Schema) -> pa.Table:
-    """Column dict -> Arrow table with exactly `schema`'s columns and types."""
-    arrays = []
-    for field in schema:
-        values = batch[field.name]
-        if pa.types.is_list(field.type):
-            lengths = np.fromiter((len(v) for v in values), np.int64, len(values))
-            offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
-            flat = np.concatenate(values) if len(values) else np.zeros(0)
-            arrays.append(pa.ListArray.from_arrays(
-                pa.array(offsets), pa.array(flat.astype(field.type.value_type.to_pandas_dtype()))))
-        else:
-            arrays.append(pa.array(values, type=field.type))
-    return pa.Table.from_arrays(arrays, schema=schema)
 
 
 # --- inputs and Ray --------------------------------------------------------------------------
@@ -440,14 +399,3 @@ def _check_seq_len(cfg: CorpusConfig, base: str) -> None:
     if limit and cfg.seq_len > limit:
         raise ValueError(f"corpus.seq_len {cfg.seq_len} exceeds the base model's "
                          f"max_position_embeddings {limit} ({base})")
-
-
-def _ensure_ray(recipe: Recipe) -> None:
-    """Start Ray as the recipe says unless this process already has it (ray is not imported
-    before init_ray, which must pin the loopback address first)."""
-    ray = sys.modules.get("ray")
-    if ray is not None and ray.is_initialized():
-        return
-    from mortgagellm.cluster.runtime import init_ray
-
-    init_ray(recipe.ray, recipe.run.output_dir)

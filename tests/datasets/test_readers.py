@@ -102,6 +102,21 @@ def test_unreadable_and_unsupported_files_are_one_reject_each(tmp_path):
     assert row["reject"] == "unsupported_format"
 
 
+def test_a_file_failing_midway_keeps_the_rows_read_before(tmp_path, monkeypatch):
+    path = tmp_path / "c.jsonl"
+    write_bad_jsonl(path)
+    lines = readers._lines
+
+    def failing(*args):
+        yield from list(lines(*args))[:3]
+        raise OSError("connection reset")
+
+    monkeypatch.setattr(readers, "_lines", failing)
+    rows = read_all(user_unit(path, "jsonl"))
+    assert [r["reject"] for r in rows] == ["", "invalid_json", "bad_utf8", "unreadable_file"]
+    assert "connection reset" in rows[-1]["snippet"]
+
+
 def test_text_files_one_document_each(tmp_path):
     (tmp_path / "ok.txt").write_text("A borrower’s note.")
     (tmp_path / "bad.txt").write_bytes(b"caf\xe9 au lait")

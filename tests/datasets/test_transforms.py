@@ -124,6 +124,16 @@ def test_tokenize_wraps_each_document_in_bos_and_eos(tokenizer):
     assert out["n_tokens"].tolist() == [len(ids), len(out["input_ids"][1])]
 
 
+# --- select --------------------------------------------------------------------------------
+
+
+def test_select_drops_the_listed_orders():
+    batch = {"order": np.array([5, 1, 9, 3]), "source": ["a", "b", "c", "d"]}
+    out = transforms.select(batch, np.array([3, 5]))
+    assert out["order"].tolist() == [1, 9] and out["source"] == ["b", "c"]
+    assert transforms.select(batch, np.array([], np.int64))["source"] == ["a", "b", "c", "d"]
+
+
 # --- mix -------------------------------------------------------------------------------------
 
 

@@ -54,7 +54,7 @@ def test_instruct_follows_held_out_format_instructions_better_than_base(tiny_pai
 
 def test_second_run_skips_via_manifest(tiny_pair, tiny_recipe_path, caplog, capsys):
     caplog.set_level(logging.INFO)
-    assert cli.main(["run", str(tiny_recipe_path)]) == 0
+    assert cli.main(["run", str(tiny_recipe_path), "--to", "bootstrap"]) == 0
     assert "up to date" in caplog.text and "skipping" in caplog.text
     printed = capsys.readouterr().out
     assert tiny_pair.output_path("instruct") in printed and "instruct.fidelity" in printed

@@ -13,7 +13,7 @@ import pytest
 
 from mortgagellm.cluster import data
 from mortgagellm.config import CorpusConfig, load_recipe
-from mortgagellm.datasets import mortgage, readers
+from mortgagellm.datasets import batches, mortgage, readers
 from mortgagellm.datasets.schemas import PACKED_SCHEMA, QUARANTINE_SCHEMA
 from mortgagellm.pipelines import corpus
 from mortgagellm.pipelines.recipe import run_stage
@@ -48,8 +48,8 @@ def test_clean_runs_the_transforms_in_order_on_one_batch():
         for name in batch:
             batch[name].append(row[name])
     cfg = CorpusConfig(min_words=5).model_dump(mode="json", exclude={"tasks"})
-    out = corpus.to_columns(corpus.to_arrow(
-        corpus.clean(corpus.to_columns(corpus.to_arrow(batch, readers.RAW_SCHEMA)), cfg, "salt"),
+    out = batches.to_columns(batches.to_arrow(
+        corpus.clean(batches.to_columns(batches.to_arrow(batch, readers.RAW_SCHEMA)), cfg, "salt"),
         corpus.STAGING_SCHEMA))
     assert out["reject"] == ["", "empty_text", "", "invalid_json"]
     assert out["quality"] == ["", "", "too_short", ""]
@@ -85,22 +85,6 @@ def test_workers_tokenizer_matches_the_base_models_tokenizer(tokenizer, tmp_path
     text = "Renée’s escrow: $1,204.55 <p>due</p>"
     assert corpus.load_tokenizer(spec["file"]).encode(text, add_special_tokens=False).ids == \
         hf(text, add_special_tokens=False)["input_ids"]
-
-
-def test_arrow_round_trip_keeps_types():
-    batch = {"input_ids": [np.array([1, 2], np.int32), np.array([], np.int32)],
-             "segment_ids": [np.array([1, 1], np.int32), np.array([], np.int32)]}
-    table = corpus.to_arrow(batch, PACKED_SCHEMA)
-    assert table.schema == PACKED_SCHEMA
-    back = corpus.to_columns(table)
-    assert [a.tolist() for a in back["input_ids"]] == [[1, 2], []]
-
-
-def test_select_drops_the_listed_orders():
-    batch = {"order": np.array([5, 1, 9, 3]), "source": ["a", "b", "c", "d"]}
-    out = corpus.select(batch, np.array([3, 5]))
-    assert out["order"].tolist() == [1, 9] and out["source"] == ["b", "c"]
-    assert corpus.select(batch, np.array([], np.int64))["source"] == ["a", "b", "c", "d"]
 
 
 def test_too_many_rejects_fail_naming_the_worst_sources(tmp_path):
@@ -161,6 +145,10 @@ def test_corpus_stage_end_to_end(ray_cluster, tiny_recipe_path, tmp_path, caplog
     # Regulations weigh 2: their tokens are packed twice, everything else once.
     assert metrics["packed"]["tokens"] == metrics["tokens_kept_documents"] + \
         metrics["by_source"]["regulations"]["tokens"]
+
+    # The file with six bad lines is named first when the rejects pass the limit.
+    with pytest.raises(ValueError, match=r"Worst sources: \S*letters\.jsonl \(6\)"):
+        corpus.check_rejects(metrics, 0.001, Path("q.parquet"))
 
     quarantine = pq.read_table(m.output_path("quarantine.parquet"))
     assert quarantine.schema.remove_metadata() == QUARANTINE_SCHEMA.remove_metadata()

