@@ -17,7 +17,7 @@ from mortgagellm.manifest import Manifest
 
 log = logging.getLogger(__name__)
 
-STAGES: tuple[str, ...] = ("bootstrap", "corpus", "pretrain", "sft", "dpo")
+STAGES: tuple[str, ...] = ("bootstrap", "corpus", "pretrain", "residual", "sft", "dpo")
 
 
 def stage_dir(recipe: Recipe, stage: str) -> Path:
