@@ -54,7 +54,7 @@ def tiny_recipe_path(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny-run")
     path = out / "tiny.yaml"
     path.write_text(f"run:\n  output_dir: {out / 'run'}\n  seed: 0\n"
-                    "bootstrap:\n  preset: tiny\n  eval_instructions: 30\n  threads: 1\n")
+                    "bootstrap:\n  preset: tiny\n  eval_instructions: 30\n")
     return path
 
 
