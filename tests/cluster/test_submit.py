@@ -204,7 +204,7 @@ def _submit_cli(recipe: Path, url: str, overrides: list[str], token: Path | None
     if token is not None:  # the client side of token auth, as a user would set it
         env |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
     cmd = [sys.executable, "-m", "mortgagellm", "submit", str(recipe), "--address", url,
-           *(f"--{o}" for o in overrides)]
+           "--stages", "bootstrap", *(f"--{o}" for o in overrides)]
     return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
                           check=False)
 
