@@ -143,11 +143,12 @@ def main(argv: list[str] | None = None) -> int:
     from mortgagellm.pipelines import recipe as pipeline
 
     if args.command == "run":
-        manifests = pipeline.run_recipe(recipe, args.first, args.last, force=args.force)
-    else:
-        manifests = [pipeline.run_stage(recipe, args.command, force=args.force)]
-    for m in manifests:
-        print(summary(m))
+        # Each stage's summary is printed as soon as it is done, so a later stage's failure
+        # never hides what the earlier ones built and measured.
+        for stage in pipeline.select(args.first, args.last):
+            print(summary(pipeline.run_stage(recipe, stage, force=args.force)), flush=True)
+        return 0
+    print(summary(pipeline.run_stage(recipe, args.command, force=args.force)))
     return 0
 
 
