@@ -21,6 +21,9 @@ $(STAMP): pyproject.toml constraints/cpu.txt
 	$(PY) -m pip install -q $$(grep -E '^torch==' constraints/cpu.txt)
 	DS_BUILD_OPS=0 $(PY) -m pip install -q --no-build-isolation -c constraints/cpu.txt deepspeed
 	$(PY) -m pip install -q -c constraints/cpu.txt -e ".[dev]"
+	# DeepSpeed JIT-compiles its CPU comm op on first use (minutes); build it here, once, so no
+	# training run or test pays for it (or is killed mid-build, leaving a stale lock behind).
+	$(PY) -c "from deepspeed.ops.op_builder.cpu.comm import ShareMemCommBuilder as B; B().load()"
 	touch $(STAMP)
 
 # The recipe's stages, then the served app answers one structured and one conversational
