@@ -107,7 +107,7 @@ def build(cfg: CorpusConfig, seed: int, tokenizer: dict[str, Any], out_dir: Path
                                cfg.synthetic_noise)
     log.info("corpus pass 1/3 (clean): %d read units -> %s", len(units), staging)
     t = time.monotonic()
-    clean_pass(cfg, seed, units).write_parquet(str(staging))
+    clean_pass(cfg, seed, units, staging).materialize()
     timings = {"clean_s": time.monotonic() - t}
 
     t = time.monotonic()
@@ -139,28 +139,35 @@ def build(cfg: CorpusConfig, seed: int, tokenizer: dict[str, Any], out_dir: Path
 # --- pass 1: clean ---------------------------------------------------------------------------
 
 
-def clean_pass(cfg: CorpusConfig, seed: int, units: list[dict]):
-    """The Ray Data dataset of pass 1: read units -> STAGING_SCHEMA rows.
+def clean_pass(cfg: CorpusConfig, seed: int, units: list[dict], staging: Path):
+    """The Ray Data dataset of pass 1: one task per read unit, reading, cleaning and writing it
+    to <staging>/unit-NNNNNN.parquet batch by batch; yields a (unit, rows) row per unit.
 
-    One task per unit: _read and _clean fuse, and _clean takes each block _read yields whole
-    (batch_size=None); a batch size there would make Ray bundle several units into one task.
+    Each task writes its own file: with Ray Data's write_parquet as a second operator, the
+    scheduler split the CPUs between the two operators and ran one clean task at a time.
     """
     import ray
 
     ds = ray.data.from_items(units, override_num_blocks=len(units))
-    ds = ds.map_batches(_read, batch_size=1, batch_format="pyarrow", num_cpus=cfg.cpus_per_task,
-                        fn_kwargs={"max_chars": cfg.max_doc_chars, "text_field": cfg.text_field,
-                                   "id_field": cfg.id_field, "batch_rows": cfg.batch_docs})
-    return ds.map_batches(_clean, batch_size=None, batch_format="pyarrow",
-                          num_cpus=cfg.cpus_per_task,
-                          fn_kwargs={"cfg": cfg.model_dump(mode="json", exclude={"tasks"}),
-                                     "salt": pii_salt(seed)})
+    return ds.map_batches(_clean_unit, batch_size=1, batch_format="pyarrow",
+                          num_cpus=cfg.cpus_per_task, fn_kwargs={
+                              "cfg": cfg.model_dump(mode="json", exclude={"tasks"}),
+                              "salt": pii_salt(seed), "staging": str(staging)})
 
 
-def _read(units: pa.Table, max_chars: int, text_field: str, id_field: str, batch_rows: int):
+def _clean_unit(units: pa.Table, cfg: dict, salt: str, staging: str):
+    import pyarrow.parquet as pq
+
     for unit in units.to_pylist():
-        for batch in readers.read_unit(unit, max_chars, text_field, id_field, batch_rows):
-            yield batches.to_arrow(batch, readers.RAW_SCHEMA)
+        filesystem, path = storage.filesystem(f"{staging}/unit-{unit['unit']:06d}.parquet")
+        filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        rows = 0
+        with pq.ParquetWriter(path, STAGING_SCHEMA, filesystem=filesystem) as writer:
+            for batch in readers.read_unit(unit, cfg["max_doc_chars"], cfg["text_field"],
+                                           cfg["id_field"], cfg["batch_docs"]):
+                writer.write_table(batches.to_arrow(clean(batch, cfg, salt), STAGING_SCHEMA))
+                rows += len(batch["order"])
+        yield pa.table({"unit": [unit["unit"]], "rows": [rows]})
 
 
 def clean(batch: dict, cfg: dict, salt: str) -> dict:
@@ -172,10 +179,6 @@ def clean(batch: dict, cfg: dict, salt: str) -> dict:
                               cfg["minhash_bands"] * cfg["minhash_rows"])
     return transforms.quality(batch, cfg["min_words"], cfg["max_symbol_fraction"],
                               cfg["max_repeated_line_fraction"])
-
-
-def _clean(table: pa.Table, cfg: dict, salt: str) -> pa.Table:
-    return batches.to_arrow(clean(batches.to_columns(table), cfg, salt), STAGING_SCHEMA)
 
 
 def tokenizer_spec(base: str) -> dict[str, Any]:
