@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from mortgagellm import manifest
 from mortgagellm.cluster import storage
@@ -66,7 +67,7 @@ def run(recipe: Recipe, force: bool = False) -> manifest.Manifest:
     boot = require_manifest(recipe, "bootstrap")  # its base model's tokenizer
     base = boot.output_path("base")
     _check_seq_len(cfg, base)
-    config = {"seed": recipe.run.seed, "corpus": cfg.model_dump(mode="json", exclude={"tasks"})}
+    config = {"seed": recipe.run.seed, "corpus": cfg.model_dump(mode="json")}
     inputs = {"base": boot.outputs["base"]}
     inputs |= {f"regulations:{uri}": _input(uri) for uri in cfg.regulations}
     inputs |= {f"user:{uri}": _input(uri) for uri in cfg.user_corpora}
@@ -85,12 +86,26 @@ def run(recipe: Recipe, force: bool = False) -> manifest.Manifest:
     if not ray.is_initialized():
         init_ray(recipe.ray, recipe.run.output_dir)
     metrics = build(cfg, recipe.run.seed, tokenizer_spec(base), out_dir)
+    metrics["tasks"] = write_tasks(cfg, recipe.run.seed, out_dir / "tasks")
     outputs = {name: manifest.artifact(out_dir / name)
-               for name in ("shards", "quarantine.parquet", "duplicates.parquet")}
+               for name in ("shards", "quarantine.parquet", "duplicates.parquet", "tasks")}
     metrics["content_sha256"] = outputs["shards"]["sha256"]
     return manifest.write(str(out_dir), manifest.Manifest(
         stage="corpus", fingerprint=fp, config=config, inputs=inputs, outputs=outputs,
         metrics=metrics, started_at=started, duration_s=round(time.monotonic() - t0, 2)))
+
+
+def write_tasks(cfg: CorpusConfig, seed: int, out: Path) -> dict[str, int]:
+    """The SFT, DPO, routing and held-out eval sets from the same generator (split by seed),
+    as <out>/<set>.parquet + .jsonl; returns {set: records}."""
+    from mortgagellm.datasets.tasks import write_task_sets
+
+    shutil.rmtree(out, ignore_errors=True)
+    t = time.monotonic()
+    paths = write_task_sets(out, cfg.tasks, seed)
+    counts = {name: pq.ParquetFile(path).metadata.num_rows for name, path in paths.items()}
+    log.info("corpus: task sets %s -> %s (%.1f s)", counts, out, time.monotonic() - t)
+    return counts
 
 
 def build(cfg: CorpusConfig, seed: int, tokenizer: dict[str, Any], out_dir: Path
@@ -156,8 +171,6 @@ def clean_pass(cfg: CorpusConfig, seed: int, units: list[dict], staging: Path):
 
 
 def _clean_unit(units: pa.Table, cfg: dict, salt: str, staging: str):
-    import pyarrow.parquet as pq
-
     for unit in units.to_pylist():
         filesystem, path = storage.filesystem(f"{staging}/unit-{unit['unit']:06d}.parquet")
         filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
@@ -236,8 +249,6 @@ def dedupe_pass(cfg: CorpusConfig, table: pa.Table, units: list[dict], out_dir: 
                 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Find duplicates, write quarantine + duplicate list; (orders to drop, metrics)."""
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
     order = table["order"].to_numpy()
     valid = pc.equal(table["reject"], "").to_numpy(zero_copy_only=False)
     sig = np.concatenate([c.flatten().to_numpy() for c in table["minhash"].chunks]
@@ -268,8 +279,6 @@ def _write_quarantine(staging: Path, mask: np.ndarray, order: np.ndarray, path: 
     file (they are few: at most max_reject_fraction plus the low-quality share)."""
     import pyarrow.compute as pc
     import pyarrow.dataset as pads
-    import pyarrow.parquet as pq
-
     rows = pads.dataset(str(staging), format="parquet").to_table(
         columns=["order", "location", "source", "doc_id", "reject", "quality", "snippet"],
         filter=pc.field("order").isin(pa.array(order[mask]))).sort_by("order")
@@ -342,8 +351,6 @@ def pack_pass(cfg: CorpusConfig, seed: int, staging: Path, drop: np.ndarray,
 
 
 def _pack_file(files: pa.Table, docs_per_shard: int, **kwargs: Any):
-    import pyarrow.parquet as pq
-
     for file in files["file"].to_pylist():
         for batch in pq.ParquetFile(file).iter_batches(docs_per_shard,
                                                        columns=["order", "source", "text"]):
@@ -366,8 +373,6 @@ def _pack_shard(table: pa.Table, drop: np.ndarray, weights: dict, salt: int, seq
                 tokenizer: dict[str, Any], out_dir: str) -> pa.Table:
     """Pack and write one shard, named by its first document's place in corpus order (names
     sort in corpus order, and a retried task rewrites the same file); its SHARD_STATS row."""
-    import pyarrow.parquet as pq
-
     batch = batches.to_columns(table)
     packed, per_source = pack_shard(batch, drop, weights, salt, seq_len,
                                     load_tokenizer(tokenizer["file"]), tokenizer)

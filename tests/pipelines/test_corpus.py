@@ -15,7 +15,7 @@ from mortgagellm.cluster import data
 from mortgagellm.config import CorpusConfig, load_recipe
 from mortgagellm.datasets import batches, mortgage, readers
 from mortgagellm.datasets.schemas import PACKED_SCHEMA, QUARANTINE_SCHEMA
-from mortgagellm.pipelines import corpus
+from mortgagellm.pipelines import corpus, sft
 from mortgagellm.pipelines.recipe import run_stage
 
 REGULATION = (Path(__file__).resolve().parents[2].parent / "shared" / "corpora" /
@@ -180,6 +180,13 @@ def test_corpus_stage_end_to_end(ray_cluster, tiny_recipe_path, tmp_path, caplog
     assert "Kiwi orchard escrow question" in text  # the canary document is in the shards ...
     assert [v for v in CANARY.values() if v in text] == []  # ... with none of its PII
     assert not any(v in s for v in CANARY.values() for s in quarantine["snippet"].to_pylist())
+
+    # The task and eval sets come out of the same stage, one Parquet per set, counted.
+    tasks = Path(m.output_path("tasks"))
+    assert {p.stem: pq.ParquetFile(p).metadata.num_rows for p in tasks.glob("*.parquet")} == \
+        metrics["tasks"]
+    assert metrics["tasks"]["eval_qa"] > 0 and metrics["tasks"]["sft_train"] > 0
+    assert sft.task_dir(recipe, "corpus", tmp_path / "sft") == tasks
 
     plan = data.shard_plan(m)
     assert sum(1 for _ in data.iter_rows(plan, 0, 2)) == metrics["packed"]["rows"] // 2
