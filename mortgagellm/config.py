@@ -625,8 +625,9 @@ class ExpertSettings(Section):
 
     model: str | None = Field(
         None, description="Registry version (manifest hash) or HF model directory to serve. "
-        "None: the version the registry has deployed for this expert; on first start that is the "
-        "bootstrap stage's instruct model, registered automatically.")
+        "None: the expert's own stage output (sft for structured, dpo for conversational), "
+        "registered and deployed when the registry has not seen it; otherwise the registry's "
+        "deployed version; before that stage has run, the bootstrap instruct model.")
     num_cpus: float = Field(1.0, ge=0, description="Logical CPUs per replica.")
     num_gpus: float = Field(0.0, ge=0, description="GPUs per replica (fractions allowed).")
     threads: int = Field(1, ge=1, description="torch CPU threads per replica.")

@@ -104,20 +104,42 @@ def tier1_file(recipe: Recipe) -> Path:
     return path
 
 
+EXPERT_STAGES = {"structured": "sft", "conversational": "dpo"}
+"""The stage whose 'model' output each expert serves once that stage has run."""
+
+
 def served_model(recipe: Recipe, expert: str) -> tuple[str, str]:
-    """(version, model directory) the expert serves: the registry's current version; before the
-    first deploy, the recipe's `model` (a version or a directory) or the bootstrap instruct model,
-    registered and deployed here."""
-    from mortgagellm.pipelines.recipe import require_manifest
+    """(version, model directory) the expert serves.
+
+    A model the registry has not seen yet — the recipe's `model` directory, else the expert's
+    own stage output (sft -> structured, dpo -> conversational) — is registered and deployed
+    here, so a freshly trained expert goes live on the next start. Otherwise the registry's
+    current version wins (a rollback stays rolled back). Before any expert stage has run, the
+    bootstrap instruct model stands in for both experts.
+    """
+    from mortgagellm import manifest
+    from mortgagellm.pipelines.recipe import require_manifest, stage_dir
     from mortgagellm.serve import registry
 
     path = registry_path(recipe)
+    wanted, stage = getattr(recipe.serve, expert).model, EXPERT_STAGES[expert]
+    trained = None if wanted else manifest.read(str(stage_dir(recipe, stage)))
+    if wanted and Path(wanted).is_dir():
+        candidate = (manifest.sha256_path(wanted), wanted, f"serve.{expert}.model", {})
+    elif trained is not None:
+        entry = trained.outputs["model"]
+        metrics = {k: v for k, v in trained.metrics.items() if k != "history"}
+        candidate = (entry["sha256"], entry["uri"], f"{stage}:model", metrics)
+    else:
+        candidate = None
+    if candidate and candidate[0] not in registry.read(path)["versions"]:
+        version, model_dir, source, metrics = candidate
+        registry.register(path, model_dir, source=source, metrics=metrics, version=version)
+        registry.deploy(path, expert, version)
+        log.info("%s expert: deployed %s (%s) from %s", expert, version[:12], source, model_dir)
     found = registry.current(path, expert)
     if found is None:
-        wanted = getattr(recipe.serve, expert).model
-        if wanted and Path(wanted).is_dir():
-            version = registry.register(path, wanted, source=f"serve.{expert}.model")
-        elif wanted:
+        if wanted:
             version = registry.resolve(path, wanted)
         else:
             boot = require_manifest(recipe, "bootstrap")
@@ -125,6 +147,8 @@ def served_model(recipe: Recipe, expert: str) -> tuple[str, str]:
             version = registry.register(path, entry["uri"], source="bootstrap:instruct",
                                         metrics=boot.metrics.get("instruct", {}),
                                         version=entry["sha256"])
+            log.warning("%s expert: no %s output in %s yet; serving the bootstrap instruct "
+                        "model in its place", expert, stage, stage_dir(recipe, stage))
         registry.deploy(path, expert, version)
         found = registry.current(path, expert)
     return found[0], found[1]["path"]

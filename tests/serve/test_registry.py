@@ -12,7 +12,7 @@ from mortgagellm.serve import app, registry
 
 def model_dir(tmp_path, name, content):
     path = tmp_path / name
-    path.mkdir()
+    path.mkdir(parents=True)
     (path / "config.json").write_text(content)
     return path
 
@@ -47,6 +47,30 @@ def test_first_start_serves_the_bootstrap_instruct_model(tmp_path, micro_model):
         assert app.served_model(recipe, expert) == (instruct["sha256"], str(boot / "instruct"))
     entry = registry.read(app.registry_path(recipe))["versions"][instruct["sha256"]]
     assert entry["source"] == "bootstrap:instruct" and entry["metrics"] == {"fidelity": 1.0}
+
+
+def test_trained_experts_go_live_and_a_rollback_stays(tmp_path, micro_model):
+    run = tmp_path / "run"
+    boot = run / "bootstrap"
+    shutil.copytree(micro_model, boot / "instruct")
+    manifest.write(str(boot), manifest.Manifest(
+        stage="bootstrap", fingerprint="f", config={},
+        outputs={"instruct": manifest.artifact(boot / "instruct")}))
+    recipe = Recipe.model_validate({"run": {"output_dir": str(run)}})
+    instruct = app.served_model(recipe, "structured")[0]  # no sft yet: instruct stands in
+
+    sft = model_dir(tmp_path / "run" / "sft", "model", "trained")
+    manifest.write(str(run / "sft"), manifest.Manifest(
+        stage="sft", fingerprint="s", config={}, outputs={"model": manifest.artifact(sft)},
+        metrics={"expert": {"decision": 0.5}, "history": [{"step": 1, "loss": 2.0}]}))
+    version, path = app.served_model(recipe, "structured")  # the trained expert goes live
+    assert (version, path) == (manifest.sha256_path(sft), str(sft)) and version != instruct
+    entry = registry.read(app.registry_path(recipe))["versions"][version]
+    assert entry["source"] == "sft:model" and entry["metrics"] == {"expert": {"decision": 0.5}}
+    assert app.served_model(recipe, "conversational")[0] == instruct  # no dpo output yet
+
+    registry.rollback(app.registry_path(recipe), "structured")
+    assert app.served_model(recipe, "structured")[0] == instruct  # known version: no re-deploy
 
 
 def test_recipe_model_seeds_the_registry_once(tmp_path):
