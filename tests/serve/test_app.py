@@ -18,7 +18,7 @@ from mortgagellm.serve import audit, door, engine, ops, registry
 from mortgagellm.serve.app import registry_path
 
 pytestmark = pytest.mark.integration
-STRUCTURED, CONVERSATIONAL = ops.DEMO_REQUESTS
+(STRUCTURED, _), (CONVERSATIONAL, _) = ops.DEMO_REQUESTS
 
 
 def free_port() -> int:
@@ -113,6 +113,15 @@ def test_routed_answers_from_both_experts_carry_route_and_version(app, client):
         assert answer.choices[0].finish_reason == "length"
         assert answer.usage.completion_tokens == 8
         assert answer.usage.total_tokens == answer.usage.prompt_tokens + 8
+
+
+def test_demo_lines_show_route_version_answer_and_expectation(app):
+    """What `make demo` ends with: one line per request naming its route and expert version."""
+    version = registry.current(registry_path(app.recipe), "structured")[0]
+    line = ops.demo_line(app.url, app.key, STRUCTURED, expected="approve")
+    assert line.startswith(f"[structured ") and f"expert {version[:12]}]" in line
+    assert line.endswith("expected: 'approve'")
+    assert ops.demo_line(app.url, app.key, CONVERSATIONAL).startswith("[conversational ")
 
 
 def test_streaming_gives_the_same_answer_in_chunks(app, client):
