@@ -2,7 +2,9 @@
 
     mortgagellm run CONFIG [--from STAGE] [--to STAGE] [--force] [--section.key VALUE ...]
     mortgagellm <stage> CONFIG [--force] [--section.key VALUE ...]
+    mortgagellm evaluate CONFIG --model DIR|VERSION   evaluate one model into its registry entry
     mortgagellm config CONFIG [--section.key VALUE ...]     print the resolved recipe
+    mortgagellm report CONFIG [--output DIR]           run up to evaluate, write report.md + plots
     mortgagellm submit CONFIG [--stages STAGE ...] [--address URL]   run it as a Ray job
     mortgagellm serve CONFIG [--demo]                  the OpenAI-compatible app on serve.host:port
     mortgagellm deploy CONFIG EXPERT VERSION|DIR       switch an expert's model in place
@@ -42,8 +44,16 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(stage, help=f"run only the {stage} stage", epilog=EPILOG)
         p.add_argument("config", help="recipe YAML")
         p.add_argument("--force", action="store_true", help="re-run even if the manifest matches")
+        if stage == "evaluate":
+            p.add_argument("--model", metavar="DIR|VERSION", help="evaluate only this model (a "
+                           "directory or a registry version), print the table and store the "
+                           "results in its registry entry")
     show = sub.add_parser("config", help="print the resolved recipe as YAML", epilog=EPILOG)
     show.add_argument("config", help="recipe YAML")
+    report = sub.add_parser("report", epilog=EPILOG, help="run the recipe up to evaluate, "
+                            "then write report.md and its plots from the manifests")
+    report.add_argument("config", help="recipe YAML")
+    report.add_argument("--output", help="report directory (default <output_dir>/report)")
     job = sub.add_parser("submit", epilog=EPILOG,
                          help="run the recipe as a Ray job on an existing cluster (RAY_ADDRESS)")
     job.add_argument("config", help="recipe YAML, e.g. configs/llama3-8b-a100.yaml")
@@ -142,11 +152,22 @@ def main(argv: list[str] | None = None) -> int:
         return ops.rollback(recipe, args.config, overrides, args.expert)
     from mortgagellm.pipelines import recipe as pipeline
 
+    if args.command == "report":
+        from mortgagellm.pipelines.report import build
+
+        pipeline.run_recipe(recipe, last="evaluate")
+        print(build(recipe, args.config, args.output))
+        return 0
     if args.command == "run":
         # Each stage's summary is printed as soon as it is done, so a later stage's failure
         # never hides what the earlier ones built and measured.
         for stage in pipeline.select(args.first, args.last):
             print(summary(pipeline.run_stage(recipe, stage, force=args.force)), flush=True)
+        return 0
+    if args.command == "evaluate" and args.model:
+        from mortgagellm.pipelines.evaluate import evaluate_registered, table
+
+        print(table(evaluate_registered(recipe, args.model)["tasks"]))
         return 0
     print(summary(pipeline.run_stage(recipe, args.command, force=args.force)))
     return 0

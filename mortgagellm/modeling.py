@@ -86,7 +86,8 @@ def chat_generate(model: Any, tokenizer: "PreTrainedTokenizerBase", prompts: Seq
         chats = [[{"role": "user", "content": p}] for p in prompts[start:start + batch_size]]
         texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
                  for c in chats]
-        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        batch = tokenizer(texts, return_tensors="pt", padding=True,
+                          add_special_tokens=False).to(model.device)
         with torch.no_grad():
             out = model.generate(
                 **batch, max_new_tokens=max_new_tokens, do_sample=False,
@@ -99,13 +100,24 @@ def chat_generate(model: Any, tokenizer: "PreTrainedTokenizerBase", prompts: Seq
     return results
 
 
+FIDELITY_TOKENS = 48
+"""Generation budget of a format instruction's answer when fidelity is measured."""
+
+
 def fidelity(model: Any, tokenizer: "PreTrainedTokenizerBase",
              instructions: Sequence[Instruction]) -> dict[str, Any]:
     """Share of instructions whose answer obeys the asked format and ends its turn.
 
     Also reports exact-answer accuracy and per-format fidelity; examples keep three outputs.
     """
-    outputs = chat_generate(model, tokenizer, [i.prompt for i in instructions])
+    outputs = chat_generate(model, tokenizer, [i.prompt for i in instructions], FIDELITY_TOKENS)
+    return fidelity_of(instructions, outputs)
+
+
+def fidelity_of(instructions: Sequence[Instruction], outputs: Sequence[tuple[str, bool]]
+                ) -> dict[str, Any]:
+    """`fidelity`'s report from (text, stopped) answers generated elsewhere (the evaluate
+    stage generates them through Ray Data)."""
     ok = [stopped and follows(i, text) for i, (text, stopped) in zip(instructions, outputs)]
     by_format: dict[str, list[bool]] = {}
     for instruction, good in zip(instructions, ok):
@@ -123,15 +135,22 @@ def fidelity(model: Any, tokenizer: "PreTrainedTokenizerBase",
 def perplexity(model: Any, tokenizer: "PreTrainedTokenizerBase", texts: Sequence[str],
                max_len: int = 256) -> float:
     """Token-level perplexity of plain documents (each as BOS + text + EOS)."""
+    nlls = document_nlls(model, tokenizer, texts, max_len)
+    return math.exp(sum(n for n, _ in nlls) / sum(t for _, t in nlls))
+
+
+def document_nlls(model: Any, tokenizer: "PreTrainedTokenizerBase", texts: Sequence[str],
+                  max_len: int = 256) -> list[tuple[float, int]]:
+    """(summed next-token NLL, predicted tokens) of each document, as `perplexity` counts them;
+    per document, so the evaluate stage can resample documents for a confidence interval."""
     import torch
 
     model.eval()
-    total_nll, total_tokens = 0.0, 0
+    out = []
     with torch.no_grad():
         for text in texts:
             ids = tokenizer(BOS + text + EOS, add_special_tokens=False,
-                            return_tensors="pt")["input_ids"][:, :max_len]
+                            return_tensors="pt")["input_ids"][:, :max_len].to(model.device)
             loss = model(input_ids=ids, labels=ids).loss
-            total_nll += loss.item() * (ids.shape[1] - 1)
-            total_tokens += ids.shape[1] - 1
-    return math.exp(total_nll / total_tokens)
+            out.append((loss.item() * (ids.shape[1] - 1), ids.shape[1] - 1))
+    return out

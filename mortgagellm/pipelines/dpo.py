@@ -328,7 +328,7 @@ def run(recipe: Recipe, force: bool = False, *, on_ray: bool = True,
     config_w = worker_config(recipe, cfg, start, rows_file, steps, out, fail_at_step)
     history, model_dir, placement = train_and_export(
         recipe, cfg, DPO, config_w | {"beta": cfg.beta, "nll_weight": cfg.nll_weight}, start,
-        out, on_ray)
+        out, on_ray, fp)
     measured = conversational_metrics(models | {"expert": manifest.artifact(model_dir)},
                                       eval_rows, questions, cfg)
     metrics = {"records": counts | {"steps": steps, "epochs": cfg.epochs}, "onpolicy": sampled,

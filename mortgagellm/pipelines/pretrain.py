@@ -135,7 +135,7 @@ def run(recipe: Recipe, force: bool = False, *, on_ray: bool = True,
     started, t0 = manifest.now()
     worker_config = _worker_config(recipe, base, shards, seq_len, out, fail_at_step)
     shutil.rmtree(out / "scratch" / "placement", ignore_errors=True)
-    history, checkpoint = train(train_loop, worker_config, recipe, cfg, out, on_ray, "dapt")
+    history, checkpoint = train(train_loop, worker_config, recipe, cfg, out, on_ray, "dapt", fp)
     model_dir = export_model(checkpoint, base, out / "model", cfg.method, cfg.lora.model_dump(),
                              cfg.deepspeed.zero_stage)
     metrics = {"train": history[-1], "history": history,
@@ -198,18 +198,25 @@ def _worker_config(recipe: Recipe, base: Path, shards: list[str], seq_len: int, 
 
 
 def train(train_fn: Callable[[dict, Any], list[dict]], worker_config: dict, recipe: Recipe,
-          cfg: Any, out: Path, on_ray: bool, name: str) -> tuple[list[dict], Path]:
+          cfg: Any, out: Path, on_ray: bool, name: str, fingerprint: str
+          ) -> tuple[list[dict], Path]:
     """Run `train_fn` (a `train_loop`) on Ray Train or in this process, resuming from the
-    stage's latest checkpoint; returns the logged metrics history and the final checkpoint.
+    latest checkpoint of the same run; returns the logged metrics history and the final
+    checkpoint.
 
-    `cfg` is the stage's recipe section (scaling, keep_checkpoints, max_failures); `name` is the
-    Ray Train run name under <out>/ray, which is where a relaunch finds its checkpoints.
+    `cfg` is the stage's recipe section (scaling, keep_checkpoints, max_failures). Checkpoints
+    live under <out>/ray/<name>-<fingerprint[:12]> (or <out>/checkpoints/<fingerprint[:12]>
+    in-process): a relaunch of the same stage, config and inputs resumes there; a changed config
+    starts fresh, and the other runs' checkpoints are removed (they could never be resumed).
     """
+    key = fingerprint[:12]
     if not on_ray:
         from mortgagellm.cluster.training import LocalSession, init_single_process
 
+        _drop_other_runs(out / "checkpoints", key)
         init_single_process(cfg.scaling.use_gpu)
-        session = LocalSession(worker_config["shards"], out / "checkpoints", cfg.keep_checkpoints)
+        session = LocalSession(worker_config["shards"], out / "checkpoints" / key,
+                               cfg.keep_checkpoints)
         history = train_fn(worker_config, session)
         return history, session.latest_checkpoint()
     import ray
@@ -219,10 +226,20 @@ def train(train_fn: Callable[[dict, Any], list[dict]], worker_config: dict, reci
 
     if not ray.is_initialized():
         init_ray(recipe.ray, recipe.run.output_dir)
-    result = run_on_ray(train_fn, worker_config, cfg.scaling, str(out / "ray"), name,
+    _drop_other_runs(out / "ray", f"{name}-{key}")
+    result = run_on_ray(train_fn, worker_config, cfg.scaling, str(out / "ray"), f"{name}-{key}",
                         cfg.max_failures, cfg.keep_checkpoints)
+    shutil.rmtree(out / "final_checkpoint", ignore_errors=True)
     final = Path(result.checkpoint.to_directory(str(out / "final_checkpoint")))
     return json.loads((final / "history.json").read_text()), final
+
+
+def _drop_other_runs(parent: Path, keep: str) -> None:
+    """Remove every run directory under `parent` but `keep`: checkpoints of another config."""
+    for path in sorted(parent.glob("*")) if parent.is_dir() else []:
+        if path.is_dir() and path.name != keep:
+            log.info("removing checkpoints of an earlier, different run: %s", path)
+            shutil.rmtree(path)
 
 
 # ---- the per-rank loop ---------------------------------------------------------------------------

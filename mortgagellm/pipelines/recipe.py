@@ -2,8 +2,7 @@
 
 Run: mortgagellm run configs/cpu-demo.yaml [--from STAGE] [--to STAGE]
 
-Later issues add corpus, pretrain, residual, sft, dpo and evaluate here, each a module in this
-package with `run(recipe, force) -> Manifest`.
+Each stage is a module in this package with `run(recipe, force) -> Manifest`.
 """
 
 from __future__ import annotations
@@ -17,7 +16,8 @@ from mortgagellm.manifest import Manifest
 
 log = logging.getLogger(__name__)
 
-STAGES: tuple[str, ...] = ("bootstrap", "corpus", "pretrain", "residual", "sft", "dpo")
+STAGES: tuple[str, ...] = ("bootstrap", "corpus", "pretrain", "residual", "sft", "dpo",
+                           "evaluate")
 
 
 def stage_dir(recipe: Recipe, stage: str) -> Path:

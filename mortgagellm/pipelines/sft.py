@@ -174,11 +174,14 @@ def worker_config(recipe: Recipe, cfg: Any, start: Path, rows_file: Path, steps:
 
 
 def train_and_export(recipe: Recipe, cfg: Any, objective: Objective, config: dict, start: Path,
-                     out: Path, on_ray: bool) -> tuple[list[dict], Path, list[dict]]:
-    """Train with the shared loop and export: (history, model dir, placement)."""
+                     out: Path, on_ray: bool, fingerprint: str
+                     ) -> tuple[list[dict], Path, list[dict]]:
+    """Train with the shared loop and export: (history, model dir, placement). A relaunch with
+    the same `fingerprint` resumes from its checkpoints."""
     shutil.rmtree(out / "scratch" / "placement", ignore_errors=True)
     fn = functools.partial(train_loop, objective=objective)
-    history, checkpoint = train(fn, config, recipe, cfg, out, on_ray, objective.name)
+    history, checkpoint = train(fn, config, recipe, cfg, out, on_ray, objective.name,
+                                fingerprint)
     shutil.rmtree(out / "model", ignore_errors=True)
     model_dir = export_model(checkpoint, start, out / "model", cfg.method, cfg.lora.model_dump(),
                              cfg.deepspeed.zero_stage, merge=cfg.export == "merged")
@@ -361,7 +364,7 @@ def run(recipe: Recipe, force: bool = False, *, on_ray: bool = True,
     rows_file = write_rows(rows, order, out / "data" / "train.parquet")
     history, model_dir, placement = train_and_export(
         recipe, cfg, SFT, worker_config(recipe, cfg, start, rows_file, steps, out, fail_at_step),
-        start, out, on_ray)
+        start, out, on_ray, fp)
     measured = measure_once(models | {"expert": manifest.artifact(model_dir)}, lambda path:
                             structured_metrics(path, heldout, cfg.max_new_tokens))
     metrics = {"records": counts | {"steps": steps, "epochs": cfg.epochs}, "train": history[-1],

@@ -63,6 +63,15 @@ def resolve(path: str | Path, ref: str) -> str:
     return matches[0]
 
 
+def set_metrics(path: str | Path, version: str, metrics: dict[str, Any]) -> None:
+    """Add or replace top-level keys of a registered version's metrics (e.g. 'evaluate')."""
+    data = read(path)
+    if version not in data["versions"]:
+        raise ValueError(f"version {version[:12]} is not registered in {path}")
+    data["versions"][version]["metrics"] |= metrics
+    _write(path, data)
+
+
 def deploy(path: str | Path, expert: str, ref: str) -> tuple[str | None, str]:
     """Make a registered version the expert's current one; returns (previous, new)."""
     version = resolve(path, ref)

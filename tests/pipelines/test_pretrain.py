@@ -97,6 +97,14 @@ def test_relaunched_stage_continues_from_the_latest_checkpoint(uninterrupted, ti
     a, b = weights(manifest.Path(clean.output_path("model"))), weights(manifest.Path(m.output_path("model")))
     torch.testing.assert_close(b["lm_head.weight"], a["lm_head.weight"], atol=1e-6, rtol=0)
 
+    # A changed config must not resume from (or crash on) the other run's checkpoints.
+    changed = load_recipe(tmp_path / "recipe.yaml", [*STEPS, "pretrain.max_failures=0",
+                                                      "pretrain.method=lora"])
+    lora = pretrain.run(changed)
+    assert lora.metrics["history"][-1]["start_step"] == 0
+    runs = [p.name for p in (manifest.Path(changed.run.output_dir) / "pretrain" / "ray").iterdir()]
+    assert runs == [f"dapt-{lora.fingerprint[:12]}"]
+
 
 def test_sequence_longer_than_the_model_fails_before_workers(tiny_pair, tmp_path):
     recipe = make_run(tmp_path, tiny_pair, seq_len=512)  # tiny preset: 256 positions

@@ -219,7 +219,7 @@ def test_lora_adapter_export_equals_merged_export_and_resumes(tiny_pair, tmp_pat
     adapter_dir = manifest.Path(m.output_path("model"))
     assert (adapter_dir / "adapter_config.json").exists()
     out = manifest.Path(recipe.run.output_dir) / "sft"
-    checkpoint = sorted((out / "checkpoints").glob("step_*"))[-1]
+    checkpoint = sorted((out / "checkpoints").glob("*/step_*"))[-1]
     start_dir = out.parent / "residual" / "merged"
     merged_dir = sft.export_model(checkpoint, start_dir, tmp_path / "merged", "lora",
                                   recipe.sft.lora.model_dump(), 2, merge=True)

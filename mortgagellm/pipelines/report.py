@@ -1,0 +1,364 @@
+"""report: one Markdown page and its plots, built from the run's stage manifests only.
+
+Run: mortgagellm report configs/cpu-demo.yaml [--output DIR]
+
+The CLI first runs the recipe up to and including `evaluate` (stages already up to date are
+skipped by their manifests); `build` then writes <output_dir>/report/report.md with the paper's
+table (task × metric rows, one column per variant, the difference to the instruct baseline),
+training curves, the residual λ sweep and a "What this run shows" section whose verdicts are
+computed from the confidence intervals. Every number comes from a manifest; none is typed in.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mortgagellm.config import Recipe
+from mortgagellm.manifest import Manifest
+from mortgagellm.pipelines import recipe as pipeline
+
+VARIANTS = ("instruct", "dapt", "merged", "structured", "conversational", "routed")
+BASELINE = "instruct"
+TASK_METRICS: dict[str, tuple[str, ...]] = {
+    "decision": ("accuracy", "macro_f1", "unparseable"),
+    "doc_kind": ("accuracy", "macro_f1", "unparseable"),
+    "intent": ("accuracy", "macro_f1", "unparseable"),
+    "summary": ("rouge_l", "bertscore_f1", "field_accuracy"),
+    "qa": ("token_f1", "bertscore_f1", "numeric"),
+    "instruction": ("fidelity",),
+    "domain": ("perplexity",),
+    "routing": ("accuracy", "p50_ms", "p99_ms"),
+    "fairness": ("flip_rate",),
+}
+JUDGE_METRICS = ("judge", "judge_unparseable")  # any task may have them, after its own metrics
+# The one place a metric's direction is decided; every other metric is higher-is-better.
+LOWER_IS_BETTER = frozenset({"perplexity", "unparseable", "judge_unparseable", "p50_ms",
+                             "p99_ms", "flip_rate"})
+TASK_GROUPS = {"classification": ("decision", "doc_kind", "intent"), "summary": ("summary",),
+               "qa": ("qa",), "instruction": ("instruction",), "domain": ("domain",),
+               "routing": ("routing",), "fairness": ("fairness",)}
+TRAINING_STAGES = ("pretrain", "sft", "dpo")
+# (claim, variant, compared with, task, metric): the paper's effects, judged on their CIs.
+EFFECTS = (
+    ("(a) DAPT lowers domain perplexity", "dapt", "instruct", "domain", "perplexity"),
+    ("(b) the residual restores instruction fidelity lost by DAPT", "merged", "dapt",
+     "instruction", "fidelity"),
+    ("(c) the SFT expert beats instruct on decision", "structured", "instruct", "decision",
+     "accuracy"),
+    ("(c) the SFT expert beats instruct on doc_kind", "structured", "instruct", "doc_kind",
+     "accuracy"),
+    ("(c) the SFT expert beats instruct on intent", "structured", "instruct", "intent",
+     "accuracy"),
+    ("(c) the SFT expert beats instruct on summary", "structured", "instruct", "summary",
+     "rouge_l"),
+    ("(d) the DPO expert beats instruct on QA", "conversational", "instruct", "qa", "token_f1"),
+)
+ROUTING_CHANCE = 0.5  # two experts: a coin flip routes half the requests right
+SHOWN, NOISE, REVERSED, MISSING = "shown", "not shown (within noise)", "reversed", "not measured"
+DASH = "–"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One table row: a task's metric; cells[variant] is the manifest's {value, n, ci95} or None."""
+
+    task: str
+    metric: str
+    cells: dict[str, dict[str, Any] | None]
+    n: str
+
+
+@dataclass(frozen=True)
+class Effect:
+    """One of the paper's claims and what this run's numbers say about it."""
+
+    claim: str
+    verdict: str
+    detail: str
+
+
+# ---- the table -------------------------------------------------------------------------------
+
+def variants(metrics: dict[str, Any]) -> list[str]:
+    """The evaluated variants: the paper's order, then any others sorted."""
+    found = metrics["variants"]
+    return [v for v in VARIANTS if v in found] + sorted(set(found) - set(VARIANTS))
+
+
+def _known_then_sorted(known: tuple[str, ...], found: set[str]) -> list[str]:
+    return [k for k in known if k in found] + sorted(found - set(known))
+
+
+def table_rows(metrics: dict[str, Any]) -> list[Row]:
+    """A row per (task, metric) any variant has; known tasks and metrics first, in the paper's
+    order, unknown ones sorted after them (never dropped)."""
+    names = variants(metrics)
+    tasks: dict[str, set[str]] = {}
+    for v in names:
+        for task, measured in metrics["variants"][v]["tasks"].items():
+            tasks.setdefault(task, set()).update(measured)
+    rows = []
+    for task in _known_then_sorted(tuple(TASK_METRICS), set(tasks)):
+        known = TASK_METRICS.get(task, ()) + JUDGE_METRICS
+        for metric in _known_then_sorted(known, tasks[task]):
+            cells = {v: metrics["variants"][v]["tasks"].get(task, {}).get(metric) for v in names}
+            ns = sorted({c["n"] for c in cells.values() if c})
+            n = (f"{ns[0]}" if len(ns) == 1 else f"{ns[0]}–{ns[-1]}" if ns
+                 else str(metrics.get("sample_sizes", {}).get(task, DASH)))
+            rows.append(Row(task, metric, cells, n))
+    return rows
+
+
+def fmt(x: float, signed: bool = False) -> str:
+    """Two decimals, as in the paper's tables; a signed zero prints as +0.00."""
+    return f"{round(x, 2) + 0.0:{'+' if signed else ''}.2f}"
+
+
+def cell_text(cell: dict[str, Any]) -> str:
+    """'value [lo, hi]'."""
+    lo, hi = cell["ci95"]
+    return f"{fmt(cell['value'])} [{fmt(lo)}, {fmt(hi)}]"
+
+
+def _missing(metrics: dict[str, Any], variant: str, task: str, metric: str) -> str:
+    if task not in metrics["variants"][variant]["tasks"]:
+        return f"{variant} was not evaluated on {task}."
+    return f"{variant} was evaluated on {task} but has no {metric} for it."
+
+
+def results_table(metrics: dict[str, Any], rows: list[Row]) -> list[str]:
+    """The Markdown table and its footnotes for missing cells."""
+    names = variants(metrics)
+    others = [v for v in names if v != BASELINE] if BASELINE in names else []
+    head = ["task", "metric", "better", "n"]
+    for v in names:
+        head += [v] + ([f"Δ {v}"] if v in others else [])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    notes: dict[str, int] = {}
+    for row in rows:
+        out = [row.task, row.metric, "↓" if row.metric in LOWER_IS_BETTER else "↑", row.n]
+        base = row.cells.get(BASELINE)
+        for v in names:
+            cell = row.cells[v]
+            if cell is None:
+                note = notes.setdefault(_missing(metrics, v, row.task, row.metric), len(notes) + 1)
+                out.append(f"{DASH}[^{note}]")
+            else:
+                out.append(cell_text(cell))
+            if v in others:
+                out.append(fmt(cell["value"] - base["value"], True) if cell and base else DASH)
+        lines.append("| " + " | ".join(out) + " |")
+    lines += [""] + [f"[^{i}]: {text}" for text, i in notes.items()]
+    return lines
+
+
+# ---- the verdicts ----------------------------------------------------------------------------
+
+def verdict(better: tuple[float, float], than: tuple[float, float], lower: bool) -> str:
+    """SHOWN when the CIs separate the right way, REVERSED when they separate the wrong way."""
+    if lower:
+        better, than = (-better[1], -better[0]), (-than[1], -than[0])
+    if better[0] > than[1]:
+        return SHOWN
+    if better[1] < than[0]:
+        return REVERSED
+    return NOISE
+
+
+def _cell(metrics: dict[str, Any], variant: str, task: str, metric: str) -> dict | None:
+    found = metrics["variants"].get(variant)
+    return found["tasks"].get(task, {}).get(metric) if found else None
+
+
+def effects(metrics: dict[str, Any]) -> list[Effect]:
+    """Each of the paper's effects judged on this run's 95% CIs, with the numbers."""
+    found = []
+    for claim, variant, other, task, metric in EFFECTS:
+        a, b = _cell(metrics, variant, task, metric), _cell(metrics, other, task, metric)
+        if a is None or b is None:
+            lacking = ", ".join(v for v, c in ((variant, a), (other, b)) if c is None)
+            found.append(Effect(claim, MISSING, f"no {task} {metric} for {lacking}"))
+            continue
+        lower = metric in LOWER_IS_BETTER
+        detail = (f"{task} {metric}: {variant} {cell_text(a)} vs {other} {cell_text(b)} "
+                  f"(Δ {fmt(a['value'] - b['value'], True)}; "
+                  f"{'lower' if lower else 'higher'} is better)")
+        found.append(Effect(claim, verdict(tuple(a["ci95"]), tuple(b["ci95"]), lower), detail))
+    routing = _cell(metrics, "routed", "routing", "accuracy")
+    claim = "(e) the router sends requests to the right expert better than chance"
+    if routing is None:
+        found.append(Effect(claim, MISSING, "no routing accuracy for routed"))
+    else:
+        found.append(Effect(claim, verdict(tuple(routing["ci95"]), (ROUTING_CHANCE,) * 2, False),
+                            f"routing accuracy {cell_text(routing)} vs chance "
+                            f"{fmt(ROUTING_CHANCE)} with two experts"))
+    return found
+
+
+# ---- the page --------------------------------------------------------------------------------
+
+def header(manifests: dict[str, Manifest], name: str, recipe_file: str, date: str) -> list[str]:
+    """Run, recipe, date and provenance: stage fingerprints and durations, model versions."""
+    evaluation = manifests["evaluate"].metrics
+    judge = evaluation.get("judge")
+    lines = [f"# MortgageLLM run report: {name}", "", f"- Recipe: `{recipe_file}`",
+             f"- Report written: {date}",
+             f"- Judge: {judge['model']} at {judge['base_url']}" if judge else "- Judge: none",
+             "", "## Provenance", "", "| stage | fingerprint | started | duration (s) |",
+             "|---|---|---|---|"]
+    lines += [f"| {s} | `{m.fingerprint[:12]}` | {m.started_at} | {m.duration_s:.1f} |"
+              for s, m in manifests.items()]
+    lines += ["", "| variant | model | version |", "|---|---|---|"]
+    lines += [f"| {v} | `{evaluation['variants'][v]['model']}` | "
+              f"`{evaluation['variants'][v]['version'][:12]}` |" for v in variants(evaluation)]
+    return lines + [""]
+
+
+def training(manifests: dict[str, Manifest], plots: dict[str, str]) -> list[str]:
+    """Final loss and steps per training stage, the λ sweep and the λ that was written."""
+    lines = ["## Training", "", "| stage | steps | first loss | final loss | duration (s) |",
+             "|---|---|---|---|---|"]
+    for stage in TRAINING_STAGES:
+        history, m = manifests[stage].metrics["history"], manifests[stage]
+        lines.append(f"| {stage} | {history[-1]['step']} | {history[0]['loss']:.4f} | "
+                     f"{history[-1]['loss']:.4f} | {m.duration_s:.1f} |")
+    lines += ["", f"![Loss curves]({plots['losses']})", "", "### Residual λ sweep", ""]
+    res = manifests["residual"].metrics
+    lines += ["| λ | fidelity | fidelity / instruct | domain perplexity | written |",
+              "|---|---|---|---|---|"]
+    lines += [f"| {r['scale']:g} | {r['fidelity']:.3f} | {r['fidelity_ratio']:.3f} | "
+              f"{r['domain_perplexity']:.3f} | {'**yes**' if r['scale'] == res['scale'] else ''} |"
+              for r in res["sweep"]]
+    refs = ", ".join(f"{k} {v:.3f}" for k, v in res["domain_perplexity"].items())
+    lines += ["", f"Written: λ = {res['scale']:g} ({res['selection_rule']}). Reference fidelity: "
+              f"instruct {res['fidelity']['instruct']:.3f}, DAPT {res['fidelity']['dapt']:.3f}; "
+              f"domain perplexity: {refs}.", "", f"![Residual λ sweep]({plots['sweep']})", ""]
+    return lines
+
+
+def render_markdown(manifests: dict[str, Manifest], name: str, recipe_file: str, date: str,
+                    plots: dict[str, str]) -> str:
+    """The whole report; `plots` maps 'losses', 'sweep' and 'tasks:<group>' to relative paths."""
+    metrics = manifests["evaluate"].metrics
+    lines = header(manifests, name, recipe_file, date)
+    lines += ["## Results", "", "Each cell: value [95% CI]; Δ: difference to the instruct "
+              "baseline; n: evaluated examples.", ""]
+    lines += results_table(metrics, table_rows(metrics))
+    lines += [""] + [f"![{key[6:]}]({path})" for key, path in plots.items()
+                     if key.startswith("tasks:")] + [""]
+    lines += training(manifests, plots)
+    lines += ["## What this run shows", "", "Shown: the 95% confidence intervals separate in "
+              "the claimed direction; reversed: they separate the other way.", ""]
+    lines += [f"- **{e.verdict}**: {e.claim}. {e.detail}." for e in effects(metrics)]
+    return "\n".join(lines) + "\n"
+
+
+# ---- the plots -------------------------------------------------------------------------------
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display on a cluster node
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_losses(histories: dict[str, list[dict[str, Any]]], path: Path) -> Path:
+    """One subplot per training stage: loss against step."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(histories), figsize=(4 * len(histories), 3), squeeze=False)
+    for ax, (stage, history) in zip(axes[0], histories.items()):
+        ax.plot([r["step"] for r in history], [r["loss"] for r in history], marker=".")
+        ax.set(title=stage, xlabel="step", ylabel="loss")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_task_group(rows: list[Row], names: list[str], title: str, path: Path) -> Path:
+    """A subplot per metric, bars per variant grouped by task, error bars from ci95."""
+    plt = _pyplot()
+    from matplotlib.patches import Patch
+
+    metrics = list(dict.fromkeys(r.metric for r in rows))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.4), squeeze=False,
+                             layout="constrained")
+    width = 0.8 / len(names)
+    for ax, metric in zip(axes[0], metrics):
+        mine = [r for r in rows if r.metric == metric]
+        for i, v in enumerate(names):  # a variant keeps its colour and slot even where missing
+            got = [(j - 0.4 + (i + 0.5) * width, r.cells[v]) for j, r in enumerate(mine)
+                   if r.cells[v]]
+            err = [[c["value"] - c["ci95"][0] for _, c in got],
+                   [c["ci95"][1] - c["value"] for _, c in got]]
+            ax.bar([x for x, _ in got], [c["value"] for _, c in got], width, yerr=err,
+                   capsize=3, color=f"C{i}")
+        ax.set_xticks(range(len(mine)), [r.task for r in mine])
+        ax.set_xlim(-0.5, len(mine) - 0.5)
+        ax.set_title(f"{metric} ({'lower' if metric in LOWER_IS_BETTER else 'higher'} is better)")
+    fig.legend([Patch(color=f"C{i}") for i in range(len(names))], names, ncols=len(names),
+               loc="outside lower center", fontsize="small")
+    fig.suptitle(title)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_sweep(residual: dict[str, Any], path: Path) -> Path:
+    """Fidelity and domain perplexity against λ, the written λ marked."""
+    plt = _pyplot()
+    table = sorted(residual["sweep"], key=lambda r: r["scale"])
+    scales = [r["scale"] for r in table]
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot(scales, [r["fidelity"] for r in table], "o-", color="tab:blue")
+    ax.set(xlabel="λ", ylabel="fidelity")
+    ax.axhline(residual["fidelity"]["instruct"], color="tab:blue", ls=":",
+               label="instruct fidelity")
+    right = ax.twinx()
+    right.plot(scales, [r["domain_perplexity"] for r in table], "s-", color="tab:red")
+    right.set_ylabel("domain perplexity", color="tab:red")
+    ax.axvline(residual["scale"], color="black", ls="--",
+               label=f"written λ = {residual['scale']:g}")
+    ax.legend(fontsize="small", loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def task_groups(rows: list[Row]) -> dict[str, list[Row]]:
+    """Rows by plot: the paper's task groups, then each unknown task on its own."""
+    group_of = {task: group for group, tasks in TASK_GROUPS.items() for task in tasks}
+    groups: dict[str, list[Row]] = {}
+    for row in rows:
+        groups.setdefault(group_of.get(row.task, row.task), []).append(row)
+    return groups
+
+
+def write_plots(manifests: dict[str, Manifest], out: Path) -> dict[str, str]:
+    """Every plot into out/; returns their paths relative to out (as report.md links them)."""
+    metrics = manifests["evaluate"].metrics
+    plot_losses({s: manifests[s].metrics["history"] for s in TRAINING_STAGES}, out / "losses.png")
+    plot_sweep(manifests["residual"].metrics, out / "sweep.png")
+    plots = {"losses": "losses.png", "sweep": "sweep.png"}
+    for group, rows in task_groups(table_rows(metrics)).items():
+        plot_task_group(rows, variants(metrics), group, out / f"tasks-{group}.png")
+        plots[f"tasks:{group}"] = f"tasks-{group}.png"
+    return plots
+
+
+def build(recipe: Recipe, recipe_file: str | Path, output: str | Path | None = None) -> Path:
+    """Write report.md and its plots from the manifests of every stage up to evaluate."""
+    manifests = {s: pipeline.require_manifest(recipe, s) for s in pipeline.select(last="evaluate")}
+    out = Path(output) if output else pipeline.stage_dir(recipe, "report")
+    out.mkdir(parents=True, exist_ok=True)
+    plots = write_plots(manifests, out)
+    date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    path = out / "report.md"
+    path.write_text(render_markdown(manifests, recipe.run.name, str(recipe_file), date, plots))
+    return path

@@ -1,0 +1,329 @@
+"""evaluate: every model on the held-out sets. Unit tier: each task's metrics against hand
+computations, the manifest's shape with stand-in scorers, request de-duplication, the table and
+the registry entry. Integration tier: one model through Ray Data (judge on a loopback stub,
+results into the registry), and the whole stage over every variant, routed included."""
+
+import json
+import math
+import shutil
+
+import pytest
+
+from mortgagellm import manifest
+from mortgagellm.config import load_recipe
+from mortgagellm.datasets.instructions import instructions
+from mortgagellm.datasets.tasks_format import format_summary, qa_truth
+from mortgagellm.metrics import wilson
+from mortgagellm.pipelines import evaluate as ev
+from mortgagellm.serve import registry
+
+SETS = ["corpus.tasks.sft_per_task=4", "corpus.tasks.dpo_pairs=4",
+        "corpus.tasks.routing_requests=40", "corpus.tasks.eval_per_task=6",
+        "corpus.tasks.eval_qa_pairs=4", "corpus.tasks.eval_routing=10"]
+# A few records per task, short answers, one thread: the tiny model answers all in seconds.
+SMALL = ["evaluate.per_task=3", "evaluate.qa_pairs=3", "evaluate.fairness_files=3",
+         "evaluate.eval_instructions=5", "evaluate.domain_docs=3", "evaluate.routing_requests=10",
+         "evaluate.summary_tokens=16", "evaluate.answer_tokens=16", "evaluate.max_seq_len=256",
+         "evaluate.resamples=100", "evaluate.threads=1", "evaluate.batch_size=16"]
+
+
+def label(task, gold, **extra):
+    return {"task": task, "prompt": f"Label it.\n\ndoc {gold}", "document": f"doc {gold}",
+            "answer": gold, "truth": {"label": gold}, **extra}
+
+
+# ---- unit: metrics per task ----------------------------------------------------------------------
+
+def test_classification_counts_unparseable_answers_wrong():
+    records = [label("decision", g) for g in ("approve", "approve", "refer", "deny")]
+    texts = ["approve", "Refer.", "refer", "maybe later"]  # parsed: approve, refer, refer, None
+    m = ev.classification_metrics("decision", records, texts, 100, 0)
+    assert m[ev.ACCURACY]["value"] == 0.5 and m[ev.ACCURACY]["n"] == 4
+    assert m[ev.ACCURACY]["ci95"] == pytest.approx(list(wilson(2, 4)), abs=1e-6)
+    # approve: 1TP 1FN -> 2/3; refer: 1TP 1FP -> 2/3; deny: 1FN -> 0
+    assert m[ev.MACRO_F1]["value"] == pytest.approx(4 / 9, abs=1e-6)
+    assert m[ev.UNPARSEABLE]["value"] == 0.25
+
+
+class FixedBert:
+    """Stand-in for BERTScore: 0.5 for every non-empty answer."""
+
+    def f1(self, candidates, references):
+        return [0.5 if c else 0.0 for c in candidates]
+
+
+def test_summary_rouge_and_field_accuracy_by_hand():
+    fields = {"borrower": "Ann Lee", "loan_amount": "$200,000"}
+    answer = format_summary(fields, "Ann Lee asked for $200,000.")
+    record = {"prompt": "Summarise.", "document": "d", "answer": answer,
+              "truth": {"summary_fields": fields, "reference_summary": "Ann Lee asked for "
+                                                                      "$200,000."}}
+    text = "borrower: Ann Lee\nloan_amount: $250,000"
+    m = ev.summary_metrics([record], [text], FixedBert(), 100, 0)
+    # output: borrower ann lee loan amount 250 000 (7 tokens); reference: borrower ann lee loan
+    # amount 200 000 summary ann lee asked for 200 000 (14); LCS borrower ann lee loan amount
+    # 000 (6) -> P = 6/7, R = 6/14, F = 2 * 6 / (7 + 14)
+    assert m[ev.ROUGE_L]["value"] == pytest.approx(12 / 21, abs=1e-6)
+    assert m[ev.FIELD_ACCURACY]["value"] == 0.5  # borrower right, loan amount wrong
+    assert m[ev.BERTSCORE_F1] == {"value": 0.5, "n": 1, "ci95": [0.5, 0.5]}
+
+
+def test_qa_numeric_counts_only_questions_with_a_figure():
+    money = qa_truth("apr", "What is the payment?", "$1,842.10", 1842.1, "USD")
+    text = qa_truth("program", "Which program?", "FHA", None, None)
+    records = [{"prompt": "q1", "document": "d", "chosen": "The payment is $1,842.10.",
+                "truth": money},
+               {"prompt": "q2", "document": "d", "chosen": "It is an FHA loan.", "truth": text}]
+    m = ev.qa_metrics(records, ["Your payment is $1,842.10 a month.", "Conventional."],
+                      FixedBert(), 100, 0)
+    assert (m[ev.NUMERIC]["value"], m[ev.NUMERIC]["n"]) == (1.0, 1)
+    assert m[ev.NUMERIC]["ci95"] == pytest.approx(list(wilson(1, 1)), abs=1e-6)
+    # q1: [your payment is 184210 month] vs [payment is 184210]: 3 shared -> 2*3/(5+3) = 0.75;
+    # q2: nothing shared -> 0
+    assert m[ev.TOKEN_F1]["value"] == pytest.approx((0.75 + 0.0) / 2)
+
+
+def test_fidelity_is_modeling_fidelity_with_a_wilson_interval():
+    instrs = list(instructions("eval", 0, 5))
+    answers = [(i.answer if i.format == "one_word" else "not json", True) for i in instrs]
+    answers[0] = (answers[0][0], False)  # ran out of tokens: never counts
+    hits = sum(i.format == "one_word" for i in instrs[1:])
+    m = ev.fidelity_metric(instrs, answers)[ev.FIDELITY]
+    assert m["value"] == pytest.approx(hits / 5) and m["n"] == 5
+    assert m["ci95"] == pytest.approx(list(wilson(hits, 5)), abs=1e-6)
+
+
+def test_perplexity_flips_and_routing_by_hand():
+    ppl = ev.perplexity_metric([(2.0, 2), (4.0, 2)], 100, 0)[ev.PERPLEXITY]
+    assert ppl["value"] == pytest.approx(math.exp(6 / 4)) and ppl["n"] == 2
+    assert math.exp(1) <= ppl["ci95"][0] <= ppl["ci95"][1] <= math.exp(2) + 1e-9
+    flips = ev.flip_metric(["approve", "deny", "huh", "refer"],
+                           ["approve", "approve", "what", ""])[ev.FLIP_RATE]
+    assert flips["value"] == 0.5 and flips["n"] == 4  # deny->approve, refer->unparseable
+    routes = [{"route": "structured"}, {"route": "conversational"}] * 2
+    m = ev.routing_metrics(routes, ["structured", "structured", "structured", "conversational"],
+                           [1.0, 2.0, 3.0, 4.0], 100, 0)
+    assert m[ev.ACCURACY]["value"] == 0.75
+    assert m[ev.P50_MS]["value"] == 2.5 and m[ev.P99_MS]["value"] == pytest.approx(3.97)
+
+
+# ---- unit: the shape of a variant's results ------------------------------------------------------
+
+class GradingJudge:
+    """Stand-in judge: 4 for an answer equal to the reference, else an unparseable verdict."""
+
+    def grade(self, task, prompt, reference, answer):
+        return 4 if answer == reference else None
+
+
+def hand_sets():
+    qa = qa_truth("apr", "What is the APR?", "6.912%", 6.912, "%")
+    records = {t: [label(t, g) for g in gold] for t, gold in
+               (("decision", ("approve", "deny")), ("doc_kind", ("rate_sheet",)),
+                ("intent", ("payoff", "escrow")))}
+    records["summary"] = [{"prompt": "Sum.", "document": "", "answer": "borrower: A\nsummary: s",
+                           "truth": {"summary_fields": {"borrower": "A"}}}]
+    records["qa"] = [{"prompt": "APR?", "document": "", "chosen": "6.912%", "truth": qa}]
+    fair = (label("decision", "approve"), label("decision", "approve", prompt="swapped"))
+    return ev.EvalSets(records, list(instructions("eval", 0, 5)), ["a text"], [fair],
+                       [{"request": "r", "route": "structured"}])
+
+
+def answered(sets):
+    """Every probe answered with its reference (labels right, the fairness pair stable)."""
+    answers = {}
+    for name, items in ev.probes(sets, load_recipe_defaults().evaluate).items():
+        answers[name] = [("approve" if name.startswith("fairness") else "x", True)] * len(items)
+    for task, records in sets.records.items():
+        answers[task] = [(ev.reference(task, r), True) for r in records]
+    return {"answers": answers, "nlls": [(3.0, 3)]}
+
+
+def load_recipe_defaults():
+    from mortgagellm.config import Recipe
+
+    return Recipe()
+
+
+def test_every_task_and_metric_is_reported_with_value_n_and_interval():
+    sets = hand_sets()
+    scorer = ev.Scorer(100, 0, FixedBert(), GradingJudge(), judge_items=1)
+    tasks = ev.score_variant(sets, answered(sets), scorer)
+    expected = {t: set(m) | ({ev.JUDGE, ev.JUDGE_UNPARSEABLE} if t in ev.JUDGED else set())
+                for t, m in ev.TASK_METRICS.items() if t != ev.ROUTING}
+    assert {t: set(m) for t, m in tasks.items()} == expected
+    sizes = ev.sample_sizes(sets)
+    for task, metrics in tasks.items():
+        for name, m in metrics.items():
+            assert set(m) == {"value", "n", "ci95"} and len(m["ci95"]) == 2
+            if name.startswith("judge"):
+                assert m["n"] == 1  # judge.max_items of the task's records
+            elif task == ev.QA and name == ev.NUMERIC:
+                assert m["n"] == 1
+            else:
+                assert m["n"] == sizes[task], (task, name)
+    assert tasks["decision"][ev.ACCURACY]["value"] == 1.0
+    assert tasks["decision"][ev.JUDGE]["value"] == 4.0
+    assert tasks[ev.FAIRNESS][ev.FLIP_RATE]["value"] == 0.0
+    assert tasks[ev.DOMAIN][ev.PERPLEXITY]["value"] == pytest.approx(math.e)
+    without_judge = ev.score_variant(sets, answered(sets), ev.Scorer(100, 0, FixedBert(), None, 1))
+    assert ev.JUDGE not in without_judge["decision"]
+
+
+def test_requests_ask_each_prompt_once():
+    sets = hand_sets()
+    sets.fairness = [(sets.records["decision"][0], {**sets.records["decision"][0],
+                                                    "prompt": "swapped"})]
+    rows = ev.requests(sets, load_recipe_defaults().evaluate)
+    chat = [r for r in rows if r["kind"] == ev.CHAT]
+    # 7 labelled/summary/qa records + 5 instructions + 1 swapped prompt: the fairness original
+    # is the first decision record's prompt, asked once
+    assert len(chat) == 7 + 5 + 1
+    assert [r["kind"] for r in rows].count(ev.NLL) == 1
+    assert len({r["key"] for r in rows}) == len(rows)
+
+
+def test_table_lists_task_metric_value_interval_and_n():
+    text = ev.table({"decision": {"accuracy": {"value": 0.5, "n": 4, "ci95": [0.15, 0.85]}}})
+    header, row = text.splitlines()
+    assert header.split() == ["task", "metric", "value", "95%", "CI", "n"]
+    assert row.split() == ["decision", "accuracy", "0.5000", "[0.1500,", "0.8500]", "4"]
+
+
+def test_set_metrics_adds_to_a_registered_version(tmp_path):
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    reg = tmp_path / "registry.json"
+    version = registry.register(reg, str(model), "test", {"fidelity": 0.9})
+    registry.set_metrics(reg, version, {"evaluate": {"tasks": {}}})
+    assert registry.read(reg)["versions"][version]["metrics"] == {"fidelity": 0.9,
+                                                                   "evaluate": {"tasks": {}}}
+    with pytest.raises(ValueError, match="not registered"):
+        registry.set_metrics(reg, "0" * 64, {})
+
+
+def test_missing_bootstrap_names_the_stage_to_run(tmp_path):
+    recipe = load_recipe_path(tmp_path)
+    with pytest.raises(FileNotFoundError, match="run `mortgagellm bootstrap` first"):
+        ev.run(recipe)
+
+
+def load_recipe_path(tmp_path, extra=()):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(f"run:\n  output_dir: {tmp_path / 'run'}\n")
+    return load_recipe(path, [*SETS, *SMALL, *extra])
+
+
+# ---- integration ---------------------------------------------------------------------------------
+
+def fake_run(tmp_path, tiny_pair, stages, extra=()):
+    """A run directory whose later stages' models are all the tiny instruct model (each stage is
+    tested on its own; here only the manifests' contract matters)."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_pair.output_path("instruct"), run / "bootstrap" / "instruct")
+    manifest.write(str(run / "bootstrap"), manifest.Manifest(
+        stage="bootstrap", fingerprint="test", config={},
+        outputs={"instruct": manifest.artifact(run / "bootstrap" / "instruct")}))
+    for stage in stages:
+        shutil.copytree(tiny_pair.output_path("instruct"), run / stage / "model")
+        manifest.write(str(run / stage), manifest.Manifest(
+            stage=stage, fingerprint="test", config={},
+            outputs={"model": manifest.artifact(run / stage / "model")}))
+    return load_recipe_path(tmp_path, extra)
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_one_model_through_ray_data_into_its_registry_entry(ray_cluster, tiny_pair, tmp_path,
+                                                             monkeypatch):
+    server = start_stub()
+    try:
+        recipe = fake_run(tmp_path, tiny_pair, (), [
+            f"evaluate.judge.base_url=http://127.0.0.1:{server.server_port}/v1",
+            "evaluate.judge.model=grader", "evaluate.judge.api_key_env=null",
+            "evaluate.judge.max_items=2", "evaluate.judge.max_retries=0"])
+        model = str(tmp_path / "run" / "bootstrap" / "instruct")
+        result = ev.evaluate_registered(recipe, model)
+    finally:
+        stop_stub(server)
+    sizes = result["sample_sizes"]
+    assert sizes == {"decision": 3, "doc_kind": 3, "intent": 3, "summary": 3, "qa": 3,
+                     "instruction": 5, "domain": 3, "fairness": 3, "routing": 10}
+    tasks = result["tasks"]
+    for task, names in ev.TASK_METRICS.items():
+        if task == ev.ROUTING:
+            assert task not in tasks
+            continue
+        judged = {ev.JUDGE, ev.JUDGE_UNPARSEABLE} if task in ev.JUDGED else set()
+        assert set(tasks[task]) == set(names) | judged, task
+        for name in names:
+            if (task, name) != (ev.QA, ev.NUMERIC):
+                assert tasks[task][name]["n"] == sizes[task], (task, name)
+        if judged:
+            assert tasks[task][ev.JUDGE_UNPARSEABLE]["n"] == 2
+    assert 0 < tasks[ev.QA][ev.NUMERIC]["n"] <= 3
+    assert tasks[ev.DOMAIN][ev.PERPLEXITY]["value"] > 1.0
+    assert len(server.seen) > 0 and server.seen[0]["model"] == "grader"
+    reg = registry.read(tmp_path / "run" / "serve" / "registry.json")
+    (version, entry), = reg["versions"].items()
+    assert version == result["version"] == manifest.sha256_path(model)
+    stored = entry["metrics"]["evaluate"]["tasks"]  # NaN (no parseable judgement) != NaN
+    assert json.dumps(stored, sort_keys=True) == json.dumps(tasks, sort_keys=True)
+    # a registry version (a prefix will do) names the same model
+    monkeypatch.setattr(ev, "evaluate_model", lambda recipe, model_dir, name, version: {
+        "model": model_dir, "version": version, "tasks": {}})
+    assert ev.evaluate_registered(recipe, version[:10]) == {
+        "model": entry["path"], "version": version, "tasks": {}}
+    assert registry.read(tmp_path / "run" / "serve" / "registry.json")["versions"][version][
+        "metrics"]["evaluate"]["tasks"] == {}
+
+
+def start_stub():
+    """tests/test_judge.py's stub judge on a free loopback port, served from a thread."""
+    import threading
+    from http.server import ThreadingHTTPServer
+
+    from tests.test_judge import StubJudge
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), StubJudge)
+    server.seen = []
+    server.thread = threading.Thread(target=server.serve_forever,
+                                     kwargs={"poll_interval": 0.05}, daemon=True)
+    server.thread.start()
+    return server
+
+
+def stop_stub(server):
+    server.shutdown()
+    server.server_close()
+    server.thread.join(timeout=5)
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_stage_evaluates_every_variant_and_the_routed_system(ray_cluster, tiny_pair, tmp_path,
+                                                            caplog):
+    recipe = fake_run(tmp_path, tiny_pair, ("pretrain", "residual", "sft", "dpo"),
+                      ["serve.router.mode=hybrid", "serve.router.threshold=0.99"])
+    m = ev.run(recipe)
+    variants = m.metrics["variants"]
+    assert set(variants) == {*ev.VARIANTS, ev.ROUTED}
+    assert m.metrics["judge"] is None and m.metrics["sample_sizes"]["routing"] == 10
+    same = variants["instruct"]["tasks"]
+    for name in ("dapt", "merged", "structured", "conversational"):
+        assert variants[name]["tasks"] == same  # one model, generated once, scored alike
+        assert variants[name]["version"] == m.inputs[name]["sha256"]
+    routed = variants[ev.ROUTED]["tasks"]
+    assert set(routed) == set(ev.TASK_METRICS) - {ev.DOMAIN}
+    # both experts are the same model, so routing changes no answer
+    assert routed[ev.QA] == same[ev.QA] and routed[ev.FAIRNESS] == same[ev.FAIRNESS]
+    assert routed[ev.ROUTING][ev.ACCURACY]["n"] == 10
+    assert 0 < routed[ev.ROUTING][ev.P50_MS]["value"] <= routed[ev.ROUTING][ev.P99_MS]["value"]
+    lines = manifest.Path(m.output_path("predictions")).read_text().splitlines()
+    assert len(lines) == 5 * sum(len(v) for v in ev.probes(
+        ev.eval_sets(recipe, manifest.Path(recipe.run.output_dir) / "evaluate" / "tasks"),
+        recipe.evaluate).values())
+    caplog.set_level("INFO")
+    assert ev.run(recipe).started_at == m.started_at
+    assert "up to date" in caplog.text

@@ -1,0 +1,200 @@
+"""report: the table, deltas, footnotes and verdicts from hand-written manifests, the plots as
+real PNG files linked from report.md, and the `report` sub-command's wiring (no Ray, no torch)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mortgagellm import cli, manifest
+from mortgagellm.config import validate_recipe
+from mortgagellm.pipelines import recipe as pipeline
+from mortgagellm.pipelines import report
+
+ROOT = Path(__file__).resolve().parents[2]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def m(value, lo, hi, n=100):
+    return {"value": value, "n": n, "ci95": [lo, hi]}
+
+
+# instruct and structured have every task; dapt was not evaluated on qa; only structured has the
+# unknown metric decision/calibration; zeta is an unknown task.
+VARIANTS = {
+    "structured": {"decision": {"accuracy": m(0.75, 0.66, 0.84), "macro_f1": m(0.7, 0.6, 0.8),
+                                "calibration": m(0.1, 0.05, 0.15)},
+                   "intent": {"accuracy": m(0.3, 0.2, 0.4)},
+                   "summary": {"rouge_l": m(0.32, 0.25, 0.39, n=40)},
+                   "qa": {"token_f1": m(0.4, 0.3, 0.5)},
+                   "domain": {"perplexity": m(9.8, 9.3, 10.3)},
+                   "zeta": {"score": m(1.0, 0.5, 1.5, n=10)}},
+    "instruct": {"decision": {"accuracy": m(0.5, 0.4, 0.6), "macro_f1": m(0.4, 0.3, 0.5)},
+                 "intent": {"accuracy": m(0.7, 0.6, 0.8)},
+                 "summary": {"rouge_l": m(0.3, 0.23, 0.37, n=40)},
+                 "qa": {"token_f1": m(0.35, 0.25, 0.45)},
+                 "domain": {"perplexity": m(10.0, 9.5, 10.5)},
+                 "zeta": {"score": m(2.0, 1.5, 2.5, n=10)}},
+    "dapt": {"decision": {"accuracy": m(0.55, 0.45, 0.65), "macro_f1": m(0.45, 0.35, 0.55)},
+             "intent": {"accuracy": m(0.6, 0.5, 0.7)},
+             "summary": {"rouge_l": m(0.2, 0.15, 0.25, n=40)},
+             "domain": {"perplexity": m(6.0, 5.5, 6.5)},
+             "zeta": {"score": m(2.0, 1.5, 2.5, n=10)}},
+}
+
+
+def evaluate_metrics():
+    return {"variants": {v: {"model": f"/models/{v}", "version": f"{i:02d}" * 32, "tasks": t}
+                         for i, (v, t) in enumerate(VARIANTS.items())},
+            "sample_sizes": {"decision": 100, "intent": 100, "summary": 40, "qa": 100,
+                             "domain": 100, "zeta": 10},
+            "judge": None}
+
+
+def history(first, last, steps):
+    return [{"step": s, "loss": first + (last - first) * s / steps, "lr": 1e-4}
+            for s in range(1, steps + 1)]
+
+
+SWEEP = [{"scale": s, "fidelity": f, "fidelity_ratio": f / 0.8, "domain_perplexity": p,
+          "by_format": {}} for s, f, p in ((0.0, 0.3, 6.0), (0.5, 0.7, 6.4), (1.0, 0.78, 7.5))]
+RESIDUAL = {"scale": 0.5, "fidelity_ratio": 0.875, "sweep": SWEEP, "selection_rule": "rule text",
+            "fidelity": {"instruct": 0.8, "dapt": 0.3, "merged": 0.7},
+            "domain_perplexity": {"base": 12.0, "instruct": 10.0, "dapt": 6.0, "merged": 6.4}}
+STAGE_METRICS = {"pretrain": {"history": history(3.0, 2.0, 20)},
+                 "sft": {"history": history(1.5, 0.5, 10)},
+                 "dpo": {"history": history(0.7, 0.3, 5)},
+                 "residual": RESIDUAL, "evaluate": evaluate_metrics()}
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    """A recipe whose output_dir holds a manifest for every stage up to evaluate."""
+    recipe = validate_recipe({"run": {"name": "fixture-run", "output_dir": str(tmp_path / "run")}})
+    for i, stage in enumerate(dict.fromkeys((*pipeline.STAGES, "evaluate"))):
+        manifest.write(str(pipeline.stage_dir(recipe, stage)), manifest.Manifest(
+            stage=stage, fingerprint=f"{stage}-fingerprint-0123456789", config={},
+            metrics=STAGE_METRICS.get(stage, {}), started_at="2025-01-01T00:00:00Z",
+            duration_s=10.0 + i))
+    return recipe
+
+
+def table(markdown):
+    """The results table as {(task, metric): {column: text}}."""
+    lines = markdown.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| task | metric |"))
+    head = [c.strip() for c in lines[start].strip("|").split("|")]
+    rows = {}
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        cells = dict(zip(head, (c.strip() for c in line.strip("|").split("|"))))
+        rows[(cells["task"], cells["metric"])] = cells
+    return rows
+
+
+def test_rows_known_tasks_and_metrics_first_unknown_sorted_after():
+    keys = [(r.task, r.metric) for r in report.table_rows(evaluate_metrics())]
+    assert keys == [("decision", "accuracy"), ("decision", "macro_f1"),
+                    ("decision", "calibration"), ("intent", "accuracy"), ("summary", "rouge_l"),
+                    ("qa", "token_f1"), ("domain", "perplexity"), ("zeta", "score")]
+    assert report.variants(evaluate_metrics()) == ["instruct", "dapt", "structured"]
+
+
+def test_table_cells_deltas_missing_cells_and_footnotes(run_dir):
+    markdown = report.build(run_dir, "configs/fixture.yaml").read_text()
+    rows = table(markdown)
+    acc = rows[("decision", "accuracy")]
+    assert acc["instruct"] == "0.50 [0.40, 0.60]" and acc["structured"] == "0.75 [0.66, 0.84]"
+    assert acc["Δ structured"] == "+0.25"        # 0.75 - 0.50
+    assert acc["Δ dapt"] == "+0.05"              # 0.55 - 0.50
+    assert acc["n"] == "100" and acc["better"] == "↑"
+    ppl = rows[("domain", "perplexity")]
+    assert ppl["Δ dapt"] == "-4.00" and ppl["better"] == "↓"   # 6.0 - 10.0
+    assert rows[("summary", "rouge_l")]["n"] == "40"
+    qa = rows[("qa", "token_f1")]
+    assert qa["dapt"].startswith("–[^") and qa["Δ dapt"] == "–"
+    note = qa["dapt"][len("–"):]
+    assert f"{note}: dapt was not evaluated on qa." in markdown
+    calibration = rows[("decision", "calibration")]     # the unknown metric is kept
+    assert calibration["structured"] == "0.10 [0.05, 0.15]"
+    assert calibration["instruct"].startswith("–[^") and calibration["Δ structured"] == "–"
+    assert "instruct was evaluated on decision but has no calibration for it." in markdown
+    assert rows[("zeta", "score")]["Δ structured"] == "-1.00"
+
+
+def test_header_has_provenance_and_training_has_losses_and_sweep(run_dir):
+    markdown = report.build(run_dir, "configs/fixture.yaml").read_text()
+    assert "fixture-run" in markdown and "`configs/fixture.yaml`" in markdown
+    for stage in ("bootstrap", "pretrain", "residual", "evaluate"):
+        assert f"| {stage} | `{f'{stage}-fingerprint-0123456789'[:12]}` |" in markdown
+    assert "| structured | `/models/structured` | `000000000000` |" in markdown
+    assert "| pretrain | 20 | 2.9500 | 2.0000 |" in markdown
+    assert "| sft | 10 | 1.4000 | 0.5000 |" in markdown        # 1.5 - 1.0 * 1 / 10
+    assert "| 0.5 | 0.700 | 0.875 | 6.400 | **yes** |" in markdown
+    assert "| 1 | 0.780 | 0.975 | 7.500 |  |" in markdown
+    assert "Written: λ = 0.5 (rule text)" in markdown
+
+
+def test_effects_verdicts_follow_the_intervals():
+    found = {e.claim: e for e in report.effects(evaluate_metrics())}
+    assert found["(a) DAPT lowers domain perplexity"].verdict == report.SHOWN
+    assert "(Δ -4.00; lower is better)" in found["(a) DAPT lowers domain perplexity"].detail
+    assert found["(c) the SFT expert beats instruct on decision"].verdict == report.SHOWN
+    assert found["(c) the SFT expert beats instruct on summary"].verdict == report.NOISE
+    assert found["(c) the SFT expert beats instruct on intent"].verdict == report.REVERSED
+    assert found["(d) the DPO expert beats instruct on QA"].verdict == report.MISSING
+    assert "merged" in found["(b) the residual restores instruction fidelity lost by DAPT"].detail
+
+
+@pytest.mark.parametrize("better, than, lower, expected", [
+    ((0.6, 0.7), (0.4, 0.5), False, report.SHOWN),
+    ((0.45, 0.7), (0.4, 0.5), False, report.NOISE),
+    ((0.1, 0.2), (0.4, 0.5), False, report.REVERSED),
+    ((5.0, 6.0), (9.0, 10.0), True, report.SHOWN),
+    ((9.5, 11.0), (9.0, 10.0), True, report.NOISE),
+    ((0.55, 0.9), (0.5, 0.5), False, report.SHOWN),     # routing accuracy against chance
+])
+def test_verdict_on_intervals(better, than, lower, expected):
+    assert report.verdict(better, than, lower) == expected
+
+
+def test_routing_effect_against_chance():
+    metrics = evaluate_metrics()
+    metrics["variants"]["routed"] = {"model": "-", "version": "f" * 64,
+                                     "tasks": {"routing": {"accuracy": m(0.9, 0.85, 0.95)}}}
+    routing = report.effects(metrics)[-1]
+    assert routing.verdict == report.SHOWN and "0.90 [0.85, 0.95]" in routing.detail
+
+
+def test_plots_are_pngs_linked_from_the_report(run_dir):
+    path = report.build(run_dir, "configs/fixture.yaml")
+    markdown = path.read_text()
+    pngs = sorted(p.name for p in path.parent.glob("*.png"))
+    assert pngs == ["losses.png", "sweep.png", "tasks-classification.png", "tasks-domain.png",
+                    "tasks-qa.png", "tasks-summary.png", "tasks-zeta.png"]
+    for name in pngs:
+        assert (path.parent / name).read_bytes()[:8] == PNG_MAGIC
+        assert f"]({name})" in markdown
+    assert "## What this run shows" in markdown and "- **shown**: (a) DAPT" in markdown
+
+
+def test_report_command_runs_up_to_evaluate_then_builds(run_dir, tmp_path, monkeypatch, capsys):
+    calls = []
+    monkeypatch.setattr(pipeline, "run_recipe", lambda recipe, **kw: calls.append(kw) or [])
+    out = tmp_path / "elsewhere"
+    assert cli.main(["report", str(ROOT / "configs/cpu-demo.yaml"),
+                     "--run.output_dir", run_dir.run.output_dir, "--output", str(out)]) == 0
+    assert calls == [{"last": "evaluate"}]
+    assert capsys.readouterr().out.strip() == str(out / "report.md")
+    assert (out / "report.md").is_file() and (out / "losses.png").is_file()
+
+
+def test_report_help_imports_nothing_heavy():
+    code = ("import sys\nfrom mortgagellm.cli import main\n"
+            "try:\n    main(['report', '--help'])\nexcept SystemExit:\n    pass\n"
+            "heavy = [m for m in ('torch', 'ray', 'transformers', 'deepspeed', 'matplotlib')"
+            " if m in sys.modules]\nprint('HEAVY', heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "HEAVY []" in out.stdout and "--output" in out.stdout
