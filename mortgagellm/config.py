@@ -111,9 +111,16 @@ class BootstrapConfig(Section):
         0.1,
         ge=0,
         le=0.5,
-        description="Share of base's text that is light home-finance prose. A base that has seen "
-        "the domain's vocabulary keeps DAPT a modest move, which the residual transfer needs "
-        "(shared/FINDINGS.md, run B).",
+        description="Share of base's general documents that are light home-finance prose.",
+    )
+    domain_documents: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="Generated mortgage documents added to base's text, as a fraction of "
+        "general_docs (clean, from their own seed stream: never the corpus' or the eval sets'). "
+        "A base that has seen the domain keeps DAPT a modest move, which the residual transfer "
+        "needs (shared/FINDINGS.md, run B); 0 gives run A, where the transfer fails.",
     )
     eval_instructions: int = Field(
         60, ge=5, description="Held-out format instructions used to measure fidelity."

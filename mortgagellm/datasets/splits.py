@@ -5,7 +5,7 @@ import hashlib
 
 from mortgagellm.datasets import mortgage
 
-PURPOSES = ("corpus", "sft", "dpo", "routing", "eval")
+PURPOSES = ("bootstrap", "corpus", "sft", "dpo", "routing", "eval")
 
 
 def purpose_seed(seed: int, purpose: str) -> int:

@@ -20,8 +20,10 @@ from typing import Any
 
 from mortgagellm import manifest
 from mortgagellm.config import BootstrapConfig, Recipe
+from mortgagellm.datasets import mortgage
 from mortgagellm.datasets.general import general_documents
 from mortgagellm.datasets.instructions import instructions
+from mortgagellm.datasets.splits import purpose_seed
 from mortgagellm import model_files
 from mortgagellm.pipelines.recipe import stage_dir
 
@@ -106,6 +108,7 @@ def build_pair(plan: BuildPlan, cfg: BootstrapConfig, seed: int, out_dir: Path) 
     n_instr = plan.instruct_steps * plan.batch_size
     train_set = list(instructions("train", seed, n_instr))
     texts = list(general_documents(seed, plan.general_docs, cfg.domain_fraction))
+    texts += domain_documents(seed, round(cfg.domain_documents * plan.general_docs))
     tokenizer = train_tokenizer(
         itertools.chain(texts, (f"{i.prompt}\n{i.answer}" for i in train_set)), plan.vocab_size)
     model = build_llama(asdict(plan), tokenizer, seed)
@@ -166,6 +169,13 @@ def train_loop(model: Any, batches: Any, steps: int, lr: float, name: str) -> fl
             log.info("bootstrap %s: step %d/%d loss %.3f  %.0f tokens/s", name, step + 1, steps,
                      sum(losses[-10:]) / len(losses[-10:]), tokens / (time.monotonic() - t0))
     return round(sum(losses[-10:]) / len(losses[-10:]), 4)
+
+
+def domain_documents(seed: int, n: int) -> list[str]:
+    """n clean generated mortgage documents from the 'bootstrap' seed stream, so base has seen
+    the domain (as a real base model has) without seeing the corpus or any eval document."""
+    return [r["text"] for r in mortgage.generate(purpose_seed(seed, "bootstrap"), 0, n,
+                                                 noise=False)]
 
 
 def _packed_batches(tokenizer: Any, texts: list[str], plan: BuildPlan, seed: int):

@@ -95,7 +95,10 @@ def eval_sets(recipe: Recipe, tasks: Path) -> EvalSets:
     """Seeded samples of the eval sets in `tasks`, the format instructions and the held-out
     domain documents; fairness pairs whose swap changed nothing are left out."""
     cfg, seed = recipe.evaluate, recipe.run.seed
-    read = lambda name, n: subset(read_task_set(tasks / f"eval_{name}.parquet"), n, seed)  # noqa: E731
+
+    def read(name: str, n: int) -> list[dict]:
+        return subset(read_task_set(tasks / f"eval_{name}.parquet"), n, seed)
+
     records = {task: read(task, cfg.per_task) for task in (*CLASSIFICATION, SUMMARY)}
     records[QA] = read(QA, cfg.qa_pairs)
     pairs = [(r, swap_record(r)) for r in read(DECISION, cfg.fairness_files)]
@@ -394,11 +397,12 @@ def routed_variant(recipe: Recipe, sets: EvalSets, generated: dict[str, dict],
         t0 = time.perf_counter()
         routes.append(router(record["request"]))
         millis.append((time.perf_counter() - t0) * 1e3)
-    chosen: dict[str, str] = {}
+    chosen: dict[str, str] = {}  # prompt -> expert; a prompt in several probe sets routes once
     answers = {}
     for name, items in probes(sets, recipe.evaluate).items():
         for prompt, _, _ in items:
-            chosen.setdefault(prompt, router(prompt))
+            if prompt not in chosen:
+                chosen[prompt] = router(prompt)
         answers[name] = [generated[chosen[p]]["answers"][name][i]
                          for i, (p, _, _) in enumerate(items)]
     tasks = score_variant(sets, {"answers": answers}, scorer)

@@ -138,3 +138,15 @@ def test_plan_takes_recipe_overrides_and_rejects_impossible_shapes():
 def test_manifest_records_resolved_plan(tiny_pair):
     assert tiny_pair.config["plan"]["hidden_size"] == bootstrap.PRESETS["tiny"].hidden_size
     assert manifest.sha256_path(tiny_pair.output_path("base")) == tiny_pair.outputs["base"]["sha256"]
+
+
+def test_base_sees_domain_documents_but_never_corpus_or_eval_ones():
+    from mortgagellm.datasets import mortgage
+    from mortgagellm.datasets.splits import heldout_domain_texts, purpose_seed
+
+    seen = bootstrap.domain_documents(0, 40)
+    assert seen == bootstrap.domain_documents(0, 40) and len(set(seen)) == 40
+    assert any("Loan" in t or "loan" in t for t in seen)
+    corpus = {r["text"] for r in mortgage.generate(purpose_seed(0, "corpus"), 0, 40)}
+    assert not set(seen) & (corpus | set(heldout_domain_texts(0, 40)))
+    assert bootstrap.domain_documents(1, 5) != bootstrap.domain_documents(0, 5)

@@ -327,3 +327,19 @@ def test_stage_evaluates_every_variant_and_the_routed_system(ray_cluster, tiny_p
     caplog.set_level("INFO")
     assert ev.run(recipe).started_at == m.started_at
     assert "up to date" in caplog.text
+
+
+def test_cli_evaluates_one_model_and_prints_the_table(tmp_path, monkeypatch, capsys):
+    from mortgagellm import cli
+
+    asked = []
+    result = {"tasks": {"qa": {"token_f1": {"value": 0.25, "n": 3, "ci95": [0.0, 0.5]}}}}
+    monkeypatch.setattr(ev, "evaluate_registered",
+                        lambda recipe, ref: asked.append((recipe.evaluate.per_task, ref)) or result)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"run:\n  output_dir: {tmp_path / 'run'}\n")
+    assert cli.main(["evaluate", str(recipe), "--model", "abcdef0123", "--evaluate.per_task",
+                     "7"]) == 0
+    assert asked == [(7, "abcdef0123")]
+    assert capsys.readouterr().out.splitlines()[1].split() == [
+        "qa", "token_f1", "0.2500", "[0.0000,", "0.5000]", "3"]
