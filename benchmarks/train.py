@@ -18,7 +18,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mortgagellm.cluster.training import rank_rows
+from mortgagellm.cluster.data import rank_rows
 from mortgagellm.datasets.schemas import PACKED_SCHEMA
 from mortgagellm.pipelines.pretrain import packed_inputs
 
@@ -65,7 +65,7 @@ def plain_loop(model_dir: Path, shards: list[str], steps: int, micro: int, lr: f
     model = AutoModelForCausalLM.from_pretrained(model_dir).to(device)
     model.config.use_cache = False
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95))
-    rows = rank_rows(shards, 0, 1, 0)
+    rows = rank_rows(shards, 0, 1, 0, shuffle_seed=0)
     tokens, t0 = 0, 0.0
     for step in range(steps):
         if step == 3:
@@ -98,7 +98,8 @@ def ray_deepspeed(model_dir: Path, shards: list[str], work: Path, args: argparse
     ds = DeepSpeedSettings(zero_stage=args.zero, micro_batch_size=args.micro, lr=args.lr)
     init_ray(RayConfig(num_cpus=4), work)
     config = {
-        "seed": 0, "base_model": str(model_dir), "shards": shards, "seq_len": args.seq_len,
+        "seed": 0, "base_model": str(model_dir), "shards": shards, "shuffle_seed": 0,
+        "seq_len": args.seq_len,
         "method": "full", "lora": {}, "ds_config": ds_config(ds, scaling),
         "max_steps": args.steps, "warmup_steps": 1, "min_lr_ratio": 1.0,
         "gradient_checkpointing": False, "checkpoint_every": args.steps,

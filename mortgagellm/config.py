@@ -114,7 +114,7 @@ class BootstrapConfig(Section):
         description="Share of base's general documents that are light home-finance prose.",
     )
     domain_documents: float = Field(
-        0.1,
+        0.02,
         ge=0,
         le=1,
         description="Generated mortgage documents added to base's text, as a fraction of "

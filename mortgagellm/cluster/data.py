@@ -1,82 +1,68 @@
-"""Feeding Ray Train workers the packed corpus: each rank its own rows, in a fixed order, from any
+"""Feeding training ranks their rows: disjoint, in a fixed (optionally shuffled) order, from any
 recorded position.
 
-Rows are numbered in corpus order: the shard list of the corpus manifest (names sort in corpus
-order), rows in file order. Rank r of w takes rows r, r + w, r + 2w, ... of the first
-w * floor(N / w), so every rank has the same number of rows and data-parallel steps stay in
-lockstep. A rank's position is the number of its rows consumed; `start=k` yields exactly the
-rows after those k, which is what a checkpoint records for a step-exact resume.
+The unit of order is a Parquet row group (the corpus writes PACKED_ROW_GROUP_ROWS rows per
+group). With a shuffle seed the row groups of all shards are put in a seeded random order; rows
+inside a group keep theirs. The corpus is written source by source, so reading it in file order
+would train on one source at a time (all regulations first); the shuffle mixes sources at a
+granularity that still reads whole row groups. Global row i of that order goes to rank
+i % world; a rank's position is the number of its rows consumed, and `start=k` yields exactly the
+rows after those k, skipping whole groups without decoding them (a step-exact resume).
 
 Why not Ray Data's streaming_split / get_dataset_shard: it hands blocks to whichever rank asks
 first, so which rows a rank sees depends on timing, and a resumed run would have to replay the
-stream from the beginning. Here a worker opens only the shard files holding its rows, through
-pyarrow (local paths or s3://), from the plan it receives in its Ray Train config dict.
+stream from the beginning. Here a rank opens only the row groups holding its rows, through
+pyarrow (local paths or s3://), from the shard list it receives in its Ray Train config dict.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
 
 from mortgagellm.cluster import storage
-from mortgagellm.datasets.schemas import PACKED_SCHEMA
 
 
-def shard_plan(corpus_manifest: Any) -> dict[str, Any]:
-    """What workers need from the corpus manifest, as plain JSON for Ray Train's config dict:
-    the shard directory, [file, rows] in corpus order, and seq_len."""
-    metrics = corpus_manifest.metrics
-    return {"dir": corpus_manifest.output_path("shards"),
-            "files": [[s["file"], s["rows"]] for s in metrics["shards"]],
-            "seq_len": metrics["packed"]["seq_len"]}
+def row_groups(shards: list[str], shuffle_seed: int | None = None) -> list[tuple[str, int, int]]:
+    """(shard, row group, rows) of every row group, in file order or, with a seed, in a seeded
+    random order (the same for every rank and every resume)."""
+    groups = []
+    for shard in shards:
+        filesystem, path = storage.filesystem(shard)
+        with filesystem.open_input_file(path) as f:
+            meta = pq.ParquetFile(f).metadata
+        groups += [(shard, g, meta.row_group(g).num_rows) for g in range(meta.num_row_groups)]
+    if shuffle_seed is None:
+        return groups
+    order = np.random.default_rng(shuffle_seed).permutation(len(groups))
+    return [groups[i] for i in order]
 
 
-def rows_per_rank(plan: dict[str, Any], world_size: int) -> int:
-    """Rows every rank gets (the last N mod world_size rows of the corpus are left out)."""
-    return sum(rows for _, rows in plan["files"]) // world_size
+def rank_rows(shards: list[str], rank: int, world: int, start: int = 0,
+              shuffle_seed: int | None = None) -> Iterator[dict]:
+    """This rank's rows ({column: list}) from its `start`-th row on.
 
-
-def iter_rows(plan: dict[str, Any], rank: int, world_size: int, start: int = 0
-              ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(input_ids, segment_ids) of this rank's rows from position `start` on, in order."""
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
-    total = rows_per_rank(plan, world_size)
-    if not 0 <= start <= total:
-        raise ValueError(f"start {start} is outside this rank's {total} rows")
-    wanted = rank + world_size * np.arange(start, total, dtype=np.int64)  # global row numbers
-    first_row = 0
-    for name, rows in plan["files"]:
-        lo, hi = np.searchsorted(wanted, [first_row, first_row + rows])
-        if hi > lo:
-            ids, segments = _read(f"{plan['dir']}/{name}", plan["seq_len"])
-            local = wanted[lo:hi] - first_row
-            yield from zip(ids[local], segments[local], strict=True)
-        first_row += rows
-
-
-def iter_batches(plan: dict[str, Any], rank: int, world_size: int, batch_size: int,
-                 start: int = 0) -> Iterator[dict[str, np.ndarray]]:
-    """Batches {input_ids, segment_ids: (batch_size, seq_len) int32, position: rows consumed
-    once this batch is done}; a last incomplete batch is dropped so ranks step together."""
-    ids, segments = [], []
-    position = start
-    for row_ids, row_segments in iter_rows(plan, rank, world_size, start):
-        ids.append(row_ids)
-        segments.append(row_segments)
-        if len(ids) == batch_size:
-            position += batch_size
-            yield {"input_ids": np.stack(ids), "segment_ids": np.stack(segments),
-                   "position": np.int64(position)}
-            ids, segments = [], []
-
-
-def _read(uri: str, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
-    """One shard as two (rows, seq_len) int32 arrays."""
-    filesystem, path = storage.filesystem(uri)
-    table = pq.read_table(path, filesystem=filesystem, schema=PACKED_SCHEMA)
-    return tuple(table[name].combine_chunks().flatten().to_numpy().reshape(-1, seq_len)
-                 for name in ("input_ids", "segment_ids"))
+    Rows are dealt round-robin over the (shuffled) sequence of row groups: every rank sees the
+    same number of rows +-1, and no row twice."""
+    if not 0 <= rank < world:
+        raise ValueError(f"rank {rank} is not in 0..{world - 1}")
+    if start < 0:
+        raise ValueError(f"start {start} is negative")
+    seen = 0  # rows of this rank passed so far
+    global_row = 0
+    for shard, group, n in row_groups(shards, shuffle_seed):
+        mine = range((rank - global_row) % world, n, world)
+        if seen + len(mine) <= start:
+            seen, global_row = seen + len(mine), global_row + n
+            continue
+        filesystem, path = storage.filesystem(shard)
+        with filesystem.open_input_file(path) as f:
+            table = pq.ParquetFile(f).read_row_group(group)
+        columns = {name: table.column(name) for name in table.column_names}
+        for i in mine:
+            if seen >= start:
+                yield {name: column[i].as_py() for name, column in columns.items()}
+            seen += 1
+        global_row += n

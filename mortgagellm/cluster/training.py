@@ -14,35 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
-
+from mortgagellm.cluster.data import rank_rows
 from mortgagellm.cluster.runtime import scaling_config
 from mortgagellm.config import ScalingSettings
-
-
-def rank_rows(shards: list[str], rank: int, world: int, start: int) -> Iterator[dict]:
-    """This rank's rows, in a fixed order, from its `start`-th row on.
-
-    Rows are dealt round-robin (global row i goes to rank i % world), so every rank sees the same
-    number of rows +-1 and a resumed run continues at exactly the next row. Whole row groups
-    before `start` are skipped without being decoded.
-    """
-    seen = 0  # rows of this rank passed so far
-    global_row = 0
-    for shard in shards:
-        file = pq.ParquetFile(shard)
-        for g in range(file.num_row_groups):
-            n = file.metadata.row_group(g).num_rows
-            mine = len(range((rank - global_row) % world, n, world))
-            if seen + mine <= start:
-                seen, global_row = seen + mine, global_row + n
-                continue
-            table = file.read_row_group(g)
-            for i in range((rank - global_row) % world, n, world):
-                if seen >= start:
-                    yield {name: table.column(name)[i].as_py() for name in table.column_names}
-                seen += 1
-            global_row += n
 
 
 def init_single_process(use_gpu: bool) -> None:
@@ -69,12 +43,13 @@ class LocalSession:
     shards: list[str]
     checkpoint_root: Path
     keep: int = 2
+    shuffle_seed: int | None = None
     rank: int = 0
     world_size: int = 1
 
     def rows(self, start: int) -> Iterator[dict]:
         """This process's rows from position `start`."""
-        return rank_rows(self.shards, self.rank, self.world_size, start)
+        return rank_rows(self.shards, self.rank, self.world_size, start, self.shuffle_seed)
 
     def latest_checkpoint(self) -> Path | None:
         """The newest complete checkpoint directory, if any."""
@@ -99,19 +74,19 @@ class LocalSession:
 class RaySession:
     """Inside a Ray Train worker: rank from the train context, checkpoints through report()."""
 
-    def __init__(self, shards: list[str], scratch: str) -> None:
+    def __init__(self, shards: list[str], scratch: str, shuffle_seed: int | None = None) -> None:
         import ray.train
 
         context = ray.train.get_context()
         self.rank = context.get_world_rank()
         self.world_size = context.get_world_size()
-        self.shards = shards
+        self.shards, self.shuffle_seed = shards, shuffle_seed
         self.scratch = Path(scratch)
         self._restored: Path | None = None
 
     def rows(self, start: int) -> Iterator[dict]:
         """This rank's rows from position `start`."""
-        return rank_rows(self.shards, self.rank, self.world_size, start)
+        return rank_rows(self.shards, self.rank, self.world_size, start, self.shuffle_seed)
 
     def latest_checkpoint(self) -> Path | None:
         """Ray's latest reported checkpoint, copied to local scratch (all ranks' files)."""
@@ -178,7 +153,7 @@ def run_on_ray(train_fn: Callable[[dict, Any], Any], config: dict, scaling: Scal
             import torch
 
             torch.set_num_threads(scaling.threads_per_worker)
-        session = RaySession(cfg["shards"], cfg["scratch"])
+        session = RaySession(cfg["shards"], cfg["scratch"], cfg["shuffle_seed"])
         record_placement(Path(cfg["scratch"]) / "placement", session.rank)
         train_fn(cfg, session)
 

@@ -16,6 +16,9 @@ PACKED_SCHEMA = pa.schema(
     ],
     metadata={"segment_ids": "1..k = document within the row, 0 = padding"},
 )
+PACKED_ROW_GROUP_ROWS = 64
+"""Rows per Parquet row group of a packed shard: the unit training's seeded shuffle moves
+(cluster/data.py), small enough to mix sources within a short run."""
 
 # Task and eval sets (datasets/tasks.py). Text that holds a whole document is large_string;
 # each record's ground truth travels as one sorted-key JSON string, decoded by read_task_set.

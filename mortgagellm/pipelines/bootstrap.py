@@ -89,7 +89,8 @@ def run(recipe: Recipe, force: bool = False) -> manifest.Manifest:
         log.info("bootstrap: up to date (%s); skipping. Manifest: %s", why,
                  out_dir / manifest.MANIFEST)
         return previous
-    log.info("bootstrap: building the '%s' preset (%s)", cfg.preset, why)
+    log.info("bootstrap: building the '%s' preset (%s)", cfg.preset,
+             "--force" if previous else why)
     started, t0 = manifest.now()
     metrics = build_pair(plan, cfg, recipe.run.seed, out_dir)
     outputs = {name: manifest.artifact(out_dir / name) for name in ("base", "instruct")}

@@ -38,7 +38,8 @@ from mortgagellm import manifest
 from mortgagellm.cluster import storage
 from mortgagellm.config import CorpusConfig, Recipe
 from mortgagellm.datasets import batches, dedupe, pii, readers, transforms
-from mortgagellm.datasets.schemas import DUPLICATES_SCHEMA, PACKED_SCHEMA, QUARANTINE_SCHEMA
+from mortgagellm.datasets.schemas import (DUPLICATES_SCHEMA, PACKED_ROW_GROUP_ROWS, PACKED_SCHEMA,
+                                          QUARANTINE_SCHEMA)
 from mortgagellm.datasets.splits import purpose_seed
 from mortgagellm.pipelines.recipe import require_manifest, stage_dir
 
@@ -77,7 +78,7 @@ def run(recipe: Recipe, force: bool = False) -> manifest.Manifest:
         log.info("corpus: up to date (%s); skipping. Manifest: %s", why,
                  out_dir / manifest.MANIFEST)
         return previous
-    log.info("corpus: building (%s)", why)
+    log.info("corpus: building (%s)", "--force" if previous else why)
     started, t0 = manifest.now()
     import ray
 
@@ -381,7 +382,8 @@ def _pack_shard(table: pa.Table, drop: np.ndarray, weights: dict, salt: int, seq
     name = f"shard-{int(np.min(batch['order'])):016x}.parquet"
     filesystem, path = storage.filesystem(f"{out_dir}/{name}")
     filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    pq.write_table(batches.to_arrow(packed, PACKED_SCHEMA), path, filesystem=filesystem)
+    pq.write_table(batches.to_arrow(packed, PACKED_SCHEMA), path, filesystem=filesystem,
+                   row_group_size=PACKED_ROW_GROUP_ROWS)
     tokens = int(sum(np.count_nonzero(s) for s in packed["segment_ids"]))
     return pa.table({"file": [name], "rows": [len(packed["input_ids"])], "tokens": [tokens],
                      **{f"{s}_tokens": [n] for s, n in per_source.items()}}, schema=SHARD_STATS)

@@ -185,6 +185,7 @@ def _worker_config(recipe: Recipe, base: Path, shards: list[str], seq_len: int, 
     cfg = recipe.pretrain
     return {
         "seed": recipe.run.seed, "base_model": str(base.absolute()), "shards": shards,
+        "shuffle_seed": recipe.run.seed,  # row groups in a seeded order: sources mixed
         "seq_len": seq_len, "method": cfg.method, "lora": cfg.lora.model_dump(),
         "ds_config": ds_config(cfg.deepspeed, cfg.scaling), "max_steps": cfg.max_steps,
         "warmup_steps": cfg.warmup_steps, "min_lr_ratio": cfg.min_lr_ratio,
@@ -216,7 +217,7 @@ def train(train_fn: Callable[[dict, Any], list[dict]], worker_config: dict, reci
         _drop_other_runs(out / "checkpoints", key)
         init_single_process(cfg.scaling.use_gpu)
         session = LocalSession(worker_config["shards"], out / "checkpoints" / key,
-                               cfg.keep_checkpoints)
+                               cfg.keep_checkpoints, worker_config["shuffle_seed"])
         history = train_fn(worker_config, session)
         return history, session.latest_checkpoint()
     import ray

@@ -59,7 +59,7 @@ def run(recipe: Recipe, force: bool = False) -> manifest.Manifest:
         log.info("residual: up to date (%s); skipping. Manifest: %s", why,
                  out_dir / manifest.MANIFEST)
         return previous
-    log.info("residual: merging (%s)", why)
+    log.info("residual: merging (%s)", "--force" if previous else why)
     import torch
 
     torch.set_num_threads(cfg.threads or torch.get_num_threads())

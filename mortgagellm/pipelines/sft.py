@@ -161,7 +161,8 @@ def worker_config(recipe: Recipe, cfg: Any, start: Path, rows_file: Path, steps:
     pretrain's worker config, so the same `train_loop` runs it."""
     return {
         "seed": recipe.run.seed, "base_model": str(start.absolute()),
-        "shards": [str(rows_file.absolute())], "seq_len": cfg.max_seq_len, "method": cfg.method,
+        "shards": [str(rows_file.absolute())], "shuffle_seed": None,  # epoch_order is the order
+        "seq_len": cfg.max_seq_len, "method": cfg.method,
         "lora": cfg.lora.model_dump(), "ds_config": ds_config(cfg.deepspeed, cfg.scaling),
         "max_steps": steps, "warmup_steps": round(cfg.warmup_ratio * steps),
         "min_lr_ratio": cfg.min_lr_ratio, "gradient_checkpointing": cfg.gradient_checkpointing,

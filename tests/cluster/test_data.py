@@ -1,61 +1,67 @@
-"""Feeding train workers: disjoint, equal, ordered rank shards of the packed corpus, resumable at
-any position."""
+"""Feeding train ranks: disjoint rows in a fixed, optionally shuffled order of row groups,
+resumable at any position."""
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mortgagellm.cluster import data
+from mortgagellm.cluster.data import rank_rows, row_groups
 from mortgagellm.datasets.schemas import PACKED_SCHEMA
 
-SEQ = 4
+
+def write_rows(path, first, n, group):
+    """Rows first .. first+n-1 (input_ids [row]) in row groups of `group` rows."""
+    table = pa.table({"input_ids": [[first + i] for i in range(n)],
+                      "segment_ids": [[1] for _ in range(n)]}, schema=PACKED_SCHEMA)
+    pq.write_table(table, path, row_group_size=group)
+    return str(path)
 
 
 @pytest.fixture
-def plan(tmp_path):
-    """Three shards of 5, 3 and 4 rows; row g holds the tokens g*10 .. g*10+3."""
-    files, first = [], 0
-    for i, rows in enumerate((5, 3, 4)):
-        ids = [list(range(g * 10, g * 10 + SEQ)) for g in range(first, first + rows)]
-        table = pa.table({"input_ids": ids, "segment_ids": [[1] * SEQ] * rows},
-                         schema=PACKED_SCHEMA)
-        pq.write_table(table, tmp_path / f"shard-{i}.parquet")
-        files.append([f"shard-{i}.parquet", rows])
-        first += rows
-    return {"dir": str(tmp_path), "files": files, "seq_len": SEQ}
+def shards(tmp_path):
+    """A 'regulations' shard (rows 0-9, groups of 4) then a 'synthetic' one (10-16, groups of 3)."""
+    return [write_rows(tmp_path / "a.parquet", 0, 10, 4),
+            write_rows(tmp_path / "b.parquet", 10, 7, 3)]
 
 
-def rows_of(plan, rank, world, start=0):
-    return [int(ids[0]) // 10 for ids, _ in data.iter_rows(plan, rank, world, start)]
+def rows_of(shards, rank, world, start=0, seed=None):
+    return [r["input_ids"][0] for r in rank_rows(shards, rank, world, start, seed)]
 
 
-def test_ranks_get_disjoint_equal_strided_rows_in_corpus_order(plan):
-    # 12 rows, 5 ranks: 2 rows each, rows 10 and 11 left out so every rank steps the same.
-    shards = [rows_of(plan, r, 5) for r in range(5)]
-    assert shards == [[0, 5], [1, 6], [2, 7], [3, 8], [4, 9]]
-    assert data.rows_per_rank(plan, 5) == 2
-    assert rows_of(plan, 1, 3) == [1, 4, 7, 10]
-    assert rows_of(plan, 1, 3) == rows_of(plan, 1, 3)  # deterministic
+def test_without_a_seed_ranks_read_strided_rows_in_file_order(shards):
+    assert rows_of(shards, 0, 1) == list(range(17))
+    assert rows_of(shards, 1, 3) == [1, 4, 7, 10, 13, 16]
 
 
-@pytest.mark.parametrize("k", [0, 1, 3, 4])
-def test_resume_at_position_k_yields_exactly_the_rows_after_k(plan, k):
-    full = rows_of(plan, 0, 3)
-    assert rows_of(plan, 0, 3, start=k) == full[k:]
+def test_a_seed_mixes_the_shards_by_row_group_the_same_way_every_time(shards):
+    groups = row_groups(shards, shuffle_seed=0)
+    assert sorted(groups) == sorted(row_groups(shards)) and groups != row_groups(shards)
+    order = rows_of(shards, 0, 1, seed=0)
+    assert order == rows_of(shards, 0, 1, seed=0) != rows_of(shards, 0, 1, seed=1)
+    assert sorted(order) == list(range(17)) and order != list(range(17))
+    # Whole row groups move: each group's rows stay together and in order.
+    expected = [first + i for shard, g, n in groups
+                for first in [(0 if shard.endswith("a.parquet") else 10)
+                              + g * (4 if shard.endswith("a.parquet") else 3)]
+                for i in range(n)]
+    assert order == expected
+    # The second shard no longer waits for the whole first one.
+    assert min(order.index(r) for r in range(10, 17)) < max(order.index(r) for r in range(10))
 
 
-def test_batches_report_the_position_to_resume_from(plan):
-    batches = list(data.iter_batches(plan, 0, 2, batch_size=2))
-    assert [b["position"] for b in batches] == [2, 4, 6]
-    assert batches[1]["input_ids"][:, 0].tolist() == [40, 60]
-    assert batches[1]["input_ids"].shape == (2, SEQ) and batches[1]["input_ids"].dtype == np.int32
-    resumed = next(data.iter_batches(plan, 0, 2, batch_size=2, start=int(batches[0]["position"])))
-    assert (resumed["input_ids"] == batches[1]["input_ids"]).all()
+@pytest.mark.parametrize("world", [1, 2, 3])
+@pytest.mark.parametrize("seed", [None, 7])
+def test_ranks_get_every_row_once_and_resume_exactly(shards, world, seed):
+    per_rank = [rows_of(shards, rank, world, seed=seed) for rank in range(world)]
+    assert sorted(sum(per_rank, [])) == list(range(17))
+    assert max(map(len, per_rank)) - min(map(len, per_rank)) <= 1
+    for rank in range(world):
+        for start in range(len(per_rank[rank]) + 1):
+            assert rows_of(shards, rank, world, start, seed) == per_rank[rank][start:]
 
 
-def test_bad_rank_or_start_is_refused(plan):
+def test_bad_rank_or_start_is_refused(shards):
     with pytest.raises(ValueError, match="rank 3"):
-        next(data.iter_rows(plan, 3, 3))
-    with pytest.raises(ValueError, match="start 5"):
-        next(data.iter_rows(plan, 0, 3, start=5))
+        next(rank_rows(shards, 3, 3))
+    with pytest.raises(ValueError, match="start -1"):
+        next(rank_rows(shards, 0, 3, start=-1))

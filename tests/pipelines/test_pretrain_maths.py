@@ -2,13 +2,9 @@
 
 import math
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import torch
 
-from mortgagellm.cluster.training import rank_rows
-from mortgagellm.datasets.schemas import PACKED_SCHEMA
 from mortgagellm.pipelines.pretrain import flops_per_token, lr_factor, mfu, packed_inputs
 
 
@@ -57,23 +53,3 @@ def test_mfu_reproduces_torchtitan_llama3_8b_on_a100():
     assert per_token == pytest.approx(6 * 8_030_261_248 + 12 * 32 * 32 * 128 * 8192)
     assert mfu(2973, per_token, 312) == pytest.approx(0.582, abs=0.001)
     assert mfu(2904, per_token, 312) == pytest.approx(0.568, abs=0.001)  # selective layer AC
-
-
-def write_rows(path, first, n, group):
-    table = pa.table({"input_ids": [[first + i] for i in range(n)],
-                      "segment_ids": [[1] for _ in range(n)]}, schema=PACKED_SCHEMA)
-    pq.write_table(table, path, row_group_size=group)
-    return str(path)
-
-
-@pytest.mark.parametrize("world", [1, 2, 3])
-def test_rank_rows_deal_every_row_once_and_resume_exactly(tmp_path, world):
-    shards = [write_rows(tmp_path / "a.parquet", 0, 10, 4), write_rows(tmp_path / "b.parquet", 10, 7, 3)]
-    per_rank = [[r["input_ids"][0] for r in rank_rows(shards, rank, world, 0)]
-                for rank in range(world)]
-    assert sorted(sum(per_rank, [])) == list(range(17))
-    for rank in range(world):
-        assert per_rank[rank] == list(range(rank, 17, world))
-        for start in range(len(per_rank[rank]) + 1):
-            resumed = [r["input_ids"][0] for r in rank_rows(shards, rank, world, start)]
-            assert resumed == per_rank[rank][start:]
