@@ -44,6 +44,8 @@ TRAINING_STAGES = ("pretrain", "sft", "dpo")
 # (claim, variant, compared with, task, metric): the paper's effects, judged on their CIs.
 EFFECTS = (
     ("(a) DAPT lowers domain perplexity", "dapt", "instruct", "domain", "perplexity"),
+    ("(a) the merged model keeps a domain perplexity below instruct's", "merged", "instruct",
+     "domain", "perplexity"),
     ("(b) the residual restores instruction fidelity lost by DAPT", "merged", "dapt",
      "instruction", "fidelity"),
     ("(c) the SFT expert beats instruct on decision", "structured", "instruct", "decision",
