@@ -150,8 +150,10 @@ def run(recipe: Recipe, force: bool = False, *, on_ray: bool = True,
 
 
 def find_shards(shard_dir: Path) -> list[str]:
-    """The packed Parquet shards in sorted order; an empty or missing directory is an error."""
-    shards = sorted(str(p) for p in shard_dir.glob("*.parquet"))
+    """The packed Parquet shards in sorted order, as absolute paths (a Ray Train worker runs in
+    a directory of its own, so a relative run.output_dir would not resolve there); an empty or
+    missing directory is an error."""
+    shards = sorted(str(p.absolute()) for p in shard_dir.glob("*.parquet"))
     if not shards:
         raise FileNotFoundError(f"pretrain: no packed shards (*.parquet) in {shard_dir}; "
                                 "run `mortgagellm corpus` first")

@@ -120,6 +120,15 @@ def test_missing_shards_fail_before_workers(tiny_pair, tmp_path):
         pretrain.run(recipe)
 
 
+def test_workers_get_absolute_shard_paths_from_a_relative_output_dir(tmp_path, monkeypatch):
+    (tmp_path / "runs" / "shards").mkdir(parents=True)
+    for name in ("shard-b.parquet", "shard-a.parquet"):
+        (tmp_path / "runs" / "shards" / name).write_bytes(b"")
+    monkeypatch.chdir(tmp_path)
+    assert pretrain.find_shards(manifest.Path("runs/shards")) == [
+        str(tmp_path / "runs" / "shards" / n) for n in ("shard-a.parquet", "shard-b.parquet")]
+
+
 def test_more_workers_than_the_local_cluster_fails_before_workers(tiny_pair, tmp_path):
     recipe = make_run(tmp_path, tiny_pair, extra=["pretrain.scaling.workers_per_node=8",
                                                    "ray.num_cpus=4"])
