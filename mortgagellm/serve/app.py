@@ -139,7 +139,9 @@ def served_model(recipe: Recipe, expert: str) -> tuple[str, str]:
         log.info("%s expert: deployed %s (%s) from %s", expert, version[:12], source, model_dir)
     found = registry.current(path, expert)
     if found is None:
-        if wanted:
+        if candidate:  # registered already (e.g. the other expert serves the same directory)
+            version = candidate[0]
+        elif wanted:
             version = registry.resolve(path, wanted)
         else:
             boot = require_manifest(recipe, "bootstrap")

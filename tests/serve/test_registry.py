@@ -79,6 +79,9 @@ def test_recipe_model_seeds_the_registry_once(tmp_path):
                                     "serve": {"structured": {"model": str(first)}}})
     version, path = app.served_model(recipe, "structured")
     assert path == str(first) and version == manifest.sha256_path(first)
+    both = recipe.model_copy(update={"serve": recipe.serve.model_copy(update={
+        "conversational": recipe.serve.structured})})  # one directory for both experts
+    assert app.served_model(both, "conversational") == (version, str(first))
     other = registry.register(app.registry_path(recipe), str(model_dir(tmp_path, "o", "1")), "t")
     registry.deploy(app.registry_path(recipe), "structured", other)
     assert app.served_model(recipe, "structured")[0] == other  # the registry wins afterwards
