@@ -19,6 +19,7 @@ COPY --chown=ray:users pyproject.toml README.md /home/ray/mortgagellm/
 COPY --chown=ray:users constraints /home/ray/mortgagellm/constraints
 COPY --chown=ray:users mortgagellm /home/ray/mortgagellm/mortgagellm
 COPY --chown=ray:users configs /home/ray/mortgagellm/configs
+COPY --chown=ray:users data /home/ray/mortgagellm/data
 WORKDIR /home/ray/mortgagellm
 
 # Same order as the Makefile: torch first, DeepSpeed built against it without build isolation,

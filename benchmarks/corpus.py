@@ -36,7 +36,7 @@ from mortgagellm.datasets.schemas import PACKED_SCHEMA
 from mortgagellm.datasets.splits import purpose_seed
 from mortgagellm.pipelines import corpus
 
-REGULATIONS = Path(__file__).resolve().parents[1].parent / "shared" / "corpora" / "cfpb-regulations"
+REGULATIONS = Path(__file__).resolve().parents[1] / "data" / "cfpb-regulations"
 SEED = 0
 
 

@@ -315,7 +315,7 @@ class CorpusConfig(Section):
     )
     regulations: list[str] = Field(
         default_factory=list, description="RegML files or directories (local path or s3:// URI), "
-        "e.g. ../shared/corpora/cfpb-regulations."
+        "e.g. data/cfpb-regulations (vendored in the repository)."
     )
     user_corpora: list[str] = Field(
         default_factory=list, description="User corpora: files or directories (local path or "

@@ -6,8 +6,18 @@ import os
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
+import atexit  # noqa: E402
 import shutil  # noqa: E402
 import tempfile  # noqa: E402
+
+# Ray writes some files into its *default* temp dir ($RAY_TMPDIR/ray, else $TMPDIR/ray or
+# /tmp/ray) whatever temp_dir a cluster is given (ray_current_cluster, for one). The session's
+# Ray, and every subprocess it starts, defaults to an empty tree of its own instead: never a
+# /tmp/ray that another user's cluster owns, and no test passes only because an earlier Ray run
+# left /tmp/ray behind (the folder is not created here: code that needs it must make it).
+_RAY_DEFAULT = tempfile.mkdtemp(prefix="mllm-t-", dir="/tmp")  # short: socket path limit
+os.environ["RAY_TMPDIR"] = _RAY_DEFAULT
+atexit.register(shutil.rmtree, _RAY_DEFAULT, ignore_errors=True)
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -16,7 +26,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def pytest_collection_modifyitems(config, items):
-    """gpu tests are skipped without CUDA (torch is imported only if such a test exists)."""
+    """gpu tests are skipped without CUDA (torch is imported only if such a test exists).
+
+    MLLM_TEST_ORDER=reverse runs the suite back to front: a test that passes only because an
+    earlier one ran (a status it did not send, a file it did not write) fails that way."""
+    if os.environ.get("MLLM_TEST_ORDER") == "reverse":
+        items.reverse()
     gpu_items = [item for item in items if "gpu" in item.keywords]
     if not gpu_items:
         return

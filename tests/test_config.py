@@ -1,6 +1,10 @@
-"""Recipe loading: both shipped recipes validate; bad recipes fail naming the key and the file."""
+"""Recipe loading: both shipped recipes validate; bad recipes fail naming the key and the file; the
+embedded default needs nothing outside the repository."""
 
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +24,49 @@ def test_every_shipped_recipe_loads_and_starts_with_its_command(name):
     assert lines[0].startswith("# Run:")
     # `run` every stage, or `report`: every stage, then the report (cpu-replica)
     assert re.search(rf"mortgagellm (run|report) configs/{re.escape(name)}", command), command
+
+
+# Recipe keys that name inputs a run reads (models, corpora, key files), wherever they sit.
+INPUT_KEYS = {"base_model", "instruct_model", "model", "regulations", "user_corpora", "keys_file"}
+
+
+def repo_copy(dest: Path) -> Path:
+    """The repository's files as a clone has them (tracked and not ignored), copied to dest."""
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT,
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        if (ROOT / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, dest / name)
+    return dest
+
+
+def named_inputs(node, key=None):
+    """Every path held under an INPUT_KEYS key of the resolved recipe (corpus.mixture's weights
+    share a key name but are numbers, not paths)."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from named_inputs(v, k)
+    elif key in INPUT_KEYS and isinstance(node, (str, list)):
+        yield from node if isinstance(node, list) else [node]
+
+
+def test_embedded_default_needs_nothing_outside_the_repo(tmp_path):
+    import yaml
+
+    repo = repo_copy(tmp_path / "clone")
+    assert not (repo.parent / "shared").exists()
+    out = subprocess.run([sys.executable, "-m", "mortgagellm", "config", "configs/cpu-demo.yaml"],
+                         cwd=repo, capture_output=True, text=True, timeout=120,
+                         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(repo)})
+    assert out.returncode == 0, out.stderr
+    inputs = [p for p in named_inputs(yaml.safe_load(out.stdout)) if "://" not in p]
+    assert "data/cfpb-regulations" in inputs
+    missing = [p for p in inputs if not (repo / p).exists()]
+    assert missing == [], f"cpu-demo names paths a clone does not have: {missing}"
+    regulations = sorted(f.name for f in (repo / "data/cfpb-regulations").glob("*.xml"))
+    assert regulations == ["reg-b-1002-2017-20417_20220101.xml", "reg-h-1008-2011-31730.xml",
+                           "reg-x-1024-2017-21912.xml"]
 
 
 def test_production_recipe_is_4_nodes_of_8_a100_zero3_bf16():

@@ -1,6 +1,6 @@
 """Script for test_multinode: a 2-node Ray cluster on loopback (ray.cluster_utils.Cluster, token
-auth, own temp dir) runs the pretrain stage with 2 workers, one per node (STRICT_SPREAD), and
-prints the ranks' placement as JSON. Only the cluster this script started is shut down.
+auth, own temp dir, also as Ray's default temp dir) runs the pretrain stage with 2 workers, one
+per node (STRICT_SPREAD), and prints the ranks' placement as JSON. Only the cluster this script started is shut down.
 
 Usage: python tests/cluster/two_node_run.py RECIPE.yaml RUN_DIR
 """
@@ -12,6 +12,11 @@ import tempfile
 from pathlib import Path
 
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+# Cluster() writes ray_current_cluster into Ray's *default* temp dir whatever temp_dir says:
+# point that default at this script's own tree (short: socket path limit), never /tmp/ray.
+temp_dir = tempfile.mkdtemp(prefix="mllm-2n-", dir="/tmp")
+os.environ["RAY_TMPDIR"] = temp_dir
+os.makedirs(os.path.join(temp_dir, "ray"))
 run_dir = Path(sys.argv[2])
 token = run_dir / "cluster_token"
 token.write_text(secrets.token_hex(32))
@@ -24,9 +29,8 @@ from ray.cluster_utils import Cluster  # noqa: E402
 from mortgagellm.config import load_recipe  # noqa: E402
 from mortgagellm.pipelines import pretrain  # noqa: E402
 
-temp_dir = tempfile.mkdtemp(prefix="mllm-2n-", dir="/tmp")
 node = {"num_cpus": 2, "node_ip_address": "127.0.0.1", "object_store_memory": 128 << 20}
-cluster = Cluster(initialize_head=True, head_node_args=node | {"temp_dir": temp_dir})
+cluster = Cluster(initialize_head=True, head_node_args=node | {"temp_dir": os.path.join(temp_dir, "ray")})
 try:
     cluster.add_node(**node)
     cluster.wait_for_nodes()
@@ -40,3 +44,4 @@ try:
 finally:
     __import__("ray").shutdown()
     cluster.shutdown()
+    __import__("shutil").rmtree(temp_dir, ignore_errors=True)

@@ -1,4 +1,4 @@
-"""RegML reader: the three CFPB regulations in ../shared/corpora, and a hand-written regulation
+"""RegML reader: the three CFPB regulations in data/ (vendored), and a hand-written regulation
 laid out differently, read into one document per section, interpretation and appendix section."""
 
 import xml.etree.ElementTree as ET
@@ -9,7 +9,7 @@ import pytest
 
 from mortgagellm.datasets import regml
 
-CORPORA = Path(__file__).resolve().parents[2].parent / "shared" / "corpora" / "cfpb-regulations"
+CORPORA = Path(__file__).resolve().parents[2] / "data" / "cfpb-regulations"
 FILES = sorted(CORPORA.glob("*.xml"))
 
 # Another part, laid out unlike the three real files: no subparts (the section sits directly

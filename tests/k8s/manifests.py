@@ -29,7 +29,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
-CRDS = ROOT.parent / "shared" / "kuberay-crds"
+CRDS = ROOT / "tests" / "k8s" / "crds"  # vendored KubeRay v1.7.0 CRDs (README there)
 CRD_FILES = {"RayCluster": "ray.io_rayclusters.yaml", "RayJob": "ray.io_rayjobs.yaml",
              "RayService": "ray.io_rayservices.yaml"}
 K8S_VERSION = "1.32.0"  # the kubectl here; core kinds are checked against this API version
@@ -356,10 +356,30 @@ def entrypoint_errors(entrypoint: str) -> list[str]:
     except SystemExit:
         return [f"entrypoint {entrypoint!r}: the CLI refuses it: {usage.getvalue().strip()}"]
     try:
-        load_recipe(*entrypoint_recipe(entrypoint))
+        recipe = load_recipe(*entrypoint_recipe(entrypoint))
     except (ConfigError, ValueError) as err:
         return [f"entrypoint {entrypoint!r}: {err}"]
-    return []
+    return [f"entrypoint {entrypoint!r}: {err}" for err in image_path_errors(
+        recipe.corpus.regulations + recipe.corpus.user_corpora)]
+
+
+def image_path_errors(paths: list[str]) -> list[str]:
+    """Local corpus paths a job reads in the image: absolute (a job's working directory is not
+    the image's), under IMAGE_REPO, present in the repo and copied in by the Dockerfile."""
+    copied = {line.split()[-1].rstrip("/") + "/" for line in
+              (ROOT / "Dockerfile").read_text().splitlines() if line.startswith("COPY")}
+    copied.discard(IMAGE_REPO)  # files copied to the root, not folders
+    errors = []
+    for path in paths:
+        if "://" in path:
+            continue
+        if not path.startswith(IMAGE_REPO):
+            errors.append(f"corpus path {path!r} is not an absolute path under {IMAGE_REPO}")
+        elif not (ROOT / path[len(IMAGE_REPO):]).exists():
+            errors.append(f"corpus path {path!r}: {path[len(IMAGE_REPO):]} is not in the repo")
+        elif not any((path.rstrip("/") + "/").startswith(c) for c in copied):
+            errors.append(f"corpus path {path!r} is not copied into the image by the Dockerfile")
+    return errors
 
 
 # ------------------------------------------------------------------------- walking pods

@@ -1,6 +1,6 @@
 """Every manifest in k8s/ and every rendered overlay against its schema: the KubeRay v1.7 CRDs
-(../shared/kuberay-crds) for ray.io kinds, Kubernetes' own for core kinds. Strict: an unknown field
-is an error. Broken copies show each kind of mistake is caught."""
+(vendored in tests/k8s/crds) for ray.io kinds, Kubernetes' own for core kinds. Strict: an unknown
+field is an error. Broken copies show each kind of mistake is caught."""
 
 import copy
 

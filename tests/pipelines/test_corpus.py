@@ -18,8 +18,8 @@ from mortgagellm.datasets.schemas import PACKED_ROW_GROUP_ROWS, PACKED_SCHEMA, Q
 from mortgagellm.pipelines import corpus, sft
 from mortgagellm.pipelines.recipe import run_stage
 
-REGULATION = (Path(__file__).resolve().parents[2].parent / "shared" / "corpora" /
-              "cfpb-regulations" / "reg-h-1008-2011-31730.xml")
+REGULATION = (Path(__file__).resolve().parents[2] / "data" / "cfpb-regulations" /
+              "reg-h-1008-2011-31730.xml")
 CANARY = {"name": "Zebulon Quartermaine", "ssn": "078-05-1120", "phone": "(415) 555-2671",
           "email": "zeb.quartermaine@canary-mail.org", "address": "1600 Canary Row",
           "loan": "9981234567"}

@@ -247,51 +247,89 @@ def test_overload_is_refused_fast_with_503(app):
         response = post(app, "/v1/chat/completions", body)
         return response.status_code, time.monotonic() - started, response.headers
 
+    audited = len([r for r in audit_records(app) if r["status"] == 503])
     with ThreadPoolExecutor(12) as pool:
         results = list(pool.map(one, range(12)))
     refused = [r for r in results if r[0] == 503]
     assert refused and {r[0] for r in results} <= {200, 503}
     assert all(r[2]["retry-after"] == "1" and r[1] < 5 for r in refused)
+    # each refusal is audited and counted, as code "overloaded"
+    wait_for(lambda: len([r for r in audit_records(app) if r["status"] == 503])
+             >= audited + len(refused), "the refusals in the audit log")
+    errors = wait_for(lambda: [line for line in metrics_text().splitlines()
+                               if line.startswith("ray_mortgagellm_errors")
+                               and 'code="overloaded"' in line], "the overloaded error series")
+    assert errors
+
+
+def audit_records(app) -> list[dict]:
+    """Every record in the app's audit log so far."""
+    return [json.loads(line) for f in sorted((app.work / "audit").glob("*.jsonl"))
+            for line in f.read_text().splitlines()]
+
+
+def wait_for(found, what, seconds=60):
+    """Poll found() until it returns something truthy (the log and metrics are written async)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if result := found():
+            return result
+        time.sleep(0.5)
+    raise AssertionError(f"{what} did not appear within {seconds} s")
+
+
+def metrics_text() -> str:
+    import ray
+
+    port = ray._private.worker.global_worker.node.metrics_export_port
+    return requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
 
 
 def test_every_request_is_audited_redacted_and_chained(app, client):
+    """An answer and each kind of refusal this test sends are audited with their status."""
     answer = chat(client, "My SSN is 123-45-6789. What is escrow?")
     request_id = answer.model_extra["mortgagellm"]["request_id"]
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        records = [json.loads(line) for f in sorted((app.work / "audit").glob("*.jsonl"))
-                   for line in f.read_text().splitlines()]
-        mine = [r for r in records if r.get("request_id") == request_id]
-        if mine:
-            break
-        time.sleep(0.2)
-    (record,) = mine
+    (record,) = wait_for(lambda: [r for r in audit_records(app) if r.get("request_id")
+                                  == request_id], "the answer in the audit log")
+    before = len(audit_records(app))
+    sent = {
+        401: requests.get(f"{app.url}/v1/models", timeout=10),
+        404: post(app, "/v1/chat/completions", {
+            "model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]}),
+        413: post(app, "/v1/chat/completions", {
+            "model": "mortgagellm", "messages": [{"role": "user", "content": "x" * 70_000}]}),
+        422: post(app, "/v1/chat/completions", {"model": "mortgagellm", "messages": []}),
+        400: post(app, "/v1/completions", {"model": "mortgagellm", "prompt": "x",
+                                           "max_tokens": 65}),
+    }
+    assert {code: r.status_code for code, r in sent.items()} == {code: code for code in sent}
+    wait_for(lambda: len(audit_records(app)) >= before + len(sent), "the refusals in the log")
+    records = audit_records(app)
     assert "123-45-6789" not in json.dumps(records)
     assert record["key_id"] == "tester" and record["status"] == 200
     assert record["route"] == "conversational" and record["router_mode"] == "hybrid"
     assert record["expert_version"] == answer.model_extra["mortgagellm"]["expert_version"]
     assert record["completion_tokens"] == 8 and record["latency_ms"] > 0
-    assert {r["status"] for r in records} >= {200, 400, 401, 404, 413, 422, 503}
+    assert sorted(r["status"] for r in records[before:]) == sorted(sent)
     report = audit.verify(app.work / "audit")
     assert report.ok and report.records == len(records)
 
 
 def test_prometheus_series_on_the_ray_metrics_port(app, client):
-    import ray
-
-    port = ray._private.worker.global_worker.node.metrics_export_port
     chat(client, CONVERSATIONAL)
+    assert post(app, "/v1/chat/completions", {
+        "model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]}).status_code == 404
     series = ("mortgagellm_requests", "mortgagellm_routing_latency_ms", "mortgagellm_tokens",
               "mortgagellm_generation_latency_ms", "mortgagellm_errors")
-    deadline, text = time.monotonic() + 60, ""
-    while time.monotonic() < deadline and not all(f"ray_{s}" in text for s in series):
-        time.sleep(2)
-        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
-    assert all(f"ray_{s}" in text for s in series)
+    def every_series():
+        text = metrics_text()
+        return text if all(f"ray_{s}" in text for s in series) else None
+
+    text = wait_for(every_series, "every mortgagellm series")
     lines = [line for line in text.splitlines() if line.startswith("ray_mortgagellm_requests")]
     assert any('route="conversational"' in line and 'status="200"' in line for line in lines)
-    assert any('code="overloaded"' in line for line in text.splitlines()
-               if line.startswith("ray_mortgagellm_errors"))
+    errors = [line for line in text.splitlines() if line.startswith("ray_mortgagellm_errors")]
+    assert any('code="model_not_found"' in line for line in errors), errors
 
 
 def replicas(name):
