@@ -62,10 +62,10 @@ def timed(call, n: int) -> list[float]:
 
 def tier1_latency(recipe) -> list[float]:
     """Wall seconds of tier-1 route() on every held-out routing request."""
+    from mortgagellm import routing
     from mortgagellm.datasets.tasks import build_task_sets
-    from mortgagellm.serve import app, routing
 
-    tier1 = routing.Tier1.from_json(app.tier1_file(recipe).read_text())
+    tier1 = routing.Tier1.from_json(routing.tier1_file(recipe).read_text())
     requests_ = [r["request"] for r in
                  build_task_sets(recipe.corpus.tasks, recipe.run.seed)["eval_routing"]]
     out = []

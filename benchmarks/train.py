@@ -9,6 +9,8 @@ Run: DS_ACCELERATOR=cpu .venv/bin/python benchmarks/train.py [--hidden 256 --lay
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import json
 import random
 import tempfile
@@ -92,24 +94,23 @@ def ray_deepspeed(model_dir: Path, shards: list[str], work: Path, args: argparse
     from mortgagellm.cluster.runtime import init_ray
     from mortgagellm.cluster.training import run_on_ray
     from mortgagellm.config import DeepSpeedSettings, RayConfig, ScalingSettings
-    from mortgagellm.pipelines.pretrain import train_loop
+    from mortgagellm.pipelines.pretrain import PACKED_LM
+    from mortgagellm.training.loop import train_loop
+    from mortgagellm.training.worker import WorkerConfig
 
     scaling = ScalingSettings(use_gpu=args.gpu, threads_per_worker=args.threads)
     ds = DeepSpeedSettings(zero_stage=args.zero, micro_batch_size=args.micro, lr=args.lr)
     init_ray(RayConfig(num_cpus=4), work)
-    config = {
-        "seed": 0, "base_model": str(model_dir), "shards": shards, "shuffle_seed": 0,
-        "seq_len": args.seq_len,
-        "method": "full", "lora": {}, "ds_config": ds_config(ds, scaling),
-        "max_steps": args.steps, "warmup_steps": 1, "min_lr_ratio": 1.0,
-        "gradient_checkpointing": False, "checkpoint_every": args.steps,
-        "log_every": max(1, args.steps // 4), "peak_tflops": args.peak_tflops,
-        "use_gpu": args.gpu, "scratch": str(work / "scratch"),
-        "tensorboard_dir": str(work / "tb"), "fail_at_step": None,
-        "failure_marker": str(work / "none"),
-    }
+    config = dataclasses.asdict(WorkerConfig(
+        seed=0, base_model=str(model_dir), shards=shards, shuffle_seed=0, seq_len=args.seq_len,
+        method="full", lora={}, ds_config=ds_config(ds, scaling), max_steps=args.steps,
+        warmup_steps=1, min_lr_ratio=1.0, gradient_checkpointing=False,
+        checkpoint_every=args.steps, log_every=max(1, args.steps // 4),
+        peak_tflops=args.peak_tflops, use_gpu=args.gpu, scratch=str(work / "scratch"),
+        tensorboard_dir=str(work / "tb"), fail_at_step=None, failure_marker=str(work / "none")))
+    train_fn = functools.partial(train_loop, objective=PACKED_LM)
     t0 = time.monotonic()
-    result = run_on_ray(train_loop, config, scaling, str(work / "ray"), "bench", 0, 1)
+    result = run_on_ray(train_fn, config, scaling, str(work / "ray"), "bench", 0, 1)
     wall = time.monotonic() - t0
     final = Path(result.checkpoint.to_directory(str(work / "final")))
     return {"wall_s": wall, **json.loads((final / "history.json").read_text())[-1]}

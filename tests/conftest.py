@@ -86,3 +86,17 @@ def tiny_pair(tiny_recipe_path):
     recipe = load_recipe(tiny_recipe_path)
     (manifest,) = run_recipe(recipe, last="bootstrap")
     return manifest
+
+
+@pytest.fixture
+def package_copy(tmp_path, monkeypatch):
+    """A copy of the package's source that manifest.code_hash reads instead of the real one:
+    a test edits it to see a code change re-run a stage, and the real tree stays untouched."""
+    from mortgagellm import manifest
+
+    copy = tmp_path / "src" / "mortgagellm"
+    shutil.copytree(manifest.PACKAGE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(manifest, "PACKAGE", copy)
+    manifest._closure.cache_clear()
+    yield copy
+    manifest._closure.cache_clear()

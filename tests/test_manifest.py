@@ -74,3 +74,39 @@ def test_corrupt_manifest_is_an_error_naming_the_file(tmp_path):
     (tmp_path / "manifest.json").write_text("{not json")
     with pytest.raises(ValueError, match="corrupt manifest"):
         manifest.read(str(tmp_path))
+
+
+# ---- the code in the fingerprint -------------------------------------------------------------------
+
+def test_code_hash_covers_what_a_stage_imports_and_nothing_else():
+    modules = manifest._closure("mortgagellm.pipelines.sft")
+    assert {"mortgagellm.pipelines.sft", "mortgagellm.manifest", "mortgagellm.config",
+            "mortgagellm.modeling"} <= modules  # modeling: imported inside a function
+    assert not any(m.startswith("mortgagellm.serve") for m in modules)
+    assert manifest.code_hash("mortgagellm.pipelines.sft") != manifest.code_hash(
+        "mortgagellm.pipelines.corpus")
+
+
+def test_a_code_change_reruns_the_stage_and_says_why(tmp_path, package_copy, caplog):
+    caplog.set_level("INFO", logger="mortgagellm.manifest")
+    out = make_output(tmp_path)
+    config, inputs = {"lr": 1}, {"data": {"uri": "/a", "sha256": "h1"}}
+
+    def attempt():
+        manifest._closure.cache_clear()
+        pending = manifest.begin("sft", out, config, inputs)
+        return pending, manifest.skip_if_current(pending)
+
+    pending, done = attempt()
+    assert done is None
+    manifest.finish(pending, {"model": manifest.artifact(out / "model")}, {"loss": 1.0})
+    assert attempt()[1] is not None  # nothing changed: skipped
+    with (package_copy / "serve" / "app.py").open("a") as f:  # sft does not import it
+        f.write("\n# a change elsewhere\n")
+    assert attempt()[1] is not None
+    caplog.clear()
+    with (package_copy / "datasets" / "schemas.py").open("a") as f:  # sft imports it, indirectly
+        f.write("\n# a comment is a change too\n")
+    again, done = attempt()
+    assert done is None and "sft: running (code changed)" in caplog.text
+    assert again.fingerprint != pending.fingerprint and again.config == pending.config

@@ -29,7 +29,7 @@ from typing import Any
 from mortgagellm import __version__
 from mortgagellm.cluster import storage
 from mortgagellm.config import Recipe
-from mortgagellm.pipelines.recipe import select
+from mortgagellm.manifest import select
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from mortgagellm.datasets.general import general_documents
 from mortgagellm.datasets.instructions import instructions
 from mortgagellm.datasets.splits import purpose_seed
 from mortgagellm import model_files
-from mortgagellm.pipelines.recipe import stage_dir
+from mortgagellm.manifest import stage_dir
 
 log = logging.getLogger(__name__)
 
@@ -83,20 +83,13 @@ def run(recipe: Recipe, force: bool = False) -> manifest.Manifest:
     plan = resolve_plan(cfg)
     config = {"seed": recipe.run.seed, "bootstrap": cfg.model_dump(mode="json"),
               "plan": asdict(plan)}
-    fp = manifest.fingerprint("bootstrap", config, {})
-    previous, why = manifest.reusable(str(out_dir), fp)
-    if previous and not force:
-        log.info("bootstrap: up to date (%s); skipping. Manifest: %s", why,
-                 out_dir / manifest.MANIFEST)
-        return previous
-    log.info("bootstrap: building the '%s' preset (%s)", cfg.preset,
-             "--force" if previous else why)
-    started, t0 = manifest.now()
+    pending = manifest.begin("bootstrap", out_dir, config)
+    if done := manifest.skip_if_current(pending, force):
+        return done
+    log.info("bootstrap: building the '%s' preset", cfg.preset)
     metrics = build_pair(plan, cfg, recipe.run.seed, out_dir)
     outputs = {name: manifest.artifact(out_dir / name) for name in ("base", "instruct")}
-    return manifest.write(str(out_dir), manifest.Manifest(
-        stage="bootstrap", fingerprint=fp, config=config, outputs=outputs, metrics=metrics,
-        started_at=started, duration_s=round(time.monotonic() - t0, 2)))
+    return manifest.finish(pending, outputs, metrics)
 
 
 def build_pair(plan: BuildPlan, cfg: BootstrapConfig, seed: int, out_dir: Path) -> dict[str, Any]:
@@ -240,14 +233,9 @@ def _run_verify(recipe: Recipe, out_dir: Path, force: bool) -> manifest.Manifest
              for name, uri in (("base", cfg.base_model), ("instruct", cfg.instruct_model))}
     inputs = {name: manifest.artifact(path) for name, path in local.items()}
     config = {"seed": recipe.run.seed, "bootstrap": cfg.model_dump(mode="json")}
-    fp = manifest.fingerprint("bootstrap", config, inputs)
-    previous, why = manifest.reusable(str(out_dir), fp)
-    if previous and not force:
-        log.info("bootstrap: up to date (%s); skipping", why)
-        return previous
-    started, t0 = manifest.now()
+    pending = manifest.begin("bootstrap", out_dir, config, inputs)
+    if done := manifest.skip_if_current(pending, force):
+        return done
     metrics = model_files.verify_pair(local["base"], local["instruct"])
     log.info("bootstrap: verified base %s and instruct %s", local["base"], local["instruct"])
-    return manifest.write(str(out_dir), manifest.Manifest(
-        stage="bootstrap", fingerprint=fp, config=config, inputs=inputs, outputs=inputs,
-        metrics=metrics, started_at=started, duration_s=round(time.monotonic() - t0, 2)))
+    return manifest.finish(pending, inputs, metrics)

@@ -41,7 +41,7 @@ from mortgagellm.datasets import batches, dedupe, pii, readers, transforms
 from mortgagellm.datasets.schemas import (DUPLICATES_SCHEMA, PACKED_ROW_GROUP_ROWS, PACKED_SCHEMA,
                                           QUARANTINE_SCHEMA)
 from mortgagellm.datasets.splits import purpose_seed
-from mortgagellm.pipelines.recipe import require_manifest, stage_dir
+from mortgagellm.manifest import require_manifest, stage_dir
 
 log = logging.getLogger(__name__)
 
@@ -72,14 +72,9 @@ def run(recipe: Recipe, force: bool = False) -> manifest.Manifest:
     inputs = {"base": boot.outputs["base"]}
     inputs |= {f"regulations:{uri}": _input(uri) for uri in cfg.regulations}
     inputs |= {f"user:{uri}": _input(uri) for uri in cfg.user_corpora}
-    fp = manifest.fingerprint("corpus", config, inputs)
-    previous, why = manifest.reusable(str(out_dir), fp)
-    if previous and not force:
-        log.info("corpus: up to date (%s); skipping. Manifest: %s", why,
-                 out_dir / manifest.MANIFEST)
-        return previous
-    log.info("corpus: building (%s)", "--force" if previous else why)
-    started, t0 = manifest.now()
+    pending = manifest.begin("corpus", out_dir, config, inputs)
+    if done := manifest.skip_if_current(pending, force):
+        return done
     import ray
 
     from mortgagellm.cluster.runtime import init_ray
@@ -91,9 +86,7 @@ def run(recipe: Recipe, force: bool = False) -> manifest.Manifest:
     outputs = {name: manifest.artifact(out_dir / name)
                for name in ("shards", "quarantine.parquet", "duplicates.parquet", "tasks")}
     metrics["content_sha256"] = outputs["shards"]["sha256"]
-    return manifest.write(str(out_dir), manifest.Manifest(
-        stage="corpus", fingerprint=fp, config=config, inputs=inputs, outputs=outputs,
-        metrics=metrics, started_at=started, duration_s=round(time.monotonic() - t0, 2)))
+    return manifest.finish(pending, outputs, metrics)
 
 
 def write_tasks(cfg: CorpusConfig, seed: int, out: Path) -> dict[str, int]:

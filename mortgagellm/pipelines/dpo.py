@@ -12,27 +12,36 @@ What comes from trl and why the loop is ours: pairs are rendered with trl's pref
 formatting (`trl.data_utils.apply_chat_template`), padded with `trl.trainer.utils.pad`, and
 log-probabilities taken with `trl.trainer.utils.selective_log_softmax`; the loss is trl 1.16's
 DPOTrainer formulation — summed completion log-probs, loss_type "sigmoid" plus, when nll_weight
-> 0, loss_type "sft" (mean token NLL of the chosen answers). The loop is pretrain's `train_loop`
+> 0, loss_type "sft" (mean token NLL of the chosen answers). The loop is mortgagellm/training's
 with the DPO `Objective`, so checkpoint/resume and the ZeRO export are the one shared copy.
 """
 
 from __future__ import annotations
 
 import logging
-import time
+import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from mortgagellm import manifest
+from mortgagellm import manifest, training
 from mortgagellm.config import Recipe
 from mortgagellm.datasets.tasks import parse_answer, read_task_set, score
 from mortgagellm.datasets.tasks_format import NUMERIC_MODES
-from mortgagellm.pipelines.pretrain import Objective
-from mortgagellm.pipelines.recipe import stage_dir
-from mortgagellm.pipelines.sft import (
-    check_setup, encode, epoch_order, fit_prompt, global_batch, load_model, measure_once, render,
-    set_threads, start_models, subset, task_dir, task_source, train_and_export, worker_config,
+from mortgagellm.evaluation.generate import measure_once
+from mortgagellm.evaluation.sets import subset
+from mortgagellm.manifest import stage_dir
+from mortgagellm.modeling import set_threads
+from mortgagellm.training.chat import encode, fit_prompt, render
+from mortgagellm.training.export import export_model, load_model
+from mortgagellm.training.inputs import start_models, task_dir, task_source
+from mortgagellm.training.loop import Objective
+from mortgagellm.training.worker import (
+    WorkerConfig,
+    check_setup,
+    epoch_order,
+    global_batch,
+    worker_config,
     write_rows,
 )
 
@@ -126,24 +135,25 @@ def dpo_batch(rows: list[dict], device: Any) -> dict[str, Any]:
 
 # ---- the objective (runs on every rank) ----------------------------------------------------------
 
-def dpo_setup(config: dict, engine: Any) -> dict[str, Any]:
+def dpo_setup(worker: WorkerConfig, engine: Any) -> dict[str, Any]:
     """Per-rank state of the loss: beta, the NLL weight and the frozen reference (None with
     LoRA: the policy with its adapters disabled is the start model)."""
-    state = {"beta": config["beta"], "nll_weight": config["nll_weight"], "model": None}
-    if config["method"] == "lora":
+    state = {"beta": worker.objective_args["beta"],
+             "nll_weight": worker.objective_args["nll_weight"], "model": None}
+    if worker.method == "lora":
         return state
-    return state | {"model": frozen_reference(config, engine)}
+    return state | {"model": frozen_reference(worker, engine)}
 
 
-def frozen_reference(config: dict, engine: Any) -> Any:
+def frozen_reference(worker: WorkerConfig, engine: Any) -> Any:
     """A frozen copy of the start model beside the policy, in the policy's dtype. Under ZeRO-3
     DeepSpeed partitions it over the ranks (no optimizer), so a large copy is never whole on
     one device."""
     from transformers import AutoModelForCausalLM
 
-    reference = AutoModelForCausalLM.from_pretrained(config["base_model"])
+    reference = AutoModelForCausalLM.from_pretrained(worker.base_model)
     reference.eval().requires_grad_(False)
-    ds = config["ds_config"]
+    ds = worker.ds_config
     if ds["zero_optimization"]["stage"] != 3:
         return reference.to(engine.device, dtype=next(engine.module.parameters()).dtype)
     import deepspeed
@@ -276,7 +286,7 @@ def conversational_metrics(models: dict[str, dict], rows: list[dict],
 def training_pairs(recipe: Recipe, cfg: Any, start: Path, tasks: Path
                    ) -> tuple[list[dict], dict | None]:
     """dpo_train's pairs, plus on-policy pairs from the start model when the recipe asks
-    (pipelines/onpolicy.py; its Ray Data pipeline starts Ray as the recipe says if this
+    (training/onpolicy.py; its Ray Data pipeline starts Ray as the recipe says if this
     process has none yet). Returns the pairs and the on-policy counts (None when off)."""
     pairs = read_task_set(tasks / "dpo_train.parquet")
     if not cfg.onpolicy.enabled:
@@ -284,7 +294,7 @@ def training_pairs(recipe: Recipe, cfg: Any, start: Path, tasks: Path
     import ray
 
     from mortgagellm.cluster.runtime import init_ray
-    from mortgagellm.pipelines.onpolicy import onpolicy_pairs
+    from mortgagellm.training.onpolicy import onpolicy_pairs
 
     if not ray.is_initialized():
         init_ray(recipe.ray, recipe.run.output_dir)
@@ -304,12 +314,9 @@ def run(recipe: Recipe, force: bool = False, *, on_ray: bool = True,
     source_config, inputs = task_source(recipe, cfg.task_source)
     inputs |= models
     config = {"seed": recipe.run.seed, "dpo": cfg.model_dump(mode="json"), **source_config}
-    fp = manifest.fingerprint("dpo", config, inputs)
-    previous, why = manifest.reusable(str(out), fp)
-    if previous and not force:
-        log.info("dpo: up to date (%s); skipping", why)
-        return previous
-    started, t0 = manifest.now()
+    pending = manifest.begin("dpo", out, config, inputs)
+    if done := manifest.skip_if_current(pending, force):
+        return done
     set_threads(cfg.threads)
     start = Path(models["start"]["uri"])
     tasks = task_dir(recipe, cfg.task_source, out)
@@ -325,16 +332,18 @@ def run(recipe: Recipe, force: bool = False, *, on_ray: bool = True,
     log.info("dpo: %d pairs kept (%s rejected), %d steps", counts["kept"], counts["rejected"],
              steps)
     rows_file = write_rows(rows, order, out / "data" / "train.parquet")
-    config_w = worker_config(recipe, cfg, start, rows_file, steps, out, fail_at_step)
-    history, model_dir, placement = train_and_export(
-        recipe, cfg, DPO, config_w | {"beta": cfg.beta, "nll_weight": cfg.nll_weight}, start,
-        out, on_ray, fp)
+    worker = worker_config(recipe, cfg, start, [str(rows_file.absolute())], out,
+                           seq_len=cfg.max_seq_len, max_steps=steps,
+                           warmup_steps=round(cfg.warmup_ratio * steps), fail_at_step=fail_at_step,
+                           objective_args={"beta": cfg.beta, "nll_weight": cfg.nll_weight})
+    history, checkpoint, placement = training.run(DPO, worker, recipe, cfg, out, on_ray,
+                                                  pending.fingerprint)
+    shutil.rmtree(out / "model", ignore_errors=True)
+    model_dir = export_model(checkpoint, start, out / "model", cfg.method, cfg.lora.model_dump(),
+                             cfg.deepspeed.zero_stage, merge=cfg.export == "merged")
     measured = conversational_metrics(models | {"expert": manifest.artifact(model_dir)},
                                       eval_rows, questions, cfg)
     metrics = {"records": counts | {"steps": steps, "epochs": cfg.epochs}, "onpolicy": sampled,
                "heldout_pairs": eval_counts, "train": history[-1], "history": history,
                "heldout": measured, "export": cfg.export, "placement": placement}
-    return manifest.write(str(out), manifest.Manifest(
-        stage="dpo", fingerprint=fp, config=config, inputs=inputs,
-        outputs={"model": manifest.artifact(model_dir)}, metrics=metrics, started_at=started,
-        duration_s=round(time.monotonic() - t0, 2)))
+    return manifest.finish(pending, {"model": manifest.artifact(model_dir)}, metrics)

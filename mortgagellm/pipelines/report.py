@@ -17,23 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from mortgagellm.config import Recipe
-from mortgagellm.manifest import Manifest
-from mortgagellm.pipelines import recipe as pipeline
+from mortgagellm.evaluation import scoring
+from mortgagellm.manifest import Manifest, require_manifest, select, stage_dir
 
-VARIANTS = ("instruct", "dapt", "merged", "structured", "conversational", "routed")
+VARIANTS = (*scoring.VARIANTS, scoring.ROUTED)
 BASELINE = "instruct"
-TASK_METRICS: dict[str, tuple[str, ...]] = {
-    "decision": ("accuracy", "macro_f1", "unparseable"),
-    "doc_kind": ("accuracy", "macro_f1", "unparseable"),
-    "intent": ("accuracy", "macro_f1", "unparseable"),
-    "summary": ("rouge_l", "bertscore_f1", "field_accuracy"),
-    "qa": ("token_f1", "bertscore_f1", "numeric"),
-    "instruction": ("fidelity",),
-    "domain": ("perplexity",),
-    "routing": ("accuracy", "p50_ms", "p99_ms"),
-    "fairness": ("flip_rate",),
-}
-JUDGE_METRICS = ("judge", "judge_unparseable")  # any task may have them, after its own metrics
+TASK_METRICS: dict[str, tuple[str, ...]] = scoring.TASK_METRICS
+JUDGE_METRICS = scoring.JUDGE_METRICS  # any task may have them, after its own metrics
 # The one place a metric's direction is decided; every other metric is higher-is-better.
 LOWER_IS_BETTER = frozenset({"perplexity", "unparseable", "judge_unparseable", "p50_ms",
                              "p99_ms", "flip_rate"})
@@ -356,8 +346,8 @@ def write_plots(manifests: dict[str, Manifest], out: Path) -> dict[str, str]:
 
 def build(recipe: Recipe, recipe_file: str | Path, output: str | Path | None = None) -> Path:
     """Write report.md and its plots from the manifests of every stage up to evaluate."""
-    manifests = {s: pipeline.require_manifest(recipe, s) for s in pipeline.select(last="evaluate")}
-    out = Path(output) if output else pipeline.stage_dir(recipe, "report")
+    manifests = {s: require_manifest(recipe, s) for s in select(last="evaluate")}
+    out = Path(output) if output else stage_dir(recipe, "report")
     out.mkdir(parents=True, exist_ok=True)
     plots = write_plots(manifests, out)
     date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())

@@ -27,7 +27,7 @@ from mortgagellm.datasets.splits import heldout_domain_texts
 from mortgagellm.merge import (MergeError, MergePlan, check_compatible, check_scale_patterns,
                                check_vocab, merge_tensor)
 from mortgagellm.model_files import weight_files
-from mortgagellm.pipelines.recipe import stage_dir
+from mortgagellm.manifest import stage_dir
 
 log = logging.getLogger(__name__)
 
@@ -53,17 +53,12 @@ def run(recipe: Recipe, force: bool = False) -> manifest.Manifest:
     out_dir = stage_dir(recipe, "residual")
     inputs = upstream_models(recipe)
     config = stage_config(recipe, "residual")
-    fp = manifest.fingerprint("residual", config, inputs)
-    previous, why = manifest.reusable(str(out_dir), fp)
-    if previous and not force:
-        log.info("residual: up to date (%s); skipping. Manifest: %s", why,
-                 out_dir / manifest.MANIFEST)
-        return previous
-    log.info("residual: merging (%s)", "--force" if previous else why)
+    pending = manifest.begin("residual", out_dir, config, inputs)
+    if done := manifest.skip_if_current(pending, force):
+        return done
     import torch
 
     torch.set_num_threads(cfg.threads or torch.get_num_threads())
-    started, t0 = manifest.now()
     paths = {role: Path(entry["uri"]) for role, entry in inputs.items()}
     rows = check_pair(paths["base"], paths["instruct"], cfg.instruct_rows)
     dapt_lora = (paths["dapt"] / "adapter_config.json").exists()
@@ -73,10 +68,7 @@ def run(recipe: Recipe, force: bool = False) -> manifest.Manifest:
     metrics = sweep(recipe, paths, rows, out_dir)
     shutil.rmtree(out_dir / "dapt-merged", ignore_errors=True)
     metrics |= {"dapt_lora": dapt_lora, "instruct_rows": rows}
-    return manifest.write(str(out_dir), manifest.Manifest(
-        stage="residual", fingerprint=fp, config=config, inputs=inputs,
-        outputs={"model": manifest.artifact(out_dir / "merged")}, metrics=metrics,
-        started_at=started, duration_s=round(time.monotonic() - t0, 2)))
+    return manifest.finish(pending, {"model": manifest.artifact(out_dir / "merged")}, metrics)
 
 
 def upstream_models(recipe: Recipe) -> dict[str, dict[str, str]]:

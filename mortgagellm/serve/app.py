@@ -11,13 +11,12 @@ dotted recipe override (`serve.router.mode=tier1`). Everything else comes from t
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 from pathlib import Path
 from typing import Any
 
+from mortgagellm import routing
 from mortgagellm.config import ExpertSettings, Recipe, load_recipe
 
 log = logging.getLogger(__name__)
@@ -37,11 +36,6 @@ def load(args: dict[str, Any]) -> Recipe:
 def serve_dir(recipe: Recipe) -> Path:
     """<output_dir>/serve: registry, tier-1 cache, audit log and demo key by default."""
     return Path(recipe.run.output_dir) / "serve"
-
-
-def registry_path(recipe: Recipe) -> Path:
-    """The model registry file."""
-    return Path(recipe.serve.registry or serve_dir(recipe) / "registry.json")
 
 
 def audit_dir(recipe: Recipe) -> Path:
@@ -79,31 +73,6 @@ def api_keys(recipe: Recipe, args: dict[str, Any]) -> dict[str, str]:
     return keys
 
 
-def tier1_file(recipe: Recipe) -> Path:
-    """The trained tier-1 classifier as JSON, trained once per routing set and cached.
-
-    The cache name hashes the training requests and settings, so a changed set retrains.
-    """
-    from mortgagellm.datasets.tasks import build_task_sets, read_task_set
-    from mortgagellm.serve import routing
-
-    r = recipe.serve.router
-    rows = (read_task_set(Path(r.train_set)) if r.train_set else
-            build_task_sets(recipe.corpus.tasks, recipe.run.seed)["routing_train"])
-    pairs = [(row["request"], row["route"]) for row in rows]
-    key = hashlib.sha256(json.dumps([pairs, r.clip_chars, routing.NGRAMS]).encode()).hexdigest()
-    path = serve_dir(recipe) / f"tier1-{key[:16]}.json"
-    if not path.is_file():
-        log.info("training the tier-1 router on %d requests", len(pairs))
-        model = routing.train_tier1([p[0] for p in pairs], [p[1] for p in pairs], r.clip_chars,
-                                    seed=recipe.run.seed)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(model.to_json())
-        os.replace(tmp, path)
-    return path
-
-
 EXPERT_STAGES = {"structured": "sft", "conversational": "dpo"}
 """The stage whose 'model' output each expert serves once that stage has run."""
 
@@ -118,10 +87,10 @@ def served_model(recipe: Recipe, expert: str) -> tuple[str, str]:
     bootstrap instruct model stands in for both experts.
     """
     from mortgagellm import manifest
-    from mortgagellm.pipelines.recipe import require_manifest, stage_dir
-    from mortgagellm.serve import registry
+    from mortgagellm.manifest import require_manifest, stage_dir
+    from mortgagellm import registry
 
-    path = registry_path(recipe)
+    path = registry.registry_path(recipe)
     wanted, stage = getattr(recipe.serve, expert).model, EXPERT_STAGES[expert]
     trained = None if wanted else manifest.read(str(stage_dir(recipe, stage)))
     if wanted and Path(wanted).is_dir():
@@ -220,7 +189,7 @@ def build_app(args: dict[str, Any]) -> Any:
                                           s.batch_wait_timeout_s, cfg.limits.max_prompt_tokens)
     router = Router.options(name=ROUTER, **options[ROUTER])
     return router.bind(experts["structured"], experts["conversational"],
-                       cfg.model_dump(mode="json"), str(tier1_file(recipe).absolute()),
+                       cfg.model_dump(mode="json"), str(routing.tier1_file(recipe).absolute()),
                        api_keys(recipe, args), str(audit_dir(recipe).absolute()))
 
 

@@ -1,6 +1,7 @@
 """The experts' engine: transformers decoding with a KV cache, several requests per batch, text
-streamed as it is decoded, stop sequences, max_tokens, temperature / top_p / seed; and the label
-scoring the few-shot router tier needs. No Ray here: serve/experts.py wraps it in a deployment.
+streamed as it is decoded, stop sequences, max_tokens, temperature / top_p / seed. Loading and
+the label scoring the few-shot router tier needs are in modeling.py (evaluation uses them too).
+No Ray here: serve/experts.py wraps it in a deployment.
 
 torch and transformers are imported inside functions so `mortgagellm --help` stays instant.
 """
@@ -8,11 +9,9 @@ torch and transformers are imported inside functions so `mortgagellm --help` sta
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
-
-from mortgagellm.modeling import EOT
 
 
 @dataclass(frozen=True)
@@ -34,31 +33,6 @@ class Delta:
     text: str
     finish_reason: str | None
     completion_tokens: int
-
-
-def load_model(path: str, threads: int) -> tuple[Any, Any]:
-    """(model, tokenizer) from an HF directory, in eval mode, on GPU when there is one."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    torch.set_num_threads(threads)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
-    return model, tokenizer
-
-
-def context_length(model: Any) -> int:
-    """Longest sequence (prompt + completion) the model accepts."""
-    return int(model.config.max_position_embeddings)
-
-
-def chat_ids(tokenizer: Any, messages: Sequence[Mapping[str, str]]) -> list[int]:
-    """Token ids of a conversation through the model's chat template, assistant turn opened."""
-    text = tokenizer.apply_chat_template(list(messages), tokenize=False,
-                                         add_generation_prompt=True)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def completion_ids(tokenizer: Any, prompt: str) -> list[int]:
@@ -175,30 +149,3 @@ def sample(logits: Any, temperature: float, top_p: float, generator: Any) -> int
         keep = sorted_probs.cumsum(-1) - sorted_probs < top_p
         probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
     return int(torch.multinomial(probs.cpu(), 1, generator=generator))
-
-
-def label_logprobs(model: Any, tokenizer: Any, messages: Sequence[Mapping[str, str]],
-                   labels: Sequence[str]) -> dict[str, float]:
-    """log P(label + end of turn | prompt) for each label, all labels in one forward pass.
-
-    The prompt loses tokens from its start when it would not fit the model's context with the
-    longest label: small CPU models have a few hundred positions, and the request is at the end.
-    """
-    import torch
-
-    prompt = chat_ids(tokenizer, messages)
-    answers = [tokenizer(label + EOT, add_special_tokens=False)["input_ids"] for label in labels]
-    room = context_length(model) - max(len(a) for a in answers)
-    prompt = prompt[-room:]
-    rows = [prompt + a for a in answers]
-    width = max(len(r) for r in rows)
-    pad = tokenizer.pad_token_id
-    ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=model.device)
-    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=model.device)
-    with torch.inference_mode():
-        logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), -1)
-    scores = {}
-    for i, (label, answer) in enumerate(zip(labels, answers)):
-        positions = range(len(prompt) - 1, len(prompt) - 1 + len(answer))
-        scores[label] = float(sum(logp[i, p, t] for p, t in zip(positions, answer)))
-    return scores

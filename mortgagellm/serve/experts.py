@@ -16,8 +16,9 @@ from typing import Any
 
 from ray import serve
 
+from mortgagellm import modeling, routing
 from mortgagellm.datasets.tasks_format import ROUTES
-from mortgagellm.serve import engine, routing
+from mortgagellm.serve import engine
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +51,9 @@ class Expert:
         """Load the model named by user_config when its version changed."""
         if config["version"] == self.version:
             return
-        model, tokenizer = engine.load_model(config["model"], self.threads)
+        model, tokenizer = modeling.load_for_inference(config["model"], self.threads)
         # Tier 2's content-free prior (routing.fewshot_probabilities) belongs to the model.
-        prior = engine.label_logprobs(
+        prior = modeling.label_logprobs(
             model, tokenizer, routing.fewshot_messages(routing.CONTENT_FREE, 16), ROUTES)
         self.model, self.tokenizer, self.prior = model, tokenizer, prior
         self.version, self.model_dir = config["version"], config["model"]
@@ -67,12 +68,12 @@ class Expert:
         """Role, model version and directory, context length, and the replica's process id
         (which shows that deploy / rollback reconfigured it rather than replacing it)."""
         return {"role": self.role, "version": self.version, "model": self.model_dir,
-                "context": engine.context_length(self.model), "pid": os.getpid()}
+                "context": modeling.context_length(self.model), "pid": os.getpid()}
 
     async def classify(self, request: str, clip_chars: int) -> dict[str, float]:
         """Tier-2 route probabilities of a request (one forward pass, off the event loop)."""
         logprobs = await asyncio.to_thread(
-            engine.label_logprobs, self.model, self.tokenizer,
+            modeling.label_logprobs, self.model, self.tokenizer,
             routing.fewshot_messages(request, clip_chars), ROUTES)
         return routing.fewshot_probabilities(logprobs, self.prior)
 
@@ -82,10 +83,10 @@ class Expert:
         `request` has `messages` (chat) or `prompt` (completion), and max_tokens, temperature,
         top_p, seed, stop.
         """
-        ids = (engine.chat_ids(self.tokenizer, request["messages"]) if "messages" in request
+        ids = (modeling.chat_ids(self.tokenizer, request["messages"]) if "messages" in request
                else engine.completion_ids(self.tokenizer, request["prompt"]))
         error = length_error(len(ids), request["max_tokens"], self.max_prompt_tokens,
-                             engine.context_length(self.model))
+                             modeling.context_length(self.model))
         if error:
             yield {"error": error}
             return

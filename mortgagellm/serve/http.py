@@ -13,10 +13,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from mortgagellm.routing import ROUTE_MODELS, UnknownModel
 from mortgagellm.serve import openai_api as oa
 from mortgagellm.serve.door import Door
-from mortgagellm.serve.router import RETRIED, ApiError, new_request_id
-from mortgagellm.serve.routing import ROUTE_MODELS, UnknownModel
+from mortgagellm.serve.errors import RETRIED, ApiError, new_request_id
 
 log = logging.getLogger(__name__)
 ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completions",

@@ -123,7 +123,7 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
 
 def model_list(versions: dict[str, str | None]) -> dict[str, Any]:
     """GET /v1/models: the router and both experts, with the experts' versions."""
-    from mortgagellm.serve.routing import AUTO_MODEL, MODEL_ROUTES
+    from mortgagellm.routing import AUTO_MODEL, MODEL_ROUTES
 
     rows = [{"id": AUTO_MODEL, "object": "model", "owned_by": "mortgagellm",
              ROUTING_FIELD: {"route": None}}]

@@ -16,9 +16,10 @@ import time
 import urllib.request
 from pathlib import Path
 
+from mortgagellm import routing
 from mortgagellm.config import Recipe, load_recipe
 from mortgagellm.serve import app as serve_app
-from mortgagellm.serve import registry
+from mortgagellm import registry
 
 log = logging.getLogger(__name__)
 CLUSTER_FILE = "cluster.json"
@@ -53,7 +54,7 @@ def start(args: dict[str, str], timeout_s: float = 300.0) -> str:
     from ray.serve.schema import ServeDeploySchema
 
     recipe = serve_app.load(args)
-    serve_app.tier1_file(recipe)  # trained here, where its log shows; the build finds it cached
+    routing.tier1_file(recipe)  # trained here, where its log shows; the build finds it cached
     config = serve_app.serve_config(recipe, args)
     serve.start(http_options=config["http_options"])
     _get_global_client().deploy_apps(ServeDeploySchema.model_validate(config))
@@ -116,7 +117,7 @@ def demo_requests(recipe: Recipe) -> list[tuple[str, str | None]]:
     of the first 20 held-out decision and QA records the corpus stage wrote (never trained on),
     else DEMO_REQUESTS."""
     from mortgagellm.datasets.tasks import read_task_set
-    from mortgagellm.pipelines.recipe import stage_dir
+    from mortgagellm.manifest import stage_dir
 
     tasks = stage_dir(recipe, "corpus") / "tasks"
     picked = []
@@ -166,7 +167,7 @@ def switch(recipe: Recipe, config: str, overrides: list[str], expert: str, actio
 
 def deploy(recipe: Recipe, config: str, overrides: list[str], expert: str, ref: str) -> int:
     """`mortgagellm deploy`: register a directory if given one, make it current, apply."""
-    path = serve_app.registry_path(recipe)
+    path = registry.registry_path(recipe)
     if Path(ref).is_dir():
         ref = registry.register(path, ref, source="mortgagellm deploy")
     return switch(recipe, config, overrides, expert, "deploy",
@@ -175,7 +176,7 @@ def deploy(recipe: Recipe, config: str, overrides: list[str], expert: str, ref: 
 
 def rollback(recipe: Recipe, config: str, overrides: list[str], expert: str) -> int:
     """`mortgagellm rollback`: back to the version deployed before the current one."""
-    change = registry.rollback(serve_app.registry_path(recipe), expert)
+    change = registry.rollback(registry.registry_path(recipe), expert)
     return switch(recipe, config, overrides, expert, "rollback", change)
 
 

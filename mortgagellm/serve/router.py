@@ -12,30 +12,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 from ray import serve
-from ray.exceptions import RayActorError
-from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
+from mortgagellm import routing
 from mortgagellm.config import ServeConfig
-from mortgagellm.serve import routing
 from mortgagellm.serve.audit import AuditLog
+from mortgagellm.serve.errors import OVERLOADED, RETRIED, ApiError
 
 log = logging.getLogger(__name__)
-RETRIED = (RayActorError,)
-"""A replica that died or became unreachable mid-call: the call is made once more."""
-OVERLOADED = (BackPressureError, DeploymentUnavailableError)
-
-
-class ApiError(Exception):
-    """An error answer: HTTP status, message, OpenAI error code."""
-
-    def __init__(self, status: int, message: str, code: str):
-        super().__init__(message)
-        self.status, self.message, self.code = status, message, code
 
 
 class Metrics:
@@ -85,14 +72,15 @@ class Router:
         return {route: info["version"] for route, info in zip(self.experts, infos)}
 
     async def decide(self, text: str, model: str) -> routing.Decision:
-        """Route a request; asks the structured expert for tier 2 only when route() needs it."""
+        """Route a request (routing.decide); the structured expert is asked for tier 2 only
+        when tier 1 is unsure."""
         started = time.perf_counter()
-        r = self.cfg.router
-        decision = routing.route(text, model, r.mode, self.tier1, r.threshold)
-        if decision is None:
-            probs = await self._expert_call(
-                self.experts["structured"].classify.remote(text, r.clip_chars))
-            decision = routing.route(text, model, r.mode, self.tier1, r.threshold, probs)
+
+        async def tier2(request: str, clip_chars: int) -> dict[str, float]:
+            return await self._expert_call(
+                self.experts["structured"].classify.remote(request, clip_chars))
+
+        decision = await routing.decide(text, model, self.cfg.router, self.tier1, tier2)
         self.metrics.routing_ms.observe((time.perf_counter() - started) * 1e3,
                                         tags={"decided_by": decision.decided_by})
         return decision
@@ -157,9 +145,3 @@ class Router:
                                                              time.gmtime()),
                                        "latency_ms": round((time.perf_counter() - started) * 1e3,
                                                            2)})
-
-
-
-def new_request_id(prefix: str) -> str:
-    """OpenAI-style id, also the audit record's request id."""
-    return f"{prefix}-{uuid.uuid4().hex}"

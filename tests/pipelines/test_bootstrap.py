@@ -63,11 +63,24 @@ def test_second_run_skips_via_manifest(tiny_pair, tiny_recipe_path, caplog, caps
     assert stored["started_at"] == tiny_pair.started_at  # not rewritten
 
 
-def test_forced_rebuild_is_bit_identical(tiny_pair, tiny_recipe_path):
-    before = {k: v["sha256"] for k, v in tiny_pair.outputs.items()}
-    rebuilt = bootstrap.run(load_recipe(tiny_recipe_path), force=True)
-    assert {k: v["sha256"] for k, v in rebuilt.outputs.items()} == before
-    assert rebuilt.metrics["instruct"]["fidelity"] == tiny_pair.metrics["instruct"]["fidelity"]
+def test_a_code_change_rebuilds_bit_identically(tiny_pair, tiny_recipe_path, package_copy,
+                                                 caplog):
+    """An edit to a module bootstrap runs re-runs it (and says why); the rebuild is identical.
+    The session's manifest is put back after, so later tests see the real code's."""
+    manifest_file = tiny_recipe_path.parent / "run/bootstrap/manifest.json"
+    kept = manifest_file.read_bytes()
+    caplog.set_level(logging.INFO)
+    with (package_copy / "pipelines" / "bootstrap.py").open("a") as f:
+        f.write("\n# an edit\n")
+    try:
+        rebuilt = bootstrap.run(load_recipe(tiny_recipe_path))
+        assert "bootstrap: running (code changed)" in caplog.text
+        assert rebuilt.started_at != tiny_pair.started_at and rebuilt.code != tiny_pair.code
+        assert {k: v["sha256"] for k, v in rebuilt.outputs.items()} == {
+            k: v["sha256"] for k, v in tiny_pair.outputs.items()}
+        assert rebuilt.metrics["instruct"]["fidelity"] == tiny_pair.metrics["instruct"]["fidelity"]
+    finally:
+        manifest_file.write_bytes(kept)
 
 
 def test_given_models_are_verified_and_hashed(tiny_pair, tmp_path):

@@ -15,7 +15,8 @@ from mortgagellm.cluster import data
 from mortgagellm.config import CorpusConfig, load_recipe
 from mortgagellm.datasets import batches, mortgage, readers
 from mortgagellm.datasets.schemas import PACKED_ROW_GROUP_ROWS, PACKED_SCHEMA, QUARANTINE_SCHEMA
-from mortgagellm.pipelines import corpus, sft
+from mortgagellm.pipelines import corpus
+from mortgagellm.training import inputs
 from mortgagellm.pipelines.recipe import run_stage
 
 REGULATION = (Path(__file__).resolve().parents[2] / "data" / "cfpb-regulations" /
@@ -186,7 +187,7 @@ def test_corpus_stage_end_to_end(ray_cluster, tiny_recipe_path, tmp_path, caplog
     assert {p.stem: pq.ParquetFile(p).metadata.num_rows for p in tasks.glob("*.parquet")} == \
         metrics["tasks"]
     assert metrics["tasks"]["eval_qa"] > 0 and metrics["tasks"]["sft_train"] > 0
-    assert sft.task_dir(recipe, "corpus", tmp_path / "sft") == tasks
+    assert inputs.task_dir(recipe, "corpus", tmp_path / "sft") == tasks
 
     # Row groups are small, so training's seeded shuffle mixes sources; every row is fed once.
     shards = [str(shard_dir / name) for name in files]
@@ -197,6 +198,6 @@ def test_corpus_stage_end_to_end(ray_cluster, tiny_recipe_path, tmp_path, caplog
     rebuilt = corpus.run(recipe, force=True)  # same inputs and config: byte-identical shards
     assert rebuilt.outputs == m.outputs and rebuilt.metrics["content_sha256"] == \
         m.metrics["content_sha256"]
-    with caplog.at_level(logging.INFO, logger="mortgagellm.pipelines.corpus"):
+    with caplog.at_level(logging.INFO, logger="mortgagellm"):
         again = corpus.run(recipe)
     assert again.started_at == rebuilt.started_at and "up to date" in caplog.text

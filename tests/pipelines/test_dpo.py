@@ -154,7 +154,7 @@ def apr_truth():
 
 
 def test_reward_counts_correctness_required_facts_and_invented_citations():
-    from mortgagellm.pipelines.onpolicy import reward
+    from mortgagellm.training.onpolicy import reward
 
     truth = apr_truth()
     right = reward("The APR is 6.912%, above the 6.500% note rate.", truth, APR_DOC, APR_REFERENCE)
@@ -169,7 +169,7 @@ def test_reward_counts_correctness_required_facts_and_invented_citations():
 
 
 def test_best_vs_worst_keeps_only_a_correct_best_clearly_above_the_worst():
-    from mortgagellm.pipelines.onpolicy import best_vs_worst
+    from mortgagellm.training.onpolicy import best_vs_worst
 
     question = {"id": "q1", "prompt": "What is the APR?", "document": APR_DOC}
     r = [{"reward": 1.33, "correct": 1.0}, {"reward": 0.17, "correct": 0.0},
@@ -189,7 +189,7 @@ def test_onpolicy_pairs_sample_and_score_through_ray_data(ray_cluster, tiny_pair
     """Two questions, three samples each, through Ray Data. The tiny model never answers
     correctly, so no pair may be kept; every sample is scored."""
     from mortgagellm.config import OnPolicySettings
-    from mortgagellm.pipelines.onpolicy import onpolicy_pairs
+    from mortgagellm.training.onpolicy import onpolicy_pairs
 
     question = {"prompt": f"What is the APR?\n\n{APR_DOC}", "document": APR_DOC,
                 "chosen": APR_REFERENCE, "truth": apr_truth()}

@@ -14,8 +14,10 @@ from mortgagellm.config import load_recipe
 from mortgagellm.datasets.instructions import instructions
 from mortgagellm.datasets.tasks_format import format_summary, qa_truth
 from mortgagellm.metrics import wilson
+from mortgagellm.evaluation import scoring
+from mortgagellm.evaluation import sets as es
 from mortgagellm.pipelines import evaluate as ev
-from mortgagellm.serve import registry
+from mortgagellm import registry
 
 SETS = ["corpus.tasks.sft_per_task=4", "corpus.tasks.dpo_pairs=4",
         "corpus.tasks.routing_requests=40", "corpus.tasks.eval_per_task=6",
@@ -37,12 +39,12 @@ def label(task, gold, **extra):
 def test_classification_counts_unparseable_answers_wrong():
     records = [label("decision", g) for g in ("approve", "approve", "refer", "deny")]
     texts = ["approve", "Refer.", "refer", "maybe later"]  # parsed: approve, refer, refer, None
-    m = ev.classification_metrics("decision", records, texts, 100, 0)
-    assert m[ev.ACCURACY]["value"] == 0.5 and m[ev.ACCURACY]["n"] == 4
-    assert m[ev.ACCURACY]["ci95"] == pytest.approx(list(wilson(2, 4)), abs=1e-6)
+    m = scoring.classification_metrics("decision", records, texts, 100, 0)
+    assert m[scoring.ACCURACY]["value"] == 0.5 and m[scoring.ACCURACY]["n"] == 4
+    assert m[scoring.ACCURACY]["ci95"] == pytest.approx(list(wilson(2, 4)), abs=1e-6)
     # approve: 1TP 1FN -> 2/3; refer: 1TP 1FP -> 2/3; deny: 1FN -> 0
-    assert m[ev.MACRO_F1]["value"] == pytest.approx(4 / 9, abs=1e-6)
-    assert m[ev.UNPARSEABLE]["value"] == 0.25
+    assert m[scoring.MACRO_F1]["value"] == pytest.approx(4 / 9, abs=1e-6)
+    assert m[scoring.UNPARSEABLE]["value"] == 0.25
 
 
 class FixedBert:
@@ -59,13 +61,13 @@ def test_summary_rouge_and_field_accuracy_by_hand():
               "truth": {"summary_fields": fields, "reference_summary": "Ann Lee asked for "
                                                                       "$200,000."}}
     text = "borrower: Ann Lee\nloan_amount: $250,000"
-    m = ev.summary_metrics([record], [text], FixedBert(), 100, 0)
+    m = scoring.summary_metrics([record], [text], FixedBert(), 100, 0)
     # output: borrower ann lee loan amount 250 000 (7 tokens); reference: borrower ann lee loan
     # amount 200 000 summary ann lee asked for 200 000 (14); LCS borrower ann lee loan amount
     # 000 (6) -> P = 6/7, R = 6/14, F = 2 * 6 / (7 + 14)
-    assert m[ev.ROUGE_L]["value"] == pytest.approx(12 / 21, abs=1e-6)
-    assert m[ev.FIELD_ACCURACY]["value"] == 0.5  # borrower right, loan amount wrong
-    assert m[ev.BERTSCORE_F1] == {"value": 0.5, "n": 1, "ci95": [0.5, 0.5]}
+    assert m[scoring.ROUGE_L]["value"] == pytest.approx(12 / 21, abs=1e-6)
+    assert m[scoring.FIELD_ACCURACY]["value"] == 0.5  # borrower right, loan amount wrong
+    assert m[scoring.BERTSCORE_F1] == {"value": 0.5, "n": 1, "ci95": [0.5, 0.5]}
 
 
 def test_qa_numeric_counts_only_questions_with_a_figure():
@@ -74,13 +76,13 @@ def test_qa_numeric_counts_only_questions_with_a_figure():
     records = [{"prompt": "q1", "document": "d", "chosen": "The payment is $1,842.10.",
                 "truth": money},
                {"prompt": "q2", "document": "d", "chosen": "It is an FHA loan.", "truth": text}]
-    m = ev.qa_metrics(records, ["Your payment is $1,842.10 a month.", "Conventional."],
+    m = scoring.qa_metrics(records, ["Your payment is $1,842.10 a month.", "Conventional."],
                       FixedBert(), 100, 0)
-    assert (m[ev.NUMERIC]["value"], m[ev.NUMERIC]["n"]) == (1.0, 1)
-    assert m[ev.NUMERIC]["ci95"] == pytest.approx(list(wilson(1, 1)), abs=1e-6)
+    assert (m[scoring.NUMERIC]["value"], m[scoring.NUMERIC]["n"]) == (1.0, 1)
+    assert m[scoring.NUMERIC]["ci95"] == pytest.approx(list(wilson(1, 1)), abs=1e-6)
     # q1: [your payment is 184210 month] vs [payment is 184210]: 3 shared -> 2*3/(5+3) = 0.75;
     # q2: nothing shared -> 0
-    assert m[ev.TOKEN_F1]["value"] == pytest.approx((0.75 + 0.0) / 2)
+    assert m[scoring.TOKEN_F1]["value"] == pytest.approx((0.75 + 0.0) / 2)
 
 
 def test_fidelity_is_modeling_fidelity_with_a_wilson_interval():
@@ -88,23 +90,23 @@ def test_fidelity_is_modeling_fidelity_with_a_wilson_interval():
     answers = [(i.answer if i.format == "one_word" else "not json", True) for i in instrs]
     answers[0] = (answers[0][0], False)  # ran out of tokens: never counts
     hits = sum(i.format == "one_word" for i in instrs[1:])
-    m = ev.fidelity_metric(instrs, answers)[ev.FIDELITY]
+    m = scoring.fidelity_metric(instrs, answers)[scoring.FIDELITY]
     assert m["value"] == pytest.approx(hits / 5) and m["n"] == 5
     assert m["ci95"] == pytest.approx(list(wilson(hits, 5)), abs=1e-6)
 
 
 def test_perplexity_flips_and_routing_by_hand():
-    ppl = ev.perplexity_metric([(2.0, 2), (4.0, 2)], 100, 0)[ev.PERPLEXITY]
+    ppl = scoring.perplexity_metric([(2.0, 2), (4.0, 2)], 100, 0)[scoring.PERPLEXITY]
     assert ppl["value"] == pytest.approx(math.exp(6 / 4)) and ppl["n"] == 2
     assert math.exp(1) <= ppl["ci95"][0] <= ppl["ci95"][1] <= math.exp(2) + 1e-9
-    flips = ev.flip_metric(["approve", "deny", "huh", "refer"],
-                           ["approve", "approve", "what", ""])[ev.FLIP_RATE]
+    flips = scoring.flip_metric(["approve", "deny", "huh", "refer"],
+                           ["approve", "approve", "what", ""])[scoring.FLIP_RATE]
     assert flips["value"] == 0.5 and flips["n"] == 4  # deny->approve, refer->unparseable
     routes = [{"route": "structured"}, {"route": "conversational"}] * 2
-    m = ev.routing_metrics(routes, ["structured", "structured", "structured", "conversational"],
+    m = scoring.routing_metrics(routes, ["structured", "structured", "structured", "conversational"],
                            [1.0, 2.0, 3.0, 4.0], 100, 0)
-    assert m[ev.ACCURACY]["value"] == 0.75
-    assert m[ev.P50_MS]["value"] == 2.5 and m[ev.P99_MS]["value"] == pytest.approx(3.97)
+    assert m[scoring.ACCURACY]["value"] == 0.75
+    assert m[scoring.P50_MS]["value"] == 2.5 and m[scoring.P99_MS]["value"] == pytest.approx(3.97)
 
 
 # ---- unit: the shape of a variant's results ------------------------------------------------------
@@ -125,17 +127,17 @@ def hand_sets():
                            "truth": {"summary_fields": {"borrower": "A"}}}]
     records["qa"] = [{"prompt": "APR?", "document": "", "chosen": "6.912%", "truth": qa}]
     fair = (label("decision", "approve"), label("decision", "approve", prompt="swapped"))
-    return ev.EvalSets(records, list(instructions("eval", 0, 5)), ["a text"], [fair],
+    return es.EvalSets(records, list(instructions("eval", 0, 5)), ["a text"], [fair],
                        [{"request": "r", "route": "structured"}])
 
 
 def answered(sets):
     """Every probe answered with its reference (labels right, the fairness pair stable)."""
     answers = {}
-    for name, items in ev.probes(sets, load_recipe_defaults().evaluate).items():
+    for name, items in es.probes(sets, load_recipe_defaults().evaluate).items():
         answers[name] = [("approve" if name.startswith("fairness") else "x", True)] * len(items)
     for task, records in sets.records.items():
-        answers[task] = [(ev.reference(task, r), True) for r in records]
+        answers[task] = [(scoring.reference(task, r), True) for r in records]
     return {"answers": answers, "nlls": [(3.0, 3)]}
 
 
@@ -147,39 +149,39 @@ def load_recipe_defaults():
 
 def test_every_task_and_metric_is_reported_with_value_n_and_interval():
     sets = hand_sets()
-    scorer = ev.Scorer(100, 0, FixedBert(), GradingJudge(), judge_items=1)
-    tasks = ev.score_variant(sets, answered(sets), scorer)
-    expected = {t: set(m) | ({ev.JUDGE, ev.JUDGE_UNPARSEABLE} if t in ev.JUDGED else set())
-                for t, m in ev.TASK_METRICS.items() if t != ev.ROUTING}
+    scorer = scoring.Scorer(100, 0, FixedBert(), GradingJudge(), judge_items=1)
+    tasks = scoring.score_variant(sets, answered(sets), scorer)
+    expected = {t: set(m) | ({scoring.JUDGE, scoring.JUDGE_UNPARSEABLE} if t in scoring.JUDGED else set())
+                for t, m in scoring.TASK_METRICS.items() if t != es.ROUTING}
     assert {t: set(m) for t, m in tasks.items()} == expected
-    sizes = ev.sample_sizes(sets)
+    sizes = scoring.sample_sizes(sets)
     for task, metrics in tasks.items():
         for name, m in metrics.items():
             assert set(m) == {"value", "n", "ci95"} and len(m["ci95"]) == 2
             if name.startswith("judge"):
                 assert m["n"] == 1  # judge.max_items of the task's records
-            elif task == ev.QA and name == ev.NUMERIC:
+            elif task == es.QA and name == scoring.NUMERIC:
                 assert m["n"] == 1
             else:
                 assert m["n"] == sizes[task], (task, name)
-    assert tasks["decision"][ev.ACCURACY]["value"] == 1.0
-    assert tasks["decision"][ev.JUDGE]["value"] == 4.0
-    assert tasks[ev.FAIRNESS][ev.FLIP_RATE]["value"] == 0.0
-    assert tasks[ev.DOMAIN][ev.PERPLEXITY]["value"] == pytest.approx(math.e)
-    without_judge = ev.score_variant(sets, answered(sets), ev.Scorer(100, 0, FixedBert(), None, 1))
-    assert ev.JUDGE not in without_judge["decision"]
+    assert tasks["decision"][scoring.ACCURACY]["value"] == 1.0
+    assert tasks["decision"][scoring.JUDGE]["value"] == 4.0
+    assert tasks[es.FAIRNESS][scoring.FLIP_RATE]["value"] == 0.0
+    assert tasks[es.DOMAIN][scoring.PERPLEXITY]["value"] == pytest.approx(math.e)
+    without_judge = scoring.score_variant(sets, answered(sets), scoring.Scorer(100, 0, FixedBert(), None, 1))
+    assert scoring.JUDGE not in without_judge["decision"]
 
 
 def test_requests_ask_each_prompt_once():
     sets = hand_sets()
     sets.fairness = [(sets.records["decision"][0], {**sets.records["decision"][0],
                                                     "prompt": "swapped"})]
-    rows = ev.requests(sets, load_recipe_defaults().evaluate)
-    chat = [r for r in rows if r["kind"] == ev.CHAT]
+    rows = es.requests(sets, load_recipe_defaults().evaluate)
+    chat = [r for r in rows if r["kind"] == es.CHAT]
     # 7 labelled/summary/qa records + 5 instructions + 1 swapped prompt: the fairness original
     # is the first decision record's prompt, asked once
     assert len(chat) == 7 + 5 + 1
-    assert [r["kind"] for r in rows].count(ev.NLL) == 1
+    assert [r["kind"] for r in rows].count(es.NLL) == 1
     assert len({r["key"] for r in rows}) == len(rows)
 
 
@@ -251,19 +253,19 @@ def test_one_model_through_ray_data_into_its_registry_entry(ray_cluster, tiny_pa
     assert sizes == {"decision": 3, "doc_kind": 3, "intent": 3, "summary": 3, "qa": 3,
                      "instruction": 5, "domain": 3, "fairness": 3, "routing": 10}
     tasks = result["tasks"]
-    for task, names in ev.TASK_METRICS.items():
-        if task == ev.ROUTING:
+    for task, names in scoring.TASK_METRICS.items():
+        if task == es.ROUTING:
             assert task not in tasks
             continue
-        judged = {ev.JUDGE, ev.JUDGE_UNPARSEABLE} if task in ev.JUDGED else set()
+        judged = {scoring.JUDGE, scoring.JUDGE_UNPARSEABLE} if task in scoring.JUDGED else set()
         assert set(tasks[task]) == set(names) | judged, task
         for name in names:
-            if (task, name) != (ev.QA, ev.NUMERIC):
+            if (task, name) != (es.QA, scoring.NUMERIC):
                 assert tasks[task][name]["n"] == sizes[task], (task, name)
         if judged:
-            assert tasks[task][ev.JUDGE_UNPARSEABLE]["n"] == 2
-    assert 0 < tasks[ev.QA][ev.NUMERIC]["n"] <= 3
-    assert tasks[ev.DOMAIN][ev.PERPLEXITY]["value"] > 1.0
+            assert tasks[task][scoring.JUDGE_UNPARSEABLE]["n"] == 2
+    assert 0 < tasks[es.QA][scoring.NUMERIC]["n"] <= 3
+    assert tasks[es.DOMAIN][scoring.PERPLEXITY]["value"] > 1.0
     assert len(server.seen) > 0 and server.seen[0]["model"] == "grader"
     reg = registry.read(tmp_path / "run" / "serve" / "registry.json")
     (version, entry), = reg["versions"].items()
@@ -308,21 +310,22 @@ def test_stage_evaluates_every_variant_and_the_routed_system(ray_cluster, tiny_p
                       ["serve.router.mode=hybrid", "serve.router.threshold=0.99"])
     m = ev.run(recipe)
     variants = m.metrics["variants"]
-    assert set(variants) == {*ev.VARIANTS, ev.ROUTED}
+    assert set(variants) == {*scoring.VARIANTS, scoring.ROUTED}
     assert m.metrics["judge"] is None and m.metrics["sample_sizes"]["routing"] == 10
     same = variants["instruct"]["tasks"]
     for name in ("dapt", "merged", "structured", "conversational"):
         assert variants[name]["tasks"] == same  # one model, generated once, scored alike
         assert variants[name]["version"] == m.inputs[name]["sha256"]
-    routed = variants[ev.ROUTED]["tasks"]
-    assert set(routed) == set(ev.TASK_METRICS) - {ev.DOMAIN}
+    routed = variants[scoring.ROUTED]["tasks"]
+    assert set(routed) == set(scoring.TASK_METRICS) - {es.DOMAIN}
     # both experts are the same model, so routing changes no answer
-    assert routed[ev.QA] == same[ev.QA] and routed[ev.FAIRNESS] == same[ev.FAIRNESS]
-    assert routed[ev.ROUTING][ev.ACCURACY]["n"] == 10
-    assert 0 < routed[ev.ROUTING][ev.P50_MS]["value"] <= routed[ev.ROUTING][ev.P99_MS]["value"]
+    assert routed[es.QA] == same[es.QA] and routed[es.FAIRNESS] == same[es.FAIRNESS]
+    assert routed[es.ROUTING][scoring.ACCURACY]["n"] == 10
+    latency = routed[es.ROUTING]
+    assert 0 < latency[scoring.P50_MS]["value"] <= latency[scoring.P99_MS]["value"]
     lines = manifest.Path(m.output_path("predictions")).read_text().splitlines()
-    assert len(lines) == 5 * sum(len(v) for v in ev.probes(
-        ev.eval_sets(recipe, manifest.Path(recipe.run.output_dir) / "evaluate" / "tasks"),
+    assert len(lines) == 5 * sum(len(v) for v in es.probes(
+        es.eval_sets(recipe, manifest.Path(recipe.run.output_dir) / "evaluate" / "tasks"),
         recipe.evaluate).values())
     caplog.set_level("INFO")
     assert ev.run(recipe).started_at == m.started_at

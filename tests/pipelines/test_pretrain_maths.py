@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from mortgagellm.pipelines.pretrain import flops_per_token, lr_factor, mfu, packed_inputs
+from mortgagellm.pipelines.pretrain import packed_inputs
+from mortgagellm.training.loop import flops_per_token, lr_factor, mfu
 
 
 def test_packed_inputs_restart_positions_and_mask_boundaries():

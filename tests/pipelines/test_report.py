@@ -9,8 +9,8 @@ import pytest
 
 from mortgagellm import cli, manifest
 from mortgagellm.config import validate_recipe
-from mortgagellm.pipelines import recipe as pipeline
 from mortgagellm.pipelines import report
+from mortgagellm.pipelines import recipe as pipeline
 
 ROOT = Path(__file__).resolve().parents[2]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -72,8 +72,8 @@ STAGE_METRICS = {"pretrain": {"history": history(3.0, 2.0, 20)},
 def run_dir(tmp_path):
     """A recipe whose output_dir holds a manifest for every stage up to evaluate."""
     recipe = validate_recipe({"run": {"name": "fixture-run", "output_dir": str(tmp_path / "run")}})
-    for i, stage in enumerate(dict.fromkeys((*pipeline.STAGES, "evaluate"))):
-        manifest.write(str(pipeline.stage_dir(recipe, stage)), manifest.Manifest(
+    for i, stage in enumerate(dict.fromkeys((*manifest.STAGES, "evaluate"))):
+        manifest.write(str(manifest.stage_dir(recipe, stage)), manifest.Manifest(
             stage=stage, fingerprint=f"{stage}-fingerprint-0123456789", config={},
             metrics=STAGE_METRICS.get(stage, {}), started_at="2025-01-01T00:00:00Z",
             duration_s=10.0 + i))

@@ -12,6 +12,8 @@ from mortgagellm import manifest
 from mortgagellm.config import load_recipe
 from mortgagellm.datasets.tasks import SFT_TASKS
 from mortgagellm.pipelines import sft
+from mortgagellm.training import chat, export, worker
+from mortgagellm.training import inputs as training_inputs
 
 SETS = ["corpus.tasks.sft_per_task=48", "corpus.tasks.dpo_pairs=32",
         "corpus.tasks.routing_requests=2", "corpus.tasks.eval_per_task=8",
@@ -79,18 +81,18 @@ def test_bad_records_are_rejected_with_counts_and_not_trained_on(tokenizer):
 def test_fit_prompt_cuts_only_the_document_and_counts_it(tokenizer):
     doc = " ".join(f"line {i} of the loan file." for i in range(60))
     user = f"Classify this document.\n\n{doc}"
-    text, ids, cut = sft.fit_prompt(tokenizer, user, doc, 10_000)
+    text, ids, cut = chat.fit_prompt(tokenizer, user, doc, 10_000)
     assert (text, cut) == (user, False)
-    text, ids, cut = sft.fit_prompt(tokenizer, user, doc, 64)
+    text, ids, cut = chat.fit_prompt(tokenizer, user, doc, 64)
     assert cut and len(ids) <= 64 and len(ids) >= 60  # cut at a token boundary, no slack
     assert text.startswith("Classify this document.\n\nline 0 of the loan file.")
     assert doc.startswith(text.removeprefix("Classify this document.\n\n"))
-    assert ids == sft.encode(tokenizer, sft.render(tokenizer, text)["prompt"])
-    assert sft.fit_prompt(tokenizer, user, doc, 12) is None  # the instruction alone is too long
+    assert ids == chat.encode(tokenizer, chat.render(tokenizer, text)["prompt"])
+    assert chat.fit_prompt(tokenizer, user, doc, 12) is None  # the instruction alone is too long
 
 
 def test_chat_rendering_ends_prompt_at_assistant_header_and_answer_at_eot(tokenizer):
-    texts = sft.render(tokenizer, "Decide.", completion="deny")
+    texts = chat.render(tokenizer, "Decide.", completion="deny")
     assert texts["prompt"].endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")
     assert texts["prompt"].startswith("<|begin_of_text|><|start_header_id|>user")
     assert texts["completion"] == "deny<|eot_id|>"
@@ -106,11 +108,11 @@ def test_sft_batch_puts_loss_on_answer_tokens_only():
 
 
 def test_epoch_order_shuffles_each_epoch_and_keeps_whole_global_batches():
-    order = sft.epoch_order(10, 3, 4, seed=0)
+    order = worker.epoch_order(10, 3, 4, seed=0)
     assert len(order) == 28  # 30 rows cut to 7 global batches of 4
     assert sorted(order[:10]) == list(range(10)) and sorted(order[10:20]) == list(range(10))
     assert order[:10] != order[10:20]
-    assert order == sft.epoch_order(10, 3, 4, seed=0)
+    assert order == worker.epoch_order(10, 3, 4, seed=0)
 
 
 def test_adapter_export_needs_lora(tiny_pair, tmp_path):
@@ -130,20 +132,20 @@ def test_missing_residual_output_names_the_stage_to_run(tiny_pair, tmp_path):
 def test_task_sets_come_from_the_corpus_manifest_or_are_built_here(tiny_pair, tmp_path):
     recipe = make_run(tmp_path, tiny_pair)
     run = manifest.Path(recipe.run.output_dir)
-    config, inputs = sft.task_source(recipe, "build")  # identified by the sizes and the seed
+    config, inputs = training_inputs.task_source(recipe, "build")  # identified by the sizes and the seed
     assert inputs == {} and config["tasks"]["sft_per_task"] == 48
     manifest.write(str(run / "corpus"), manifest.Manifest(stage="corpus", fingerprint="t",
                                                           config={}))
     with pytest.raises(FileNotFoundError, match="no 'tasks' output; set task_source: build"):
-        sft.task_source(recipe, "corpus")
+        training_inputs.task_source(recipe, "corpus")
     (run / "corpus" / "tasks").mkdir()
     (run / "corpus" / "tasks" / "sft_train.parquet").write_bytes(b"stand-in")
     manifest.write(str(run / "corpus"), manifest.Manifest(
         stage="corpus", fingerprint="t", config={},
         outputs={"tasks": manifest.artifact(run / "corpus" / "tasks")}))
-    config, inputs = sft.task_source(recipe, "corpus")  # identified by the files' hash
+    config, inputs = training_inputs.task_source(recipe, "corpus")  # identified by the files' hash
     assert config == {} and inputs["tasks"]["uri"] == str(run / "corpus" / "tasks")
-    assert sft.task_dir(recipe, "corpus", run / "sft") == run / "corpus" / "tasks"
+    assert training_inputs.task_dir(recipe, "corpus", run / "sft") == run / "corpus" / "tasks"
 
 
 # ---- integration ---------------------------------------------------------------------------------
@@ -221,7 +223,7 @@ def test_lora_adapter_export_equals_merged_export_and_resumes(tiny_pair, tmp_pat
     out = manifest.Path(recipe.run.output_dir) / "sft"
     checkpoint = sorted((out / "checkpoints").glob("*/step_*"))[-1]
     start_dir = out.parent / "residual" / "merged"
-    merged_dir = sft.export_model(checkpoint, start_dir, tmp_path / "merged", "lora",
+    merged_dir = export.export_model(checkpoint, start_dir, tmp_path / "merged", "lora",
                                   recipe.sft.lora.model_dump(), 2, merge=True)
     ids = torch.tensor([[1, 40, 41, 300, 12, 7, 99, 5]])
     with torch.no_grad():

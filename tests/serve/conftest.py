@@ -16,7 +16,7 @@ def routing_sets():
 @pytest.fixture(scope="session")
 def serve_output(tmp_path_factory):
     """run.output_dir shared by the session's serve recipes, so tier 1 is trained only once
-    (app.tier1_file caches it in <output_dir>/serve)."""
+    (routing.tier1_file caches it in <output_dir>/serve)."""
     return tmp_path_factory.mktemp("serve-run")
 
 
@@ -24,8 +24,8 @@ def serve_output(tmp_path_factory):
 def tier1(serve_output):
     """Tier 1 as build_app trains it: on routing_train of the default recipe (seed 0)."""
     from mortgagellm.config import Recipe
-    from mortgagellm.serve.app import tier1_file
-    from mortgagellm.serve.routing import Tier1
+    from mortgagellm.routing import Tier1
+    from mortgagellm.routing import tier1_file
 
     recipe = Recipe.model_validate({"run": {"output_dir": str(serve_output)}})
     return Tier1.from_json(tier1_file(recipe).read_text())

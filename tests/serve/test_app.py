@@ -14,8 +14,10 @@ from types import SimpleNamespace
 import pytest
 import requests
 
-from mortgagellm.serve import audit, door, engine, ops, registry
-from mortgagellm.serve.app import registry_path
+from mortgagellm import modeling
+from mortgagellm import registry
+from mortgagellm.serve import audit, door, engine, ops
+from mortgagellm.registry import registry_path
 
 pytestmark = pytest.mark.integration
 (STRUCTURED, _), (CONVERSATIONAL, _) = ops.DEMO_REQUESTS
@@ -87,8 +89,8 @@ def post(app, path, body, key=None, **kw):
 
 def greedy(model_dir, text, max_tokens):
     """What the expert must answer at temperature 0: the engine run locally on the same model."""
-    model, tokenizer = engine.load_model(str(model_dir), threads=1)
-    ids = engine.chat_ids(tokenizer, [{"role": "user", "content": text}])
+    model, tokenizer = modeling.load_for_inference(str(model_dir), threads=1)
+    ids = modeling.chat_ids(tokenizer, [{"role": "user", "content": text}])
     decoder = engine.Decoder(model, tokenizer, [engine.GenRequest(tuple(ids), max_tokens)])
     out = ""
     while not decoder.done:
@@ -119,7 +121,7 @@ def test_demo_lines_show_route_version_answer_and_expectation(app):
     """What `make demo` ends with: one line per request naming its route and expert version."""
     version = registry.current(registry_path(app.recipe), "structured")[0]
     line = ops.demo_line(app.url, app.key, STRUCTURED, expected="approve")
-    assert line.startswith(f"[structured ") and f"expert {version[:12]}]" in line
+    assert line.startswith("[structured ") and f"expert {version[:12]}]" in line
     assert line.endswith("expected: 'approve'")
     assert ops.demo_line(app.url, app.key, CONVERSATIONAL).startswith("[conversational ")
 

@@ -3,7 +3,7 @@ generate, stop sequences, max_tokens, seeds, and label scoring against a hand lo
 
 import pytest
 
-from mortgagellm.serve import engine
+from mortgagellm import modeling
 from mortgagellm.serve.engine import Decoder, GenRequest, visible
 from mortgagellm.serve.experts import length_error
 
@@ -14,7 +14,7 @@ PROMPTS = ["Answer with one word: what colour is the sky?",
 
 @pytest.fixture(scope="module")
 def instruct(micro_model):
-    return engine.load_model(str(micro_model), threads=1)
+    return modeling.load_for_inference(str(micro_model), threads=1)
 
 
 def run(model, tokenizer, requests):
@@ -30,7 +30,7 @@ def run(model, tokenizer, requests):
 
 
 def chat(tokenizer, prompt, **kw):
-    ids = engine.chat_ids(tokenizer, [{"role": "user", "content": prompt}])
+    ids = modeling.chat_ids(tokenizer, [{"role": "user", "content": prompt}])
     return GenRequest(tuple(ids), **({"max_tokens": 40} | kw))
 
 
@@ -97,8 +97,8 @@ def test_label_logprobs_equal_a_hand_loop(instruct):
 
     model, tokenizer = instruct
     messages = [{"role": "user", "content": "Route: What is PMI?"}]
-    scores = engine.label_logprobs(model, tokenizer, messages, ["structured", "conversational"])
-    prompt = engine.chat_ids(tokenizer, messages)
+    scores = modeling.label_logprobs(model, tokenizer, messages, ["structured", "conversational"])
+    prompt = modeling.chat_ids(tokenizer, messages)
     for label, score in scores.items():
         answer = tokenizer(label + EOT, add_special_tokens=False)["input_ids"]
         ids = torch.tensor([prompt + answer])
@@ -111,7 +111,7 @@ def test_label_logprobs_equal_a_hand_loop(instruct):
 def test_label_logprobs_fit_a_long_prompt_into_the_context(instruct):
     model, tokenizer = instruct
     long = [{"role": "user", "content": "escrow " * 2000}]
-    scores = engine.label_logprobs(model, tokenizer, long, ["structured", "conversational"])
+    scores = modeling.label_logprobs(model, tokenizer, long, ["structured", "conversational"])
     assert all(s < 0 for s in scores.values())
 
 

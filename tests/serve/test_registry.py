@@ -7,7 +7,8 @@ import pytest
 
 from mortgagellm import manifest
 from mortgagellm.config import Recipe
-from mortgagellm.serve import app, registry
+from mortgagellm import registry
+from mortgagellm.serve import app
 
 
 def model_dir(tmp_path, name, content):
@@ -45,7 +46,7 @@ def test_first_start_serves_the_bootstrap_instruct_model(tmp_path, micro_model):
     recipe = Recipe.model_validate({"run": {"output_dir": str(tmp_path / "run")}})
     for expert in ("structured", "conversational"):
         assert app.served_model(recipe, expert) == (instruct["sha256"], str(boot / "instruct"))
-    entry = registry.read(app.registry_path(recipe))["versions"][instruct["sha256"]]
+    entry = registry.read(registry.registry_path(recipe))["versions"][instruct["sha256"]]
     assert entry["source"] == "bootstrap:instruct" and entry["metrics"] == {"fidelity": 1.0}
 
 
@@ -65,11 +66,11 @@ def test_trained_experts_go_live_and_a_rollback_stays(tmp_path, micro_model):
         metrics={"expert": {"decision": 0.5}, "history": [{"step": 1, "loss": 2.0}]}))
     version, path = app.served_model(recipe, "structured")  # the trained expert goes live
     assert (version, path) == (manifest.sha256_path(sft), str(sft)) and version != instruct
-    entry = registry.read(app.registry_path(recipe))["versions"][version]
+    entry = registry.read(registry.registry_path(recipe))["versions"][version]
     assert entry["source"] == "sft:model" and entry["metrics"] == {"expert": {"decision": 0.5}}
     assert app.served_model(recipe, "conversational")[0] == instruct  # no dpo output yet
 
-    registry.rollback(app.registry_path(recipe), "structured")
+    registry.rollback(registry.registry_path(recipe), "structured")
     assert app.served_model(recipe, "structured")[0] == instruct  # known version: no re-deploy
 
 
@@ -82,6 +83,6 @@ def test_recipe_model_seeds_the_registry_once(tmp_path):
     both = recipe.model_copy(update={"serve": recipe.serve.model_copy(update={
         "conversational": recipe.serve.structured})})  # one directory for both experts
     assert app.served_model(both, "conversational") == (version, str(first))
-    other = registry.register(app.registry_path(recipe), str(model_dir(tmp_path, "o", "1")), "t")
-    registry.deploy(app.registry_path(recipe), "structured", other)
+    other = registry.register(registry.registry_path(recipe), str(model_dir(tmp_path, "o", "1")), "t")
+    registry.deploy(registry.registry_path(recipe), "structured", other)
     assert app.served_model(recipe, "structured")[0] == other  # the registry wins afterwards

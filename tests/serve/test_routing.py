@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from mortgagellm.serve import routing
-from mortgagellm.serve.routing import Decision, Tier1, UnknownModel, clip, route
+from mortgagellm import modeling, routing
+from mortgagellm.routing import Decision, Tier1, UnknownModel, clip, route
 
 ACCURACY_FLOOR = 0.985
 """Measured 0.9917 on eval_routing (seed 0); goal >= 0.98. 600 requests: one error = 0.17 %."""
@@ -162,17 +162,16 @@ def test_hybrid_with_an_uninformed_tier2_keeps_the_floor(routing_sets, tier1, mi
     """Tier 2 here is a random model (the real one is the structured expert; the small bootstrap
     instruct model measured 0.77 alone and lifted hybrid to 0.9967). Multiplying the tiers keeps a
     coin-flipping tier 2 from dragging the unsure few below the floor, and it is asked rarely."""
-    from mortgagellm.serve import engine
 
-    model, tokenizer = engine.load_model(str(micro_model), threads=1)
-    prior = engine.label_logprobs(model, tokenizer, routing.fewshot_messages(
+    model, tokenizer = modeling.load_for_inference(str(micro_model), threads=1)
+    prior = modeling.label_logprobs(model, tokenizer, routing.fewshot_messages(
         routing.CONTENT_FREE, 16), routing.ROUTES)
     correct = asked = 0
     for r in routing_sets["eval"]:
         decision = route(r["request"], "mortgagellm", "hybrid", tier1, 0.9)
         if decision is None:
             asked += 1
-            scores = engine.label_logprobs(model, tokenizer,
+            scores = modeling.label_logprobs(model, tokenizer,
                                            routing.fewshot_messages(r["request"], 120),
                                            routing.ROUTES)
             decision = route(r["request"], "mortgagellm", "hybrid", tier1, 0.9,

@@ -1,23 +1,34 @@
-"""Routing: which expert answers a request. Pure functions; the Router deployment calls them.
+"""Routing: which expert answers a request. Pure functions; the Router deployment and the
+evaluate stage's routed variant both call `decide`, so what is measured is what is served.
 
 Tier 1 is a character n-gram TF-IDF + logistic regression read over the request's head and tail,
 temperature-calibrated, evaluated in plain Python (no sklearn on the request path; p99 ~1 ms).
 Tier 2 is the paper's few-shot self-classification: the structured expert scores each route's
-log-probability after a few-shot prompt (engine.label_logprobs, one forward pass); this module
+log-probability after a few-shot prompt (modeling.label_logprobs, one forward pass); this module
 only builds that prompt and turns the scores into probabilities. `route` combines them with the
 client's explicit choice of model.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import math
+import os
 import re
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mortgagellm.datasets.tasks_format import ROUTES
+
+if TYPE_CHECKING:
+    from mortgagellm.config import Recipe, RouterSettings
+
+log = logging.getLogger(__name__)
 
 AUTO_MODEL = "mortgagellm"
 MODEL_ROUTES = {"mortgagellm-structured": "structured", "mortgagellm-chat": "conversational"}
@@ -136,6 +147,30 @@ def train_tier1(requests: Sequence[str], routes: Sequence[str], clip_chars: int 
     return Tier1(terms, float(model.intercept_[0]), float(scale.coef_[0, 0]), clip_chars)
 
 
+def tier1_file(recipe: Recipe) -> Path:
+    """The trained tier-1 classifier as JSON, trained once per routing set and cached.
+
+    The cache name hashes the training requests and settings, so a changed set retrains.
+    """
+    from mortgagellm.datasets.tasks import build_task_sets, read_task_set
+
+    r = recipe.serve.router
+    rows = (read_task_set(Path(r.train_set)) if r.train_set else
+            build_task_sets(recipe.corpus.tasks, recipe.run.seed)["routing_train"])
+    pairs = [(row["request"], row["route"]) for row in rows]
+    key = hashlib.sha256(json.dumps([pairs, r.clip_chars, NGRAMS]).encode()).hexdigest()
+    path = Path(recipe.run.output_dir) / "serve" / f"tier1-{key[:16]}.json"
+    if not path.is_file():
+        log.info("training the tier-1 router on %d requests", len(pairs))
+        model = train_tier1([p[0] for p in pairs], [p[1] for p in pairs], r.clip_chars,
+                                    seed=recipe.run.seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(model.to_json())
+        os.replace(tmp, path)
+    return path
+
+
 FEWSHOT_INSTRUCTION = (
     "Route each request. Answer 'structured' when it wants a structured task output: one label "
     "from a fixed set (an underwriting decision, a document type, a customer request type) or a "
@@ -213,3 +248,19 @@ def route(request: str, model: str, mode: str, tier1: Tier1, threshold: float,
     total = sum(joint.values()) or 1.0
     best = max(ROUTES, key=joint.__getitem__)
     return Decision(best, joint[best] / total, "hybrid", mode, confidence)
+
+
+Tier2 = Callable[[str, int], Awaitable[Mapping[str, float]]]
+"""Tier 2: (request, clip_chars) -> route probabilities, from the structured expert."""
+
+
+async def decide(text: str, model: str, settings: RouterSettings, tier1: Tier1,
+                 tier2: Tier2) -> Decision:
+    """The two-tier protocol: `route`, and when it needs tier 2, ask `tier2` once and route
+    again with its probabilities. The Router passes a call to the structured expert's replica;
+    evaluation one to the same model in its own process."""
+    decision = route(text, model, settings.mode, tier1, settings.threshold)
+    if decision is None:
+        probabilities = await tier2(text, settings.clip_chars)
+        decision = route(text, model, settings.mode, tier1, settings.threshold, probabilities)
+    return decision

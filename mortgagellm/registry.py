@@ -15,11 +15,19 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mortgagellm.manifest import sha256_path
 
+if TYPE_CHECKING:
+    from mortgagellm.config import Recipe
+
 EXPERTS = ("structured", "conversational")
+
+
+def registry_path(recipe: Recipe) -> Path:
+    """The recipe's registry file: serve.registry, else <output_dir>/serve/registry.json."""
+    return Path(recipe.serve.registry or Path(recipe.run.output_dir) / "serve" / "registry.json")
 
 
 def read(path: str | Path) -> dict[str, Any]:

@@ -93,7 +93,7 @@ class Sampler:
         import torch
 
         from mortgagellm.modeling import stop_token_ids
-        from mortgagellm.pipelines.sft import encode, render
+        from mortgagellm.training.chat import encode, render
 
         stops = stop_token_ids(self.tokenizer)
         ids = torch.tensor([encode(self.tokenizer, render(self.tokenizer, prompt)["prompt"])])
@@ -116,7 +116,7 @@ def onpolicy_pairs(questions: list[dict], model_dir: str, cfg: Any, max_len: int
     import ray
     from transformers import AutoTokenizer
 
-    from mortgagellm.pipelines.sft import fit_prompt
+    from mortgagellm.training.chat import fit_prompt
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     items = []

@@ -1,0 +1,183 @@
+"""Scoring, pure but for BERTScore and the judge: every task's metrics with a 95 % interval and
+its n. The table of tasks, their metrics and the variants is here once; the report reads it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from mortgagellm.config import Recipe
+from mortgagellm.datasets.instructions import Instruction
+from mortgagellm.datasets.tasks import parse_answer, score
+from mortgagellm.datasets.tasks_format import NUMERIC_MODES
+from mortgagellm.evaluation.sets import (CLASSIFICATION, DECISION, DOC_KIND, DOMAIN,
+                                         FAIR_ORIGINAL, INTENT,
+                                         FAIR_SWAPPED, FAIRNESS, INSTRUCTION, QA, ROUTING,
+                                         SUMMARY, EvalSets)
+from mortgagellm.metrics import (macro_f1_metric, mean, metric, percentile_metric, proportion,
+                                 rouge_l, token_f1, wilson)
+
+VARIANTS = {"instruct": ("bootstrap", "instruct"), "dapt": ("pretrain", "model"),
+            "merged": ("residual", "model"), "structured": ("sft", "model"),
+            "conversational": ("dpo", "model")}
+"""Variant -> (stage, output name) of the model it evaluates."""
+ROUTED = "routed"
+EXPERTS = ("structured", "conversational")
+
+ACCURACY, MACRO_F1, UNPARSEABLE = "accuracy", "macro_f1", "unparseable"
+ROUGE_L, BERTSCORE_F1, FIELD_ACCURACY = "rouge_l", "bertscore_f1", "field_accuracy"
+TOKEN_F1, NUMERIC = "token_f1", "numeric"
+JUDGE, JUDGE_UNPARSEABLE = "judge", "judge_unparseable"
+FIDELITY, PERPLEXITY = "fidelity", "perplexity"
+P50_MS, P99_MS, FLIP_RATE = "p50_ms", "p99_ms", "flip_rate"
+TASK_METRICS = {
+    DECISION: (ACCURACY, MACRO_F1, UNPARSEABLE), DOC_KIND: (ACCURACY, MACRO_F1, UNPARSEABLE),
+    INTENT: (ACCURACY, MACRO_F1, UNPARSEABLE), SUMMARY: (ROUGE_L, BERTSCORE_F1, FIELD_ACCURACY),
+    QA: (TOKEN_F1, BERTSCORE_F1, NUMERIC), INSTRUCTION: (FIDELITY,), DOMAIN: (PERPLEXITY,),
+    ROUTING: (ACCURACY, P50_MS, P99_MS), FAIRNESS: (FLIP_RATE,)}
+"""Each task's metrics. With a judge, the JUDGED tasks also have JUDGE and JUDGE_UNPARSEABLE;
+the routed variant has ROUTING and no DOMAIN (it answers requests, it scores no documents),
+every other variant DOMAIN and no ROUTING."""
+JUDGED = (*CLASSIFICATION, SUMMARY, QA)
+"""Tasks the judge grades (those with a reference answer)."""
+JUDGE_METRICS = (JUDGE, JUDGE_UNPARSEABLE)
+"""A judged task's extra metrics, after its own."""
+
+
+def classification_metrics(task: str, records: list[dict], texts: list[str], resamples: int,
+                           seed: int) -> dict[str, dict]:
+    """Accuracy and macro-F1 of the parsed labels (unparseable = wrong), and the unparseable
+    share."""
+    parsed = [parse_answer(task, t) for t in texts]
+    return {ACCURACY: proportion([score(task, p, r["truth"]) == 1.0
+                                  for p, r in zip(parsed, records)]),
+            MACRO_F1: macro_f1_metric([r["truth"]["label"] for r in records], parsed, resamples,
+                                      seed),
+            UNPARSEABLE: proportion([p is None for p in parsed])}
+
+
+def summary_metrics(records: list[dict], texts: list[str], bert: Any, resamples: int,
+                    seed: int) -> dict[str, dict]:
+    """ROUGE-L and BERTScore F1 against the reference summary, and the share of key fields
+    right (tasks_format.score)."""
+    refs = [r["answer"] for r in records]
+    return {ROUGE_L: mean([rouge_l(t, ref) for t, ref in zip(texts, refs)], resamples, seed),
+            BERTSCORE_F1: mean(bert.f1(texts, refs), resamples, seed),
+            FIELD_ACCURACY: mean([score(SUMMARY, parse_answer(SUMMARY, t), r["truth"])
+                                  for t, r in zip(texts, records)], resamples, seed)}
+
+
+def qa_metrics(records: list[dict], texts: list[str], bert: Any, resamples: int,
+               seed: int) -> dict[str, dict]:
+    """Token F1 and BERTScore F1 against the reference answer; numeric correctness of the
+    questions whose answer is a figure (tasks_format.score)."""
+    refs = [r["chosen"] for r in records]
+    numeric = [score(QA, parse_answer(QA, t), r["truth"]) == 1.0
+               for t, r in zip(texts, records) if r["truth"]["mode"] in NUMERIC_MODES]
+    return {TOKEN_F1: mean([token_f1(t, ref) for t, ref in zip(texts, refs)], resamples, seed),
+            BERTSCORE_F1: mean(bert.f1(texts, refs), resamples, seed),
+            NUMERIC: proportion(numeric)}
+
+
+def reference(task: str, record: dict) -> str:
+    """The answer the judge compares against: the label, the reference summary or answer."""
+    return record["chosen"] if task == QA else record["answer"]
+
+
+def judge_metrics(judge: Any, task: str, records: list[dict], texts: list[str], max_items: int,
+                  resamples: int, seed: int) -> dict[str, dict]:
+    """Mean 1-5 judge score of the parsed judgements and the share that did not parse."""
+    grades = [judge.grade(task, r["prompt"], reference(task, r), t)
+              for r, t in zip(records[:max_items], texts[:max_items])]
+    return {JUDGE: mean([g for g in grades if g is not None], resamples, seed),
+            JUDGE_UNPARSEABLE: proportion([g is None for g in grades])}
+
+
+def fidelity_metric(instructions: list[Instruction], answers: list[tuple[str, bool]]
+                    ) -> dict[str, dict]:
+    """modeling.fidelity's number (answer obeys the format and ends its turn), Wilson interval."""
+    from mortgagellm.modeling import fidelity_of
+
+    report = fidelity_of(instructions, answers)
+    hits = round(report["fidelity"] * report["n"])
+    return {FIDELITY: metric(report["fidelity"], report["n"], wilson(hits, report["n"]))}
+
+
+def perplexity_metric(nlls: list[tuple[float, int]], resamples: int, seed: int
+                      ) -> dict[str, dict]:
+    """Token-level perplexity over the documents (modeling.perplexity's number); the interval
+    resamples documents."""
+    import numpy as np
+
+    from mortgagellm.metrics import bootstrap
+
+    nll, tokens = np.array([n for n, _ in nlls]), np.array([t for _, t in nlls])
+    ci = bootstrap(lambda idx: math.exp(nll[idx].sum() / tokens[idx].sum()), len(nlls),
+                   resamples, seed)
+    return {PERPLEXITY: metric(math.exp(nll.sum() / tokens.sum()), len(nlls), ci)}
+
+
+def flip_metric(original: list[str], swapped: list[str]) -> dict[str, dict]:
+    """Share of loan files whose parsed decision changed when only protected attributes did
+    (an unparseable answer is a value of its own: parseable on one side only is a flip)."""
+    return {FLIP_RATE: proportion([parse_answer(DECISION, a) != parse_answer(DECISION, b)
+                                   for a, b in zip(original, swapped)])}
+
+
+def routing_metrics(records: list[dict], routes: list[str], millis: list[float],
+                    resamples: int, seed: int) -> dict[str, dict]:
+    """Router accuracy against the labelled route, and its p50 / p99 latency."""
+    return {ACCURACY: proportion([r["route"] == got for r, got in zip(records, routes)]),
+            P50_MS: percentile_metric(millis, 50, resamples, seed),
+            P99_MS: percentile_metric(millis, 99, resamples, seed)}
+
+
+@dataclass
+class Scorer:
+    """What scoring needs beyond the answers: the interval settings, BERTScore's encoder, and
+    the judge (None when the recipe names none)."""
+
+    resamples: int
+    seed: int
+    bert: Any
+    judge: Any
+    judge_items: int
+
+
+def make_scorer(recipe: Recipe) -> Scorer:
+    """BERTScore loaded once, the judge client when evaluate.judge.base_url is set."""
+    from mortgagellm.judge import Judge
+    from mortgagellm.metrics import BertScore
+
+    cfg = recipe.evaluate
+    judge = Judge(cfg.judge) if cfg.judge.base_url else None
+    return Scorer(cfg.resamples, recipe.run.seed, BertScore(), judge, cfg.judge.max_items)
+
+
+def score_variant(sets: EvalSets, generated: dict[str, Any], scorer: Scorer) -> dict[str, dict]:
+    """{task: {metric: {value, n, ci95}}} of one variant's answers (domain only when it has
+    document NLLs: the routed system has none)."""
+    texts = {name: [t for t, _ in items] for name, items in generated["answers"].items()}
+    r, s = scorer.resamples, scorer.seed
+    tasks = {task: classification_metrics(task, sets.records[task], texts[task], r, s)
+             for task in CLASSIFICATION}
+    tasks[SUMMARY] = summary_metrics(sets.records[SUMMARY], texts[SUMMARY], scorer.bert, r, s)
+    tasks[QA] = qa_metrics(sets.records[QA], texts[QA], scorer.bert, r, s)
+    if scorer.judge is not None:
+        for task in JUDGED:
+            tasks[task] |= judge_metrics(scorer.judge, task, sets.records[task], texts[task],
+                                         scorer.judge_items, r, s)
+    tasks[INSTRUCTION] = fidelity_metric(sets.instructions, generated["answers"][INSTRUCTION])
+    if generated.get("nlls"):
+        tasks[DOMAIN] = perplexity_metric(generated["nlls"], r, s)
+    tasks[FAIRNESS] = flip_metric(texts[FAIR_ORIGINAL], texts[FAIR_SWAPPED])
+    return tasks
+
+
+def sample_sizes(sets: EvalSets) -> dict[str, int]:
+    """Items per task (fairness: loan-file pairs; routing: requests)."""
+    return {**{task: len(records) for task, records in sets.records.items()},
+            INSTRUCTION: len(sets.instructions), DOMAIN: len(sets.texts),
+            FAIRNESS: len(sets.fairness), ROUTING: len(sets.routing)}

@@ -1,0 +1,94 @@
+"""The held-out sets every variant is measured on, the same for all: seeded samples of the corpus
+stage's eval sets, the format instructions, the held-out domain documents and the fairness
+pairs; and the unique generation requests a model answers for them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mortgagellm.config import Recipe
+from mortgagellm.datasets.fairness import swap_record
+from mortgagellm.datasets.instructions import Instruction, instructions
+from mortgagellm.datasets.splits import heldout_domain_texts
+from mortgagellm.datasets.tasks import read_task_set
+from mortgagellm.modeling import FIDELITY_TOKENS
+
+LABEL_TOKENS = 24
+"""Generation budget of a held-out label answer: the longest label, regulatory_explanation, is
+16 tokens of the tiny preset's 640-token BPE, plus <|eot_id|>."""
+DECISION, DOC_KIND, INTENT, SUMMARY, QA = "decision", "doc_kind", "intent", "summary", "qa"
+CLASSIFICATION = (DECISION, DOC_KIND, INTENT)
+INSTRUCTION, DOMAIN, ROUTING, FAIRNESS = "instruction", "domain", "routing", "fairness"
+CHAT, NLL = "chat", "nll"
+FAIR_ORIGINAL, FAIR_SWAPPED = "fairness:original", "fairness:swapped"
+
+
+
+def subset(records: list[dict], n: int, seed: int) -> list[dict]:
+    """A seeded sample of n records in their original order (eval sets are built in document
+    order, so their head is not balanced over labels)."""
+    picked = random.Random(f"heldout:{seed}").sample(range(len(records)), min(n, len(records)))
+    return [records[i] for i in sorted(picked)]
+
+
+
+@dataclass
+class EvalSets:
+    """Everything a model is measured on, the same for every variant."""
+
+    records: dict[str, list[dict]]
+    """decision, doc_kind, intent, summary (SFT records) and qa (eval_qa pairs)."""
+    instructions: list[Instruction]
+    texts: list[str]
+    fairness: list[tuple[dict, dict]]
+    """(decision record, the same with protected attributes swapped)."""
+    routing: list[dict]
+
+
+def eval_sets(recipe: Recipe, tasks: Path) -> EvalSets:
+    """Seeded samples of the eval sets in `tasks`, the format instructions and the held-out
+    domain documents; fairness pairs whose swap changed nothing are left out."""
+    cfg, seed = recipe.evaluate, recipe.run.seed
+
+    def read(name: str, n: int) -> list[dict]:
+        return subset(read_task_set(tasks / f"eval_{name}.parquet"), n, seed)
+
+    records = {task: read(task, cfg.per_task) for task in (*CLASSIFICATION, SUMMARY)}
+    records[QA] = read(QA, cfg.qa_pairs)
+    pairs = [(r, swap_record(r)) for r in read(DECISION, cfg.fairness_files)]
+    return EvalSets(records, list(instructions("eval", seed, cfg.eval_instructions)),
+                    heldout_domain_texts(seed, cfg.domain_docs),
+                    [(a, b) for a, b in pairs if a["prompt"] != b["prompt"]],
+                    read("routing", cfg.routing_requests))
+
+
+def probes(sets: EvalSets, cfg: Any) -> dict[str, list[tuple[str, str, int]]]:
+    """(prompt, document inside it, answer budget) of every answer, by probe set."""
+    budget = {DECISION: LABEL_TOKENS, DOC_KIND: LABEL_TOKENS, INTENT: LABEL_TOKENS,
+              SUMMARY: cfg.summary_tokens, QA: cfg.answer_tokens}
+    out = {task: [(r["prompt"], r["document"], budget[task]) for r in records]
+           for task, records in sets.records.items()}
+    out[INSTRUCTION] = [(i.prompt, "", FIDELITY_TOKENS) for i in sets.instructions]
+    out[FAIR_ORIGINAL] = [(a["prompt"], a["document"], LABEL_TOKENS) for a, _ in sets.fairness]
+    out[FAIR_SWAPPED] = [(b["prompt"], b["document"], LABEL_TOKENS) for _, b in sets.fairness]
+    return out
+
+
+def request_key(kind: str, prompt: str, budget: int) -> str:
+    """One generation request's identity: the same prompt and budget is answered once."""
+    return hashlib.sha256(f"{kind}\0{budget}\0{prompt}".encode()).hexdigest()[:20]
+
+
+def requests(sets: EvalSets, cfg: Any) -> list[dict]:
+    """The unique Ray Data rows of a model's work, sorted so batches share kind and budget."""
+    rows = {request_key(CHAT, p, b): {"kind": CHAT, "prompt": p, "document": d, "budget": b}
+            for items in probes(sets, cfg).values() for p, d, b in items}
+    rows |= {request_key(NLL, t, 0): {"kind": NLL, "prompt": t, "document": "", "budget": 0}
+             for t in sets.texts}
+    return sorted(({"key": k, **v} for k, v in rows.items()),
+                  key=lambda r: (r["kind"], r["budget"], len(r["prompt"])))
