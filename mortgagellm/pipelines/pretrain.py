@@ -140,7 +140,7 @@ def run(recipe: Recipe, force: bool = False, *, on_ray: bool = True,
                              cfg.deepspeed.zero_stage)
     metrics = {"train": history[-1], "history": history,
                "placement": read_placement(out / "scratch" / "placement"),
-               **measure_domain(base, model_dir, recipe.run.seed, cfg.eval_docs)}
+               **measure_domain(base, model_dir, recipe.run.seed, cfg.domain_docs)}
     log.info("pretrain: domain perplexity base %.3f -> DAPT %.3f", metrics["perplexity_base"],
              metrics["perplexity_dapt"])
     return manifest.write(str(out), manifest.Manifest(
