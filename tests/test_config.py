@@ -136,3 +136,17 @@ def test_inconsistent_recipes_are_rejected(tmp_path, text, match):
 def test_missing_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match="recipe file not found"):
         load_recipe(tmp_path / "nope.yaml")
+
+
+def test_old_pretrain_eval_docs_key_loads_into_domain_docs(tmp_path):
+    old = write(tmp_path, "pretrain:\n  eval_docs: 7\n")
+    assert load_recipe(old).pretrain.domain_docs == 7
+    assert "eval_docs" not in load_recipe(old).pretrain.model_dump()
+    # an override replaces the file's value under either name
+    assert load_recipe(old, ["pretrain.domain_docs=12"]).pretrain.domain_docs == 12
+    shipped = ROOT / "configs/cpu-demo.yaml"  # writes domain_docs
+    assert load_recipe(shipped, ["pretrain.eval_docs=9"]).pretrain.domain_docs == 9
+    # one file giving both names is ambiguous; the message lists the known keys
+    both = write(tmp_path, "pretrain:\n  domain_docs: 8\n  eval_docs: 7\n")
+    with pytest.raises(ConfigError, match=r"pretrain.eval_docs: unknown key .*domain_docs"):
+        load_recipe(both)

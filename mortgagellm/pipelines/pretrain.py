@@ -91,7 +91,7 @@ def run(recipe: Recipe, force: bool = False, *, on_ray: bool = True,
     model_dir = export_model(checkpoint, base, out / "model", cfg.method, cfg.lora.model_dump(),
                              cfg.deepspeed.zero_stage)
     metrics = {"train": history[-1], "history": history, "placement": placement,
-               **measure_domain(base, model_dir, recipe.run.seed, cfg.eval_docs)}
+               **measure_domain(base, model_dir, recipe.run.seed, cfg.domain_docs)}
     log.info("pretrain: domain perplexity base %.3f -> DAPT %.3f", metrics["perplexity_base"],
              metrics["perplexity_dapt"])
     return manifest.finish(pending, {"model": manifest.artifact(model_dir)}, metrics)

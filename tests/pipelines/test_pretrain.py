@@ -14,7 +14,7 @@ from tests.pipelines.packing_fixture import write_corpus
 
 STEPS = ["pretrain.max_steps=16", "pretrain.warmup_steps=2", "pretrain.checkpoint_every=8",
          "pretrain.log_every=4", "pretrain.deepspeed.micro_batch_size=4",
-         "pretrain.deepspeed.lr=1e-3", "pretrain.eval_docs=10"]
+         "pretrain.deepspeed.lr=1e-3", "pretrain.domain_docs=10"]
 
 
 def make_run(tmp_path, tiny_pair, seq_len=128, extra=()):

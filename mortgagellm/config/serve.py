@@ -1,0 +1,161 @@
+"""The serving section: router, two experts, API keys, request limits and the audit log."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from mortgagellm.config.base import Section
+
+
+class AutoscalingSettings(Section):
+    """Ray Serve autoscaling of one deployment (ray.serve.config.AutoscalingConfig's fields)."""
+
+    min_replicas: int = Field(1, ge=0, description="Replicas kept when idle.")
+    max_replicas: int = Field(1, ge=1, description="Most replicas under load.")
+    target_ongoing_requests: float = Field(
+        2.0, gt=0, description="Ongoing requests per replica the autoscaler aims for.")
+    upscale_delay_s: float = Field(
+        30.0, ge=0, description="Load must stay above target this long before adding replicas.")
+    downscale_delay_s: float = Field(
+        600.0, ge=0, description="Load must stay below target this long before removing replicas.")
+    metrics_interval_s: float = Field(
+        10.0, gt=0, description="How often replicas report their load to the autoscaler.")
+    look_back_period_s: float = Field(
+        30.0, gt=0, description="Window the autoscaler averages the reported load over.")
+
+    @model_validator(mode="after")
+    def _min_below_max(self) -> AutoscalingSettings:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas {self.min_replicas} exceeds max_replicas "
+                             f"{self.max_replicas}")
+        return self
+
+
+class ExpertSettings(Section):
+    """One expert deployment: its model, resources, scaling, queue limits and batching."""
+
+    model: str | None = Field(
+        None, description="Registry version (manifest hash) or HF model directory to serve. "
+        "None: the expert's own stage output (sft for structured, dpo for conversational), "
+        "registered and deployed when the registry has not seen it; otherwise the registry's "
+        "deployed version; before that stage has run, the bootstrap instruct model.")
+    num_cpus: float = Field(1.0, ge=0, description="Logical CPUs per replica.")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per replica (fractions allowed).")
+    threads: int = Field(1, ge=1, description="torch CPU threads per replica.")
+    autoscaling: AutoscalingSettings = Field(
+        default_factory=AutoscalingSettings, description="Replica bounds and targets.")
+    max_ongoing_requests: int = Field(
+        8, ge=1, description="Requests one replica works on at once (its batch queue included).")
+    max_queued_requests: int = Field(
+        16, ge=-1, description="Requests waiting for a replica before callers get 503 "
+        "(-1 = unbounded, which turns overload into a hang: avoid).")
+    max_batch_size: int = Field(4, ge=1, description="Requests decoded together (@serve.batch).")
+    batch_wait_timeout_s: float = Field(
+        0.01, ge=0, description="How long a batch waits to fill before decoding starts.")
+    health_check_period_s: float = Field(10.0, gt=0, description="Seconds between health checks.")
+    health_check_timeout_s: float = Field(
+        30.0, gt=0, description="A health check slower than this marks the replica unhealthy.")
+
+
+class RouterSettings(Section):
+    """How requests to model `mortgagellm` are routed, and the router deployment itself."""
+
+    mode: Literal["tier1", "fewshot", "hybrid"] = Field(
+        "hybrid", description="tier1: the n-gram classifier alone; fewshot: the structured "
+        "expert scores each route's log-probability after a few-shot prompt; hybrid: tier1, "
+        "and fewshot as well when tier1's confidence is below `threshold`.")
+    threshold: float = Field(
+        0.9, ge=0.5, le=1, description="Calibrated tier-1 confidence below which hybrid mode "
+        "also asks the few-shot tier.")
+    clip_chars: int = Field(
+        120, ge=16, description="The classifiers read the first and last clip_chars characters "
+        "of a request (the ask sits at either end of a pasted document).")
+    train_set: str | None = Field(
+        None, description="routing_train file (.parquet or .jsonl). None: built from "
+        "corpus.tasks and run.seed, as the corpus stage would.")
+    num_cpus: float = Field(0.25, ge=0, description="Logical CPUs per router replica.")
+    autoscaling: AutoscalingSettings = Field(
+        default_factory=lambda: AutoscalingSettings(target_ongoing_requests=64),
+        description="Router replica bounds.")
+    max_ongoing_requests: int = Field(
+        64, ge=1, description="Requests one router replica handles at once.")
+    max_queued_requests: int = Field(
+        128, ge=-1, description="Requests waiting for a router replica before the proxy answers "
+        "503.")
+    expert_timeout_s: float = Field(
+        120.0, gt=0, description="Longest wait for an expert's first token or whole answer.")
+
+
+class ApiKeySettings(Section):
+    """Bearer API keys of the HTTP endpoint (Ray's token does not cover Serve's port)."""
+
+    required: bool = Field(
+        True, description="Refuse requests without a valid key (401). False only for loopback "
+        "experiments.")
+    keys_file: str | None = Field(
+        None, description="File of `key_id:sha256:<hex>` lines (hashes of the keys, never the "
+        "keys). None: <output_dir>/serve/api_keys. build_app's `api_keys_file` arg overrides it.")
+    env_var: str = Field(
+        "MORTGAGELLM_API_KEYS", description="Environment variable with more such entries, "
+        "separated by commas or newlines.")
+    create_demo_key: bool = Field(
+        False, description="When no key is configured, create key 'demo': its hash goes to "
+        "keys_file, the key itself to <keys_file>.secret (mode 0600). For local demos only.")
+
+
+class LimitSettings(Section):
+    """What the door refuses before any model work: sizes and token counts."""
+
+    max_body_bytes: int = Field(
+        1 << 20, ge=1024, description="Larger request bodies get 413, decided from the "
+        "Content-Length header before the body is read.")
+    max_prompt_tokens: int = Field(
+        2048, ge=8, description="Longer prompts get 400; the model's context length also caps "
+        "prompt + max_tokens.")
+    max_tokens: int = Field(512, ge=1, description="Largest max_tokens a request may ask for.")
+    default_max_tokens: int = Field(
+        128, ge=1, description="max_tokens of a request that gives none.")
+
+
+class AuditSettings(Section):
+    """The append-only, hash-chained audit log written by the router (serve/audit.py)."""
+
+    enabled: bool = Field(True, description="Write one record per request.")
+    dir: str | None = Field(
+        None, description="Directory of the log files. None: <output_dir>/serve/audit.")
+    retention_days: int = Field(
+        1095, ge=1, description="Day files older than this are deleted when a writer starts or "
+        "rolls over (1095 = three years, HMDA's retention for loan records).")
+    pii_salt: str = Field(
+        "mortgagellm-audit", description="Salt of the PII surrogates in logged prompts and "
+        "outputs (datasets/pii.py); a deployment sets its own.")
+
+
+class ServeConfig(Section):
+    """Serving: router + two expert deployments behind an OpenAI-compatible API (serve/app.py)."""
+
+    app_name: str = Field("mortgagellm", description="Serve application name.")
+    host: str = Field(
+        "127.0.0.1", description="Address the HTTP proxy binds (mortgagellm serve); 0.0.0.0 "
+        "only inside a cluster network.")
+    port: int = Field(8000, ge=1, le=65535, description="HTTP port of the proxy.")
+    route_prefix: str = Field("/", description="Path prefix of the app.")
+    registry: str | None = Field(
+        None, description="Model registry file. None: <output_dir>/serve/registry.json.")
+    router: RouterSettings = Field(default_factory=RouterSettings, description="Routing.")
+    structured: ExpertSettings = Field(
+        default_factory=ExpertSettings, description="StructuredExpert (SFT tasks).")
+    conversational: ExpertSettings = Field(
+        default_factory=ExpertSettings, description="ConversationalExpert (QA and chat).")
+    auth: ApiKeySettings = Field(default_factory=ApiKeySettings, description="API keys.")
+    limits: LimitSettings = Field(default_factory=LimitSettings, description="Request limits.")
+    audit: AuditSettings = Field(default_factory=AuditSettings, description="Audit log.")
+
+    @model_validator(mode="after")
+    def _default_within_cap(self) -> ServeConfig:
+        if self.limits.default_max_tokens > self.limits.max_tokens:
+            raise ValueError(f"limits.default_max_tokens {self.limits.default_max_tokens} "
+                             f"exceeds limits.max_tokens {self.limits.max_tokens}")
+        return self
