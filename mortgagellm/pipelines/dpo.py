@@ -27,7 +27,7 @@ from typing import Any
 from mortgagellm import manifest
 from mortgagellm.config import Recipe
 from mortgagellm.datasets.tasks import parse_answer, read_task_set, score
-from mortgagellm.datasets.tasks_format import NUMERIC_MODES
+from mortgagellm.datasets.tasks.format import NUMERIC_MODES
 from mortgagellm.pipelines.pretrain import Objective
 from mortgagellm.pipelines.recipe import stage_dir
 from mortgagellm.pipelines.sft import (

@@ -35,7 +35,7 @@ from mortgagellm.datasets.fairness import swap_record
 from mortgagellm.datasets.instructions import Instruction, instructions
 from mortgagellm.datasets.splits import heldout_domain_texts
 from mortgagellm.datasets.tasks import parse_answer, read_task_set, score
-from mortgagellm.datasets.tasks_format import NUMERIC_MODES
+from mortgagellm.datasets.tasks.format import NUMERIC_MODES
 from mortgagellm.metrics import (macro_f1_metric, mean, metric, percentile_metric, proportion,
                                  rouge_l, token_f1, wilson)
 from mortgagellm.modeling import FIDELITY_TOKENS
@@ -360,7 +360,7 @@ class RouterProbe:
 
     def label_logprobs(self, text: str, clip_chars: int) -> dict[str, float]:
         """Tier 2's route log-probabilities of a request (serve/engine.label_logprobs)."""
-        from mortgagellm.datasets.tasks_format import ROUTES
+        from mortgagellm.datasets.tasks.format import ROUTES
         from mortgagellm.serve import engine, routing
 
         return engine.label_logprobs(self.model, self.tokenizer,

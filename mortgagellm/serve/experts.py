@@ -16,7 +16,7 @@ from typing import Any
 
 from ray import serve
 
-from mortgagellm.datasets.tasks_format import ROUTES
+from mortgagellm.datasets.tasks.format import ROUTES
 from mortgagellm.serve import engine, routing
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from mortgagellm.datasets.tasks_format import ROUTES
+from mortgagellm.datasets.tasks.format import ROUTES
 
 AUTO_MODEL = "mortgagellm"
 MODEL_ROUTES = {"mortgagellm-structured": "structured", "mortgagellm-chat": "conversational"}

@@ -1,12 +1,12 @@
 """Grounded questions about one document and their reference answers, for the conversational
-expert's preference pairs (``tasks_dpo``), the held-out QA set and the router's conversational
+expert's preference pairs (``tasks.dpo``), the held-out QA set and the router's conversational
 requests.
 
 Questions come from the document's computed facts (payment, PITI, DTI, LTV, APR, cash to close,
 escrow, servicing figures, rate-sheet cells, appraisal values), from the underwriting decision
 and its reasons, and from the rules a regulatory explainer states — asked the way a customer or
 a loan officer would. The reference (chosen) answer states the figure first (the ``qa`` format
-of ``tasks_format``), shows where it comes from, and cites no regulation the document does not
+of ``tasks.format``), shows where it comes from, and cites no regulation the document does not
 name.
 """
 
@@ -17,8 +17,8 @@ import re
 
 from mortgagellm.datasets.finance import round_half_up
 from mortgagellm.datasets.mortgage import QUESTIONS
-from mortgagellm.datasets.tasks_format import figures, qa_truth
-from mortgagellm.datasets.tasks_sft import DECISION_KINDS
+from mortgagellm.datasets.tasks.format import figures, qa_truth
+from mortgagellm.datasets.tasks.sft import DECISION_KINDS
 from mortgagellm.datasets.underwriting import PROGRAM_RULES
 
 _FACT_TOPICS = {
