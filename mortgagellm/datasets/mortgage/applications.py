@@ -4,16 +4,14 @@ the two documents built on it, the application summary and the underwriter's not
 import random
 
 from mortgagellm.datasets import finance, underwriting
-from mortgagellm.datasets.finance import round_half_up
+from mortgagellm.datasets.finance import dollars, money, round_half_up
 from mortgagellm.datasets.mortgage.layout import (
     _PROGRAM_LABEL,
     QUESTIONS,
     _day,
-    _dollars,
     _fact,
     _fmt_date,
     _form,
-    _money,
     _pct,
     _pii,
     _rate,
@@ -90,7 +88,7 @@ _NUMBER_KEYS = (
 def _application_truth(app: dict, uw: dict) -> tuple[dict, str, dict]:
     """(summary_fields, reference_summary, numbers) of an application-backed document."""
     fields = {
-        "borrower": app["borrower"]["name"], "loan_amount": _dollars(app["loan_amount"]),
+        "borrower": app["borrower"]["name"], "loan_amount": dollars(app["loan_amount"]),
         "program": app["program"], "rate": _rate(app["rate_pct"]),
         "term_months": str(app["term_months"]), "decision": uw["decision"],
     }
@@ -105,8 +103,8 @@ def _application_truth(app: dict, uw: dict) -> tuple[dict, str, dict]:
 
 def _application_facts(app: dict, uw: dict) -> list[dict]:
     return [
-        _fact(QUESTIONS["payment"], _money(uw["payment"]), uw["payment"], "USD"),
-        _fact(QUESTIONS["housing"], _money(uw["housing_payment"]), uw["housing_payment"], "USD"),
+        _fact(QUESTIONS["payment"], money(uw["payment"]), uw["payment"], "USD"),
+        _fact(QUESTIONS["housing"], money(uw["housing_payment"]), uw["housing_payment"], "USD"),
         _fact(QUESTIONS["dti"], _pct(uw["dti_pct"]), uw["dti_pct"], "%"),
         _fact(QUESTIONS["ltv"], _pct(uw["ltv_pct"]), uw["ltv_pct"], "%"),
     ]
@@ -138,24 +136,24 @@ def _application_sections(rng: random.Random, app: dict, uw: dict, pii: list) ->
     income = []
     for p, monthly in zip(people, app["incomes"], strict=True):
         income += [(f"Employer ({p['first']})", rng.choice(_EMPLOYERS)),
-                   (f"Gross monthly income ({p['first']})", _money(monthly))]
-    income.append(("Total monthly income", _money(app["monthly_income"])))
-    debts = [(f"{kind} (monthly)", _money(amount)) for kind, amount in app["debts"]]
-    debts.append(("Total monthly debts excluding housing", _money(app["monthly_debts"])))
-    prop = [("Purchase price", _dollars(app["price"])),
-            ("Appraised value", _dollars(app["appraised_value"])),
-            ("Annual property taxes", _money(app["annual_taxes"])),
-            ("Annual homeowner’s insurance", _money(app["annual_insurance"])),
+                   (f"Gross monthly income ({p['first']})", money(monthly))]
+    income.append(("Total monthly income", money(app["monthly_income"])))
+    debts = [(f"{kind} (monthly)", money(amount)) for kind, amount in app["debts"]]
+    debts.append(("Total monthly debts excluding housing", money(app["monthly_debts"])))
+    prop = [("Purchase price", dollars(app["price"])),
+            ("Appraised value", dollars(app["appraised_value"])),
+            ("Annual property taxes", money(app["annual_taxes"])),
+            ("Annual homeowner’s insurance", money(app["annual_insurance"])),
             ("Occupancy", rng.choice(("Primary residence", "Owner-occupied")))]
     if rng.random() < 0.7:
         prop.insert(0, ("Subject property", app["property_address"]))
         pii.append(_pii("address", app["property_address"]))
     amount_label = rng.choice(("Loan amount", "Requested loan amount", "Base loan amount"))
     loan = [("Loan program", _PROGRAM_LABEL[app["program"]]), ("Purpose", "Purchase"),
-            (amount_label, _dollars(app["loan_amount"])), ("Interest rate", _rate(app["rate_pct"])),
+            (amount_label, dollars(app["loan_amount"])), ("Interest rate", _rate(app["rate_pct"])),
             ("Term", f"{app['term_months']} months"),
-            ("Proposed monthly P&I", _money(uw["payment"])),
-            ("Proposed housing payment (PITI)", _money(uw["housing_payment"])),
+            ("Proposed monthly P&I", money(uw["payment"])),
+            ("Proposed housing payment (PITI)", money(uw["housing_payment"])),
             ("Loan-to-value", _pct(uw["ltv_pct"])), ("Debt-to-income", _pct(uw["dti_pct"])),
             ("Representative credit score", str(app["credit_score"]))]
     for fields in (prop, loan):
@@ -193,7 +191,7 @@ def _loan_application(rng: random.Random) -> tuple[str, dict]:
     fields, summary, numbers = _application_truth(app, uw)
     income = app["monthly_income"]
     facts = _application_facts(app, uw)
-    facts.append(_fact(QUESTIONS["income"], _money(income), income, "USD"))
+    facts.append(_fact(QUESTIONS["income"], money(income), income, "USD"))
     return "\n\n".join(parts), _truth("loan_application", fields, summary, facts, pii,
                                       uw["decision"], uw["reasons"], numbers=numbers)
 
@@ -238,20 +236,20 @@ def _underwriting_note(rng: random.Random) -> tuple[str, dict]:
     names, program = " and ".join(p["name"] for p in people[:-1]), _PROGRAM_LABEL[app["program"]]
     opening = rng.choice((f"Reviewed the {program} purchase file for {names}.",
                           f"File for {names} reviewed against {program} guidelines.",
-                          f"{names} — {program} purchase, {_dollars(app['loan_amount'])} "
+                          f"{names} — {program} purchase, {dollars(app['loan_amount'])} "
                           "requested."))
-    ratios = (f"Qualifying score {app['credit_score']}; P&I of {_money(uw['payment'])} and PITI "
-              f"of {_money(uw['housing_payment'])} put the back-end DTI at {_pct(uw['dti_pct'])} "
-              f"on {_money(app['monthly_income'])} monthly income; LTV is {_pct(uw['ltv_pct'])} on "
-              f"the lower of price ({_dollars(app['price'])}) and appraised value "
-              f"({_dollars(app['appraised_value'])}).")
+    ratios = (f"Qualifying score {app['credit_score']}; P&I of {money(uw['payment'])} and PITI "
+              f"of {money(uw['housing_payment'])} put the back-end DTI at {_pct(uw['dti_pct'])} "
+              f"on {money(app['monthly_income'])} monthly income; LTV is {_pct(uw['ltv_pct'])} on "
+              f"the lower of price ({dollars(app['price'])}) and appraised value "
+              f"({dollars(app['appraised_value'])}).")
     parts = [rng.choice((f"Underwriting Decision — Loan {loan_no}", f"UW NOTES — file {loan_no}",
                          f"Credit memo — loan {loan_no}"))]
     if style != 1:
-        parts.append(_form([("Program", program), ("Loan amount", _dollars(app["loan_amount"])),
+        parts.append(_form([("Program", program), ("Loan amount", dollars(app["loan_amount"])),
                             ("Rate", _rate(app["rate_pct"])),
                             ("Term", f"{app['term_months']} months"),
-                            ("Monthly debts", _money(app["monthly_debts"]))], style))
+                            ("Monthly debts", money(app["monthly_debts"]))], style))
     parts += [f"{opening} {ratios}", _decision_sentence(rng, uw, app["program"])]
     if uw["decision"] != "deny":
         conditions = rng.sample(_CONDITIONS, rng.randint(1, 4))

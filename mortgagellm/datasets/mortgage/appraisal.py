@@ -3,8 +3,8 @@ reconcile to."""
 
 import random
 
-from mortgagellm.datasets.finance import round_half_up
-from mortgagellm.datasets.mortgage.layout import QUESTIONS, _dollars, _fact, _form, _pii, _truth
+from mortgagellm.datasets.finance import dollars, round_half_up
+from mortgagellm.datasets.mortgage.layout import QUESTIONS, _fact, _form, _pii, _truth
 from mortgagellm.datasets.mortgage.people import _CITIES, _LENDERS, _address, _person
 
 
@@ -38,18 +38,18 @@ def _appraisal_summary(rng: random.Random) -> tuple[str, dict]:
         ("Lender/Client", rng.choice(_LENDERS)), ("Gross living area", f"{gla:,} sq ft"),
         ("Bedrooms / baths", f"{rng.randint(2, 5)} / {rng.choice((1, 1.5, 2, 2.5, 3))}"),
         ("Year built", str(rng.randint(1950, 2023))),
-        ("Condition", rng.choice(("C2", "C3", "C3", "C4"))), ("Contract price", _dollars(price))]
-    rows = [f"Comparable {n}: {c['address']} — sold {_dollars(c['sale'])}, {c['gla']:,} sq ft, "
-            f"{c['miles']} mi; GLA adj. {_dollars(c['gla_adj'])}, other adj. "
-            f"{_dollars(c['other_adj'])}; adjusted {_dollars(c['adjusted'])}"
+        ("Condition", rng.choice(("C2", "C3", "C3", "C4"))), ("Contract price", dollars(price))]
+    rows = [f"Comparable {n}: {c['address']} — sold {dollars(c['sale'])}, {c['gla']:,} sq ft, "
+            f"{c['miles']} mi; GLA adj. {dollars(c['gla_adj'])}, other adj. "
+            f"{dollars(c['other_adj'])}; adjusted {dollars(c['adjusted'])}"
             for n, c in enumerate(comps, 1)]
     relation = "equal to" if gap == 0 else ("above" if gap > 0 else "below")
-    verdict = rng.choice((f"Indicated value by the sales comparison approach: {_dollars(value)}.",
-                          f"Reconciled market value as of the effective date: {_dollars(value)}."))
+    verdict = rng.choice((f"Indicated value by the sales comparison approach: {dollars(value)}.",
+                          f"Reconciled market value as of the effective date: {dollars(value)}."))
     parts = [rng.choice(("Appraisal Summary — Uniform Residential Appraisal Report",
                          f"Appraisal Review — {subject}")),
              _form(subject_fields, style), "Sales Comparison Approach\n" + "\n".join(rows),
-             f"{verdict} The appraised value is {_dollars(abs(gap))} {relation} the contract "
+             f"{verdict} The appraised value is {dollars(abs(gap))} {relation} the contract "
              "price."]
     if rng.random() < 0.5:
         parts.append(f"Appraiser: {appraiser['name']}, Certified Residential Appraiser, "
@@ -57,16 +57,16 @@ def _appraisal_summary(rng: random.Random) -> tuple[str, dict]:
         pii.append(_pii("email", appraiser["email"]))
     else:
         parts.append(f"Signed: {appraiser['name']}")
-    fields = {"address": subject, "appraised_value": _dollars(value),
-              "contract_price": _dollars(price), "comparables": str(len(comps))}
+    fields = {"address": subject, "appraised_value": dollars(value),
+              "contract_price": dollars(price), "comparables": str(len(comps))}
     summary = (f"The appraisal of {subject} reconciles {fields['comparables']} comparable sales "
                f"to {fields['appraised_value']} against a contract price of "
                f"{fields['contract_price']}.")
-    facts = [_fact(QUESTIONS["appraised"], _dollars(value), value, "USD"),
+    facts = [_fact(QUESTIONS["appraised"], dollars(value), value, "USD"),
              _fact("What is the adjusted sale price of comparable 1?",
-                   _dollars(comps[0]["adjusted"]), comps[0]["adjusted"], "USD"),
+                   dollars(comps[0]["adjusted"]), comps[0]["adjusted"], "USD"),
              _fact("By how much does the appraised value differ from the contract price?",
-                   _dollars(abs(gap)), gap, "USD")]
+                   dollars(abs(gap)), gap, "USD")]
     numbers = {"price": price, "appraised_value": value, "gla": float(gla),
                "comp_adjusted": [c["adjusted"] for c in comps]}
     return "\n\n".join(parts), _truth("appraisal_summary", fields, summary, facts, pii,

@@ -5,7 +5,7 @@ import random
 from itertools import accumulate
 
 from mortgagellm.datasets import finance, underwriting
-from mortgagellm.datasets.finance import round_half_up
+from mortgagellm.datasets.finance import dollars, money, round_half_up
 from mortgagellm.datasets.mortgage.applications import (
     _application_facts,
     _application_truth,
@@ -15,11 +15,9 @@ from mortgagellm.datasets.mortgage.layout import (
     _PROGRAM_LABEL,
     QUESTIONS,
     _day,
-    _dollars,
     _fact,
     _fmt_date,
     _form,
-    _money,
     _pii,
     _rate,
     _sections,
@@ -123,7 +121,7 @@ def closing_costs(rng: random.Random, app: dict) -> dict:
     }
     prepaid_interest = round_half_up(per_diem * days, 2)
     prepaids = {
-        f"Prepaid interest ({_money(per_diem)} per day for {days} days)": prepaid_interest,
+        f"Prepaid interest ({money(per_diem)} per day for {days} days)": prepaid_interest,
         "Homeowner’s insurance premium (12 mo.)": app["annual_insurance"],
         # Two months of insurance and three of taxes seed the escrow account.
         "Initial escrow payment at closing": round_half_up(
@@ -155,20 +153,20 @@ def _disclosure_sections(rng: random.Random, form: str, app: dict, c: dict, loan
     date_label = "Date issued" if form == "Loan Estimate" else "Closing date"
     head = [(date_label, _fmt_date(_day(rng), rng.randrange(3))),
             ("Applicant", app["borrower"]["name"]), ("Property", app["property_address"]),
-            ("Sale price", _dollars(app["price"])), ("Loan term", f"{app['term_months']} months"),
+            ("Sale price", dollars(app["price"])), ("Loan term", f"{app['term_months']} months"),
             ("Purpose", "Purchase"), ("Product", "Fixed Rate"),
             ("Loan type", _PROGRAM_LABEL[app["program"]]), ("Loan ID #", loan_no)]
-    cash = [("Total closing costs", _money(c["closing_costs"])),
-            ("Prepaids and escrow", _money(c["prepaids"])),
-            ("Down payment", _money(app["price"] - app["loan_amount"])),
-            ("Deposit", "-" + _money(c["deposit"])),
-            ("Seller credits", "-" + _money(c["seller_credits"])),
-            ("Cash to close", _money(c["cash"]))]
+    cash = [("Total closing costs", money(c["closing_costs"])),
+            ("Prepaids and escrow", money(c["prepaids"])),
+            ("Down payment", money(app["price"] - app["loan_amount"])),
+            ("Deposit", "-" + money(c["deposit"])),
+            ("Seller credits", "-" + money(c["seller_credits"])),
+            ("Cash to close", money(c["cash"]))]
     return [
         (f"{form} — {rng.choice(_LENDERS)}", head),
         ("Loan Terms and Payments", c["terms"][:5]),
-        ("Loan Costs", [(k, _money(v)) for k, v in c["loan_costs"].items() if v]),
-        ("Prepaids and Initial Escrow", [(k, _money(v)) for k, v in c["prepaid_items"].items()]),
+        ("Loan Costs", [(k, money(v)) for k, v in c["loan_costs"].items() if v]),
+        ("Prepaids and Initial Escrow", [(k, money(v)) for k, v in c["prepaid_items"].items()]),
         ("Calculating Cash to Close", [row for row in cash if row[1] != "-$0.00"]),
         ("Comparisons", c["terms"][7:]),
     ]
@@ -182,13 +180,13 @@ def _disclosure(rng: random.Random, kind: str) -> tuple[str, dict]:
         app["loan_amount"], app["rate_pct"], app["term_months"], c["finance_charges"])
     c["cash"] = finance.cash_to_close(app["price"], app["loan_amount"], c["closing_costs"],
                                       c["prepaids"], c["deposit"], c["seller_credits"])
-    c["terms"] = [("Loan amount", _dollars(app["loan_amount"])),
+    c["terms"] = [("Loan amount", dollars(app["loan_amount"])),
                   ("Interest rate", _rate(app["rate_pct"])),
-                  ("Monthly principal & interest", _money(uw["payment"])),
-                  ("Estimated escrow", _money(uw["housing_payment"] - uw["payment"])),
-                  ("Estimated total monthly payment", _money(uw["housing_payment"])),
-                  ("Total closing costs", _money(c["closing_costs"])),
-                  ("Cash to close", _money(c["cash"])),
+                  ("Monthly principal & interest", money(uw["payment"])),
+                  ("Estimated escrow", money(uw["housing_payment"] - uw["payment"])),
+                  ("Estimated total monthly payment", money(uw["housing_payment"])),
+                  ("Total closing costs", money(c["closing_costs"])),
+                  ("Cash to close", money(c["cash"])),
                   ("Annual Percentage Rate (APR)", _rate(c["apr"]))]
     b, form = app["borrower"], "Loan Estimate" if kind == "loan_estimate" else "Closing Disclosure"
     if style == 4:
@@ -201,17 +199,17 @@ def _disclosure(rng: random.Random, kind: str) -> tuple[str, dict]:
         parts = _sections(_disclosure_sections(rng, form, app, c, loan_no), style)
     pii = [_pii("name", b["name"]), _pii("loan_number", loan_no),
            _pii("address", app["property_address"])]
-    fields = {"borrower": b["name"], "loan_amount": _dollars(app["loan_amount"]),
+    fields = {"borrower": b["name"], "loan_amount": dollars(app["loan_amount"]),
               "program": app["program"], "rate": _rate(app["rate_pct"]), "apr": _rate(c["apr"]),
-              "payment": _money(uw["payment"]), "cash_to_close": _money(c["cash"])}
+              "payment": money(uw["payment"]), "cash_to_close": money(c["cash"])}
     summary = (f"{form} for {fields['borrower']}: {fields['program']} loan of "
                f"{fields['loan_amount']} at {fields['rate']} ({fields['apr']} APR), "
                f"{fields['payment']} monthly principal and interest, {fields['cash_to_close']} "
                "cash to close.")
     facts = _application_facts(app, uw)[:2] + [
         _fact(QUESTIONS["apr"], _rate(c["apr"]), c["apr"], "%"),
-        _fact(QUESTIONS["cash"], _money(c["cash"]), c["cash"], "USD"),
-        _fact(QUESTIONS["closing_costs"], _money(c["closing_costs"]), c["closing_costs"], "USD")]
+        _fact(QUESTIONS["cash"], money(c["cash"]), c["cash"], "USD"),
+        _fact(QUESTIONS["closing_costs"], money(c["closing_costs"]), c["closing_costs"], "USD")]
     cost_keys = ("finance_charges", "closing_costs", "prepaids", "deposit", "seller_credits")
     numbers = {**_application_truth(app, uw)[2], **{k: c[k] for k in cost_keys}}
     return "\n\n".join(parts), _truth(kind, fields, summary, facts, pii, uw["decision"],

@@ -5,13 +5,11 @@ import random
 from datetime import timedelta
 
 from mortgagellm.datasets import finance
-from mortgagellm.datasets.finance import round_half_up
+from mortgagellm.datasets.finance import dollars, money, round_half_up
 from mortgagellm.datasets.mortgage.layout import (
     _day,
-    _dollars,
     _fact,
     _fmt_date,
-    _money,
     _pii,
     _rate,
     _truth,
@@ -43,18 +41,18 @@ def _escrow_body(rng: random.Random, loan: dict, day: str) -> tuple[list, list, 
     shortage = 10.0 * rng.randint(5, 120)
     escrow, spread = finance.escrow_monthly(taxes, insurance), round_half_up(shortage / 12, 2)
     total = round_half_up(loan["payment"] + escrow + spread, 2)
-    body = [f"Your annual escrow analysis is complete. We expect to pay {_money(taxes)} in "
-            f"property taxes and {_money(insurance)} for homeowner’s insurance this year, so "
-            f"your monthly escrow deposit becomes {_money(escrow)}.",
-            f"The analysis found a shortage of {_money(shortage)}, which we have spread over 12 "
-            f"months ({_money(spread)} a month).",
-            f"Starting {day}, your total monthly payment will be {_money(total)}, including "
-            f"{_money(loan['payment'])} principal and interest.",
+    body = [f"Your annual escrow analysis is complete. We expect to pay {money(taxes)} in "
+            f"property taxes and {money(insurance)} for homeowner’s insurance this year, so "
+            f"your monthly escrow deposit becomes {money(escrow)}.",
+            f"The analysis found a shortage of {money(shortage)}, which we have spread over 12 "
+            f"months ({money(spread)} a month).",
+            f"Starting {day}, your total monthly payment will be {money(total)}, including "
+            f"{money(loan['payment'])} principal and interest.",
             rng.choice(("Federal rules (RESPA) limit the cushion we may hold to one-sixth of the "
                         "year’s escrow disbursements.",
                         "You may also pay the shortage in one lump sum instead."))]
-    facts = [_fact("What is the new monthly escrow deposit?", _money(escrow), escrow, "USD"),
-             _fact("What is the new total monthly payment?", _money(total), total, "USD")]
+    facts = [_fact("What is the new monthly escrow deposit?", money(escrow), escrow, "USD"),
+             _fact("What is the new total monthly payment?", money(total), total, "USD")]
     return body, facts, {"payment": loan["payment"], "annual_taxes": taxes,
                          "annual_insurance": insurance, "shortage": shortage}
 
@@ -67,14 +65,14 @@ def _payoff_body(rng: random.Random, loan: dict, day: str) -> tuple[list, list, 
     per_diem = finance.per_diem_interest(balance, loan["rate_pct"])
     total = round_half_up(balance + round_half_up(per_diem * days, 2) + fee, 2)
     body = [f"As requested, here is your payoff quote good through {day}.",
-            f"Unpaid principal balance: {_money(balance)}. Interest accrues at {_money(per_diem)} "
-            f"per day; {days} days of interest are included. Release fee: {_money(fee)}.",
-            f"Total amount to pay off the loan: {_money(total)}.",
+            f"Unpaid principal balance: {money(balance)}. Interest accrues at {money(per_diem)} "
+            f"per day; {days} days of interest are included. Release fee: {money(fee)}.",
+            f"Total amount to pay off the loan: {money(total)}.",
             rng.choice(("Funds received after the good-through date need additional interest.",
                         "Please wire funds or send certified funds; personal checks are not "
                         "accepted for payoffs."))]
-    facts = [_fact("What is the daily interest (per diem)?", _money(per_diem), per_diem, "USD"),
-             _fact("What is the total payoff amount?", _money(total), total, "USD")]
+    facts = [_fact("What is the daily interest (per diem)?", money(per_diem), per_diem, "USD"),
+             _fact("What is the total payoff amount?", money(total), total, "USD")]
     numbers = {k: float(loan[k]) for k in ("amount", "rate_pct", "term_months", "made")}
     return body, facts, {**numbers, "days": float(days), "fee": fee}
 
@@ -84,13 +82,13 @@ def _forbearance_body(rng: random.Random, loan: dict, day: str) -> tuple[list, l
     months, piti = rng.choice((3, 6)), round_half_up(loan["payment"] + loan["escrow"], 2)
     deferred = round_half_up(piti * months, 2)
     body = [f"We have approved a {months}-month forbearance plan beginning {day}.",
-            f"Your regular payment of {_money(piti)} is suspended during the plan; no late fees "
+            f"Your regular payment of {money(piti)} is suspended during the plan; no late fees "
             "will be charged.",
-            f"At the end of the plan the {_money(deferred)} in missed payments can be handled "
+            f"At the end of the plan the {money(deferred)} in missed payments can be handled "
             "through a repayment plan, a deferral to the end of the loan, or a loan modification "
             "— it does not have to be repaid at once.",
             "Please contact us 30 days before the plan ends so we can review your options."]
-    facts = [_fact("What total amount is deferred by the forbearance plan?", _money(deferred),
+    facts = [_fact("What total amount is deferred by the forbearance plan?", money(deferred),
                    deferred, "USD")]
     return body, facts, {"housing_payment": piti, "months": float(months)}
 
@@ -103,11 +101,11 @@ def _rate_lock_body(rng: random.Random, loan: dict, day: str) -> tuple[list, lis
     body = [f"Your interest rate is locked at {_rate(loan['rate_pct'])} for {lock_days} days, from "
             f"{_fmt_date(locked, 0)}; the lock expires on {expires}.",
             f"If closing moves past that date, a 15-day extension costs 0.125 points, "
-            f"{_money(extension)} on your {_dollars(loan['amount'])} loan.",
+            f"{money(extension)} on your {dollars(loan['amount'])} loan.",
             rng.choice(("Changes to the loan amount or program may change the locked price.",
                         f"Your disclosures dated {day} will be updated to reflect the lock."))]
     facts = [_fact("When does the rate lock expire?", expires, None, "date"),
-             _fact("How much does a 15-day lock extension cost?", _money(extension), extension,
+             _fact("How much does a 15-day lock extension cost?", money(extension), extension,
                    "USD")]
     return body, facts, {"amount": loan["amount"], "lock_days": float(lock_days)}
 
@@ -118,11 +116,11 @@ def _late_fee_body(rng: random.Random, loan: dict, day: str) -> tuple[list, list
     fee = round_half_up(loan["payment"] * pct / 100, 2)
     body = [f"We did not receive your payment due {day} within the 15-day grace period.",
             f"As your note allows, a late charge of {pct:.0f}% of the principal and interest "
-            f"payment ({_money(loan['payment'])}) has been assessed: {_money(fee)}.",
+            f"payment ({money(loan['payment'])}) has been assessed: {money(fee)}.",
             rng.choice(("If you believe this is an error, reply with the date and confirmation "
                         "number of your payment.",
                         "Setting up automatic payments can help you avoid future late charges."))]
-    return body, [_fact("How much is the late fee?", _money(fee), fee, "USD")], \
+    return body, [_fact("How much is the late fee?", money(fee), fee, "USD")], \
         {"payment": loan["payment"], "late_pct": pct}
 
 
@@ -196,7 +194,7 @@ def _customer_email(rng: random.Random) -> tuple[str, dict]:
     old = round_half_up(loan["payment"] + loan["escrow"], 2)
     new = round_half_up(old + rng.randint(1500, 30000) / 100, 2)
     template = rng.choice(_ASKS[intent])
-    ask = template.format(old=_money(old), new=_money(new), rate=_rate(loan["rate_pct"]),
+    ask = template.format(old=money(old), new=money(new), rate=_rate(loan["rate_pct"]),
                           day=_fmt_date(_day(rng), rng.randrange(3)))
     pii = [_pii("name", b["name"]), _pii("loan_number", loan_no), _pii("email", b["email"])]
     lines = [f"From: {b['name']} <{b['email']}>",
@@ -216,7 +214,7 @@ def _customer_email(rng: random.Random) -> tuple[str, dict]:
     facts, numbers = [_fact("What is the loan number?", loan_no, None, None)], None
     if "{old}" in template:
         increase = round_half_up(new - old, 2)
-        facts.append(_fact("By how much did the monthly payment increase?", _money(increase),
+        facts.append(_fact("By how much did the monthly payment increase?", money(increase),
                            increase, "USD"))
         numbers = {"old_payment": old, "new_payment": new}
     fields = {"customer": b["name"], "intent": intent, "loan_number": loan_no}

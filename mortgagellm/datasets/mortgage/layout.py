@@ -26,14 +26,6 @@ _PROGRAM_LABEL = {"conventional": "Conventional", "FHA": "FHA", "VA": "VA", "jum
 _EPOCH = date(2023, 1, 2)
 
 
-def _money(x: float) -> str:
-    return f"${x:,.2f}"
-
-
-def _dollars(x: float) -> str:
-    return f"-${-x:,.0f}" if x < 0 else f"${x:,.0f}"
-
-
 def _pct(x: float) -> str:
     return f"{x:.1f}%"
 
