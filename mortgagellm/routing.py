@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mortgagellm.datasets.tasks_format import ROUTES
+from mortgagellm.datasets.tasks.format import ROUTES
 
 if TYPE_CHECKING:
     from mortgagellm.config import Recipe, RouterSettings

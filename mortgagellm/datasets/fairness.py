@@ -5,13 +5,13 @@ amount, LTV and DTI, so a file whose borrower names, sex, age and marital status
 keeps its ground-truth decision. A model whose decision changes with them treats applicants
 differently on a basis ECOA (Regulation B) prohibits; the evaluate stage reports how often.
 
-What is swapped, wherever the generator writes it (mortgage._person / _person_fields, the HMDA
-section of an application): every first name of the generator's list where it stands as a name
-(before a last name or in brackets), to a name from another part of the world and usually of
-the other sex; 'Sex: Female' <-> 'Sex: Male'; marital status married -> unmarried ->
-separated -> married; an age of 21-50 gains 30 years, one of 51-80 loses 30 (still 21-80, the
-generator's range, and on the other side of 50). Figures other than the age, and so every
-input of the rules, are untouched.
+What is swapped, wherever the generator writes it (mortgage.people._person,
+mortgage.applications._person_fields, the HMDA section of an application): every first name of
+the generator's list where it stands as a name (before a last name or in brackets), to a name
+from another part of the world and usually of the other sex; 'Sex: Female' <-> 'Sex: Male';
+marital status married -> unmarried -> separated -> married; an age of 21-50 gains 30 years,
+one of 51-80 loses 30 (still 21-80, the generator's range, and on the other side of 50).
+Figures other than the age, and so every input of the rules, are untouched.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ NAME_PAIRS = (
     ("Inés", "Hiroshi"), ("Grace", "Mateo"), ("Hannah", "François"), ("Leila", "Samuel"),
     ("Ethan", "Mei"), ("Lucas", "Amara"),
 )
-"""First names of the generator (mortgage._FIRST), paired; each is swapped with its partner."""
+"""First names of the generator (mortgage.FIRST_NAMES), paired; each is swapped with its partner."""
 NAMES = {a: b for a, b in NAME_PAIRS} | {b: a for a, b in NAME_PAIRS}
 SEXES = {"Female": "Male", "Male": "Female"}
 MARITAL = {"Married": "Unmarried", "Unmarried": "Separated", "Separated": "Married"}

@@ -1,4 +1,5 @@
-"""Mortgage arithmetic as US disclosures state it: payment, DTI, LTV, APR, cash to close.
+"""Mortgage arithmetic as US disclosures state it: payment, DTI, LTV, APR, cash to close, and
+the way they print an amount of money.
 
 Every function is pure and rounds the way a Loan Estimate / Closing Disclosure prints the
 number: money to the cent, APR to three decimals, ratios to a tenth of a percent, always
@@ -128,3 +129,17 @@ def cash_to_close(
     return round_half_up(
         price - loan_amount + closing_costs + prepaids - deposit - seller_credits, 2
     )
+
+
+def money(x: float) -> str:
+    """An amount to the cent with thousands commas, the sign before the $: "-$1,234.50".
+
+    Used by the generator and the task builders alike, so a figure is printed the same way in
+    a document and in an answer about it; ``x`` is already rounded, the format only prints it.
+    """
+    return f"-${-x:,.2f}" if x < 0 else f"${x:,.2f}"
+
+
+def dollars(x: float) -> str:
+    """A whole-dollar amount with thousands commas, the sign before the $: "-$1,235"."""
+    return f"-${-x:,.0f}" if x < 0 else f"${x:,.0f}"

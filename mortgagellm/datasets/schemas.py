@@ -20,7 +20,7 @@ PACKED_ROW_GROUP_ROWS = 64
 """Rows per Parquet row group of a packed shard: the unit training's seeded shuffle moves
 (cluster/data.py), small enough to mix sources within a short run."""
 
-# Task and eval sets (datasets/tasks.py). Text that holds a whole document is large_string;
+# Task and eval sets (datasets/tasks/). Text that holds a whole document is large_string;
 # each record's ground truth travels as one sorted-key JSON string, decoded by read_task_set.
 
 SFT_SCHEMA = pa.schema(

@@ -16,7 +16,7 @@ from typing import Any
 
 from mortgagellm import modeling, routing
 from mortgagellm.config import Recipe
-from mortgagellm.datasets.tasks_format import ROUTES
+from mortgagellm.datasets.tasks.format import ROUTES
 from mortgagellm.evaluation.scoring import EXPERTS, ROUTING, Scorer, routing_metrics, score_variant
 from mortgagellm.evaluation.sets import EvalSets, probes
 

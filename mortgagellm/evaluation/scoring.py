@@ -11,7 +11,7 @@ from typing import Any
 from mortgagellm.config import Recipe
 from mortgagellm.datasets.instructions import Instruction
 from mortgagellm.datasets.tasks import parse_answer, score
-from mortgagellm.datasets.tasks_format import NUMERIC_MODES
+from mortgagellm.datasets.tasks.format import NUMERIC_MODES
 from mortgagellm.evaluation.sets import (CLASSIFICATION, DECISION, DOC_KIND, DOMAIN,
                                          FAIR_ORIGINAL, INTENT,
                                          FAIR_SWAPPED, FAIRNESS, INSTRUCTION, QA, ROUTING,

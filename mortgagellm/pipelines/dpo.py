@@ -27,7 +27,7 @@ from typing import Any
 from mortgagellm import manifest, training
 from mortgagellm.config import Recipe
 from mortgagellm.datasets.tasks import parse_answer, read_task_set, score
-from mortgagellm.datasets.tasks_format import NUMERIC_MODES
+from mortgagellm.datasets.tasks.format import NUMERIC_MODES
 from mortgagellm.evaluation.generate import measure_once
 from mortgagellm.evaluation.sets import subset
 from mortgagellm.manifest import stage_dir

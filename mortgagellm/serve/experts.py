@@ -17,7 +17,7 @@ from typing import Any
 from ray import serve
 
 from mortgagellm import modeling, routing
-from mortgagellm.datasets.tasks_format import ROUTES
+from mortgagellm.datasets.tasks.format import ROUTES
 from mortgagellm.serve import engine
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ from collections import Counter
 from typing import Any
 
 from mortgagellm.datasets.tasks import invented_citations, parse_answer, score
-from mortgagellm.datasets.tasks_format import figures
+from mortgagellm.datasets.tasks.format import figures
 
 
 # ---- the reward and the pair (pure) --------------------------------------------------------------

@@ -6,12 +6,12 @@ import random
 import pytest
 
 from mortgagellm.datasets import fairness, mortgage, underwriting
-from mortgagellm.datasets.tasks_format import figures
-from mortgagellm.datasets.tasks_sft import DECISION_KINDS, sft_record
+from mortgagellm.datasets.tasks.format import figures
+from mortgagellm.datasets.tasks.sft import DECISION_KINDS, sft_record
 
 
 def test_every_generator_first_name_has_one_partner():
-    assert set(fairness.NAMES) == set(mortgage._FIRST)
+    assert set(fairness.NAMES) == set(mortgage.FIRST_NAMES)
     assert all(fairness.NAMES[fairness.NAMES[n]] == n != fairness.NAMES[n]
                for n in fairness.NAMES)
 
@@ -54,7 +54,7 @@ def test_swapped_file_keeps_every_rule_input_and_the_decision(doc):
 def test_the_rules_ignore_what_is_swapped():
     rng = random.Random(5)
     for _ in range(50):
-        app = mortgage._application(rng)
+        app = mortgage.application(rng)
         other = {**app, "borrower": {**app["borrower"], "name": "Zoë Okafor", "first": "Zoë",
                                      "sex": "female" if app["borrower"]["sex"] == "male" else
                                      "male", "age": fairness.swap_age(app["borrower"]["age"]),

@@ -95,3 +95,11 @@ def test_cash_to_close():
     # down payment 40000 + costs 8000 + prepaids 3000 - deposit 10000 - seller credit 2000
     assert finance.cash_to_close(400_000, 360_000, 8000, 3000, 10_000, 2000) == 39_000.0
     assert finance.cash_to_close(250_000, 245_000, 1234.56, 0.0, 0.0) == 6234.56
+
+
+def test_money_and_dollars_put_the_sign_before_the_dollar_sign():
+    assert finance.money(1234.5) == "$1,234.50"
+    assert finance.money(-1421.24) == "-$1,421.24"  # a negative cash to close
+    assert finance.money(0.0) == "$0.00"
+    assert finance.dollars(439_000.0) == "$439,000"
+    assert finance.dollars(-12_500.0) == "-$12,500"

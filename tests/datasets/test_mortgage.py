@@ -135,8 +135,8 @@ def test_closing_disclosures_exist_only_for_approved_loans(clean):
 
 
 def test_closing_cost_totals_and_finance_charges():
-    app = mortgage._application(random.Random(1))
-    costs = mortgage._closing_costs(random.Random(2), app)
+    app = mortgage.application(random.Random(1))
+    costs = mortgage.closing_costs(random.Random(2), app)
     items = {**costs["loan_costs"], **costs["prepaid_items"]}
     prepaid_interest = next(v for k, v in items.items() if k.startswith("Prepaid interest"))
     # Regulation Z: points, origination, underwriting and prepaid interest are finance charges;
@@ -225,7 +225,7 @@ def test_noise_off_gives_the_clean_records_noise_on_keeps_in_place():
 def test_decision_is_invariant_to_protected_attributes():
     rng = random.Random(0)
     for _ in range(300):
-        app = mortgage._application(rng)
+        app = mortgage.application(rng)
         baseline = underwriting.underwrite(app)
         for sex, age, status in (("female", 23, "married"), ("male", 79, "separated")):
             for role in ("borrower", "co_borrower"):

@@ -10,13 +10,21 @@ import pytest
 from mortgagellm.config import TaskSetsConfig
 from mortgagellm.datasets.mortgage import DOC_KINDS
 from mortgagellm.datasets.tasks import (
-    LABELS, SCHEMAS, SFT_TASKS, build_task_sets, held_out_texts, invented_citations,
-    parse_answer, read_task_set, score, write_task_sets,
+    LABELS,
+    SCHEMAS,
+    SFT_TASKS,
+    build_task_sets,
+    held_out_texts,
+    invented_citations,
+    parse_answer,
+    read_task_set,
+    score,
+    write_task_sets,
 )
-from mortgagellm.datasets.tasks_dpo import REJECTION_KINDS, WRONG_ANSWER_KINDS
-from mortgagellm.datasets.tasks_format import figures, rounds_to
-from mortgagellm.datasets.tasks_routing import ROUTE_OF_ASK
-from mortgagellm.datasets.tasks_sft import PROMPTS
+from mortgagellm.datasets.tasks.dpo import REJECTION_KINDS, WRONG_ANSWER_KINDS
+from mortgagellm.datasets.tasks.format import figures, rounds_to
+from mortgagellm.datasets.tasks.routing import ROUTE_OF_ASK
+from mortgagellm.datasets.tasks.sft import PROMPTS
 
 CFG = TaskSetsConfig(sft_per_task=45, dpo_pairs=240, routing_requests=200, eval_per_task=45,
                      eval_qa_pairs=120, eval_routing=100, ambiguous_fraction=0.2,

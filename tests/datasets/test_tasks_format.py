@@ -2,8 +2,13 @@
 
 import pytest
 
-from mortgagellm.datasets.tasks_format import (
-    figures, format_summary, invented_citations, parse_answer, qa_truth, score,
+from mortgagellm.datasets.tasks.format import (
+    figures,
+    format_summary,
+    invented_citations,
+    parse_answer,
+    qa_truth,
+    score,
 )
 
 

@@ -46,7 +46,7 @@ def test_repair_mojibake_restores_utf8_read_as_cp1252():
 
 def test_repair_mojibake_inverts_the_generators_mojibake_on_every_text():
     texts = [r["text"] for r in mortgage.generate(3, 0, 300, noise=False)]
-    assert all(transforms.repair_mojibake(mortgage._mojibake(t)) == t for t in texts)
+    assert all(transforms.repair_mojibake(mortgage.mojibake(t)) == t for t in texts)
 
 
 def test_strip_html_drops_scripts_styles_comments_and_tags_and_decodes_entities():
@@ -73,7 +73,7 @@ def test_normalise_batch_flags_what_changed():
 def test_normalise_recovers_the_clean_text_of_html_noise():
     rng = random.Random(0)
     for r in mortgage.generate(5, 0, 100, noise=False):
-        noisy = mortgage._htmlify(rng, r["text"])
+        noisy = mortgage.htmlify(rng, r["text"])
         assert transforms.normalise(raw([noisy]))["text"][0] == \
             transforms.normalise_whitespace(r["text"])
 

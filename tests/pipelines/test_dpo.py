@@ -148,7 +148,7 @@ APR_REFERENCE = ("The APR is 6.912%. It is above the 6.500% note rate because $2
 
 
 def apr_truth():
-    from mortgagellm.datasets.tasks_format import qa_truth
+    from mortgagellm.datasets.tasks.format import qa_truth
 
     return qa_truth("apr", "What is the APR?", "6.912%", 6.912, "percent")
 

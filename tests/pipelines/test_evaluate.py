@@ -12,7 +12,7 @@ import pytest
 from mortgagellm import manifest
 from mortgagellm.config import load_recipe
 from mortgagellm.datasets.instructions import instructions
-from mortgagellm.datasets.tasks_format import format_summary, qa_truth
+from mortgagellm.datasets.tasks.format import format_summary, qa_truth
 from mortgagellm.metrics import wilson
 from mortgagellm.evaluation import scoring
 from mortgagellm.evaluation import sets as es

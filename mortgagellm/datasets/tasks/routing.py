@@ -12,7 +12,7 @@ Labelling rule — what the request asks for decides, never its tone or its word
 ``ambiguous=True`` marks requests whose surface points the other way (a structured request in a
 chatty voice without the label list, "extract the DTI", "summarise what escrow means",
 "explain why this file was denied"); their label still follows the rule. Unambiguous requests
-reuse the experts' own prompts (``tasks_sft``, ``tasks_qa``), so the router sees what the
+reuse the experts' own prompts (``tasks.sft``, ``tasks.qa``), so the router sees what the
 experts are trained on, plus general questions and small talk without a document.
 """
 
@@ -22,9 +22,10 @@ import random
 from collections import defaultdict, deque
 from collections.abc import Iterator
 
-from mortgagellm.datasets import tasks_qa, tasks_sft
 from mortgagellm.datasets.mortgage import DOC_KINDS
-from mortgagellm.datasets.tasks_format import NUMERIC_MODES, ROUTES
+from mortgagellm.datasets.tasks import qa as tasks_qa
+from mortgagellm.datasets.tasks import sft as tasks_sft
+from mortgagellm.datasets.tasks.format import NUMERIC_MODES, ROUTES
 
 ROUTE_OF_ASK = {
     "label": "structured", "summary": "structured", "figure": "conversational",

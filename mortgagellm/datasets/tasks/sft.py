@@ -1,9 +1,9 @@
 """SFT records for the structured expert: classify a document (underwriting decision, document
-kind, customer-query intent) or summarise it into the fixed field layout of ``tasks_format``.
+kind, customer-query intent) or summarise it into the fixed field layout of ``tasks.format``.
 
 A record is {task, prompt, answer, document, doc_id, doc_kind, truth}: the prompt is one of
 several phrasings of the instruction around the document, the answer is in the task's fixed
-format, and the truth is what ``tasks_format.score`` needs ({"label"} or {"summary_fields",
+format, and the truth is what ``tasks.format.score`` needs ({"label"} or {"summary_fields",
 "reference_summary"}).
 """
 
@@ -13,7 +13,7 @@ import random
 from collections.abc import Iterable
 
 from mortgagellm.datasets.mortgage import DOC_KINDS
-from mortgagellm.datasets.tasks_format import LABELS, SFT_TASKS, format_summary
+from mortgagellm.datasets.tasks.format import LABELS, SFT_TASKS, format_summary
 
 DECISION_KINDS = ("loan_application", "underwriting_note")
 """Documents that state every input of the underwriting rules (score, loan, LTV, DTI, program);

@@ -1,5 +1,5 @@
 """DPO preference pairs for the conversational expert: a grounded question about one document
-(``tasks_qa``), its reference answer as chosen, and a flawed answer as rejected.
+(``tasks.qa``), its reference answer as chosen, and a flawed answer as rejected.
 
 Rejection kinds (``REJECTION_KINDS``):
 - wrong_number: the chosen answer with its figure replaced by a perturbed or confusable one;
@@ -19,10 +19,15 @@ from collections.abc import Iterable
 from datetime import date, timedelta
 
 from mortgagellm.datasets.finance import round_half_up
-from mortgagellm.datasets.tasks_format import (
-    NUMERIC_MODES, figures, invented_citations, parse_answer, rounds_to, score,
+from mortgagellm.datasets.tasks.format import (
+    NUMERIC_MODES,
+    figures,
+    invented_citations,
+    parse_answer,
+    rounds_to,
+    score,
 )
-from mortgagellm.datasets.tasks_qa import ask, questions
+from mortgagellm.datasets.tasks.qa import ask, questions
 
 REJECTION_KINDS = ("wrong_number", "wrong_fact", "invented_citation", "steering",
                    "approval_promise", "income_misstatement", "refusal")
@@ -187,7 +192,7 @@ def dpo_pairs(docs: Iterable[dict], n: int, rng: random.Random) -> list[dict]:
     """n pairs, one question per document, from the documents in order.
 
     Each pair: {topic, prompt, chosen, rejected, rejection_kind, document, doc_id, doc_kind,
-    truth (``tasks_format.qa_truth``)}. Wrong answers are drawn three times as often as each
+    truth (``tasks.format.qa_truth``)}. Wrong answers are drawn three times as often as each
     other kind, since numeric correctness is what the expert is measured on.
     """
     pairs, seen = [], set()

@@ -4,13 +4,13 @@ split so that nothing held out is ever trained on.
 Called by the corpus stage: ``write_task_sets(out_dir, recipe.corpus.tasks, recipe.run.seed)``.
 
 Sets and their Arrow schemas (``schemas.py``):
-- ``sft_train`` (SFT_SCHEMA): decision, doc_kind, intent and summary records (``tasks_sft``);
-- ``dpo_train`` (DPO_SCHEMA): preference pairs (``tasks_dpo`` on ``tasks_qa``'s questions);
-- ``routing_train`` (ROUTING_SCHEMA): router requests (``tasks_routing``);
+- ``sft_train`` (SFT_SCHEMA): decision, doc_kind, intent and summary records (``tasks.sft``);
+- ``dpo_train`` (DPO_SCHEMA): preference pairs (``tasks.dpo`` on ``tasks.qa``'s questions);
+- ``routing_train`` (ROUTING_SCHEMA): router requests (``tasks.routing``);
 - ``eval_decision``, ``eval_doc_kind``, ``eval_intent``, ``eval_summary`` (SFT_SCHEMA),
   ``eval_qa`` (DPO_SCHEMA; chosen is the reference answer), ``eval_routing`` (ROUTING_SCHEMA).
 
-Answers are parsed and scored with ``parse_answer`` / ``score`` (from ``tasks_format``,
+Answers are parsed and scored with ``parse_answer`` / ``score`` (from ``tasks.format``,
 importable from here). Splits: each training set draws documents from its own purpose stream
 (``purpose_seed(seed, "sft" | "dpo" | "routing")``), each eval set from a shard of its own in
 the "eval" stream (shard 0 stays ``heldout_domain_texts``'). Distinct streams can still produce
@@ -34,12 +34,17 @@ from mortgagellm.config import TaskSetsConfig
 from mortgagellm.datasets import mortgage
 from mortgagellm.datasets.schemas import DPO_SCHEMA, ROUTING_SCHEMA, SFT_SCHEMA
 from mortgagellm.datasets.splits import purpose_seed
-from mortgagellm.datasets.tasks_dpo import dpo_pairs
-from mortgagellm.datasets.tasks_format import (
-    LABELS, SFT_TASKS, TASKS, invented_citations, parse_answer, score,
+from mortgagellm.datasets.tasks.dpo import dpo_pairs
+from mortgagellm.datasets.tasks.format import (
+    LABELS,
+    SFT_TASKS,
+    TASKS,
+    invented_citations,
+    parse_answer,
+    score,
 )
-from mortgagellm.datasets.tasks_routing import routing_requests
-from mortgagellm.datasets.tasks_sft import sft_records
+from mortgagellm.datasets.tasks.routing import routing_requests
+from mortgagellm.datasets.tasks.sft import sft_records
 
 __all__ = [
     "LABELS", "SCHEMAS", "SFT_TASKS", "TASKS", "build_task_sets", "held_out_texts",

@@ -1,12 +1,12 @@
 """Grounded questions about one document and their reference answers, for the conversational
-expert's preference pairs (``tasks_dpo``), the held-out QA set and the router's conversational
+expert's preference pairs (``tasks.dpo``), the held-out QA set and the router's conversational
 requests.
 
 Questions come from the document's computed facts (payment, PITI, DTI, LTV, APR, cash to close,
 escrow, servicing figures, rate-sheet cells, appraisal values), from the underwriting decision
 and its reasons, and from the rules a regulatory explainer states — asked the way a customer or
 a loan officer would. The reference (chosen) answer states the figure first (the ``qa`` format
-of ``tasks_format``), shows where it comes from, and cites no regulation the document does not
+of ``tasks.format``), shows where it comes from, and cites no regulation the document does not
 name.
 """
 
@@ -15,10 +15,10 @@ from __future__ import annotations
 import random
 import re
 
-from mortgagellm.datasets.finance import round_half_up
+from mortgagellm.datasets.finance import dollars, money, round_half_up
 from mortgagellm.datasets.mortgage import QUESTIONS
-from mortgagellm.datasets.tasks_format import figures, qa_truth
-from mortgagellm.datasets.tasks_sft import DECISION_KINDS
+from mortgagellm.datasets.tasks.format import figures, qa_truth
+from mortgagellm.datasets.tasks.sft import DECISION_KINDS
 from mortgagellm.datasets.underwriting import PROGRAM_RULES
 
 _FACT_TOPICS = {
@@ -145,14 +145,6 @@ _VOICES = ("{q}", "Hi! {q}", "Quick question about my loan: {q}",
 _LAYOUTS = ("{q}\n\n{doc}", "{doc}\n\n{q}", "Document:\n{doc}\n\nQuestion: {q}")
 
 
-def _money(x: float) -> str:
-    return f"${x:,.2f}"
-
-
-def _dollars(x: float) -> str:
-    return f"${x:,.0f}"
-
-
 def _context(doc: dict) -> dict[str, str]:
     """Printed values a chosen answer may quote: the document's facts by topic and its inputs."""
     truth, ctx = doc["ground_truth"], {}
@@ -160,24 +152,24 @@ def _context(doc: dict) -> dict[str, str]:
     for key, slot in (("loan_amount", "loan_amount"), ("price", "price"),
                       ("appraised_value", "appraised")):
         if key in n:
-            ctx[slot] = _dollars(n[key])
+            ctx[slot] = dollars(n[key])
     for key, slot in (("monthly_debts", "debts"), ("monthly_income", "income"),
                       ("finance_charges", "finance_charges"), ("closing_costs", "closing_costs"),
                       ("prepaids", "prepaids"), ("deposit", "deposit"),
                       ("seller_credits", "seller_credits"), ("old_payment", "old_payment"),
                       ("new_payment", "new_payment")):
         if key in n:
-            ctx[slot] = _money(n[key])
+            ctx[slot] = money(n[key])
     if "rate_pct" in n and "credit_score" in n:
         ctx |= {"rate": f"{n['rate_pct']:.3f}%", "term": str(int(n["term_months"])),
-                "score": str(int(n["credit_score"])), "down": _money(n["price"] - n["loan_amount"])}
+                "score": str(int(n["credit_score"])), "down": money(n["price"] - n["loan_amount"])}
     values = {}
     for fact in truth["facts"]:
         topic = _FACT_TOPICS.get(fact["question"])
         if topic:
             ctx[topic], values[topic] = fact["answer"], fact["value"]
     if "payment" in values and "housing" in values:
-        ctx["escrow"] = _money(round_half_up(values["housing"] - values["payment"], 2))
+        ctx["escrow"] = money(round_half_up(values["housing"] - values["payment"], 2))
     return ctx
 
 
@@ -210,7 +202,7 @@ def _decision_question(doc: dict, ctx: dict) -> dict:
     slots = {**ctx, "program": program, "min_score": str(rules.min_credit_score),
              "max_ltv": f"{rules.max_ltv_pct:g}%", "soft": f"{rules.soft_dti_pct:g}%",
              "hard": f"{rules.hard_dti_pct:g}%",
-             "max_loan": _dollars(rules.max_loan or 0), "min_loan": _dollars(rules.min_loan or 0)}
+             "max_loan": dollars(rules.max_loan or 0), "min_loan": dollars(rules.min_loan or 0)}
     clauses = "; ".join(_DENY_CLAUSES[c].format(**slots) for c in truth["reasons"])
     return {"topic": "decision", "slots": slots, "phrasings": PHRASINGS["decision"],
             "chosen": _DECISION_CHOSEN[label].format(clauses=clauses, **slots),
