@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 export DS_ACCELERATOR ?= cpu
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install comm-op demo test test-all clean
+.PHONY: install comm-op lint demo test test-all clean
 
 install: $(STAMP) comm-op
 
@@ -36,10 +36,16 @@ demo: install
 	$(VENV)/bin/mortgagellm run configs/cpu-demo.yaml
 	$(VENV)/bin/mortgagellm serve configs/cpu-demo.yaml --demo
 
-test: install
+# Style and structure before any test: ruff (pyproject's rules, line length 100) and the
+# import-linter contracts (layers, independent stages, no cycles).
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
+
+test: lint
 	$(PY) -m pytest -m "not gpu and not slow" $(PYTEST_ARGS)
 
-test-all: install
+test-all: lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 clean:

@@ -54,7 +54,7 @@ class Usage:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> "Usage":
+    def __enter__(self) -> Usage:
         self._sample()
         self._thread.start()
         return self

@@ -22,7 +22,7 @@ import sys
 from typing import Any
 
 from mortgagellm import __version__
-from mortgagellm.manifest import STAGES
+from mortgagellm.stages import STAGES
 
 EPILOG = ("Any recipe field can be overridden with a dotted flag, e.g. "
           "--bootstrap.preset tiny or --pretrain.deepspeed.lr=3e-4.")

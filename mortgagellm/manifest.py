@@ -33,9 +33,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
-STAGES: tuple[str, ...] = ("bootstrap", "corpus", "pretrain", "residual", "sft", "dpo",
-                           "evaluate")
-"""The recipe's stages in flow order; each is the module mortgagellm.pipelines.<stage>."""
 PACKAGE = Path(__file__).resolve().parent
 
 
@@ -162,23 +159,11 @@ def _project_imports(module: str) -> list[str]:
     return sorted(n for n in names if _is_module(n))
 
 
-# ---- where stages write, and what they read -------------------------------------------------------
+# ---- where stages write, and what they read ----------------------------------------------------
 
 def stage_dir(recipe: Recipe, stage: str) -> Path:
     """Where a stage writes its output and manifest: <run.output_dir>/<stage>."""
     return Path(recipe.run.output_dir) / stage
-
-
-def select(first: str | None = None, last: str | None = None) -> tuple[str, ...]:
-    """The stages from `first` to `last` inclusive, in flow order."""
-    for name in (first, last):
-        if name is not None and name not in STAGES:
-            raise ValueError(f"unknown stage {name!r}; stages are: {', '.join(STAGES)}")
-    lo = STAGES.index(first) if first else 0
-    hi = STAGES.index(last) if last else len(STAGES) - 1
-    if lo > hi:
-        raise ValueError(f"--from {first} comes after --to {last} in {' -> '.join(STAGES)}")
-    return STAGES[lo:hi + 1]
 
 
 def require_manifest(recipe: Recipe, stage: str) -> Manifest:

@@ -46,8 +46,8 @@ class MergePlan:
         return self.scale
 
 
-def merge_tensor(name: str, dapt: "torch.Tensor", instruct: "torch.Tensor",
-                 base: "torch.Tensor", plan: MergePlan) -> "torch.Tensor":
+def merge_tensor(name: str, dapt: torch.Tensor, instruct: torch.Tensor,
+                 base: torch.Tensor, plan: MergePlan) -> torch.Tensor:
     """dapt + λ·(instruct − base) for one tensor, with plan's instruct rows copied verbatim.
 
     Computed in float32 (or wider, for float64 weights) and rounded once to the stored dtype,
@@ -75,8 +75,8 @@ def merge_tensor(name: str, dapt: "torch.Tensor", instruct: "torch.Tensor",
     return merged
 
 
-def merge_state(dapt: Mapping[str, "torch.Tensor"], instruct: Mapping[str, "torch.Tensor"],
-                base: Mapping[str, "torch.Tensor"], plan: MergePlan) -> dict[str, "torch.Tensor"]:
+def merge_state(dapt: Mapping[str, torch.Tensor], instruct: Mapping[str, torch.Tensor],
+                base: Mapping[str, torch.Tensor], plan: MergePlan) -> dict[str, torch.Tensor]:
     """The merge of three whole state dicts in memory (the reference the streaming driver meets)."""
     check_compatible({"dapt": _headers(dapt), "instruct": _headers(instruct),
                       "base": _headers(base)})
@@ -84,7 +84,7 @@ def merge_state(dapt: Mapping[str, "torch.Tensor"], instruct: Mapping[str, "torc
             for name in dapt}
 
 
-def _headers(state: Mapping[str, "torch.Tensor"]) -> dict[str, tuple[str, tuple[int, ...]]]:
+def _headers(state: Mapping[str, torch.Tensor]) -> dict[str, tuple[str, tuple[int, ...]]]:
     return {name: (str(t.dtype).removeprefix("torch."), tuple(t.shape))
             for name, t in state.items()}
 

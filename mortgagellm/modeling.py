@@ -27,7 +27,7 @@ CHAT_TEMPLATE = (
 )
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int) -> "PreTrainedTokenizerBase":
+def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerBase:
     """Byte-level BPE trained in-process (deterministic for the same texts), chat-ready."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -46,8 +46,8 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> "PreTrainedTokeniz
     )
 
 
-def build_llama(shape: dict[str, int], tokenizer: "PreTrainedTokenizerBase", seed: int
-                ) -> "LlamaForCausalLM":
+def build_llama(shape: dict[str, int], tokenizer: PreTrainedTokenizerBase, seed: int
+                ) -> LlamaForCausalLM:
     """A randomly initialised Llama of the given shape; the same seed gives the same weights."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -65,12 +65,12 @@ def build_llama(shape: dict[str, int], tokenizer: "PreTrainedTokenizerBase", see
     return LlamaForCausalLM(config)
 
 
-def stop_token_ids(tokenizer: "PreTrainedTokenizerBase") -> list[int]:
+def stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """Tokens that end a generated turn: <|eot_id|> and <|end_of_text|>."""
     return tokenizer.convert_tokens_to_ids([EOT, EOS])
 
 
-def chat_generate(model: Any, tokenizer: "PreTrainedTokenizerBase", prompts: Sequence[str],
+def chat_generate(model: Any, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
                   max_new_tokens: int = 48, batch_size: int = 16) -> list[tuple[str, bool]]:
     """Greedy answers to single-turn chat prompts: (text, stopped) per prompt.
 
@@ -104,7 +104,7 @@ FIDELITY_TOKENS = 48
 """Generation budget of a format instruction's answer when fidelity is measured."""
 
 
-def fidelity(model: Any, tokenizer: "PreTrainedTokenizerBase",
+def fidelity(model: Any, tokenizer: PreTrainedTokenizerBase,
              instructions: Sequence[Instruction]) -> dict[str, Any]:
     """Share of instructions whose answer obeys the asked format and ends its turn.
 
@@ -132,14 +132,14 @@ def fidelity_of(instructions: Sequence[Instruction], outputs: Sequence[tuple[str
     }
 
 
-def perplexity(model: Any, tokenizer: "PreTrainedTokenizerBase", texts: Sequence[str],
+def perplexity(model: Any, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str],
                max_len: int = 256) -> float:
     """Token-level perplexity of plain documents (each as BOS + text + EOS)."""
     nlls = document_nlls(model, tokenizer, texts, max_len)
     return math.exp(sum(n for n, _ in nlls) / sum(t for _, t in nlls))
 
 
-def document_nlls(model: Any, tokenizer: "PreTrainedTokenizerBase", texts: Sequence[str],
+def document_nlls(model: Any, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str],
                   max_len: int = 256) -> list[tuple[float, int]]:
     """(summed next-token NLL, predicted tokens) of each document, as `perplexity` counts them;
     per document, so the evaluate stage can resample documents for a confidence interval."""

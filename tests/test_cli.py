@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_help_imports_no_torch_ray_or_transformers():
     code = ("import sys\nfrom mortgagellm.cli import main\n"
             "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-            "heavy = [m for m in ('torch', 'ray', 'transformers', 'deepspeed') if m in sys.modules]\n"
+            "heavy = [m for m in ('torch', 'ray', 'transformers', 'deepspeed')\n"
+            "         if m in sys.modules]\n"
             "print('HEAVY', heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "HEAVY []" in out.stdout

@@ -76,7 +76,7 @@ def test_corrupt_manifest_is_an_error_naming_the_file(tmp_path):
         manifest.read(str(tmp_path))
 
 
-# ---- the code in the fingerprint -------------------------------------------------------------------
+# ---- the code in the fingerprint ----------------------------------------------------------------
 
 def test_code_hash_covers_what_a_stage_imports_and_nothing_else():
     modules = manifest._closure("mortgagellm.pipelines.sft")

@@ -114,7 +114,7 @@ def _start_local(cfg: RayConfig) -> dict:
     return context
 
 
-def scaling_config(scaling: ScalingSettings) -> "ray.train.ScalingConfig":
+def scaling_config(scaling: ScalingSettings) -> ray.train.ScalingConfig:
     """Ray Train ScalingConfig from the recipe's topology (nodes x workers, placement)."""
     from ray.train import ScalingConfig
 

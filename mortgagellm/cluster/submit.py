@@ -29,7 +29,7 @@ from typing import Any
 from mortgagellm import __version__
 from mortgagellm.cluster import storage
 from mortgagellm.config import Recipe
-from mortgagellm.manifest import select
+from mortgagellm.stages import select
 
 log = logging.getLogger(__name__)
 

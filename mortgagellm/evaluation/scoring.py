@@ -12,12 +12,31 @@ from mortgagellm.config import Recipe
 from mortgagellm.datasets.instructions import Instruction
 from mortgagellm.datasets.tasks import parse_answer, score
 from mortgagellm.datasets.tasks.format import NUMERIC_MODES
-from mortgagellm.evaluation.sets import (CLASSIFICATION, DECISION, DOC_KIND, DOMAIN,
-                                         FAIR_ORIGINAL, INTENT,
-                                         FAIR_SWAPPED, FAIRNESS, INSTRUCTION, QA, ROUTING,
-                                         SUMMARY, EvalSets)
-from mortgagellm.metrics import (macro_f1_metric, mean, metric, percentile_metric, proportion,
-                                 rouge_l, token_f1, wilson)
+from mortgagellm.evaluation.sets import (
+    CLASSIFICATION,
+    DECISION,
+    DOC_KIND,
+    DOMAIN,
+    FAIR_ORIGINAL,
+    FAIR_SWAPPED,
+    FAIRNESS,
+    INSTRUCTION,
+    INTENT,
+    QA,
+    ROUTING,
+    SUMMARY,
+    EvalSets,
+)
+from mortgagellm.metrics import (
+    macro_f1_metric,
+    mean,
+    metric,
+    percentile_metric,
+    proportion,
+    rouge_l,
+    token_f1,
+    wilson,
+)
 
 VARIANTS = {"instruct": ("bootstrap", "instruct"), "dapt": ("pretrain", "model"),
             "merged": ("residual", "model"), "structured": ("sft", "model"),

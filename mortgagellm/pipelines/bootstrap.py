@@ -18,13 +18,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from mortgagellm import manifest
+from mortgagellm import manifest, model_files
 from mortgagellm.config import BootstrapConfig, Recipe
 from mortgagellm.datasets import mortgage
 from mortgagellm.datasets.general import general_documents
 from mortgagellm.datasets.instructions import instructions
 from mortgagellm.datasets.splits import purpose_seed
-from mortgagellm import model_files
 from mortgagellm.manifest import stage_dir
 
 log = logging.getLogger(__name__)

@@ -38,8 +38,12 @@ from mortgagellm import manifest
 from mortgagellm.cluster import storage
 from mortgagellm.config import CorpusConfig, Recipe
 from mortgagellm.datasets import batches, dedupe, pii, readers, transforms
-from mortgagellm.datasets.schemas import (DUPLICATES_SCHEMA, PACKED_ROW_GROUP_ROWS, PACKED_SCHEMA,
-                                          QUARANTINE_SCHEMA)
+from mortgagellm.datasets.schemas import (
+    DUPLICATES_SCHEMA,
+    PACKED_ROW_GROUP_ROWS,
+    PACKED_SCHEMA,
+    QUARANTINE_SCHEMA,
+)
 from mortgagellm.datasets.splits import purpose_seed
 from mortgagellm.manifest import require_manifest, stage_dir
 

@@ -3,8 +3,8 @@
 Run: mortgagellm run configs/cpu-demo.yaml [--from STAGE] [--to STAGE]
 
 Each stage is a module in this package with `run(recipe, force) -> Manifest`; none imports
-another: they meet only in the manifests they write (mortgagellm/manifest.py, which also holds
-the stage list, so serve and cluster read it without importing this package).
+another: they meet only in the manifests they write (mortgagellm/manifest.py). The stage list is
+mortgagellm/stages.py, so serve and cluster read it without importing this package.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import importlib
 import logging
 
 from mortgagellm.config import Recipe
-from mortgagellm.manifest import STAGES, Manifest, select
+from mortgagellm.manifest import Manifest
+from mortgagellm.stages import STAGES, select
 
 log = logging.getLogger(__name__)
 

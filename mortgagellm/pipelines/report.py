@@ -18,7 +18,8 @@ from typing import Any
 
 from mortgagellm.config import Recipe
 from mortgagellm.evaluation import scoring
-from mortgagellm.manifest import Manifest, require_manifest, select, stage_dir
+from mortgagellm.manifest import Manifest, require_manifest, stage_dir
+from mortgagellm.stages import select
 
 VARIANTS = (*scoring.VARIANTS, scoring.ROUTED)
 BASELINE = "instruct"

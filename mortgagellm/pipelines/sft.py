@@ -34,8 +34,13 @@ from mortgagellm.training.chat import encode, fit_prompt, render
 from mortgagellm.training.export import export_model, load_model
 from mortgagellm.training.inputs import start_models, task_dir, task_source
 from mortgagellm.training.loop import Objective, lm_loss
-from mortgagellm.training.worker import (check_setup, epoch_order, global_batch, worker_config,
-                                         write_rows)
+from mortgagellm.training.worker import (
+    check_setup,
+    epoch_order,
+    global_batch,
+    worker_config,
+    write_rows,
+)
 
 log = logging.getLogger(__name__)
 SFT_FIELDS = ("task", "prompt", "answer", "document", "truth")

@@ -86,9 +86,8 @@ def served_model(recipe: Recipe, expert: str) -> tuple[str, str]:
     current version wins (a rollback stays rolled back). Before any expert stage has run, the
     bootstrap instruct model stands in for both experts.
     """
-    from mortgagellm import manifest
+    from mortgagellm import manifest, registry
     from mortgagellm.manifest import require_manifest, stage_dir
-    from mortgagellm import registry
 
     path = registry.registry_path(recipe)
     wanted, stage = getattr(recipe.serve, expert).model, EXPERT_STAGES[expert]

@@ -16,10 +16,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-from mortgagellm import routing
+from mortgagellm import registry, routing
 from mortgagellm.config import Recipe, load_recipe
 from mortgagellm.serve import app as serve_app
-from mortgagellm import registry
 
 log = logging.getLogger(__name__)
 CLUSTER_FILE = "cluster.json"

@@ -23,7 +23,6 @@ from typing import Any
 from mortgagellm.datasets.tasks import invented_citations, parse_answer, score
 from mortgagellm.datasets.tasks.format import figures
 
-
 # ---- the reward and the pair (pure) --------------------------------------------------------------
 
 def required_facts(reference: str) -> list[str]:

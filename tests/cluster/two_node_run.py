@@ -1,6 +1,7 @@
 """Script for test_multinode: a 2-node Ray cluster on loopback (ray.cluster_utils.Cluster, token
 auth, own temp dir, also as Ray's default temp dir) runs the pretrain stage with 2 workers, one
-per node (STRICT_SPREAD), and prints the ranks' placement as JSON. Only the cluster this script started is shut down.
+per node (STRICT_SPREAD), and prints the ranks' placement as JSON. Only the cluster this script
+started is shut down.
 
 Usage: python tests/cluster/two_node_run.py RECIPE.yaml RUN_DIR
 """
@@ -30,7 +31,8 @@ from mortgagellm.config import load_recipe  # noqa: E402
 from mortgagellm.pipelines import pretrain  # noqa: E402
 
 node = {"num_cpus": 2, "node_ip_address": "127.0.0.1", "object_store_memory": 128 << 20}
-cluster = Cluster(initialize_head=True, head_node_args=node | {"temp_dir": os.path.join(temp_dir, "ray")})
+head = node | {"temp_dir": os.path.join(temp_dir, "ray")}
+cluster = Cluster(initialize_head=True, head_node_args=head)
 try:
     cluster.add_node(**node)
     cluster.wait_for_nodes()

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from mortgagellm.config import load_recipe
-from mortgagellm.manifest import STAGES
+from mortgagellm.stages import STAGES
 from tests.k8s import manifests as m
 
 GENERATOR = m.serve_config_module()
@@ -87,7 +87,7 @@ def test_every_entrypoint_runs_the_cli_on_a_recipe_that_loads(everything):
         assert m.entrypoint_errors(entrypoint) == [], source
     if pending:
         pytest.skip(f"stage(s) {sorted(pending)} have a module in mortgagellm/pipelines but are "
-                    "not in manifest.STAGES yet, so `mortgagellm <stage>` does not exist; "
+                    "not in stages.STAGES yet, so `mortgagellm <stage>` does not exist; "
                     "their RayJob entrypoints pass once the stage is registered (recipes checked)")
 
 

@@ -36,7 +36,8 @@ def write_corpus(run_dir: Path, base_model: str, n_docs: int, seq_len: int, n_sh
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(base_model)
-    texts = [r["text"] for r in mortgage.generate(purpose_seed(0, "corpus"), 0, n_docs, noise=False)]
+    texts = [r["text"] for r in
+             mortgage.generate(purpose_seed(0, "corpus"), 0, n_docs, noise=False)]
     docs = [[tok.bos_token_id] + tok(t, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
             for t in texts]
     rows = pack(docs, seq_len, tok.pad_token_id)

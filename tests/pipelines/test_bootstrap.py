@@ -150,7 +150,8 @@ def test_plan_takes_recipe_overrides_and_rejects_impossible_shapes():
 
 def test_manifest_records_resolved_plan(tiny_pair):
     assert tiny_pair.config["plan"]["hidden_size"] == bootstrap.PRESETS["tiny"].hidden_size
-    assert manifest.sha256_path(tiny_pair.output_path("base")) == tiny_pair.outputs["base"]["sha256"]
+    base = tiny_pair.output_path("base")
+    assert manifest.sha256_path(base) == tiny_pair.outputs["base"]["sha256"]
 
 
 def test_base_sees_domain_documents_but_never_corpus_or_eval_ones():

@@ -16,8 +16,8 @@ from mortgagellm.config import CorpusConfig, load_recipe
 from mortgagellm.datasets import batches, mortgage, readers
 from mortgagellm.datasets.schemas import PACKED_ROW_GROUP_ROWS, PACKED_SCHEMA, QUARANTINE_SCHEMA
 from mortgagellm.pipelines import corpus
-from mortgagellm.training import inputs
 from mortgagellm.pipelines.recipe import run_stage
+from mortgagellm.training import inputs
 
 REGULATION = (Path(__file__).resolve().parents[2] / "data" / "cfpb-regulations" /
               "reg-h-1008-2011-31730.xml")

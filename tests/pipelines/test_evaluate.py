@@ -9,15 +9,14 @@ import shutil
 
 import pytest
 
-from mortgagellm import manifest
+from mortgagellm import manifest, registry
 from mortgagellm.config import load_recipe
 from mortgagellm.datasets.instructions import instructions
 from mortgagellm.datasets.tasks.format import format_summary, qa_truth
-from mortgagellm.metrics import wilson
 from mortgagellm.evaluation import scoring
 from mortgagellm.evaluation import sets as es
+from mortgagellm.metrics import wilson
 from mortgagellm.pipelines import evaluate as ev
-from mortgagellm import registry
 
 SETS = ["corpus.tasks.sft_per_task=4", "corpus.tasks.dpo_pairs=4",
         "corpus.tasks.routing_requests=40", "corpus.tasks.eval_per_task=6",
@@ -103,8 +102,9 @@ def test_perplexity_flips_and_routing_by_hand():
                            ["approve", "approve", "what", ""])[scoring.FLIP_RATE]
     assert flips["value"] == 0.5 and flips["n"] == 4  # deny->approve, refer->unparseable
     routes = [{"route": "structured"}, {"route": "conversational"}] * 2
-    m = scoring.routing_metrics(routes, ["structured", "structured", "structured", "conversational"],
-                           [1.0, 2.0, 3.0, 4.0], 100, 0)
+    m = scoring.routing_metrics(
+        routes, ["structured", "structured", "structured", "conversational"],
+        [1.0, 2.0, 3.0, 4.0], 100, 0)
     assert m[scoring.ACCURACY]["value"] == 0.75
     assert m[scoring.P50_MS]["value"] == 2.5 and m[scoring.P99_MS]["value"] == pytest.approx(3.97)
 
@@ -151,7 +151,8 @@ def test_every_task_and_metric_is_reported_with_value_n_and_interval():
     sets = hand_sets()
     scorer = scoring.Scorer(100, 0, FixedBert(), GradingJudge(), judge_items=1)
     tasks = scoring.score_variant(sets, answered(sets), scorer)
-    expected = {t: set(m) | ({scoring.JUDGE, scoring.JUDGE_UNPARSEABLE} if t in scoring.JUDGED else set())
+    judged = set(scoring.JUDGE_METRICS)
+    expected = {t: set(m) | (judged if t in scoring.JUDGED else set())
                 for t, m in scoring.TASK_METRICS.items() if t != es.ROUTING}
     assert {t: set(m) for t, m in tasks.items()} == expected
     sizes = scoring.sample_sizes(sets)
@@ -168,7 +169,8 @@ def test_every_task_and_metric_is_reported_with_value_n_and_interval():
     assert tasks["decision"][scoring.JUDGE]["value"] == 4.0
     assert tasks[es.FAIRNESS][scoring.FLIP_RATE]["value"] == 0.0
     assert tasks[es.DOMAIN][scoring.PERPLEXITY]["value"] == pytest.approx(math.e)
-    without_judge = scoring.score_variant(sets, answered(sets), scoring.Scorer(100, 0, FixedBert(), None, 1))
+    without_judge = scoring.score_variant(sets, answered(sets),
+                                          scoring.Scorer(100, 0, FixedBert(), None, 1))
     assert scoring.JUDGE not in without_judge["decision"]
 
 

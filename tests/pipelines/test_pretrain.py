@@ -80,7 +80,8 @@ def test_worker_failure_resumes_to_the_uninterrupted_weights(uninterrupted, tiny
     recipe = make_run(tmp_path, tiny_pair)
     m = pretrain.run(recipe, fail_at_step=11)
     assert m.metrics["history"][-1]["start_step"] == 8
-    a, b = weights(manifest.Path(clean.output_path("model"))), weights(manifest.Path(m.output_path("model")))
+    a = weights(manifest.Path(clean.output_path("model")))
+    b = weights(manifest.Path(m.output_path("model")))
     for name in a:  # same data order, optimizer and RNG state: equal to float tolerance
         torch.testing.assert_close(b[name], a[name], atol=1e-6, rtol=0)
 
@@ -94,7 +95,8 @@ def test_relaunched_stage_continues_from_the_latest_checkpoint(uninterrupted, ti
         pretrain.run(recipe, fail_at_step=11)
     m = pretrain.run(recipe)  # the job, started again
     assert m.metrics["history"][-1]["start_step"] == 8
-    a, b = weights(manifest.Path(clean.output_path("model"))), weights(manifest.Path(m.output_path("model")))
+    a = weights(manifest.Path(clean.output_path("model")))
+    b = weights(manifest.Path(m.output_path("model")))
     torch.testing.assert_close(b["lm_head.weight"], a["lm_head.weight"], atol=1e-6, rtol=0)
 
     # A changed config must not resume from (or crash on) the other run's checkpoints.

@@ -1,6 +1,5 @@
 """pretrain's plain functions, against hand-worked values and a published MFU figure."""
 
-import math
 
 import pytest
 import torch

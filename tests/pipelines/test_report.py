@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from mortgagellm import cli, manifest
+from mortgagellm import cli, manifest, stages
 from mortgagellm.config import validate_recipe
-from mortgagellm.pipelines import report
 from mortgagellm.pipelines import recipe as pipeline
+from mortgagellm.pipelines import report
 
 ROOT = Path(__file__).resolve().parents[2]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -72,7 +72,7 @@ STAGE_METRICS = {"pretrain": {"history": history(3.0, 2.0, 20)},
 def run_dir(tmp_path):
     """A recipe whose output_dir holds a manifest for every stage up to evaluate."""
     recipe = validate_recipe({"run": {"name": "fixture-run", "output_dir": str(tmp_path / "run")}})
-    for i, stage in enumerate(dict.fromkeys((*manifest.STAGES, "evaluate"))):
+    for i, stage in enumerate(dict.fromkeys((*stages.STAGES, "evaluate"))):
         manifest.write(str(manifest.stage_dir(recipe, stage)), manifest.Manifest(
             stage=stage, fingerprint=f"{stage}-fingerprint-0123456789", config={},
             metrics=STAGE_METRICS.get(stage, {}), started_at="2025-01-01T00:00:00Z",

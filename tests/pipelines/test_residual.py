@@ -13,8 +13,14 @@ import torch
 
 from mortgagellm import manifest
 from mortgagellm.config import ResidualConfig, load_recipe
-from mortgagellm.merge import (MergeError, MergePlan, check_compatible, check_vocab, merge_state,
-                               merge_tensor)
+from mortgagellm.merge import (
+    MergeError,
+    MergePlan,
+    check_compatible,
+    check_vocab,
+    merge_state,
+    merge_tensor,
+)
 from mortgagellm.model_files import weight_files
 from mortgagellm.modeling import END_HEADER, EOT, START_HEADER
 from mortgagellm.pipelines import residual

@@ -132,7 +132,8 @@ def test_missing_residual_output_names_the_stage_to_run(tiny_pair, tmp_path):
 def test_task_sets_come_from_the_corpus_manifest_or_are_built_here(tiny_pair, tmp_path):
     recipe = make_run(tmp_path, tiny_pair)
     run = manifest.Path(recipe.run.output_dir)
-    config, inputs = training_inputs.task_source(recipe, "build")  # identified by the sizes and the seed
+    # identified by the sizes and the seed
+    config, inputs = training_inputs.task_source(recipe, "build")
     assert inputs == {} and config["tasks"]["sft_per_task"] == 48
     manifest.write(str(run / "corpus"), manifest.Manifest(stage="corpus", fingerprint="t",
                                                           config={}))

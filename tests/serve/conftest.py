@@ -24,8 +24,7 @@ def serve_output(tmp_path_factory):
 def tier1(serve_output):
     """Tier 1 as build_app trains it: on routing_train of the default recipe (seed 0)."""
     from mortgagellm.config import Recipe
-    from mortgagellm.routing import Tier1
-    from mortgagellm.routing import tier1_file
+    from mortgagellm.routing import Tier1, tier1_file
 
     recipe = Recipe.model_validate({"run": {"output_dir": str(serve_output)}})
     return Tier1.from_json(tier1_file(recipe).read_text())

@@ -14,10 +14,9 @@ from types import SimpleNamespace
 import pytest
 import requests
 
-from mortgagellm import modeling
-from mortgagellm import registry
-from mortgagellm.serve import audit, door, engine, ops
+from mortgagellm import modeling, registry
 from mortgagellm.registry import registry_path
+from mortgagellm.serve import audit, door, engine, ops
 
 pytestmark = pytest.mark.integration
 (STRUCTURED, _), (CONVERSATIONAL, _) = ops.DEMO_REQUESTS

@@ -5,9 +5,8 @@ import shutil
 
 import pytest
 
-from mortgagellm import manifest
+from mortgagellm import manifest, registry
 from mortgagellm.config import Recipe
-from mortgagellm import registry
 from mortgagellm.serve import app
 
 
@@ -83,6 +82,7 @@ def test_recipe_model_seeds_the_registry_once(tmp_path):
     both = recipe.model_copy(update={"serve": recipe.serve.model_copy(update={
         "conversational": recipe.serve.structured})})  # one directory for both experts
     assert app.served_model(both, "conversational") == (version, str(first))
-    other = registry.register(registry.registry_path(recipe), str(model_dir(tmp_path, "o", "1")), "t")
+    other = registry.register(registry.registry_path(recipe), str(model_dir(tmp_path, "o", "1")),
+                              "t")
     registry.deploy(registry.registry_path(recipe), "structured", other)
     assert app.served_model(recipe, "structured")[0] == other  # the registry wins afterwards
