@@ -25,14 +25,8 @@ from mortgagellm.config import Recipe, stage_config
 from mortgagellm.datasets.instructions import instructions
 from mortgagellm.datasets.splits import heldout_domain_texts
 from mortgagellm.manifest import stage_dir
-from mortgagellm.merge import (
-    MergeError,
-    MergePlan,
-    check_compatible,
-    check_scale_patterns,
-    check_vocab,
-    merge_tensor,
-)
+from mortgagellm.merge import (MergeError, MergePlan, check_compatible, check_scale_patterns,
+                               check_vocab, merge_tensor)
 from mortgagellm.model_files import weight_files
 
 log = logging.getLogger(__name__)
