@@ -65,9 +65,11 @@ def tier1_latency(recipe) -> list[float]:
     from mortgagellm import routing
     from mortgagellm.datasets.tasks import build_task_sets
 
-    tier1 = routing.Tier1.from_json(routing.tier1_file(recipe).read_text())
-    requests_ = [r["request"] for r in
-                 build_task_sets(recipe.corpus.tasks, recipe.run.seed)["eval_routing"]]
+    sets = build_task_sets(recipe.corpus.tasks, recipe.run.seed)
+    train = sets["routing_train"]
+    tier1 = routing.train_tier1([r["request"] for r in train], [r["route"] for r in train],
+                                recipe.serve.router.clip_chars, seed=recipe.run.seed)
+    requests_ = [r["request"] for r in sets["eval_routing"]]
     out = []
     for text in requests_:
         start = time.perf_counter()

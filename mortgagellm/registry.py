@@ -11,6 +11,7 @@ One JSON file (serve.registry, default <output_dir>/serve/registry.json), rewrit
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 import time
@@ -22,6 +23,7 @@ from mortgagellm.manifest import sha256_path
 if TYPE_CHECKING:
     from mortgagellm.config import Recipe
 
+log = logging.getLogger(__name__)
 EXPERTS = ("structured", "conversational")
 
 
@@ -108,3 +110,67 @@ def current(path: str | Path, expert: str) -> tuple[str, dict[str, Any]] | None:
     data = read(path)
     history = data["deployed"][expert]
     return (history[-1], data["versions"][history[-1]]) if history else None
+
+
+# ---- what the recipe's stages wrote, and bringing the registry up to date -----------------------
+
+EXPERT_STAGES = {"structured": "sft", "conversational": "dpo"}
+"""The stage whose 'model' output each expert serves once that stage has run."""
+
+
+def candidate(recipe: Recipe, expert: str, fallback: bool = False
+              ) -> tuple[str, str, str, dict[str, Any]] | None:
+    """(version, model directory, source, metrics) the recipe offers for an expert: its
+    serve.<expert>.model directory, else the expert stage's model (sft -> structured, dpo ->
+    conversational); with `fallback`, the bootstrap instruct model when neither exists. Reads
+    manifests only."""
+    from mortgagellm import manifest
+
+    wanted, stage = getattr(recipe.serve, expert).model, EXPERT_STAGES[expert]
+    if wanted and Path(wanted).is_dir():
+        return sha256_path(wanted), wanted, f"serve.{expert}.model", {}
+    if wanted:  # a version (prefix) already registered
+        version = resolve(registry_path(recipe), wanted)
+        return version, read(registry_path(recipe))["versions"][version]["path"], wanted, {}
+    trained = manifest.read(str(manifest.stage_dir(recipe, stage)))
+    if trained is not None:
+        entry = trained.outputs["model"]
+        metrics = {k: v for k, v in trained.metrics.items() if k != "history"}
+        return entry["sha256"], entry["uri"], f"{stage}:model", metrics
+    if not fallback:
+        return None
+    boot = manifest.require_manifest(recipe, "bootstrap")
+    entry = boot.outputs["instruct"]
+    return entry["sha256"], entry["uri"], "bootstrap:instruct", boot.metrics.get("instruct", {})
+
+
+def sync(recipe: Recipe) -> dict[str, str]:
+    """Register and deploy, for each expert, a model the registry has not seen yet (so a freshly
+    trained expert goes live on the next `mortgagellm serve`); a version it knows is left as
+    the registry has it (a rollback stays rolled back). An expert with nothing deployed and no
+    model of its own gets the bootstrap instruct model. Returns {expert: current version}."""
+    path, live = registry_path(recipe), {}
+    for expert in EXPERTS:
+        offered = candidate(recipe, expert)
+        if offered is not None and offered[0] not in read(path)["versions"]:
+            version, model_dir, source, metrics = offered
+            register(path, model_dir, source=source, metrics=metrics, version=version)
+            deploy(path, expert, version)
+            log.info("%s expert: deployed %s (%s) from %s", expert, version[:12], source,
+                     model_dir)
+        if (deployed := current(path, expert)) is not None:
+            live[expert] = deployed[0]
+            continue
+        try:
+            offered = offered or candidate(recipe, expert, fallback=True)
+        except FileNotFoundError as err:  # not even bootstrap ran: the build will say so
+            log.warning("%s expert: nothing to deploy (%s)", expert, err)
+            continue
+        version, model_dir, source, metrics = offered
+        register(path, model_dir, source=source, metrics=metrics, version=version)
+        deploy(path, expert, version)
+        if source == "bootstrap:instruct":
+            log.warning("%s expert: no %s output yet; serving the bootstrap instruct model in "
+                        "its place", expert, EXPERT_STAGES[expert])
+        live[expert] = version
+    return live

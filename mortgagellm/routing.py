@@ -11,9 +11,7 @@ client's explicit choice of model.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import logging
 import math
 import os
 import re
@@ -27,8 +25,6 @@ from mortgagellm.datasets.tasks.format import ROUTES
 
 if TYPE_CHECKING:
     from mortgagellm.config import Recipe, RouterSettings
-
-log = logging.getLogger(__name__)
 
 AUTO_MODEL = "mortgagellm"
 MODEL_ROUTES = {"mortgagellm-structured": "structured", "mortgagellm-chat": "conversational"}
@@ -147,28 +143,36 @@ def train_tier1(requests: Sequence[str], routes: Sequence[str], clip_chars: int 
     return Tier1(terms, float(model.intercept_[0]), float(scale.coef_[0, 0]), clip_chars)
 
 
-def tier1_file(recipe: Recipe) -> Path:
-    """The trained tier-1 classifier as JSON, trained once per routing set and cached.
+TIER1_FILE = "tier1.json"
+"""The corpus stage's output: tier 1 trained on routing_train (or serve.router.train_set)."""
 
-    The cache name hashes the training requests and settings, so a changed set retrains.
-    """
-    from mortgagellm.datasets.tasks import build_task_sets, read_task_set
 
-    r = recipe.serve.router
-    rows = (read_task_set(Path(r.train_set)) if r.train_set else
-            build_task_sets(recipe.corpus.tasks, recipe.run.seed)["routing_train"])
-    pairs = [(row["request"], row["route"]) for row in rows]
-    key = hashlib.sha256(json.dumps([pairs, r.clip_chars, NGRAMS]).encode()).hexdigest()
-    path = Path(recipe.run.output_dir) / "serve" / f"tier1-{key[:16]}.json"
-    if not path.is_file():
-        log.info("training the tier-1 router on %d requests", len(pairs))
-        model = train_tier1([p[0] for p in pairs], [p[1] for p in pairs], r.clip_chars,
-                                    seed=recipe.run.seed)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(model.to_json())
-        os.replace(tmp, path)
-    return path
+def write_tier1(train: Sequence[dict], heldout: Sequence[dict], clip_chars: int, seed: int,
+                path: Path) -> dict[str, float]:
+    """Train tier 1 on `train` requests, write it to `path` (JSON, atomically) and return its
+    accuracy alone (no tier 2) on the `heldout` requests, for the corpus manifest."""
+    model = train_tier1([r["request"] for r in train], [r["route"] for r in train], clip_chars,
+                        seed=seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(model.to_json())
+    os.replace(tmp, path)
+    right = sum((model.probability(r["request"]) >= 0.5) == (r["route"] == "structured")
+                for r in heldout)
+    return {"train_requests": len(train), "heldout_requests": len(heldout),
+            "heldout_accuracy": round(right / max(1, len(heldout)), 4)}
+
+
+def tier1_path(recipe: Recipe) -> Path:
+    """The tier-1 router the corpus stage wrote (its manifest's 'tier1' output)."""
+    from mortgagellm.manifest import require_manifest, stage_dir
+
+    corpus = require_manifest(recipe, "corpus")
+    if "tier1" not in corpus.outputs:
+        raise FileNotFoundError(f"the corpus manifest in {stage_dir(recipe, 'corpus')} has no "
+                                "'tier1' output (written before tier 1 moved into the corpus "
+                                "stage); run `mortgagellm corpus CONFIG` again")
+    return Path(corpus.output_path("tier1"))
 
 
 FEWSHOT_INSTRUCTION = (

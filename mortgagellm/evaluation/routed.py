@@ -28,7 +28,7 @@ class RouterProbe:
 
     def __init__(self, recipe: Recipe, structured_dir: str) -> None:
         self.cfg = recipe.serve.router
-        self.tier1 = routing.Tier1.from_json(routing.tier1_file(recipe).read_text())
+        self.tier1 = routing.Tier1.from_json(routing.tier1_path(recipe).read_text())
         self.model = self.tokenizer = self.prior = None
         self.loop = asyncio.new_event_loop()  # one loop for every decision: no per-call set-up
         if self.cfg.mode != "tier1":
@@ -52,10 +52,10 @@ class RouterProbe:
 
 
 def router_config(recipe: Recipe) -> dict[str, Any]:
-    """The routing settings the routed variant depends on (for the fingerprint)."""
+    """The routing settings the routed variant depends on (for the fingerprint; tier 1 itself
+    is an input, the corpus stage's 'tier1' output)."""
     r = recipe.serve.router
-    return {"mode": r.mode, "threshold": r.threshold, "clip_chars": r.clip_chars,
-            "train_set": r.train_set, "tasks": recipe.corpus.tasks.model_dump(mode="json")}
+    return {"mode": r.mode, "threshold": r.threshold, "clip_chars": r.clip_chars}
 
 
 def routed_variant(recipe: Recipe, sets: EvalSets, generated: dict[str, dict],

@@ -34,7 +34,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mortgagellm import manifest
+from mortgagellm import manifest, routing
 from mortgagellm.cluster import storage
 from mortgagellm.config import CorpusConfig, Recipe
 from mortgagellm.datasets import batches, dedupe, pii, readers, transforms
@@ -72,10 +72,14 @@ def run(recipe: Recipe, force: bool = False) -> manifest.Manifest:
     boot = require_manifest(recipe, "bootstrap")  # its base model's tokenizer
     base = boot.output_path("base")
     _check_seq_len(cfg, base)
-    config = {"seed": recipe.run.seed, "corpus": cfg.model_dump(mode="json")}
+    router = recipe.serve.router  # tier 1 is trained here: its settings are the corpus's too
+    config = {"seed": recipe.run.seed, "corpus": cfg.model_dump(mode="json"),
+              "tier1": {"clip_chars": router.clip_chars, "train_set": router.train_set}}
     inputs = {"base": boot.outputs["base"]}
     inputs |= {f"regulations:{uri}": _input(uri) for uri in cfg.regulations}
     inputs |= {f"user:{uri}": _input(uri) for uri in cfg.user_corpora}
+    if router.train_set:
+        inputs["tier1_train_set"] = manifest.artifact(router.train_set)
     pending = manifest.begin("corpus", out_dir, config, inputs)
     if done := manifest.skip_if_current(pending, force):
         return done
@@ -87,8 +91,11 @@ def run(recipe: Recipe, force: bool = False) -> manifest.Manifest:
         init_ray(recipe.ray, recipe.run.output_dir)
     metrics = build(cfg, recipe.run.seed, tokenizer_spec(base), out_dir)
     metrics["tasks"] = write_tasks(cfg, recipe.run.seed, out_dir / "tasks")
-    outputs = {name: manifest.artifact(out_dir / name)
-               for name in ("shards", "quarantine.parquet", "duplicates.parquet", "tasks")}
+    metrics["tier1"] = write_tier1(recipe, out_dir / "tasks", out_dir / routing.TIER1_FILE)
+    outputs = {name: manifest.artifact(out_dir / file) for name, file in (
+        ("shards", "shards"), ("quarantine.parquet", "quarantine.parquet"),
+        ("duplicates.parquet", "duplicates.parquet"), ("tasks", "tasks"),
+        ("tier1", routing.TIER1_FILE))}
     metrics["content_sha256"] = outputs["shards"]["sha256"]
     return manifest.finish(pending, outputs, metrics)
 
@@ -104,6 +111,21 @@ def write_tasks(cfg: CorpusConfig, seed: int, out: Path) -> dict[str, int]:
     counts = {name: pq.ParquetFile(path).metadata.num_rows for name, path in paths.items()}
     log.info("corpus: task sets %s -> %s (%.1f s)", counts, out, time.monotonic() - t)
     return counts
+
+
+def write_tier1(recipe: Recipe, tasks: Path, path: Path) -> dict[str, float]:
+    """Tier 1 of the serving router, trained on routing_train (or serve.router.train_set) and
+    measured on eval_routing: an artifact of this stage, so serving and evaluation read the
+    same classifier and nothing is trained when the app is built."""
+    from mortgagellm.datasets.tasks import read_task_set
+
+    r = recipe.serve.router
+    train = read_task_set(Path(r.train_set) if r.train_set else tasks / "routing_train.parquet")
+    result = routing.write_tier1(train, read_task_set(tasks / "eval_routing.parquet"),
+                                 r.clip_chars, recipe.run.seed, path)
+    log.info("corpus: tier-1 router on %d requests, %.1f %% on %d held-out", len(train),
+             100 * result["heldout_accuracy"], result["heldout_requests"])
+    return result
 
 
 def build(cfg: CorpusConfig, seed: int, tokenizer: dict[str, Any], out_dir: Path

@@ -84,6 +84,7 @@ def run(recipe: Recipe, force: bool = False) -> manifest.Manifest:
     config = {"seed": recipe.run.seed, "evaluate": cfg.model_dump(mode="json"), **source_config}
     if all(e in models for e in EXPERTS):
         config["router"] = router_config(recipe)
+        inputs["tier1"] = require_manifest(recipe, "corpus").outputs["tier1"]
     pending = manifest.begin("evaluate", out, config, inputs)
     if done := manifest.skip_if_current(pending, force):
         return done

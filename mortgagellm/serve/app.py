@@ -12,7 +12,6 @@ dotted recipe override (`serve.router.mode=tier1`). Everything else comes from t
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +49,8 @@ def keys_file(recipe: Recipe, args: dict[str, Any]) -> Path:
 
 
 def api_keys(recipe: Recipe, args: dict[str, Any]) -> dict[str, str]:
-    """{sha256: key id} from the keys file and environment; creates the demo key if asked.
+    """{sha256: key id} from the keys file and environment (read only; `mortgagellm serve`
+    creates the demo key before the build when the recipe asks).
 
     With no key at all the app still starts and refuses every request (fail closed), as a
     RayService whose key Secret has not been filled yet should.
@@ -59,69 +59,24 @@ def api_keys(recipe: Recipe, args: dict[str, Any]) -> dict[str, str]:
 
     auth, path = recipe.serve.auth, keys_file(recipe, args)
     keys = door.load_keys(str(path), auth.env_var)
-    if not keys and auth.create_demo_key:
-        secret, line = door.new_key("demo")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(line + "\n")
-        fd = os.open(f"{path}.secret", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secret + "\n")
-        log.info("created API key 'demo'; the key is in %s.secret", path)
-        keys = door.load_keys(str(path), auth.env_var)
     if auth.required and not keys:
         log.warning("no API keys in %s or $%s: every request will get 401", path, auth.env_var)
     return keys
 
 
-EXPERT_STAGES = {"structured": "sft", "conversational": "dpo"}
-"""The stage whose 'model' output each expert serves once that stage has run."""
-
-
 def served_model(recipe: Recipe, expert: str) -> tuple[str, str]:
-    """(version, model directory) the expert serves.
+    """(version, model directory) the expert serves: the registry's current version; before
+    anything was deployed, what registry.candidate finds (read, not registered: `mortgagellm
+    serve` and `deploy` register and deploy first, a RayService reads what they left)."""
+    from mortgagellm import registry
 
-    A model the registry has not seen yet — the recipe's `model` directory, else the expert's
-    own stage output (sft -> structured, dpo -> conversational) — is registered and deployed
-    here, so a freshly trained expert goes live on the next start. Otherwise the registry's
-    current version wins (a rollback stays rolled back). Before any expert stage has run, the
-    bootstrap instruct model stands in for both experts.
-    """
-    from mortgagellm import manifest, registry
-    from mortgagellm.manifest import require_manifest, stage_dir
-
-    path = registry.registry_path(recipe)
-    wanted, stage = getattr(recipe.serve, expert).model, EXPERT_STAGES[expert]
-    trained = None if wanted else manifest.read(str(stage_dir(recipe, stage)))
-    if wanted and Path(wanted).is_dir():
-        candidate = (manifest.sha256_path(wanted), wanted, f"serve.{expert}.model", {})
-    elif trained is not None:
-        entry = trained.outputs["model"]
-        metrics = {k: v for k, v in trained.metrics.items() if k != "history"}
-        candidate = (entry["sha256"], entry["uri"], f"{stage}:model", metrics)
-    else:
-        candidate = None
-    if candidate and candidate[0] not in registry.read(path)["versions"]:
-        version, model_dir, source, metrics = candidate
-        registry.register(path, model_dir, source=source, metrics=metrics, version=version)
-        registry.deploy(path, expert, version)
-        log.info("%s expert: deployed %s (%s) from %s", expert, version[:12], source, model_dir)
-    found = registry.current(path, expert)
-    if found is None:
-        if candidate:  # registered already (e.g. the other expert serves the same directory)
-            version = candidate[0]
-        elif wanted:
-            version = registry.resolve(path, wanted)
-        else:
-            boot = require_manifest(recipe, "bootstrap")
-            entry = boot.outputs["instruct"]
-            version = registry.register(path, entry["uri"], source="bootstrap:instruct",
-                                        metrics=boot.metrics.get("instruct", {}),
-                                        version=entry["sha256"])
-            log.warning("%s expert: no %s output in %s yet; serving the bootstrap instruct "
-                        "model in its place", expert, stage, stage_dir(recipe, stage))
-        registry.deploy(path, expert, version)
-        found = registry.current(path, expert)
-    return found[0], found[1]["path"]
+    found = registry.current(registry.registry_path(recipe), expert)
+    if found is not None:
+        return found[0], found[1]["path"]
+    version, model_dir, source, _ = registry.candidate(recipe, expert, fallback=True)
+    log.warning("%s expert: nothing deployed in %s yet; serving %s (%s) unregistered",
+                expert, registry.registry_path(recipe), model_dir, source)
+    return version, model_dir
 
 
 def deployment_options(recipe: Recipe) -> dict[str, dict[str, Any]]:
@@ -172,7 +127,9 @@ def serve_config(recipe: Recipe, args: dict[str, Any], versions: bool = True) ->
 
 
 def build_app(args: dict[str, Any]) -> Any:
-    """The serving Application: Router(StructuredExpert, ConversationalExpert)."""
+    """The serving Application: Router(StructuredExpert, ConversationalExpert). It only reads:
+    the recipe, the registry (or the stage outputs, before any deploy), the corpus stage's
+    tier-1 router and the key file. Nothing is registered, deployed, trained or written here."""
     from mortgagellm.serve.experts import Expert
     from mortgagellm.serve.router import Router
 
@@ -188,7 +145,7 @@ def build_app(args: dict[str, Any]) -> Any:
                                           s.batch_wait_timeout_s, cfg.limits.max_prompt_tokens)
     router = Router.options(name=ROUTER, **options[ROUTER])
     return router.bind(experts["structured"], experts["conversational"],
-                       cfg.model_dump(mode="json"), str(routing.tier1_file(recipe).absolute()),
+                       cfg.model_dump(mode="json"), str(routing.tier1_path(recipe).absolute()),
                        api_keys(recipe, args), str(audit_dir(recipe).absolute()))
 
 

@@ -16,7 +16,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from mortgagellm import registry, routing
+from mortgagellm import registry
 from mortgagellm.config import Recipe, load_recipe
 from mortgagellm.serve import app as serve_app
 
@@ -53,13 +53,30 @@ def start(args: dict[str, str], timeout_s: float = 300.0) -> str:
     from ray.serve.schema import ServeDeploySchema
 
     recipe = serve_app.load(args)
-    routing.tier1_file(recipe)  # trained here, where its log shows; the build finds it cached
+    prepare(recipe, args)
     config = serve_app.serve_config(recipe, args)
     serve.start(http_options=config["http_options"])
     _get_global_client().deploy_apps(ServeDeploySchema.model_validate(config))
     wait_running(recipe.serve.app_name, timeout_s)
     cfg = recipe.serve
     return f"http://{cfg.host}:{cfg.port}{cfg.route_prefix.rstrip('/')}"
+
+
+def prepare(recipe: Recipe, args: dict[str, str]) -> None:
+    """What the commands do before the (read-only) build: bring the registry up to date with
+    the stages' models, and create the demo API key when the recipe asks and none exists."""
+    from mortgagellm.serve import door
+
+    registry.sync(recipe)
+    auth, path = recipe.serve.auth, serve_app.keys_file(recipe, args)
+    if auth.create_demo_key and not door.load_keys(str(path), auth.env_var):
+        secret, line = door.new_key("demo")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(line + "\n")
+        fd = os.open(f"{path}.secret", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secret + "\n")
+        log.info("created API key 'demo'; the key is in %s.secret", path)
 
 
 def wait_running(name: str, timeout_s: float) -> None:

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from mortgagellm import routing
 from mortgagellm.cluster import data
 from mortgagellm.config import CorpusConfig, load_recipe
 from mortgagellm.datasets import batches, mortgage, readers
@@ -188,6 +189,17 @@ def test_corpus_stage_end_to_end(ray_cluster, tiny_recipe_path, tmp_path, caplog
         metrics["tasks"]
     assert metrics["tasks"]["eval_qa"] > 0 and metrics["tasks"]["sft_train"] > 0
     assert inputs.task_dir(recipe, "corpus", tmp_path / "sft") == tasks
+
+    # Tier 1 of the serving router is this stage's artifact, measured on eval_routing.
+    tier1 = routing.Tier1.from_json(Path(m.output_path("tier1")).read_text())
+    assert routing.tier1_path(recipe) == Path(m.output_path("tier1"))
+    held = pq.read_table(tasks / "eval_routing.parquet").to_pylist()
+    right = sum((tier1.probability(r["request"]) >= 0.5) == (r["route"] == "structured")
+                for r in held)
+    assert metrics["tier1"] == {"train_requests": metrics["tasks"]["routing_train"],
+                                "heldout_requests": len(held),
+                                "heldout_accuracy": round(right / len(held), 4)}
+    assert metrics["tier1"]["heldout_accuracy"] > 0.9
 
     # Row groups are small, so training's seeded shuffle mixes sources; every row is fed once.
     shards = [str(shard_dir / name) for name in files]

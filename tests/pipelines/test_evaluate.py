@@ -9,9 +9,10 @@ import shutil
 
 import pytest
 
-from mortgagellm import manifest, registry
+from mortgagellm import manifest, registry, routing
 from mortgagellm.config import load_recipe
 from mortgagellm.datasets.instructions import instructions
+from mortgagellm.datasets.tasks import build_task_sets
 from mortgagellm.datasets.tasks.format import format_summary, qa_truth
 from mortgagellm.evaluation import scoring
 from mortgagellm.evaluation import sets as es
@@ -234,7 +235,15 @@ def fake_run(tmp_path, tiny_pair, stages, extra=()):
         manifest.write(str(run / stage), manifest.Manifest(
             stage=stage, fingerprint="test", config={},
             outputs={"model": manifest.artifact(run / stage / "model")}))
-    return load_recipe_path(tmp_path, extra)
+    recipe = load_recipe_path(tmp_path, extra)
+    sets = build_task_sets(recipe.corpus.tasks, recipe.run.seed)  # tier 1, as corpus writes it
+    tier1 = run / "corpus" / routing.TIER1_FILE
+    routing.write_tier1(sets["routing_train"], sets["eval_routing"],
+                        recipe.serve.router.clip_chars, recipe.run.seed, tier1)
+    manifest.write(str(run / "corpus"), manifest.Manifest(
+        stage="corpus", fingerprint="test", config={},
+        outputs={"tier1": manifest.artifact(tier1)}))
+    return recipe
 
 
 @pytest.mark.integration

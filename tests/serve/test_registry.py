@@ -1,5 +1,6 @@
 """registry.py and the app's choice of model: versions by content hash, deploy / rollback
-history, and the bootstrap instruct model registered on first start."""
+history; registry.sync registers what the stages wrote (the bootstrap instruct model on a first
+start); the app's served_model only reads."""
 
 import shutil
 
@@ -43,6 +44,11 @@ def test_first_start_serves_the_bootstrap_instruct_model(tmp_path, micro_model):
         stage="bootstrap", fingerprint="f", config={}, outputs={"instruct": instruct},
         metrics={"instruct": {"fidelity": 1.0}}))
     recipe = Recipe.model_validate({"run": {"output_dir": str(tmp_path / "run")}})
+    for expert in ("structured", "conversational"):  # read before any deploy: nothing written
+        assert app.served_model(recipe, expert) == (instruct["sha256"], str(boot / "instruct"))
+    assert not registry.registry_path(recipe).exists()
+    assert registry.sync(recipe) == {"structured": instruct["sha256"],
+                                     "conversational": instruct["sha256"]}
     for expert in ("structured", "conversational"):
         assert app.served_model(recipe, expert) == (instruct["sha256"], str(boot / "instruct"))
     entry = registry.read(registry.registry_path(recipe))["versions"][instruct["sha256"]]
@@ -57,12 +63,14 @@ def test_trained_experts_go_live_and_a_rollback_stays(tmp_path, micro_model):
         stage="bootstrap", fingerprint="f", config={},
         outputs={"instruct": manifest.artifact(boot / "instruct")}))
     recipe = Recipe.model_validate({"run": {"output_dir": str(run)}})
-    instruct = app.served_model(recipe, "structured")[0]  # no sft yet: instruct stands in
+    instruct = registry.sync(recipe)["structured"]  # no sft yet: instruct stands in
 
     sft = model_dir(tmp_path / "run" / "sft", "model", "trained")
     manifest.write(str(run / "sft"), manifest.Manifest(
         stage="sft", fingerprint="s", config={}, outputs={"model": manifest.artifact(sft)},
         metrics={"expert": {"decision": 0.5}, "history": [{"step": 1, "loss": 2.0}]}))
+    assert app.served_model(recipe, "structured")[0] == instruct  # the app only reads
+    registry.sync(recipe)
     version, path = app.served_model(recipe, "structured")  # the trained expert goes live
     assert (version, path) == (manifest.sha256_path(sft), str(sft)) and version != instruct
     entry = registry.read(registry.registry_path(recipe))["versions"][version]
@@ -70,6 +78,7 @@ def test_trained_experts_go_live_and_a_rollback_stays(tmp_path, micro_model):
     assert app.served_model(recipe, "conversational")[0] == instruct  # no dpo output yet
 
     registry.rollback(registry.registry_path(recipe), "structured")
+    registry.sync(recipe)
     assert app.served_model(recipe, "structured")[0] == instruct  # known version: no re-deploy
 
 
@@ -77,12 +86,44 @@ def test_recipe_model_seeds_the_registry_once(tmp_path):
     first = model_dir(tmp_path, "first", "{}")
     recipe = Recipe.model_validate({"run": {"output_dir": str(tmp_path / "run")},
                                     "serve": {"structured": {"model": str(first)}}})
+    registry.sync(recipe)
     version, path = app.served_model(recipe, "structured")
     assert path == str(first) and version == manifest.sha256_path(first)
     both = recipe.model_copy(update={"serve": recipe.serve.model_copy(update={
         "conversational": recipe.serve.structured})})  # one directory for both experts
+    registry.sync(both)
     assert app.served_model(both, "conversational") == (version, str(first))
     other = registry.register(registry.registry_path(recipe), str(model_dir(tmp_path, "o", "1")),
                               "t")
     registry.deploy(registry.registry_path(recipe), "structured", other)
     assert app.served_model(recipe, "structured")[0] == other  # the registry wins afterwards
+
+
+def test_build_app_only_reads(tmp_path, micro_model, serve_output):
+    """build_app with a first-start recipe: the Application is built from what is there, and
+    no file is written anywhere under the run (no registry, no key, no tier-1 training)."""
+    run = tmp_path / "run"
+    boot = run / "bootstrap"
+    shutil.copytree(micro_model, boot / "instruct")
+    manifest.write(str(boot), manifest.Manifest(
+        stage="bootstrap", fingerprint="f", config={},
+        outputs={"instruct": manifest.artifact(boot / "instruct")}))
+    shutil.copytree(serve_output / "corpus", run / "corpus")  # the corpus stage's tier 1
+    config = tmp_path / "recipe.yaml"
+    config.write_text(f"run: {{output_dir: {run}}}\nserve: {{auth: {{create_demo_key: true}}}}\n")
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    built = app.build_app({"config": str(config)})
+    assert type(built).__name__ == "Application"
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
+
+
+def test_build_app_without_a_corpus_run_says_which_stage_to_run(tmp_path, micro_model):
+    boot = tmp_path / "run" / "bootstrap"
+    shutil.copytree(micro_model, boot / "instruct")
+    manifest.write(str(boot), manifest.Manifest(
+        stage="bootstrap", fingerprint="f", config={},
+        outputs={"instruct": manifest.artifact(boot / "instruct")}))
+    config = tmp_path / "recipe.yaml"
+    config.write_text(f"run: {{output_dir: {tmp_path / 'run'}}}\n")
+    with pytest.raises(FileNotFoundError, match="no corpus output .*mortgagellm corpus"):
+        app.build_app({"config": str(config)})
