@@ -43,6 +43,8 @@ class ExpertSettings(Section):
         "deployed version; before that stage has run, the bootstrap instruct model.")
     num_cpus: float = Field(1.0, ge=0, description="Logical CPUs per replica.")
     num_gpus: float = Field(0.0, ge=0, description="GPUs per replica (fractions allowed).")
+    accelerator_type: str | None = Field(
+        None, description="Ray accelerator type a replica must run on (e.g. A100); None: any.")
     threads: int = Field(1, ge=1, description="torch CPU threads per replica.")
     autoscaling: AutoscalingSettings = Field(
         default_factory=AutoscalingSettings, description="Replica bounds and targets.")

@@ -81,7 +81,8 @@ def served_model(recipe: Recipe, expert: str) -> tuple[str, str]:
 
 def deployment_options(recipe: Recipe) -> dict[str, dict[str, Any]]:
     """{deployment name: its options} from the recipe: resources, autoscaling, queue limits and
-    health checks. build_app applies them in code, serve_config writes them out."""
+    health checks. build_app applies them in code; serve_config writes them out, for
+    `mortgagellm serve` and for the RayServices (k8s/serve_config.py): they exist only here."""
     cfg = recipe.serve
     options = {ROUTER: {
         "autoscaling_config": cfg.router.autoscaling.model_dump(),
@@ -96,7 +97,8 @@ def deployment_options(recipe: Recipe) -> dict[str, dict[str, Any]]:
             "max_queued_requests": s.max_queued_requests,
             "health_check_period_s": s.health_check_period_s,
             "health_check_timeout_s": s.health_check_timeout_s,
-            "ray_actor_options": {"num_cpus": s.num_cpus, "num_gpus": s.num_gpus}}
+            "ray_actor_options": {"num_cpus": s.num_cpus, "num_gpus": s.num_gpus}
+            | ({"accelerator_type": s.accelerator_type} if s.accelerator_type else {})}
     return options
 
 

@@ -454,7 +454,7 @@ def serve_fit_errors(service: dict) -> list[str]:
             need_cpu, need_gpu = need_cpu + replicas * cpus, need_gpu + replicas * gpus
             if not any(c >= cpus and g >= gpus for _, c, g in groups):
                 errors.append(f"{label(service)}: no worker pod holds one {dep['name']} replica "
-                              f"({cpus} CPUs, {gpus} GPUs)")
+                              f"({cpus:g} CPUs, {gpus:g} GPUs)")
     have_cpu = sum(n * c for n, c, _ in groups)
     have_gpu = sum(n * g for n, _, g in groups)
     if need_gpu > have_gpu or need_cpu > have_cpu:

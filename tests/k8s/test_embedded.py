@@ -45,7 +45,7 @@ def test_generated_config_routes_to_gpu_experts_and_a_cpu_router():
     app = GENERATOR.serve_config("a100")["applications"][0]
     assert app["import_path"] == "mortgagellm.serve.app:build_app"
     assert load_recipe(m.ROOT / app["args"]["config"][len(m.IMAGE_REPO):])  # ships in the image
-    placement = {d["name"]: d["ray_actor_options"]["num_gpus"] for d in app["deployments"]}
+    placement = {d["name"]: d["ray_actor_options"].get("num_gpus", 0) for d in app["deployments"]}
     assert placement == {"Router": 0, "StructuredExpert": 1, "ConversationalExpert": 1}
     assert all("autoscaling_config" in d for d in app["deployments"])
 
@@ -64,7 +64,8 @@ def test_serve_import_path_imports():
         pytest.skip("mortgagellm/serve/app.py does not exist yet (serving issue 7): the import "
                     "of mortgagellm.serve.app:build_app is checked once it lands; remove this "
                     "skip then")
-    assert m.import_path_errors(GENERATOR.IMPORT_PATH) == []
+    app = GENERATOR.serve_config("a100")["applications"][0]
+    assert m.import_path_errors(app["import_path"]) == []
 
 
 def test_every_runtime_env_passes_rays_runtime_env(everything):
@@ -141,3 +142,17 @@ def test_bad_import_path_is_reported():
         m.import_path_errors("mortgagellm.serve.nope:build_app")[0]
     assert m.import_path_errors("mortgagellm.cli:EPILOG") == [
         "import_path mortgagellm.cli:EPILOG: EPILOG is not callable"]
+
+
+@pytest.mark.parametrize("variant", sorted(GENERATOR.VARIANTS))
+def test_build_app_reads_the_same_deployment_options_from_the_args(variant):
+    """The RayService's args are build_app's: loaded as build_app loads them (the recipe mapped
+    from the image to the repo), they give the deployments the config lists."""
+    from mortgagellm.serve import app
+
+    application = GENERATOR.serve_config(variant)["applications"][0]
+    args = dict(application["args"])
+    args["config"] = str(m.ROOT / args["config"][len(m.IMAGE_REPO):])
+    options = app.deployment_options(app.load(args))
+    assert {d["name"]: {k: v for k, v in d.items() if k != "name"}
+            for d in application["deployments"]} == options
