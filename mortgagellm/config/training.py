@@ -139,21 +139,39 @@ class ResidualConfig(Section):
         return data
 
 
-class SftConfig(TrainingSection):
-    """Structured-task expert: supervised fine-tuning of the merged model on classification and
-    summary records (datasets/tasks_sft.py), chat template, loss on the answer tokens only."""
+class ExpertTrainingSection(TrainingSection):
+    """What the two expert stages (sft, dpo) share beyond TrainingSection: where their task sets
+    come from, how the expert is exported, warmup as a share of steps, driver threads."""
 
     task_source: Literal["build", "corpus"] = Field(
         "build",
         description="Where the task sets come from: 'corpus' reads the corpus stage's 'tasks' "
         "output (a directory of <set>.parquet); 'build' writes them here with "
-        "datasets/tasks.write_task_sets(corpus.tasks, run.seed) into <output_dir>/sft/tasks.",
+        "datasets/tasks.write_task_sets(corpus.tasks, run.seed) into <output_dir>/<stage>/tasks.",
     )
     export: Literal["merged", "adapter"] = Field(
         "merged",
         description="With method=lora: 'merged' writes a full model (merge_and_unload), "
         "'adapter' only the adapter, whose base is the start model. Full training: 'merged'.",
     )
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Share of steps of linear warmup.")
+    threads: int | None = Field(
+        None, ge=1, description="torch threads of the driver process: held-out measurements and "
+        "in-process training (default: all physical cores). Small models on a busy machine run "
+        "far faster on 1. Ray workers use scaling.threads_per_worker."
+    )
+
+    @model_validator(mode="after")
+    def _adapter_needs_lora(self) -> ExpertTrainingSection:
+        if self.export == "adapter" and self.method != "lora":
+            raise ValueError("export 'adapter' needs method 'lora'")
+        return self
+
+
+class SftConfig(ExpertTrainingSection):
+    """Structured-task expert: supervised fine-tuning of the merged model on classification and
+    summary records (datasets/tasks_sft.py), chat template, loss on the answer tokens only."""
+
     epochs: int = Field(
         2, ge=1, description="Passes over the training records; steps = records x epochs / "
         "global batch (rounded down), each pass in its own seeded order."
@@ -163,7 +181,6 @@ class SftConfig(TrainingSection):
         "start model's max_position_embeddings. Documents in prompts are cut to fit (counted in "
         "the manifest); a record whose answer alone does not fit is rejected as too_long."
     )
-    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Share of steps of linear warmup.")
     eval_per_task: int = Field(
         60, ge=1, description="Held-out records per task answered (greedy) by the instruct "
         "baseline, the start model and the expert for the manifest's accuracies."
@@ -172,17 +189,6 @@ class SftConfig(TrainingSection):
         256, ge=8, description="Generation budget of a held-out summary (labels get 16); held-out "
         "prompts are cut to max_seq_len minus this."
     )
-    threads: int | None = Field(
-        None, ge=1, description="torch threads of the driver process: held-out measurements and "
-        "in-process training (default: all physical cores). Small models on a busy machine run "
-        "far faster on 1. Ray workers use scaling.threads_per_worker."
-    )
-
-    @model_validator(mode="after")
-    def _adapter_needs_lora(self) -> SftConfig:
-        if self.export == "adapter" and self.method != "lora":
-            raise ValueError("export 'adapter' needs method 'lora'")
-        return self
 
 
 class OnPolicySettings(Section):
@@ -203,22 +209,11 @@ class OnPolicySettings(Section):
     )
 
 
-class DpoConfig(TrainingSection):
+class DpoConfig(ExpertTrainingSection):
     """Conversational expert: DPO of the merged model on the preference pairs
     (datasets/tasks_dpo.py), against a frozen reference (a copy of the start model, or the
     adapter-disabled model with LoRA), optionally with an NLL term on the chosen answers."""
 
-    task_source: Literal["build", "corpus"] = Field(
-        "build",
-        description="Where the task sets come from: 'corpus' reads the corpus stage's 'tasks' "
-        "output (a directory of <set>.parquet); 'build' writes them here with "
-        "datasets/tasks.write_task_sets(corpus.tasks, run.seed) into <output_dir>/dpo/tasks.",
-    )
-    export: Literal["merged", "adapter"] = Field(
-        "merged",
-        description="With method=lora: 'merged' writes a full model (merge_and_unload), "
-        "'adapter' only the adapter, whose base is the start model. Full training: 'merged'.",
-    )
     beta: float = Field(
         0.1, gt=0, description="DPO temperature: how far the policy may move from the reference "
         "(loss -log sigmoid(beta * margin of log-ratios))."
@@ -236,7 +231,6 @@ class DpoConfig(TrainingSection):
         "most the start model's max_position_embeddings. Documents in prompts are cut to fit "
         "(counted in the manifest); a pair whose answers alone do not fit is rejected as too_long."
     )
-    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Share of steps of linear warmup.")
     onpolicy: OnPolicySettings = Field(
         default_factory=OnPolicySettings, description="On-policy pairs sampled from the start "
         "model and ranked by a programmatic reward (off by default)."
@@ -249,14 +243,3 @@ class DpoConfig(TrainingSection):
         160, ge=8, description="Generation budget of a held-out answer; held-out prompts are cut "
         "to max_seq_len minus this."
     )
-    threads: int | None = Field(
-        None, ge=1, description="torch threads of the driver process: held-out measurements and "
-        "in-process training (default: all physical cores). Small models on a busy machine run "
-        "far faster on 1. Ray workers use scaling.threads_per_worker."
-    )
-
-    @model_validator(mode="after")
-    def _adapter_needs_lora(self) -> DpoConfig:
-        if self.export == "adapter" and self.method != "lora":
-            raise ValueError("export 'adapter' needs method 'lora'")
-        return self
