@@ -75,8 +75,8 @@ class RouterSettings(Section):
         120, ge=16, description="The classifiers read the first and last clip_chars characters "
         "of a request (the ask sits at either end of a pasted document).")
     train_set: str | None = Field(
-        None, description="routing_train file (.parquet or .jsonl). None: built from "
-        "corpus.tasks and run.seed, as the corpus stage would.")
+        None, description="routing_train file (.parquet or .jsonl) the corpus stage trains "
+        "tier 1 on (its 'tier1' output). None: the corpus stage's own routing_train set.")
     num_cpus: float = Field(0.25, ge=0, description="Logical CPUs per router replica.")
     autoscaling: AutoscalingSettings = Field(
         default_factory=lambda: AutoscalingSettings(target_ongoing_requests=64),
