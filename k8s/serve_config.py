@@ -24,6 +24,7 @@ import yaml
 IMAGE_REPO = "/home/ray/mortgagellm"  # where the Dockerfile puts the repo's configs/
 API_KEYS_FILE = "/etc/mortgagellm/api-keys/api-keys"  # secret.api-keys.yaml, mounted
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # this checkout's mortgagellm, whichever is installed
 SERVING = {"serve.host": "0.0.0.0", "serve.port": 8000}
 """A pod serves on every interface (the Service routes to it); 127.0.0.1 is for laptops."""
 
