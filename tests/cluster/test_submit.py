@@ -124,6 +124,24 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
+def _worker_port_range(n: int) -> int:
+    """The first of `n` free ports below the kernel's ephemeral range, where the ports of
+    _free_ports (ephemeral ones) and other sockets' ports can never fall: a random range inside
+    it collided with one of them ("worker_ports is trying to use a port ... used by other
+    components") on a fresh CI machine."""
+    ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(50):
+        low = random.randrange(10000, ephemeral_low - n, 100)
+        try:
+            for port in (low, low + n - 1):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+            return low
+        except OSError:
+            continue
+    raise RuntimeError(f"no {n} free worker ports below {ephemeral_low}")
+
+
 def _stop(proc: subprocess.Popen, marker: str) -> None:
     """Stop what this test started: `ray start --block`'s process group, then any process that
     carries this test's marker in its environment (Ray daemons and workers inherit it)."""
@@ -154,7 +172,7 @@ def head(tmp_path_factory):
     token.chmod(0o600)
     temp_dir = tempfile.mkdtemp(prefix="mllm-sub-", dir="/tmp")  # short: socket path limit
     gcs, dash, agent, agent_grpc, env_agent, client, node, obj, metrics = _free_ports(9)
-    low = random.randrange(30000, 60000, 100)
+    low = _worker_port_range(61)
     marker = os.urandom(8).hex()
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")} | {
         "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token),
