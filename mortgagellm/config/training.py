@@ -170,7 +170,7 @@ class ExpertTrainingSection(TrainingSection):
 
 class SftConfig(ExpertTrainingSection):
     """Structured-task expert: supervised fine-tuning of the merged model on classification and
-    summary records (datasets/tasks_sft.py), chat template, loss on the answer tokens only."""
+    summary records (datasets/tasks/sft.py), chat template, loss on the answer tokens only."""
 
     epochs: int = Field(
         2, ge=1, description="Passes over the training records; steps = records x epochs / "
@@ -192,7 +192,7 @@ class SftConfig(ExpertTrainingSection):
 
 
 class OnPolicySettings(Section):
-    """On-policy preference pairs (pipelines/onpolicy.py): the start model answers training
+    """On-policy preference pairs (training/onpolicy.py): the start model answers training
     questions several times, a programmatic reward picks the best and worst answers."""
 
     enabled: bool = Field(False, description="Add on-policy pairs to the training pairs.")
@@ -211,7 +211,7 @@ class OnPolicySettings(Section):
 
 class DpoConfig(ExpertTrainingSection):
     """Conversational expert: DPO of the merged model on the preference pairs
-    (datasets/tasks_dpo.py), against a frozen reference (a copy of the start model, or the
+    (datasets/tasks/dpo.py), against a frozen reference (a copy of the start model, or the
     adapter-disabled model with LoRA), optionally with an NLL term on the chosen answers."""
 
     beta: float = Field(

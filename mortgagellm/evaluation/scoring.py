@@ -80,7 +80,7 @@ def classification_metrics(task: str, records: list[dict], texts: list[str], res
 def summary_metrics(records: list[dict], texts: list[str], bert: Any, resamples: int,
                     seed: int) -> dict[str, dict]:
     """ROUGE-L and BERTScore F1 against the reference summary, and the share of key fields
-    right (tasks_format.score)."""
+    right (tasks/format.score)."""
     refs = [r["answer"] for r in records]
     return {ROUGE_L: mean([rouge_l(t, ref) for t, ref in zip(texts, refs)], resamples, seed),
             BERTSCORE_F1: mean(bert.f1(texts, refs), resamples, seed),
@@ -91,7 +91,7 @@ def summary_metrics(records: list[dict], texts: list[str], bert: Any, resamples:
 def qa_metrics(records: list[dict], texts: list[str], bert: Any, resamples: int,
                seed: int) -> dict[str, dict]:
     """Token F1 and BERTScore F1 against the reference answer; numeric correctness of the
-    questions whose answer is a figure (tasks_format.score)."""
+    questions whose answer is a figure (tasks/format.score)."""
     refs = [r["chosen"] for r in records]
     numeric = [score(QA, parse_answer(QA, t), r["truth"]) == 1.0
                for t, r in zip(texts, records) if r["truth"]["mode"] in NUMERIC_MODES]

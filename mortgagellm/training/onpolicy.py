@@ -6,7 +6,7 @@ style cannot game.
 
 Run: mortgagellm dpo configs/cpu-demo.yaml --dpo.onpolicy.enabled true
 
-Reward (`reward`, pure): 1.0 if the answer is correct (tasks_format.score: the figure to its
+Reward (`reward`, pure): 1.0 if the answer is correct (tasks/format.score: the figure to its
 printed precision, the decision, or the stated fact), plus 0.5 x the share of the reference
 answer's figures it also states (the required facts: where the number comes from), minus 1.0
 if it cites a statute the document does not contain. A pair is kept only when its best answer
