@@ -18,6 +18,16 @@ def model_dir(tmp_path, name, content):
     return path
 
 
+def bootstrap_run(boot, micro_model, metrics=None):
+    """A bootstrap stage directory whose instruct model is the micro model; its entry."""
+    shutil.copytree(micro_model, boot / "instruct")
+    instruct = manifest.artifact(boot / "instruct")
+    manifest.write(str(boot), manifest.Manifest(
+        stage="bootstrap", fingerprint="f", config={}, outputs={"instruct": instruct},
+        metrics=metrics or {}))
+    return instruct
+
+
 def test_versions_are_content_hashes_and_history_walks_back(tmp_path):
     reg = tmp_path / "registry.json"
     a = registry.register(reg, str(model_dir(tmp_path, "a", "{}")), "test", {"fidelity": 0.9})
@@ -38,11 +48,7 @@ def test_versions_are_content_hashes_and_history_walks_back(tmp_path):
 
 def test_first_start_serves_the_bootstrap_instruct_model(tmp_path, micro_model):
     boot = tmp_path / "run" / "bootstrap"
-    shutil.copytree(micro_model, boot / "instruct")
-    instruct = manifest.artifact(boot / "instruct")
-    manifest.write(str(boot), manifest.Manifest(
-        stage="bootstrap", fingerprint="f", config={}, outputs={"instruct": instruct},
-        metrics={"instruct": {"fidelity": 1.0}}))
+    instruct = bootstrap_run(boot, micro_model, {"instruct": {"fidelity": 1.0}})
     recipe = Recipe.model_validate({"run": {"output_dir": str(tmp_path / "run")}})
     for expert in ("structured", "conversational"):  # read before any deploy: nothing written
         assert app.served_model(recipe, expert) == (instruct["sha256"], str(boot / "instruct"))
@@ -58,10 +64,7 @@ def test_first_start_serves_the_bootstrap_instruct_model(tmp_path, micro_model):
 def test_trained_experts_go_live_and_a_rollback_stays(tmp_path, micro_model):
     run = tmp_path / "run"
     boot = run / "bootstrap"
-    shutil.copytree(micro_model, boot / "instruct")
-    manifest.write(str(boot), manifest.Manifest(
-        stage="bootstrap", fingerprint="f", config={},
-        outputs={"instruct": manifest.artifact(boot / "instruct")}))
+    bootstrap_run(boot, micro_model)
     recipe = Recipe.model_validate({"run": {"output_dir": str(run)}})
     instruct = registry.sync(recipe)["structured"]  # no sft yet: instruct stands in
 
@@ -104,10 +107,7 @@ def test_build_app_only_reads(tmp_path, micro_model, serve_output):
     no file is written anywhere under the run (no registry, no key, no tier-1 training)."""
     run = tmp_path / "run"
     boot = run / "bootstrap"
-    shutil.copytree(micro_model, boot / "instruct")
-    manifest.write(str(boot), manifest.Manifest(
-        stage="bootstrap", fingerprint="f", config={},
-        outputs={"instruct": manifest.artifact(boot / "instruct")}))
+    bootstrap_run(boot, micro_model)
     shutil.copytree(serve_output / "corpus", run / "corpus")  # the corpus stage's tier 1
     config = tmp_path / "recipe.yaml"
     config.write_text(f"run: {{output_dir: {run}}}\nserve: {{auth: {{create_demo_key: true}}}}\n")
@@ -119,10 +119,7 @@ def test_build_app_only_reads(tmp_path, micro_model, serve_output):
 
 def test_build_app_without_a_corpus_run_says_which_stage_to_run(tmp_path, micro_model):
     boot = tmp_path / "run" / "bootstrap"
-    shutil.copytree(micro_model, boot / "instruct")
-    manifest.write(str(boot), manifest.Manifest(
-        stage="bootstrap", fingerprint="f", config={},
-        outputs={"instruct": manifest.artifact(boot / "instruct")}))
+    bootstrap_run(boot, micro_model)
     config = tmp_path / "recipe.yaml"
     config.write_text(f"run: {{output_dir: {tmp_path / 'run'}}}\n")
     with pytest.raises(FileNotFoundError, match="no corpus output .*mortgagellm corpus"):
