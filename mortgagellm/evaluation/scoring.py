@@ -55,7 +55,7 @@ TASK_METRICS = {
     DECISION: (ACCURACY, MACRO_F1, UNPARSEABLE), DOC_KIND: (ACCURACY, MACRO_F1, UNPARSEABLE),
     INTENT: (ACCURACY, MACRO_F1, UNPARSEABLE), SUMMARY: (ROUGE_L, BERTSCORE_F1, FIELD_ACCURACY),
     QA: (TOKEN_F1, BERTSCORE_F1, NUMERIC), INSTRUCTION: (FIDELITY,), DOMAIN: (PERPLEXITY,),
-    ROUTING: (ACCURACY, P50_MS, P99_MS), FAIRNESS: (FLIP_RATE,)}
+    ROUTING: (ACCURACY, P50_MS, P99_MS), FAIRNESS: (FLIP_RATE, UNPARSEABLE)}
 """Each task's metrics. With a judge, the JUDGED tasks also have JUDGE and JUDGE_UNPARSEABLE;
 the routed variant has ROUTING and no DOMAIN (it answers requests, it scores no documents),
 every other variant DOMAIN and no ROUTING."""
@@ -139,10 +139,13 @@ def perplexity_metric(nlls: list[tuple[float, int]], resamples: int, seed: int
 
 
 def flip_metric(original: list[str], swapped: list[str]) -> dict[str, dict]:
-    """Share of loan files whose parsed decision changed when only protected attributes did
-    (an unparseable answer is a value of its own: parseable on one side only is a flip)."""
-    return {FLIP_RATE: proportion([parse_answer(DECISION, a) != parse_answer(DECISION, b)
-                                   for a, b in zip(original, swapped)])}
+    """Share of loan-file pairs whose parsed decision changed when only protected attributes did,
+    over the pairs where both answers parse (its n); the share of pairs with an unparseable side
+    is its own number, so a model that never answers cannot score a 0 % flip rate."""
+    parsed = [(parse_answer(DECISION, a), parse_answer(DECISION, b))
+              for a, b in zip(original, swapped)]
+    return {FLIP_RATE: proportion([a != b for a, b in parsed if a is not None and b is not None]),
+            UNPARSEABLE: proportion([a is None or b is None for a, b in parsed])}
 
 
 def routing_metrics(records: list[dict], routes: list[str], millis: list[float],

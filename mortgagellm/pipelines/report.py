@@ -6,11 +6,15 @@ The CLI first runs the recipe up to and including `evaluate` (stages already up 
 skipped by their manifests); `build` then writes <output_dir>/report/report.md with the paper's
 table (task × metric rows, one column per variant, the difference to the instruct baseline),
 training curves, the residual λ sweep and a "What this run shows" section whose verdicts are
-computed from the confidence intervals. Every number comes from a manifest; none is typed in.
+computed from the confidence intervals and a stated minimum effect; beside it `results.json`
+holds every cell (value, interval, n, seed) and every verdict for tools. Every number comes from a
+manifest; none is typed in.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +55,13 @@ EFFECTS = (
 )
 ROUTING_CHANCE = 0.5  # two experts: a coin flip routes half the requests right
 SHOWN, NOISE, REVERSED, MISSING = "shown", "not shown (within noise)", "reversed", "not measured"
+SMALL = "not shown (below the minimum effect)"
+# "Shown" needs separated intervals AND a difference a user would care about: separated intervals
+# alone call 0.004 vs 0.000 a win. Rates and scores in [0, 1] need 0.05 absolute; unbounded
+# metrics (perplexity, latency) 10 % of the reference value; the 1-5 judge 0.25.
+MIN_EFFECT_ABSOLUTE = 0.05
+MIN_EFFECT_BY_METRIC = {"judge": 0.25}
+MIN_EFFECT_RELATIVE = {"perplexity": 0.10, "p50_ms": 0.10, "p99_ms": 0.10}
 DASH = "–"
 
 
@@ -110,10 +121,13 @@ def fmt(x: float, signed: bool = False) -> str:
     return f"{round(x, 2) + 0.0:{'+' if signed else ''}.2f}"
 
 
-def cell_text(cell: dict[str, Any]) -> str:
-    """'value [lo, hi]'."""
+def cell_text(cell: dict[str, Any], show_n: bool = False) -> str:
+    """'value [lo, hi]', with '(n=k)' when the row's cells count different items (a flip rate
+    over the pairs that parse); 'n/a (n=0)' for a number nothing could measure."""
+    if math.isnan(cell["value"]):
+        return f"n/a (n={cell['n']})"
     lo, hi = cell["ci95"]
-    return f"{fmt(cell['value'])} [{fmt(lo)}, {fmt(hi)}]"
+    return f"{fmt(cell['value'])} [{fmt(lo)}, {fmt(hi)}]" + (f" (n={cell['n']})" if show_n else "")
 
 
 def _missing(metrics: dict[str, Any], variant: str, task: str, metric: str) -> str:
@@ -140,25 +154,54 @@ def results_table(metrics: dict[str, Any], rows: list[Row]) -> list[str]:
                 note = notes.setdefault(_missing(metrics, v, row.task, row.metric), len(notes) + 1)
                 out.append(f"{DASH}[^{note}]")
             else:
-                out.append(cell_text(cell))
+                out.append(cell_text(cell, show_n="–" in row.n))
             if v in others:
-                out.append(fmt(cell["value"] - base["value"], True) if cell and base else DASH)
+                out.append(fmt(cell["value"] - base["value"], True) if _measured(cell, base)
+                           else DASH)
         lines.append("| " + " | ".join(out) + " |")
     lines += [""] + [f"[^{i}]: {text}" for text, i in notes.items()]
-    return lines
+    return lines + [""] + zero_baselines(rows)
+
+
+def _measured(*cells: dict[str, Any] | None) -> bool:
+    return all(c is not None and not math.isnan(c["value"]) for c in cells)
+
+
+def zero_baselines(rows: list[Row]) -> list[str]:
+    """A note for each higher-is-better row where instruct scores exactly 0: beating it there
+    says only that a variant scores at all."""
+    zero = [f"{r.task} {r.metric}" for r in rows if r.metric not in LOWER_IS_BETTER
+            and _measured(r.cells.get(BASELINE)) and r.cells[BASELINE]["value"] == 0.0]
+    if not zero:
+        return []
+    return [f"**The {BASELINE} baseline scores 0** on {', '.join(zero)}: a variant beating it "
+            "there shows only that the variant scores at all.", ""]
 
 
 # ---- the verdicts ----------------------------------------------------------------------------
 
-def verdict(better: tuple[float, float], than: tuple[float, float], lower: bool) -> str:
-    """SHOWN when the CIs separate the right way, REVERSED when they separate the wrong way."""
-    if lower:
-        better, than = (-better[1], -better[0]), (-than[1], -than[0])
-    if better[0] > than[1]:
-        return SHOWN
-    if better[1] < than[0]:
-        return REVERSED
-    return NOISE
+def min_effect(metric: str, reference: float) -> float:
+    """The smallest difference on `metric` that counts as an effect, against `reference`."""
+    if metric in MIN_EFFECT_RELATIVE:
+        return MIN_EFFECT_RELATIVE[metric] * abs(reference)
+    return MIN_EFFECT_BY_METRIC.get(metric, MIN_EFFECT_ABSOLUTE)
+
+
+def verdict(better: dict[str, Any], than: dict[str, Any], metric: str) -> str:
+    """SHOWN when `better`'s CI lies above `than`'s (below, for a lower-is-better metric) and the
+    difference is at least the minimum effect; REVERSED for the same the other way; SMALL when
+    the CIs separate by less than the minimum effect; MISSING when either was not measured."""
+    if not _measured(better, than):
+        return MISSING
+    sign = -1.0 if metric in LOWER_IS_BETTER else 1.0
+    gain = sign * (better["value"] - than["value"])
+    lo, hi = sorted(sign * x for x in better["ci95"])
+    than_lo, than_hi = sorted(sign * x for x in than["ci95"])
+    if lo <= than_hi and hi >= than_lo:
+        return NOISE
+    if abs(gain) < min_effect(metric, than["value"]):
+        return SMALL
+    return SHOWN if lo > than_hi else REVERSED
 
 
 def _cell(metrics: dict[str, Any], variant: str, task: str, metric: str) -> dict | None:
@@ -179,13 +222,14 @@ def effects(metrics: dict[str, Any]) -> list[Effect]:
         detail = (f"{task} {metric}: {variant} {cell_text(a)} vs {other} {cell_text(b)} "
                   f"(Δ {fmt(a['value'] - b['value'], True)}; "
                   f"{'lower' if lower else 'higher'} is better)")
-        found.append(Effect(claim, verdict(tuple(a["ci95"]), tuple(b["ci95"]), lower), detail))
+        found.append(Effect(claim, verdict(a, b, metric), detail))
     routing = _cell(metrics, "routed", "routing", "accuracy")
     claim = "(e) the router sends requests to the right expert better than chance"
     if routing is None:
         found.append(Effect(claim, MISSING, "no routing accuracy for routed"))
     else:
-        found.append(Effect(claim, verdict(tuple(routing["ci95"]), (ROUTING_CHANCE,) * 2, False),
+        chance = {"value": ROUTING_CHANCE, "n": 0, "ci95": [ROUTING_CHANCE] * 2}
+        found.append(Effect(claim, verdict(routing, chance, "accuracy"),
                             f"routing accuracy {cell_text(routing)} vs chance "
                             f"{fmt(ROUTING_CHANCE)} with two experts"))
     return found
@@ -244,7 +288,11 @@ def render_markdown(manifests: dict[str, Manifest], name: str, recipe_file: str,
                      if key.startswith("tasks:")] + [""]
     lines += training(manifests, plots)
     lines += ["## What this run shows", "", "Shown: the 95% confidence intervals separate in "
-              "the claimed direction; reversed: they separate the other way.", ""]
+              "the claimed direction and the difference is at least the minimum effect "
+              f"({MIN_EFFECT_ABSOLUTE:g} absolute on rates and scores, "
+              f"{MIN_EFFECT_RELATIVE['perplexity']:.0%} of the reference on perplexity and "
+              f"latency, {MIN_EFFECT_BY_METRIC['judge']:g} on the 1-5 judge); reversed: the same "
+              "the other way; below the minimum effect: the intervals separate by less.", ""]
     lines += [f"- **{e.verdict}**: {e.claim}. {e.detail}." for e in effects(metrics)]
     return "\n".join(lines) + "\n"
 
@@ -345,13 +393,30 @@ def write_plots(manifests: dict[str, Manifest], out: Path) -> dict[str, str]:
     return plots
 
 
+def results(metrics: dict[str, Any], seed: int) -> dict[str, Any]:
+    """Every table cell and verdict as data: what report.md prints, for tools and diffs."""
+    cells = [{"task": row.task, "metric": row.metric, "variant": v, "seed": seed,
+              **({"value": None, "ci95": None, "n": c["n"]} if math.isnan(c["value"]) else c)}
+             for row in table_rows(metrics) for v, c in row.cells.items() if c is not None]
+    return {"seed": seed, "lower_is_better": sorted(LOWER_IS_BETTER),
+            "min_effect": {"absolute": MIN_EFFECT_ABSOLUTE, **MIN_EFFECT_BY_METRIC,
+                           "relative": MIN_EFFECT_RELATIVE},
+            "cells": cells,
+            "effects": [{"claim": e.claim, "verdict": e.verdict, "detail": e.detail}
+                        for e in effects(metrics)]}
+
+
 def build(recipe: Recipe, recipe_file: str | Path, output: str | Path | None = None) -> Path:
-    """Write report.md and its plots from the manifests of every stage up to evaluate."""
+    """Write report.md, results.json and the plots from the manifests of every stage up to
+    evaluate; returns report.md's path."""
     manifests = {s: require_manifest(recipe, s) for s in select(last="evaluate")}
     out = Path(output) if output else stage_dir(recipe, "report")
     out.mkdir(parents=True, exist_ok=True)
     plots = write_plots(manifests, out)
     date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    data = results(manifests["evaluate"].metrics, recipe.run.seed)
+    data |= {"run": recipe.run.name, "recipe": str(recipe_file), "written": date}
+    (out / "results.json").write_text(json.dumps(data, indent=1) + "\n")
     path = out / "report.md"
     path.write_text(render_markdown(manifests, recipe.run.name, str(recipe_file), date, plots))
     return path

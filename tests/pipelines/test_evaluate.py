@@ -99,9 +99,14 @@ def test_perplexity_flips_and_routing_by_hand():
     ppl = scoring.perplexity_metric([(2.0, 2), (4.0, 2)], 100, 0)[scoring.PERPLEXITY]
     assert ppl["value"] == pytest.approx(math.exp(6 / 4)) and ppl["n"] == 2
     assert math.exp(1) <= ppl["ci95"][0] <= ppl["ci95"][1] <= math.exp(2) + 1e-9
-    flips = scoring.flip_metric(["approve", "deny", "huh", "refer"],
-                           ["approve", "approve", "what", ""])[scoring.FLIP_RATE]
-    assert flips["value"] == 0.5 and flips["n"] == 4  # deny->approve, refer->unparseable
+    fair = scoring.flip_metric(["approve", "deny", "huh", "refer"],
+                               ["approve", "approve", "what", ""])
+    flips, unparseable = fair[scoring.FLIP_RATE], fair[scoring.UNPARSEABLE]
+    assert flips["value"] == 0.5 and flips["n"] == 2  # of the 2 pairs that parse, deny->approve
+    assert unparseable["value"] == 0.5 and unparseable["n"] == 4  # huh/what, refer/""
+    never = scoring.flip_metric(["huh"] * 3, ["what"] * 3)
+    assert never[scoring.FLIP_RATE]["n"] == 0 and math.isnan(never[scoring.FLIP_RATE]["value"])
+    assert never[scoring.UNPARSEABLE]["value"] == 1.0
     routes = [{"route": "structured"}, {"route": "conversational"}] * 2
     m = scoring.routing_metrics(
         routes, ["structured", "structured", "structured", "conversational"],

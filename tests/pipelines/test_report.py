@@ -148,16 +148,40 @@ def test_effects_verdicts_follow_the_intervals():
     assert "merged" in found["(b) the residual restores instruction fidelity lost by DAPT"].detail
 
 
-@pytest.mark.parametrize("better, than, lower, expected", [
-    ((0.6, 0.7), (0.4, 0.5), False, report.SHOWN),
-    ((0.45, 0.7), (0.4, 0.5), False, report.NOISE),
-    ((0.1, 0.2), (0.4, 0.5), False, report.REVERSED),
-    ((5.0, 6.0), (9.0, 10.0), True, report.SHOWN),
-    ((9.5, 11.0), (9.0, 10.0), True, report.NOISE),
-    ((0.55, 0.9), (0.5, 0.5), False, report.SHOWN),     # routing accuracy against chance
+@pytest.mark.parametrize("better, than, metric, expected", [
+    (m(0.65, 0.6, 0.7), m(0.45, 0.4, 0.5), "accuracy", report.SHOWN),
+    (m(0.55, 0.45, 0.7), m(0.45, 0.4, 0.5), "accuracy", report.NOISE),
+    (m(0.15, 0.1, 0.2), m(0.45, 0.4, 0.5), "accuracy", report.REVERSED),
+    (m(5.5, 5.0, 6.0), m(9.5, 9.0, 10.0), "perplexity", report.SHOWN),
+    (m(10.0, 9.5, 11.0), m(9.5, 9.0, 10.0), "perplexity", report.NOISE),
+    (m(0.7, 0.55, 0.9), m(0.5, 0.5, 0.5), "accuracy", report.SHOWN),  # routing against chance
+    # the cpu-replica case: 0.004 vs a degenerate [0, 0] separates, but is no effect
+    (m(0.004, 0.003, 0.005), m(0.0, 0.0, 0.0), "token_f1", report.SMALL),
+    # 5 % lower perplexity with tight intervals: below the 10 % relative minimum
+    (m(9.5, 9.45, 9.55), m(10.0, 9.95, 10.05), "perplexity", report.SMALL),
+    (m(9.0, 8.95, 9.05), m(10.0, 9.95, 10.05), "perplexity", report.SHOWN),  # 10 % lower
+    (m(0.3, 0.28, 0.32), m(0.34, 0.33, 0.35), "accuracy", report.SMALL),  # reversed by 0.04
+    (m(3.3, 3.2, 3.4), m(3.0, 2.9, 3.1), "judge", report.SHOWN),  # 0.3 on the 1-5 scale
+    (m(float("nan"), float("nan"), float("nan"), n=0), m(0.1, 0.0, 0.2), "flip_rate",
+     report.MISSING),
 ])
-def test_verdict_on_intervals(better, than, lower, expected):
-    assert report.verdict(better, than, lower) == expected
+def test_verdict_needs_separate_intervals_and_the_minimum_effect(better, than, metric, expected):
+    assert report.verdict(better, than, metric) == expected
+
+
+def test_a_zero_baseline_and_an_unmeasured_cell_are_said_beside_the_table():
+    import copy
+
+    metrics = copy.deepcopy(evaluate_metrics())
+    metrics["variants"]["instruct"]["tasks"]["intent"]["accuracy"] = m(0.0, 0.0, 0.04)
+    metrics["variants"]["structured"]["tasks"]["fairness"] = {
+        "flip_rate": m(float("nan"), float("nan"), float("nan"), n=0)}
+    metrics["variants"]["instruct"]["tasks"]["fairness"] = {"flip_rate": m(0.1, 0.05, 0.2, n=40)}
+    lines = report.results_table(metrics, report.table_rows(metrics))
+    assert any("baseline scores 0** on intent accuracy" in line for line in lines)
+    flips = next(line for line in lines if line.startswith("| fairness | flip_rate"))
+    # cells count different pairs (those that parse), so each shows its n
+    assert "n/a (n=0)" in flips and "0.10 [0.05, 0.20] (n=40)" in flips
 
 
 def test_routing_effect_against_chance():
@@ -178,6 +202,26 @@ def test_plots_are_pngs_linked_from_the_report(run_dir):
         assert (path.parent / name).read_bytes()[:8] == PNG_MAGIC
         assert f"]({name})" in markdown
     assert "## What this run shows" in markdown and "- **shown**: (a) DAPT" in markdown
+    assert "at least the minimum effect (0.05 absolute" in markdown
+
+
+def test_results_json_holds_every_cell_and_verdict_of_the_page(run_dir):
+    import json
+
+    path = report.build(run_dir, "configs/fixture.yaml")
+    data = json.loads((path.parent / "results.json").read_text())
+    assert data["run"] == "fixture-run" and data["seed"] == run_dir.run.seed
+    cells = {(c["task"], c["metric"], c["variant"]): c for c in data["cells"]}
+    # one per measured (task, metric, variant) of the fixture: dapt has no qa, only structured
+    # has decision calibration
+    expected = sum(len(metrics) for tasks in VARIANTS.values() for metrics in tasks.values())
+    assert len(cells) == expected
+    assert cells[("decision", "accuracy", "structured")] == {
+        "task": "decision", "metric": "accuracy", "variant": "structured", "seed": 0,
+        "value": 0.75, "n": 100, "ci95": [0.66, 0.84]} | {"seed": run_dir.run.seed}
+    verdicts = {e["claim"]: e["verdict"] for e in data["effects"]}
+    assert verdicts["(a) DAPT lowers domain perplexity"] == report.SHOWN
+    assert data["min_effect"]["absolute"] == 0.05
 
 
 def test_report_command_runs_up_to_evaluate_then_builds(run_dir, tmp_path, monkeypatch, capsys):
