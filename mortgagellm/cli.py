@@ -159,11 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         print(build(recipe, args.config, args.output))
         return 0
     if args.command == "run":
-        # Each stage's summary is printed as soon as it is done, so a later stage's failure
-        # never hides what the earlier ones built and measured.
-        for stage in pipeline.select(args.first, args.last):
-            print(summary(pipeline.run_stage(recipe, stage, force=args.force)), flush=True)
-        return 0
+        return run(recipe, args.config, pipeline.select(args.first, args.last), args.force)
     if args.command == "evaluate" and args.model:
         from mortgagellm.pipelines.evaluate import evaluate_registered, table
 
@@ -171,6 +167,51 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(summary(pipeline.run_stage(recipe, args.command, force=args.force)))
     return 0
+
+
+def run(recipe: Any, config: str, stages: list[str], force: bool) -> int:
+    """`mortgagellm run`: each stage's time and headline as it ends (a later failure never hides
+    what the earlier ones measured), then the closing table and what to try next. The full
+    metric dump goes to <output_dir>/run.log, beside the manifests that hold it too."""
+    import time
+
+    from mortgagellm import headlines
+    from mortgagellm.manifest import now
+    from mortgagellm.pipelines import recipe as pipeline
+
+    dump = _metrics_log(recipe.run.output_dir)
+    rows = []
+    for stage in stages:
+        started, t0 = now()
+        manifest = pipeline.run_stage(recipe, stage, force=force)
+        skipped = manifest.started_at < started
+        rows.append((manifest, skipped, time.monotonic() - t0))
+        print(headlines.stage_line(manifest, skipped), flush=True)
+        dump.info("%s", summary(manifest))
+    print(headlines.table(rows))
+    print(f"\nFull metrics: each stage's manifest.json, and {recipe.run.output_dir}/run.log."
+          f"\nNext: mortgagellm serve {config}          # the OpenAI-compatible API on "
+          f"{recipe.serve.host}:{recipe.serve.port}"
+          f"\n      mortgagellm serve {config} --demo   # ask it held-out questions, then stop"
+          f"\n      mortgagellm report {config}         # report.md, results.json and plots",
+          flush=True)
+    return 0
+
+
+def _metrics_log(output_dir: str) -> logging.Logger:
+    """A logger that writes only to <output_dir>/run.log (not the terminal); for a remote
+    output_dir (s3://...) it writes nowhere, the manifests still hold every number."""
+    dump = logging.getLogger("mortgagellm.run.metrics")
+    dump.propagate = False
+    if "://" not in output_dir and not dump.handlers:
+        from pathlib import Path
+
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(Path(output_dir) / "run.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        dump.addHandler(handler)
+    dump.setLevel(logging.INFO)
+    return dump
 
 
 def summary(manifest: Any) -> str:

@@ -56,3 +56,58 @@ def test_split_overrides_pairs_flags_with_values():
 def test_unknown_stage_in_from_is_refused():
     with pytest.raises(SystemExit):
         cli.main(["run", str(ROOT / "configs/cpu-demo.yaml"), "--from", "nonsense"])
+
+
+# ---- the run's closing summary -------------------------------------------------------------------
+
+def stage_manifest(stage, metrics, started_at="2026-01-01T00:00:00Z", duration_s=12.0):
+    from mortgagellm.manifest import Manifest
+
+    return Manifest(stage=stage, fingerprint="f" * 64, config={}, metrics=metrics,
+                    outputs={"model": {"uri": f"/runs/x/{stage}/model", "sha256": "0"}},
+                    started_at=started_at, duration_s=duration_s)
+
+
+def test_headlines_pick_each_stages_numbers_from_its_manifest():
+    from mortgagellm import headlines
+
+    corpus = {"documents": {"kept": 16020, "rejected": 74, "exact_duplicates": 1597,
+                            "near_duplicates": 2462}, "tier1": {"heldout_accuracy": 0.9917}}
+    assert headlines.headline(stage_manifest("corpus", corpus)) == (
+        "documents kept 16,020, rejected 74, duplicates 4,059; router tier 1 0.99 held-out")
+    residual = {"scale": 0.75, "fidelity_ratio": 0.909,
+                "domain_perplexity": {"merged": 106.03, "instruct": 654.06}}
+    assert headlines.headline(stage_manifest("residual", residual)) == (
+        "λ 0.75, fidelity ratio 0.91; domain perplexity merged 106.03 vs instruct 654.06")
+    sft = {"heldout": {"expert": {"decision": {"accuracy": 0.8}},
+                       "instruct": {"decision": {"accuracy": 0.0}}}}
+    assert "decision 0.80 vs 0.00, doc_kind ? vs ?" in headlines.headline(
+        stage_manifest("sft", sft))  # a number the manifest lacks prints as ?, never crashes
+
+
+def test_run_prints_a_line_per_stage_then_the_table_and_dumps_metrics_to_the_log(
+        tmp_path, monkeypatch, capsys):
+    from mortgagellm.pipelines import recipe as pipeline
+
+    done = {"bootstrap": stage_manifest("bootstrap", {"base": {"fidelity": 0.0},
+                                                      "instruct": {"fidelity": 0.92},
+                                                      "parameters": 1115264}),
+            "corpus": None}  # corpus runs now: its manifest starts after the run did
+
+    def run_stage(recipe, stage, force=False):
+        return done[stage] or stage_manifest(stage, {"documents": {"kept": 3}},
+                                             started_at="2999-01-01T00:00:00Z")
+
+    monkeypatch.setattr(pipeline, "run_stage", run_stage)
+    out_dir = tmp_path / "run"
+    assert cli.main(["run", str(ROOT / "configs/cpu-demo.yaml"), "--to", "corpus",
+                     f"--run.output_dir={out_dir}"]) == 0
+    out = capsys.readouterr().out
+    assert "[bootstrap] up to date, skipped: instruction fidelity base 0.00 -> instruct 0.92" in out
+    assert "[corpus] 12.0 s: documents kept 3" in out
+    table = out[out.index("stage "):]
+    assert "bootstrap    skipped" in table and "/runs/x/corpus/model" in table
+    assert "cpu-demo.yaml --demo" in out and "mortgagellm report" in out
+    assert "base.fidelity" not in out  # the flat dump is not for the terminal ...
+    assert "corpus" in (out_dir / "run.log").read_text()  # ... it is in the run's log
+    assert "documents.kept = 3" in (out_dir / "run.log").read_text()
