@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import time
-import urllib.request
 from pathlib import Path
 
 from mortgagellm import registry
@@ -22,15 +21,6 @@ from mortgagellm.serve import app as serve_app
 
 log = logging.getLogger(__name__)
 CLUSTER_FILE = "cluster.json"
-DEMO_REQUESTS = (
-    ("Classify the underwriting decision of this loan file as approve, refer or deny.\n\n"
-     "Borrower: Alex Kim. Credit score 742. DTI 31%. LTV 78%. Employment: 6 years, salaried.",
-     None),
-    ("Can you explain escrow in plain English?", None),
-)
-"""Used when the corpus stage's held-out sets are not there: (request, expected answer)."""
-
-
 def app_args(config: str, overrides: list[str]) -> dict[str, str]:
     """build_app's args from the CLI: the recipe and its dotted overrides, with every path
     absolute (the app is built by the Serve controller, whose working directory may differ)."""
@@ -113,8 +103,9 @@ def serve(recipe: Recipe, config: str, overrides: list[str], demo: bool = False)
         if demo:
             if not key.is_file():
                 raise SystemExit(f"--demo needs the demo key {key}: set serve.auth.create_demo_key")
-            for text, expected in demo_requests(recipe):
-                print(demo_line(url, key.read_text().strip(), text, expected), flush=True)
+            from mortgagellm.serve import demo as serve_demo
+
+            print("\n".join(serve_demo.run(url, key.read_text().strip(), recipe)), flush=True)
             return 0
         while True:
             time.sleep(3600)
@@ -126,38 +117,6 @@ def serve(recipe: Recipe, config: str, overrides: list[str], demo: bool = False)
         ray_serve.shutdown()
         ray.shutdown()
         state.unlink(missing_ok=True)
-
-
-def demo_requests(recipe: Recipe) -> list[tuple[str, str | None]]:
-    """One structured and one conversational request with their expected answers: the shortest
-    of the first 20 held-out decision and QA records the corpus stage wrote (never trained on),
-    else DEMO_REQUESTS."""
-    from mortgagellm.datasets.tasks import read_task_set
-    from mortgagellm.manifest import stage_dir
-
-    tasks = stage_dir(recipe, "corpus") / "tasks"
-    picked = []
-    for name, answer in (("eval_decision", "answer"), ("eval_qa", "chosen")):
-        if not (tasks / f"{name}.parquet").is_file():
-            return list(DEMO_REQUESTS)
-        record = min(read_task_set(tasks / f"{name}.parquet")[:20], key=lambda r: len(r["prompt"]))
-        picked.append((record["prompt"], record[answer]))
-    return picked
-
-
-def demo_line(url: str, key: str, text: str, expected: str | None = None) -> str:
-    """Send one routed chat request and describe the answer (and the expected one) in lines."""
-    body = json.dumps({"model": "mortgagellm", "max_tokens": 48,
-                       "messages": [{"role": "user", "content": text}]}).encode()
-    request = urllib.request.Request(f"{url}/v1/chat/completions", body, {
-        "Authorization": f"Bearer {key}", "Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=120) as response:
-        answer = json.load(response)
-    meta = answer["mortgagellm"]
-    return (f"[{meta['route']} {meta['confidence']:.2f} by {meta['decided_by']}, "
-            f"expert {meta['expert_version'][:12]}] {text.splitlines()[0][:60]!r}\n"
-            f"  -> {answer['choices'][0]['message']['content']!r}"
-            + (f"\n  expected: {expected!r}" if expected is not None else ""))
 
 
 def switch(recipe: Recipe, config: str, overrides: list[str], expert: str, action: str,

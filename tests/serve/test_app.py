@@ -16,10 +16,10 @@ import requests
 
 from mortgagellm import modeling, registry
 from mortgagellm.registry import registry_path
-from mortgagellm.serve import audit, door, engine, ops
+from mortgagellm.serve import audit, demo, door, engine, ops
 
 pytestmark = pytest.mark.integration
-(STRUCTURED, _), (CONVERSATIONAL, _) = ops.DEMO_REQUESTS
+(STRUCTURED, _), (CONVERSATIONAL, _) = demo.DEMO_REQUESTS
 
 
 def free_port() -> int:
@@ -119,10 +119,10 @@ def test_routed_answers_from_both_experts_carry_route_and_version(app, client):
 def test_demo_lines_show_route_version_answer_and_expectation(app):
     """What `make demo` ends with: one line per request naming its route and expert version."""
     version = registry.current(registry_path(app.recipe), "structured")[0]
-    line = ops.demo_line(app.url, app.key, STRUCTURED, expected="approve")
+    line = demo.demo_line(app.url, app.key, STRUCTURED, expected="approve")
     assert line.startswith("[structured ") and f"expert {version[:12]}]" in line
     assert line.endswith("expected: 'approve'")
-    assert ops.demo_line(app.url, app.key, CONVERSATIONAL).startswith("[conversational ")
+    assert demo.demo_line(app.url, app.key, CONVERSATIONAL).startswith("[conversational ")
 
 
 def test_the_judge_can_be_the_served_app_itself(app, monkeypatch):

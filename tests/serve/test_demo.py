@@ -1,20 +1,58 @@
-"""The requests `mortgagellm serve --demo` sends: held-out records when the corpus wrote them."""
+"""`mortgagellm serve --demo`: held-out records drawn with the run's seed, answers scored and
+counted per expert."""
+
+import random
+
+import pytest
 
 from mortgagellm.config import Recipe
 from mortgagellm.datasets.tasks import read_task_set, write_task_sets
-from mortgagellm.serve import ops
+from mortgagellm.serve import demo
 
 
-def test_demo_uses_held_out_records_with_their_answers(tmp_path):
-    recipe = Recipe.model_validate({"run": {"output_dir": str(tmp_path)}})
-    assert ops.demo_requests(recipe) == list(ops.DEMO_REQUESTS)  # no corpus stage yet
+@pytest.fixture
+def recipe(tmp_path):
+    return Recipe.model_validate({"run": {"output_dir": str(tmp_path)}})
 
+
+def test_demo_draws_held_out_records_with_the_run_seed(recipe, tmp_path):
+    with pytest.raises(SystemExit, match="eval_decision.parquet.*mortgagellm run"):
+        demo.demo_requests(recipe)  # no corpus stage yet: say which file and what to run
     tasks = tmp_path / "corpus" / "tasks"
     write_task_sets(tasks, recipe.corpus.tasks, recipe.run.seed)
-    (decision, label), (question, answer) = ops.demo_requests(recipe)
-    records = read_task_set(tasks / "eval_decision.parquet")[:20]
-    shortest = min(records, key=lambda r: len(r["prompt"]))
-    assert (decision, label) == (shortest["prompt"], shortest["answer"])
-    assert label in ("approve", "refer", "deny")
-    qa = {r["prompt"]: r["chosen"] for r in read_task_set(tasks / "eval_qa.parquet")[:20]}
-    assert qa[question] == answer and all(len(question) <= len(q) for q in qa)
+    picked = demo.demo_requests(recipe)
+    assert [r["route"] for r in picked] == (["structured"] * demo.DEMO_PER_EXPERT
+                                            + ["conversational"] * demo.DEMO_PER_EXPERT)
+    decisions = read_task_set(tasks / "eval_decision.parquet")
+    rng = random.Random(recipe.run.seed)  # the same draw by hand
+    expected = rng.sample(decisions, demo.DEMO_PER_EXPERT)
+    assert [r["prompt"] for r in picked[:demo.DEMO_PER_EXPERT]] == [r["prompt"] for r in expected]
+    assert all(r["expected"] in ("approve", "refer", "deny") for r in picked[:20])
+    qa = {r["prompt"]: r["chosen"] for r in read_task_set(tasks / "eval_qa.parquet")}
+    assert all(qa[r["prompt"]] == r["expected"] for r in picked[20:])
+    assert picked == demo.demo_requests(recipe)  # the same seed, the same requests
+
+
+def answer(route, content):
+    return {"choices": [{"message": {"content": content}}],
+            "mortgagellm": {"route": route, "confidence": 0.97, "decided_by": "tier1",
+                            "expert_version": "ab" * 32}}
+
+
+def test_tally_counts_right_answers_and_routes_per_expert():
+    from mortgagellm.datasets.tasks.format import qa_truth
+
+    decision = {"prompt": "Decide: approve, refer or deny?\nfile...", "expected": "deny",
+                "task": "decision", "route": "structured", "truth": {"label": "deny"}}
+    apr = {"prompt": "What is the APR?", "expected": "The APR is 6.912%.", "task": "qa",
+           "route": "conversational",
+           "truth": qa_truth("apr", "What is the APR?", "6.912%", 6.912, "percent")}
+    records = [decision, dict(decision, truth={"label": "approve"}), apr, apr]
+    answers = [answer("structured", "deny"), answer("conversational", "deny"),
+               answer("conversational", "The APR is 6.912%."), answer("structured", "6.5%")]
+    lines = demo.tally(records, answers)
+    assert lines[1] == ("structured expert: 1/2 held-out decision requests answered right; "
+                        "1/2 routed to it")
+    assert lines[0].endswith("expected: 'deny'") and "(right)" in lines[0]
+    assert lines[4] == ("conversational expert: 1/2 held-out qa requests answered right; "
+                        "1/2 routed to it")
