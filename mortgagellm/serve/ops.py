@@ -8,11 +8,14 @@ Run: mortgagellm serve configs/cpu-demo.yaml [--demo]
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import logging
 import os
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from mortgagellm import registry
@@ -85,6 +88,27 @@ def wait_running(name: str, timeout_s: float) -> None:
     raise TimeoutError(f"serve app {name} not running after {timeout_s} s")
 
 
+@contextlib.contextmanager
+def output_to(path: Path) -> Iterator[None]:
+    """Point this process's stdout and stderr (file descriptors 1 and 2, so Ray's C++ and
+    worker log lines too) at `path` for the block, then restore them."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(path, "ab") as sink:
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
 def serve(recipe: Recipe, config: str, overrides: list[str], demo: bool = False) -> int:
     """`mortgagellm serve`: start Ray as the recipe says, serve the app, wait for Ctrl-C."""
     import ray
@@ -99,13 +123,14 @@ def serve(recipe: Recipe, config: str, overrides: list[str], demo: bool = False)
     key = Path(f"{serve_app.keys_file(recipe, {})}.secret")
     print(f"mortgagellm: OpenAI API on {url}/v1 (Ctrl-C stops)"
           + (f"; the demo API key is in {key}" if key.is_file() else ""), flush=True)
+    lines: list[str] = []
     try:
         if demo:
             if not key.is_file():
                 raise SystemExit(f"--demo needs the demo key {key}: set serve.auth.create_demo_key")
             from mortgagellm.serve import demo as serve_demo
 
-            print("\n".join(serve_demo.run(url, key.read_text().strip(), recipe)), flush=True)
+            lines = serve_demo.run(url, key.read_text().strip(), recipe)
             return 0
         while True:
             time.sleep(3600)
@@ -114,8 +139,12 @@ def serve(recipe: Recipe, config: str, overrides: list[str], demo: bool = False)
     finally:
         from ray import serve as ray_serve
 
-        ray_serve.shutdown()
-        ray.shutdown()
+        # Serve's and Ray's shutdown chatter (controller logs, replicas killed after their
+        # graceful timeout) goes to a file, so the demo's tally is the last thing on screen.
+        with output_to(serve_app.serve_dir(recipe) / "shutdown.log"):
+            ray_serve.shutdown()
+            ray.shutdown()
+        print("\n".join(lines), flush=True)
         state.unlink(missing_ok=True)
 
 

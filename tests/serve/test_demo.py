@@ -56,3 +56,21 @@ def test_tally_counts_right_answers_and_routes_per_expert():
     assert lines[0].endswith("expected: 'deny'") and "(right)" in lines[0]
     assert lines[4] == ("conversational expert: 1/2 held-out qa requests answered right; "
                         "1/2 routed to it")
+
+
+def test_output_to_sends_fd_level_writes_to_the_file_then_restores(tmp_path, capfd):
+    import os
+    import subprocess
+    import sys
+
+    from mortgagellm.serve.ops import output_to
+
+    log = tmp_path / "shutdown.log"
+    with output_to(log):
+        os.write(1, b"controller says\n")
+        os.write(2, b"graceful_shutdown failed\n")
+        subprocess.run([sys.executable, "-c", "print('a child process')"], check=True)
+    print("the tally")
+    out, err = capfd.readouterr()
+    assert out == "the tally\n" and err == ""
+    assert log.read_text() == "controller says\ngraceful_shutdown failed\na child process\n"
