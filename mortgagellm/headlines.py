@@ -88,14 +88,25 @@ def headline(manifest: Any) -> str:
 def stage_line(manifest: Any, skipped: bool) -> str:
     """What `run` prints as a stage ends: its time (or that it was up to date) and headline."""
     took = "up to date, skipped" if skipped else f"{manifest.duration_s:.1f} s"
-    return f"[{manifest.stage}] {took}: {headline(manifest)}"
+    return "\n".join([f"[{manifest.stage}] {took}: {headline(manifest)}"]
+                     + [f"  {name}: {entry['uri']}" for name, entry in manifest.outputs.items()])
+
+
+def stage_dir(manifest: Any) -> str:
+    """Where a stage's outputs are: their common folder (a stage may write several)."""
+    import os
+
+    uris = [entry["uri"] for entry in manifest.outputs.values()]
+    if not uris:
+        return ""
+    return uris[0] if len(uris) == 1 else os.path.commonpath(uris)
 
 
 def table(rows: list[tuple[Any, bool, float]]) -> str:
     """The closing table: (manifest, skipped, wall seconds in this run) per stage."""
     lines = ["", f"{'stage':<10} {'time':>9}  {'numbers':<74} output"]
     for manifest, skipped, wall in rows:
-        output = next(iter(manifest.outputs.values()), {}).get("uri", "")
+        output = stage_dir(manifest)
         took = "skipped" if skipped else f"{wall:.0f} s"
         lines.append(f"{manifest.stage:<10} {took:>9}  {headline(manifest):<74} {output}")
     total = sum(wall for _, _, wall in rows)

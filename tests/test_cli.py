@@ -93,6 +93,8 @@ def test_run_prints_a_line_per_stage_then_the_table_and_dumps_metrics_to_the_log
                                                       "instruct": {"fidelity": 0.92},
                                                       "parameters": 1115264}),
             "corpus": None}  # corpus runs now: its manifest starts after the run did
+    done["bootstrap"].outputs = {"base": {"uri": "/runs/x/bootstrap/base"},
+                                 "instruct": {"uri": "/runs/x/bootstrap/instruct"}}
 
     def run_stage(recipe, stage, force=False):
         return done[stage] or stage_manifest(stage, {"documents": {"kept": 3}},
@@ -106,7 +108,9 @@ def test_run_prints_a_line_per_stage_then_the_table_and_dumps_metrics_to_the_log
     assert "[bootstrap] up to date, skipped: instruction fidelity base 0.00 -> instruct 0.92" in out
     assert "[corpus] 12.0 s: documents kept 3" in out
     table = out[out.index("stage "):]
+    assert "  instruct: /runs/x/bootstrap/instruct" in out  # each output as its stage ends
     assert "bootstrap    skipped" in table and "/runs/x/corpus/model" in table
+    assert table.splitlines()[1].endswith(" /runs/x/bootstrap")  # several outputs: their folder
     assert "cpu-demo.yaml --demo" in out and "mortgagellm report" in out
     assert "base.fidelity" not in out  # the flat dump is not for the terminal ...
     assert "corpus" in (out_dir / "run.log").read_text()  # ... it is in the run's log

@@ -57,7 +57,8 @@ def test_second_run_skips_via_manifest(tiny_pair, tiny_recipe_path, caplog, caps
     assert cli.main(["run", str(tiny_recipe_path), "--to", "bootstrap"]) == 0
     assert "up to date" in caplog.text and "skipping" in caplog.text
     printed = capsys.readouterr().out
-    assert tiny_pair.output_path("instruct") in printed and "instruct.fidelity" in printed
+    assert tiny_pair.output_path("instruct") in printed
+    assert "[bootstrap] up to date, skipped: instruction fidelity base" in printed
     stored = json.loads((tiny_recipe_path.parent / "run/bootstrap/manifest.json").read_text())
     assert stored["fingerprint"] == tiny_pair.fingerprint
     assert stored["started_at"] == tiny_pair.started_at  # not rewritten
