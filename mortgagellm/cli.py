@@ -203,7 +203,10 @@ def _metrics_log(output_dir: str) -> logging.Logger:
     output_dir (s3://...) it writes nowhere, the manifests still hold every number."""
     dump = logging.getLogger("mortgagellm.run.metrics")
     dump.propagate = False
-    if "://" not in output_dir and not dump.handlers:
+    for old in list(dump.handlers):  # a second run in this process (tests) logs to its own dir
+        dump.removeHandler(old)
+        old.close()
+    if "://" not in output_dir:
         from pathlib import Path
 
         Path(output_dir).mkdir(parents=True, exist_ok=True)
