@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import json
 import random
+import urllib.error
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from mortgagellm.config import Recipe
 
 DEMO_PER_EXPERT = 20
+DEMO_MAX_TOKENS = 48
 DEMO_TASKS = (("decision", "answer", "structured"), ("qa", "chosen", "conversational"))
 """(held-out task, its reference field, the route it belongs to)."""
 DEMO_REQUESTS = (
@@ -31,9 +34,11 @@ DEMO_REQUESTS = (
 """Sample requests for a served app without held-out sets (a registry-only deployment)."""
 
 
-def demo_requests(recipe: Recipe) -> list[dict]:
-    """DEMO_PER_EXPERT records of each DEMO_TASKS set, sampled with the run's seed:
-    {prompt, expected, task, route, truth}. Raises SystemExit naming the missing file."""
+def demo_requests(recipe: Recipe, fits: Callable[[str], bool] = lambda text: True
+                  ) -> list[dict]:
+    """DEMO_PER_EXPERT records of each DEMO_TASKS set, sampled with the run's seed from those
+    whose prompt `fits` the served limits: {prompt, expected, task, route, truth}. Raises
+    SystemExit naming the missing file."""
     from mortgagellm.datasets.tasks import read_task_set
     from mortgagellm.manifest import stage_dir
 
@@ -43,21 +48,40 @@ def demo_requests(recipe: Recipe) -> list[dict]:
         if not path.is_file():
             raise SystemExit(f"--demo needs the corpus stage's held-out set {path}: run "
                              "`mortgagellm run` with this recipe first")
-        records = read_task_set(path)
+        records = [r for r in read_task_set(path) if fits(r["prompt"])]
         picked += [{"prompt": r["prompt"], "expected": r[field], "task": task, "route": route,
                     "truth": r["truth"]}
                    for r in rng.sample(records, min(DEMO_PER_EXPERT, len(records)))]
     return picked
 
 
-def ask(url: str, key: str, text: str, max_tokens: int = 48) -> dict[str, Any]:
-    """One routed chat request; the OpenAI response with our `mortgagellm` metadata."""
+def fits_limits(recipe: Recipe) -> Callable[[str], bool]:
+    """Whether a request's chat prompt plus the demo's answer budget is within
+    serve.limits.max_prompt_tokens, counted with the models' tokenizer as the experts count it
+    (longer held-out prompts would be refused with a 400, which is the door working, not a
+    demo)."""
+    from transformers import AutoTokenizer
+
+    from mortgagellm.manifest import stage_dir
+    from mortgagellm.modeling import chat_ids
+
+    tokenizer = AutoTokenizer.from_pretrained(stage_dir(recipe, "bootstrap") / "instruct")
+    budget = recipe.serve.limits.max_prompt_tokens - DEMO_MAX_TOKENS
+    return lambda text: len(chat_ids(tokenizer, [{"role": "user", "content": text}])) <= budget
+
+
+def ask(url: str, key: str, text: str, max_tokens: int = DEMO_MAX_TOKENS) -> dict[str, Any]:
+    """One routed chat request; the OpenAI response with our `mortgagellm` metadata, or the
+    error body the app answered with ({"error": {...}})."""
     body = json.dumps({"model": "mortgagellm", "max_tokens": max_tokens,
                        "messages": [{"role": "user", "content": text}]}).encode()
     request = urllib.request.Request(f"{url}/v1/chat/completions", body, {
         "Authorization": f"Bearer {key}", "Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=120) as response:
-        return json.load(response)
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return json.load(response)
+    except urllib.error.HTTPError as err:
+        return {"status": err.code, **json.loads(err.read() or b"{}")}
 
 
 def demo_line(url: str, key: str, text: str, expected: str | None = None) -> str:
@@ -68,6 +92,9 @@ def demo_line(url: str, key: str, text: str, expected: str | None = None) -> str
 def describe(text: str, answer: dict[str, Any], expected: str | None = None,
              verdict: str = "") -> str:
     """Route, confidence, expert version, the request's first line, the answer, the expected."""
+    if "error" in answer:
+        return (f"[refused {answer.get('status', '?')}] {text.splitlines()[0][:60]!r}\n"
+                f"  -> {answer['error'].get('message', answer['error'])!r}")
     meta = answer["mortgagellm"]
     return (f"[{meta['route']} {meta['confidence']:.2f} by {meta['decided_by']}, "
             f"expert {meta['expert_version'][:12]}] {text.splitlines()[0][:60]!r}\n"
@@ -79,6 +106,8 @@ def right(record: dict, answer: dict[str, Any]) -> bool:
     """The expert's answer scores 1 on the record's truth (tasks.score: the label, the figure)."""
     from mortgagellm.datasets.tasks import parse_answer, score
 
+    if "error" in answer:
+        return False
     text = answer["choices"][0]["message"]["content"]
     return score(record["task"], parse_answer(record["task"], text), record["truth"]) == 1.0
 
@@ -90,19 +119,22 @@ def tally(records: list[dict], answers: list[dict[str, Any]]) -> list[str]:
         mine = [(r, a) for r, a in zip(records, answers) if r["route"] == route]
         if not mine:
             continue
-        routed = sum(a["mortgagellm"]["route"] == route for _, a in mine)
+        routed = sum(a.get("mortgagellm", {}).get("route") == route for _, a in mine)
         good = sum(right(r, a) for r, a in mine)
+        refused = sum("error" in a for _, a in mine)
         record, answer = mine[0]
         lines += [describe(record["prompt"], answer, record["expected"],
                            "  (right)" if right(record, answer) else "  (wrong)"),
                   f"{route} expert: {good}/{len(mine)} held-out {record['task']} requests "
-                  f"answered right; {routed}/{len(mine)} routed to it", ""]
+                  f"answered right; {routed}/{len(mine)} routed to it"
+                  + (f"; {refused} refused (the error is in the audit log)" if refused else ""),
+                  ""]
     return lines
 
 
 def run(url: str, key: str, recipe: Recipe, concurrency: int = 4) -> list[str]:
     """Send the demo requests (a few at a time, so the experts batch them) and tally them."""
-    records = demo_requests(recipe)
+    records = demo_requests(recipe, fits_limits(recipe))
     with ThreadPoolExecutor(concurrency) as pool:
         answers = list(pool.map(lambda r: ask(url, key, r["prompt"]), records))
     return tally(records, answers)

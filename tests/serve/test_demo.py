@@ -31,6 +31,8 @@ def test_demo_draws_held_out_records_with_the_run_seed(recipe, tmp_path):
     qa = {r["prompt"]: r["chosen"] for r in read_task_set(tasks / "eval_qa.parquet")}
     assert all(qa[r["prompt"]] == r["expected"] for r in picked[20:])
     assert picked == demo.demo_requests(recipe)  # the same seed, the same requests
+    short = demo.demo_requests(recipe, fits=lambda text: len(text) < 900)
+    assert short and all(len(r["prompt"]) < 900 for r in short)  # only what the door admits
 
 
 def answer(route, content):
@@ -56,6 +58,11 @@ def test_tally_counts_right_answers_and_routes_per_expert():
     assert lines[0].endswith("expected: 'deny'") and "(right)" in lines[0]
     assert lines[4] == ("conversational expert: 1/2 held-out qa requests answered right; "
                         "1/2 routed to it")
+    refused = {"status": 400, "error": {"message": "the prompt has 900 tokens; the limit is 448."}}
+    lines = demo.tally([decision, decision], [answer("structured", "deny"), refused])
+    assert lines[1].endswith("1/2 routed to it; 1 refused (the error is in the audit log)")
+    assert "[refused 400]" in demo.describe("x", refused) and "900 tokens" in demo.describe(
+        "x", refused)
 
 
 def test_output_to_sends_fd_level_writes_to_the_file_then_restores(tmp_path, capfd):
