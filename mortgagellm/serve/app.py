@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mortgagellm import routing
-from mortgagellm.config import ExpertSettings, Recipe, load_recipe
+from mortgagellm.config import AuditSettings, ExpertSettings, Recipe, load_recipe
 
 log = logging.getLogger(__name__)
 DEPLOYMENTS = {"structured": "StructuredExpert", "conversational": "ConversationalExpert"}
@@ -40,6 +40,14 @@ def serve_dir(recipe: Recipe) -> Path:
 def audit_dir(recipe: Recipe) -> Path:
     """The audit log directory."""
     return Path(recipe.serve.audit.dir or serve_dir(recipe) / "audit")
+
+
+def audit_settings(recipe: Recipe) -> AuditSettings:
+    """serve.audit with its key file made absolute (default <output_dir>/serve/audit.key,
+    beside the log directory, not in it), as the router replicas and `deploy` read it."""
+    a = recipe.serve.audit
+    return a.model_copy(update={"key_file": str(Path(a.key_file or serve_dir(recipe) /
+                                                     "audit.key").absolute())})
 
 
 def keys_file(recipe: Recipe, args: dict[str, Any]) -> Path:
@@ -146,8 +154,9 @@ def build_app(args: dict[str, Any]) -> Any:
         experts[expert] = deployment.bind(expert, s.threads, s.max_batch_size,
                                           s.batch_wait_timeout_s, cfg.limits.max_prompt_tokens)
     router = Router.options(name=ROUTER, **options[ROUTER])
-    return router.bind(experts["structured"], experts["conversational"],
-                       cfg.model_dump(mode="json"), str(routing.tier1_path(recipe).absolute()),
+    settings = cfg.model_copy(update={"audit": audit_settings(recipe)}).model_dump(mode="json")
+    return router.bind(experts["structured"], experts["conversational"], settings,
+                       str(routing.tier1_path(recipe).absolute()),
                        api_keys(recipe, args), str(audit_dir(recipe).absolute()))
 
 
