@@ -78,6 +78,10 @@ class RouterSettings(Section):
         None, description="routing_train file (.parquet or .jsonl) the corpus stage trains "
         "tier 1 on (its 'tier1' output). None: the corpus stage's own routing_train set.")
     num_cpus: float = Field(0.25, ge=0, description="Logical CPUs per router replica.")
+    resources: dict[str, float] = Field(
+        default_factory=dict, description="Custom Ray resources a router replica needs; on "
+        "Kubernetes the router worker group alone offers them, so routers (which write the "
+        "audit log) land only where that volume is mounted writable.")
     autoscaling: AutoscalingSettings = Field(
         default_factory=lambda: AutoscalingSettings(target_ongoing_requests=64),
         description="Router replica bounds.")

@@ -96,7 +96,8 @@ def deployment_options(recipe: Recipe) -> dict[str, dict[str, Any]]:
         "autoscaling_config": cfg.router.autoscaling.model_dump(),
         "max_ongoing_requests": cfg.router.max_ongoing_requests,
         "max_queued_requests": cfg.router.max_queued_requests,
-        "ray_actor_options": {"num_cpus": cfg.router.num_cpus}}}
+        "ray_actor_options": {"num_cpus": cfg.router.num_cpus}
+        | ({"resources": cfg.router.resources} if cfg.router.resources else {})}}
     for expert, name in DEPLOYMENTS.items():
         s: ExpertSettings = getattr(cfg, expert)
         options[name] = {
