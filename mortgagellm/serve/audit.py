@@ -393,7 +393,8 @@ def verify(path: str | Path, key: bytes) -> Report:
             return Report(0, str(err))
     else:
         return Report(0, f"{path}: no such file or directory")
-    prunes, total, chains = _prunes(groups) if heads else {}, 0, {}
+    whole = path.is_dir()  # a whole log: its ends, checkpoints and prunes are checked too
+    prunes, total, chains = _prunes(groups) if whole else {}, 0, {}
     for writer, files in groups.items():
         chain = chains[writer] = _Chain()
         wanted = {heads[writer]["seq"]} if writer in heads else set()
@@ -401,19 +402,23 @@ def verify(path: str | Path, key: bytes) -> Report:
             if problem := _check_file(file, key, chain, wanted):
                 return Report(total + chain.records, problem)
         total += chain.records
-        if heads and chain.first and chain.first != (0, GENESIS) and \
+        if whole and chain.first and chain.first != (0, GENESIS) and \
                 prunes.get(writer, {}).get(chain.first[0] - 1) != chain.first[1]:
             return Report(total, f"writer {writer}: its oldest record is seq {chain.first[0]}, "
                           f"and no prune of seq {chain.first[0] - 1} is recorded: records at "
                           "the start of its log were deleted")
-    if problem := _check_heads(heads, chains, prunes):
+    if whole and (problem := _check_heads(heads, chains, prunes)):
         return Report(total, problem)
     return Report(total)
 
 
 def _check_heads(heads: dict[str, dict], chains: dict[str, _Chain],
                  prunes: dict[str, dict[int, str]]) -> str | None:
-    """Every checkpoint reached by its writer's records; every witnessed writer present."""
+    """Every checkpoint reached by its writer's records; every witnessed writer present; every
+    writer with records has a checkpoint (each writes one when it starts)."""
+    if orphans := sorted(set(chains) - set(heads)):
+        return (f"writer {orphans[0]}: records but no checkpoint: its {orphans[0]}{HEAD} was "
+                "deleted, which hides records deleted from its end")
     for writer, head in sorted(heads.items()):
         chain = chains.get(writer, _Chain())
         pruned = max(prunes.get(writer, {}), default=-1)

@@ -162,6 +162,15 @@ def test_verify_sees_a_whole_writer_deleted(tmp_path):
     assert "writer router_a: no checkpoint, but router_b's saw it at seq 4" in problem(tmp_path)
 
 
+def test_verify_sees_a_deleted_checkpoint(tmp_path):
+    write_log(tmp_path, writer="router_a")
+    write_log(tmp_path, writer="router_b")
+    (tmp_path / "router_b.head.json").unlink()  # router_a's checkpoint predates router_b
+    assert "writer router_b: records but no checkpoint" in problem(tmp_path)
+    (tmp_path / "router_a.head.json").unlink()  # no checkpoint left at all
+    assert "writer router_a: records but no checkpoint" in problem(tmp_path)
+
+
 def test_verify_sees_files_deleted_under_a_kept_checkpoint(tmp_path):
     path = write_log(tmp_path)
     path.unlink()
