@@ -23,6 +23,10 @@ import yaml
 
 IMAGE_REPO = "/home/ray/mortgagellm"  # where the Dockerfile puts the repo's configs/
 API_KEYS_FILE = "/etc/mortgagellm/api-keys/api-keys"  # secret.api-keys.yaml, mounted
+AUDIT_KEY_FILE = "/etc/mortgagellm/audit-key/audit-key"  # secret.audit-key.yaml, mounted
+ROUTER_RESOURCE = "mortgagellm_router"
+"""Offered only by the router worker group: routers write the audit log, and only that group
+mounts the shared volume writable (tests/k8s/test_storage.py)."""
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # this checkout's mortgagellm, whichever is installed
 SERVING = {"serve.host": "0.0.0.0", "serve.port": 8000}
@@ -46,8 +50,10 @@ def expert_placement(cpus: float, gpus: float, replicas: tuple[int, int], target
 
 
 def router_placement(replicas: tuple[int, int]) -> dict[str, Any]:
-    """The router's overrides: one CPU per replica, autoscaling bounds."""
-    return {"serve.router.num_cpus": 1, "serve.router.autoscaling": {
+    """The router's overrides: one CPU and the router resource per replica, autoscaling
+    bounds."""
+    return {"serve.router.num_cpus": 1, "serve.router.resources": {ROUTER_RESOURCE: 1},
+            "serve.router.autoscaling": {
         "min_replicas": replicas[0], "max_replicas": replicas[1], "target_ongoing_requests": 64}}
 
 
@@ -57,7 +63,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
              "overrides": expert_placement(4, 1, (1, 4), 8, 32, "A100") | router_placement((2, 8))},
     # CPU only: small models, 1-2 replicas each, for a laptop-sized Kubernetes (kind, minikube).
     "cpu": {"recipe": "configs/cpu-demo.yaml",
-            "overrides": expert_placement(1, 0, (1, 2), 2, 8) | router_placement((1, 2))},
+            # The cpu-dev RayJobs write the run to the shared volume: serve that run, not the
+            # recipe's relative runs/cpu-demo (the worker's cwd, lost with the pod).
+            "overrides": expert_placement(1, 0, (1, 2), 2, 8) | router_placement((1, 2))
+            | {"run.output_dir": "/mnt/shared/cpu-demo",
+               "serve.audit.key_file": AUDIT_KEY_FILE}},
 }
 TARGETS = {"a100": HERE / "base/rayservice.mortgagellm.yaml",
            "cpu": HERE / "overlays/cpu-dev/rayservice.serve-config.patch.yaml"}

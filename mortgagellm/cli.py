@@ -9,7 +9,7 @@
     mortgagellm serve CONFIG [--demo]                  the OpenAI-compatible app on serve.host:port
     mortgagellm deploy CONFIG EXPERT VERSION|DIR       switch an expert's model in place
     mortgagellm rollback CONFIG EXPERT                 back to its previous version
-    mortgagellm audit verify PATH                      check the audit log's hash chain
+    mortgagellm audit verify PATH [--key-file F]       check the audit log's HMAC chain
 
 Imports nothing heavy at module level, so --help is instant.
 """
@@ -88,6 +88,8 @@ def add_serve_commands(sub: Any) -> None:
     verify = actions.add_parser("verify", help="check the hash chain; exit 1 naming the first "
                                 "altered or missing record")
     verify.add_argument("path", help="audit log directory or one of its files")
+    verify.add_argument("--key-file", help="the audit HMAC key (default: "
+                        "$MORTGAGELLM_AUDIT_KEY, else <path>/../audit.key)")
 
 
 def split_overrides(extra: list[str]) -> list[str]:
@@ -116,9 +118,19 @@ def main(argv: list[str] | None = None) -> int:
     from mortgagellm.config import ConfigError, load_recipe
 
     if args.command == "audit":
-        from mortgagellm.serve.audit import verify
+        from pathlib import Path
 
-        report = verify(args.path)
+        from mortgagellm.config import AuditSettings
+        from mortgagellm.serve.audit import load_key, verify
+
+        logs = Path(args.path) if Path(args.path).is_dir() else Path(args.path).parent
+        try:
+            key = load_key(AuditSettings(key_file=args.key_file or str(logs.parent / "audit.key")),
+                           logs)
+        except (FileNotFoundError, ValueError) as err:
+            print(f"mortgagellm: {err}", file=sys.stderr)
+            return 2
+        report = verify(args.path, key)
         print(f"{args.path}: {report.records} records intact" if report.ok else
               f"{args.path}: {report.problem} ({report.records} records intact before it)")
         return 0 if report.ok else 1

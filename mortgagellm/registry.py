@@ -2,19 +2,30 @@
 directory) with their metrics, and for each expert the history of deployed versions that
 `mortgagellm deploy` extends and `mortgagellm rollback` walks back.
 
-One JSON file (serve.registry, default <output_dir>/serve/registry.json), rewritten atomically:
+One JSON file (serve.registry, default <output_dir>/serve/registry.json), rewritten atomically
+under an exclusive lock on <file>.lock (fcntl), so concurrent deploys never lose an update:
 
     {"versions": {"<sha256>": {"path": ..., "source": ..., "metrics": {...}, "registered_at": ...}},
      "deployed": {"structured": ["<oldest>", ..., "<current>"], "conversational": [...]}}
+
+Versions are immutable: registering copies the weights into <file's dir>/registry/<sha256>/ and
+checks the copy's hash, so an sft or dpo rerun that rewrites its output directory changes nothing
+a registered version serves, and a rollback restores the weights, not only a label. Copied, not
+hard-linked: a rerun that rewrites a file in place would change a hard link's content too.
+`verified` rehashes a version's directory when an expert loads it and refuses a changed one.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
+import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +51,59 @@ def read(path: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+@contextlib.contextmanager
+def locked(path: str | Path) -> Iterator[None]:
+    """Hold the registry's exclusive lock (<file>.lock) for a read-modify-write."""
+    lock = Path(f"{path}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with lock.open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def store_dir(path: str | Path, version: str) -> Path:
+    """Where a registered version's weights are kept: <registry file's dir>/registry/<version>."""
+    return Path(path).absolute().parent / "registry" / version
+
+
+def verified(model_dir: str | Path, version: str) -> str:
+    """`model_dir` after checking it still hashes to `version`; ValueError naming both hashes
+    when it does not (the weights were changed after they were registered)."""
+    found = sha256_path(model_dir)
+    if found != version:
+        raise ValueError(f"{model_dir} hashes to {found[:12]}, not to its version {version[:12]}: "
+                         "its files were changed after registration; refusing to serve it. "
+                         "Restore them, or register the directory as a new version")
+    return str(model_dir)
+
+
+def _store(path: str | Path, model_dir: str, version: str) -> Path:
+    """Copy a model directory into the store (once per version), checking the copy's hash."""
+    target = store_dir(path, version)
+    if target.is_dir():
+        verified(target, version)
+        return target
+    if "://" in model_dir or not Path(model_dir).is_dir():
+        raise ValueError(f"{model_dir}: registering needs a local model directory to copy")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{version[:12]}-"))
+    shutil.copytree(model_dir, staging, dirs_exist_ok=True)
+    try:
+        verified(staging, version)
+    except ValueError:
+        shutil.rmtree(staging)
+        raise
+    try:
+        os.replace(staging, target)
+    except OSError:  # a concurrent register of the same version got there first
+        shutil.rmtree(staging)
+        verified(target, version)
+    return target
+
+
 def _write(path: str | Path, data: dict[str, Any]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -51,14 +115,19 @@ def _write(path: str | Path, data: dict[str, Any]) -> None:
 
 def register(path: str | Path, model_dir: str, source: str, metrics: dict[str, Any] | None = None,
              version: str | None = None) -> str:
-    """Add a model directory (its content hash is the version; pass a manifest's to skip
-    re-hashing). Registering the same content again changes nothing."""
+    """Add a model directory: its weights are copied to store_dir (the copy is hashed and must
+    equal `version`, a manifest's hash, when given). Registering the same content again changes
+    nothing."""
     version = version or sha256_path(model_dir)
-    data = read(path)
-    if version not in data["versions"]:
-        data["versions"][version] = {
-            "path": str(Path(model_dir).absolute()), "source": source, "metrics": metrics or {},
-            "registered_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if version in read(path)["versions"]:
+        return version
+    stored = _store(path, model_dir, version)  # outside the lock: copying takes a while
+    with locked(path):
+        data = read(path)
+        data["versions"].setdefault(version, {
+            "path": str(stored), "source": source, "copied_from": str(Path(model_dir).absolute()),
+            "metrics": metrics or {},
+            "registered_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
         _write(path, data)
     return version
 
@@ -75,33 +144,36 @@ def resolve(path: str | Path, ref: str) -> str:
 
 def set_metrics(path: str | Path, version: str, metrics: dict[str, Any]) -> None:
     """Add or replace top-level keys of a registered version's metrics (e.g. 'evaluate')."""
-    data = read(path)
-    if version not in data["versions"]:
-        raise ValueError(f"version {version[:12]} is not registered in {path}")
-    data["versions"][version]["metrics"] |= metrics
-    _write(path, data)
+    with locked(path):
+        data = read(path)
+        if version not in data["versions"]:
+            raise ValueError(f"version {version[:12]} is not registered in {path}")
+        data["versions"][version]["metrics"] |= metrics
+        _write(path, data)
 
 
 def deploy(path: str | Path, expert: str, ref: str) -> tuple[str | None, str]:
     """Make a registered version the expert's current one; returns (previous, new)."""
-    version = resolve(path, ref)
-    data = read(path)
-    history = data["deployed"][expert]
-    previous = history[-1] if history else None
-    if previous != version:
-        history.append(version)
-        _write(path, data)
+    with locked(path):
+        version = resolve(path, ref)
+        data = read(path)
+        history = data["deployed"][expert]
+        previous = history[-1] if history else None
+        if previous != version:
+            history.append(version)
+            _write(path, data)
     return previous, version
 
 
 def rollback(path: str | Path, expert: str) -> tuple[str, str]:
     """Return the expert to the version deployed before the current one; (from, to)."""
-    data = read(path)
-    history = data["deployed"][expert]
-    if len(history) < 2:
-        raise ValueError(f"{expert} has no earlier deployed version to roll back to")
-    current = history.pop()
-    _write(path, data)
+    with locked(path):
+        data = read(path)
+        history = data["deployed"][expert]
+        if len(history) < 2:
+            raise ValueError(f"{expert} has no earlier deployed version to roll back to")
+        current = history.pop()
+        _write(path, data)
     return current, history[-1]
 
 

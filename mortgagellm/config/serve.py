@@ -78,6 +78,10 @@ class RouterSettings(Section):
         None, description="routing_train file (.parquet or .jsonl) the corpus stage trains "
         "tier 1 on (its 'tier1' output). None: the corpus stage's own routing_train set.")
     num_cpus: float = Field(0.25, ge=0, description="Logical CPUs per router replica.")
+    resources: dict[str, float] = Field(
+        default_factory=dict, description="Custom Ray resources a router replica needs; on "
+        "Kubernetes the router worker group alone offers them, so routers (which write the "
+        "audit log) land only where that volume is mounted writable.")
     autoscaling: AutoscalingSettings = Field(
         default_factory=lambda: AutoscalingSettings(target_ongoing_requests=64),
         description="Router replica bounds.")
@@ -122,17 +126,48 @@ class LimitSettings(Section):
 
 
 class AuditSettings(Section):
-    """The append-only, hash-chained audit log written by the router (serve/audit.py)."""
+    """The append-only, HMAC-chained audit log written by the router (serve/audit.py)."""
 
     enabled: bool = Field(True, description="Write one record per request.")
     dir: str | None = Field(
         None, description="Directory of the log files. None: <output_dir>/serve/audit.")
+    key_file: str | None = Field(
+        None, description="File holding the audit HMAC key (32+ characters), outside `dir`: "
+        "whoever can rewrite the log must not be able to read the key. None: "
+        "<output_dir>/serve/audit.key. In Kubernetes a Secret mounted read-only.")
+    key_env: str = Field(
+        "MORTGAGELLM_AUDIT_KEY", description="Environment variable whose value, when set, is "
+        "the key instead of key_file.")
+    create_key: bool = Field(
+        False, description="`mortgagellm serve` creates key_file (mode 0600) when there is no "
+        "key. For local demos only: production keys come from a secret store.")
     retention_days: int = Field(
-        1095, ge=1, description="Day files older than this are deleted when a writer starts or "
-        "rolls over (1095 = three years, HMDA's retention for loan records).")
+        1826, ge=1, description="Day files older than this are deleted when a writer starts or "
+        "rolls over (1826 = five years, the traceability lending asks for).")
+    retention_floor_days: int = Field(
+        1826, ge=1, description="The shortest retention this recipe allows without "
+        "`allow_short_retention`.")
+    allow_short_retention: bool = Field(
+        False, description="Accept retention_days below retention_floor_days; every writer "
+        "then writes a `retention_below_floor` record before it prunes anything.")
+    queue_size: int = Field(
+        10_000, ge=1, description="Records a writer holds in memory; when full (or the disk "
+        "fails) the router refuses requests with 503 `audit_unavailable` (fail closed).")
+    checkpoint_s: float = Field(
+        10.0, gt=0, description="Seconds between a writer's signed head checkpoints (also "
+        "written when it starts and closes).")
     pii_salt: str = Field(
         "mortgagellm-audit", description="Salt of the PII surrogates in logged prompts and "
         "outputs (datasets/pii.py); a deployment sets its own.")
+
+    @model_validator(mode="after")
+    def _retention_floor(self) -> AuditSettings:
+        if self.retention_days < self.retention_floor_days and not self.allow_short_retention:
+            raise ValueError(f"audit.retention_days {self.retention_days} is below the floor of "
+                             f"{self.retention_floor_days} days; set "
+                             "audit.allow_short_retention: true to lower it (each writer audits "
+                             "the change)")
+        return self
 
 
 class ServeConfig(Section):

@@ -1,7 +1,11 @@
 """PII redaction with surrogates that stay consistent within a document.
 
-Six kinds are found: e-mails, SSNs, phone numbers, street addresses, loan/account numbers (any
-stand-alone run of 8-12 digits) and person names. Names are recognised three ways, because no
+Seven kinds are found: e-mails, SSNs (123-45-6789, and 123 45 6789 when it is a valid SSN: area
+not 000, 666 or 9xx, group not 00, serial not 0000, so a row of spaced figures is left alone),
+phone numbers, street addresses, card numbers (16 digits, plain or in groups of four split by
+spaces or dashes, passing the Luhn check: every real card number does, 9 in 10 other 16-digit
+references do not, and those are kept), loan/account numbers (any stand-alone run of 8-12
+digits) and person names. Names are recognised three ways, because no
 list of names is ever complete: a known first name followed by a capitalised word; a capitalised
 pair after a cue ("Dear", "Borrower name:", "From:", ...); the line after a sign-off
 ("Regards,"). Every part of a found name is then replaced wherever it stands alone in the same
@@ -20,7 +24,7 @@ import hashlib
 import re
 from collections.abc import Iterator
 
-KINDS = ("email", "ssn", "phone", "address", "loan_number", "name")
+KINDS = ("email", "ssn", "phone", "address", "card", "loan_number", "name")
 
 _UP, _LOW = "A-ZÀ-ÖØ-Þ", "a-zß-öø-ÿ"
 _WORD = rf"[{_UP}][{_UP}{_LOW}’'\-]*[{_LOW}]"  # "Renée", "O’Brien", "McAllister", "Ngozi"
@@ -31,8 +35,9 @@ _STREET_TYPES = (
 )
 
 SHAPES = {
-    "ssn": re.compile(r"\d{3}-\d{2}-\d{4}"),
+    "ssn": re.compile(r"\d{3}-\d{2}-\d{4}|(?!000|666|9)\d{3} (?!00)\d{2} (?!0000)\d{4}"),
     "phone": re.compile(r"(?:\+1[ .-]?)?(?:\(\d{3}\) ?|\d{3}[-.])\d{3}[-.]\d{4}"),
+    "card": re.compile(r"\d{16}|\d{4}([- ])\d{4}\1\d{4}\1\d{4}"),
     "loan_number": re.compile(r"\d{8,12}"),
 }
 """Shapes a number-like token must match in full; a 9-digit run after "SSN" is an SSN."""
@@ -127,8 +132,8 @@ def _digits_like(value: str, digits: str) -> str:
 def surrogate(kind: str, value: str, key: bytes, first: bool = True) -> str:
     """A fake of the same shape for one value; never the value itself. Numbers are keyed by
     their digits, so "(415) 555-2671" and "415.555.2671" get the same fake digits."""
-    canonical = "".join(c for c in value if c.isdigit())[-10:] if kind in (
-        "ssn", "phone", "loan_number") else value.lower()
+    canonical = "".join(c for c in value if c.isdigit())[-16:] if kind in (
+        "ssn", "phone", "card", "loan_number") else value.lower()
     for attempt in range(8):
         h = _draw(key, kind, canonical, attempt)
         if kind == "ssn":
@@ -136,6 +141,10 @@ def surrogate(kind: str, value: str, key: bytes, first: bool = True) -> str:
             fake = _digits_like(value, digits)
         elif kind == "phone":
             fake = _digits_like(value, f"{200 + h % 800}55501{h // 1000 % 100:02d}")
+        elif kind == "card":  # a fake that still passes Luhn, so it reads as a card number
+            body = f"4{h % 10**14:014d}"
+            fake = _digits_like(value, body + next(d for d in "0123456789"
+                                                   if luhn_ok(body + d)))
         elif kind == "loan_number":
             n = sum(c.isdigit() for c in value)
             fake = _digits_like(value, str(h % 9 + 1) + f"{h // 9:020d}"[-(n - 1):])
@@ -188,6 +197,19 @@ def find_names(text: str, runs: list[list[re.Match]] | None = None) -> set[str]:
     return found
 
 
+def luhn_ok(value: str) -> bool:
+    """The Luhn check every card number passes (its last digit is the check digit)."""
+    digits = [int(c) for c in reversed(value) if c.isdigit()]
+    return sum(d if i % 2 == 0 else (2 * d - 9 if d > 4 else 2 * d)
+               for i, d in enumerate(digits)) % 10 == 0
+
+
+def _shape(token: str) -> str | None:
+    """The kind whose shape `token` matches in full (a card only if it passes Luhn)."""
+    return next((k for k, p in SHAPES.items() if p.fullmatch(token)
+                 and (k != "card" or luhn_ok(token))), None)
+
+
 def _numbers(text: str) -> list[tuple[int, int, str]]:
     """Spans of SSNs, phones and loan numbers among the number-like tokens of `text`."""
     found = []
@@ -195,7 +217,7 @@ def _numbers(text: str) -> list[tuple[int, int, str]]:
         start, token = m.start(), m.group()
         if start and text[start - 1] in "0123456789,$.-":
             continue  # part of an amount, a decimal or a longer number
-        kind = next((k for k, p in SHAPES.items() if p.fullmatch(token)), None)
+        kind = _shape(token)
         if kind == "loan_number" and len(token) == 9 and text[max(0, start - 5):start] in (
                 "SSN: ", " SSN "):
             kind = "ssn"
@@ -204,7 +226,8 @@ def _numbers(text: str) -> list[tuple[int, int, str]]:
             continue
         for kind, p in SHAPES.items():  # a token that joins several values ("Ext 4 (217) ...")
             found += [(start + s.start(), start + s.end(), kind) for s in p.finditer(token)
-                      if not token[s.end():s.end() + 1].isdigit()
+                      if (kind != "card" or luhn_ok(s.group()))
+                      and not token[s.end():s.end() + 1].isdigit()
                       and not token[s.start() - 1:s.start()].isdigit()]
     return found
 

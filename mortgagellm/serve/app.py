@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mortgagellm import routing
-from mortgagellm.config import ExpertSettings, Recipe, load_recipe
+from mortgagellm.config import AuditSettings, ExpertSettings, Recipe, load_recipe
 
 log = logging.getLogger(__name__)
 DEPLOYMENTS = {"structured": "StructuredExpert", "conversational": "ConversationalExpert"}
@@ -40,6 +40,14 @@ def serve_dir(recipe: Recipe) -> Path:
 def audit_dir(recipe: Recipe) -> Path:
     """The audit log directory."""
     return Path(recipe.serve.audit.dir or serve_dir(recipe) / "audit")
+
+
+def audit_settings(recipe: Recipe) -> AuditSettings:
+    """serve.audit with its key file made absolute (default <output_dir>/serve/audit.key,
+    beside the log directory, not in it), as the router replicas and `deploy` read it."""
+    a = recipe.serve.audit
+    return a.model_copy(update={"key_file": str(Path(a.key_file or serve_dir(recipe) /
+                                                     "audit.key").absolute())})
 
 
 def keys_file(recipe: Recipe, args: dict[str, Any]) -> Path:
@@ -88,7 +96,8 @@ def deployment_options(recipe: Recipe) -> dict[str, dict[str, Any]]:
         "autoscaling_config": cfg.router.autoscaling.model_dump(),
         "max_ongoing_requests": cfg.router.max_ongoing_requests,
         "max_queued_requests": cfg.router.max_queued_requests,
-        "ray_actor_options": {"num_cpus": cfg.router.num_cpus}}}
+        "ray_actor_options": {"num_cpus": cfg.router.num_cpus}
+        | ({"resources": cfg.router.resources} if cfg.router.resources else {})}}
     for expert, name in DEPLOYMENTS.items():
         s: ExpertSettings = getattr(cfg, expert)
         options[name] = {
@@ -146,8 +155,9 @@ def build_app(args: dict[str, Any]) -> Any:
         experts[expert] = deployment.bind(expert, s.threads, s.max_batch_size,
                                           s.batch_wait_timeout_s, cfg.limits.max_prompt_tokens)
     router = Router.options(name=ROUTER, **options[ROUTER])
-    return router.bind(experts["structured"], experts["conversational"],
-                       cfg.model_dump(mode="json"), str(routing.tier1_path(recipe).absolute()),
+    settings = cfg.model_copy(update={"audit": audit_settings(recipe)}).model_dump(mode="json")
+    return router.bind(experts["structured"], experts["conversational"], settings,
+                       str(routing.tier1_path(recipe).absolute()),
                        api_keys(recipe, args), str(audit_dir(recipe).absolute()))
 
 

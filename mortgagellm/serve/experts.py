@@ -16,7 +16,7 @@ from typing import Any
 
 from ray import serve
 
-from mortgagellm import modeling, routing
+from mortgagellm import modeling, registry, routing
 from mortgagellm.datasets.tasks.format import ROUTES
 from mortgagellm.serve import engine
 
@@ -51,7 +51,9 @@ class Expert:
         """Load the model named by user_config when its version changed."""
         if config["version"] == self.version:
             return
-        model, tokenizer = modeling.load_for_inference(config["model"], self.threads)
+        # Rehashed at every load: a registered version's files changed since are refused.
+        model_dir = registry.verified(config["model"], config["version"])
+        model, tokenizer = modeling.load_for_inference(model_dir, self.threads)
         # Tier 2's content-free prior (routing.fewshot_probabilities) belongs to the model.
         prior = modeling.label_logprobs(
             model, tokenizer, routing.fewshot_messages(routing.CONTENT_FREE, 16), ROUTES)

@@ -91,6 +91,8 @@ async def complete(router: Any, endpoint: str, body: Any, key_id: str) -> Any:
     started = time.perf_counter()
     request_id = new_request_id("chatcmpl" if endpoint == "chat" else "cmpl")
     event: dict[str, Any] = {"request_id": request_id, "key_id": key_id, "model": body.model}
+    if problem := router.audit_problem():  # fail closed: no answer that cannot be traced
+        return failed(router, endpoint, started, event, ApiError(503, problem, "audit_unavailable"))
     try:
         event["prompt"] = prompt_text(body)
         payload = expert_payload(body, checked_max_tokens(body, router.cfg.limits))
@@ -125,9 +127,11 @@ async def complete(router: Any, endpoint: str, body: Any, key_id: str) -> Any:
                                      meta))
     router.metrics.generation_ms.observe((time.perf_counter() - started) * 1e3,
                                          tags={"route": meta["route"]})
-    router.record(endpoint, 200, started, event | {
-        "output": answer, "expert_version": meta["expert_version"],
-        "finish_reason": last["finish_reason"], **usage})
+    if not router.record(endpoint, 200, started, event | {
+            "output": answer, "expert_version": meta["expert_version"],
+            "finish_reason": last["finish_reason"], **usage}):
+        return error_response(ApiError(503, "the answer could not be audited; retry shortly",
+                                       "audit_unavailable"))
     return result
 
 

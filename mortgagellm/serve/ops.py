@@ -66,10 +66,23 @@ def prepare(recipe: Recipe, args: dict[str, str]) -> None:
         secret, line = door.new_key("demo")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(line + "\n")
-        fd = os.open(f"{path}.secret", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secret + "\n")
+        write_secret(Path(f"{path}.secret"), secret)
         log.info("created API key 'demo'; the key is in %s.secret", path)
+    settings = serve_app.audit_settings(recipe)
+    if settings.create_key and not os.environ.get(settings.key_env) and \
+            not Path(settings.key_file).is_file():
+        import secrets
+
+        write_secret(Path(settings.key_file), secrets.token_hex(32))
+        log.info("created the audit HMAC key %s", settings.key_file)
+
+
+def write_secret(path: Path, secret: str) -> None:
+    """Write a secret readable by its owner only (mode 0600 from the start)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secret + "\n")
 
 
 def wait_running(name: str, timeout_s: float) -> None:
@@ -151,11 +164,10 @@ def serve(recipe: Recipe, config: str, overrides: list[str], demo: bool = False)
 def switch(recipe: Recipe, config: str, overrides: list[str], expert: str, action: str,
            change: tuple[str | None, str]) -> int:
     """Audit a version switch and apply it to the running app, if one runs."""
-    from mortgagellm.serve.audit import AuditLog
+    from mortgagellm.serve import audit
 
     previous, version = change
-    a = recipe.serve.audit
-    log_ = AuditLog(serve_app.audit_dir(recipe), "ops", a.retention_days, a.pii_salt)
+    log_ = audit.open_log(serve_app.audit_settings(recipe), serve_app.audit_dir(recipe), "ops")
     log_.append({"type": action, "expert": expert, "from": previous, "to": version,
                  "user": getpass.getuser(),
                  "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})

@@ -19,7 +19,7 @@ from ray import serve
 
 from mortgagellm import routing
 from mortgagellm.config import ServeConfig
-from mortgagellm.serve.audit import AuditLog
+from mortgagellm.serve import audit
 from mortgagellm.serve.errors import OVERLOADED, RETRIED, ApiError
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,8 @@ class Metrics:
         self.tokens = Counter("mortgagellm_tokens", "Prompt and completion tokens.",
                               tag_keys=("route", "kind"))
         self.errors = Counter("mortgagellm_errors", "Error answers by code.", tag_keys=("code",))
+        self.audit_refused = Counter("mortgagellm_audit_refused",
+                                     "Records the audit log could not take (the alarm).")
 
 
 @serve.deployment
@@ -57,8 +59,22 @@ class Router:
         self.keys = keys
         self.metrics = Metrics()
         writer = serve.get_replica_context().replica_id.unique_id
-        self.audit = (AuditLog(audit_dir, f"router-{writer}", self.cfg.audit.retention_days,
-                               self.cfg.audit.pii_salt) if self.cfg.audit.enabled else None)
+        self.audit = (audit.open_log(self.cfg.audit, audit_dir, f"router-{writer}")
+                      if self.cfg.audit.enabled else None)
+
+    def __del__(self) -> None:
+        """Serve's shutdown hook (also on scale-down): write what is queued and a checkpoint."""
+        if getattr(self, "audit", None) is not None:  # __init__ may have failed before it
+            self.audit.close()
+
+    def check_health(self) -> None:
+        """Serve's health check: a replica whose audit log cannot be written is unhealthy."""
+        if self.audit is not None and (problem := self.audit.problem()):
+            raise RuntimeError(problem)
+
+    def audit_problem(self) -> str | None:
+        """Why requests cannot be audited now (then they are refused, 503), None when they can."""
+        return self.audit.problem() if self.audit is not None else None
 
     def __serve_build_asgi_app__(self) -> Any:
         """The FastAPI app, built per replica so the door uses this recipe's keys and limits."""
@@ -129,8 +145,9 @@ class Router:
             raise ApiError(504, f"no answer from the expert within "
                            f"{self.cfg.router.expert_timeout_s} s", "expert_timeout") from err
 
-    def record(self, endpoint: str, status: int, started: float, event: dict[str, Any]) -> None:
-        """Count the request and queue its audit record (never blocks)."""
+    def record(self, endpoint: str, status: int, started: float, event: dict[str, Any]) -> bool:
+        """Count the request and queue its audit record (never blocks); False when the log
+        could not take it (counted in mortgagellm_audit_refused: the caller answers 503)."""
         route = event.get("route") or "none"
         self.metrics.requests.inc(tags={"endpoint": endpoint, "route": route,
                                         "status": str(status)})
@@ -139,9 +156,16 @@ class Router:
         for kind in ("prompt_tokens", "completion_tokens"):
             if event.get(kind):
                 self.metrics.tokens.inc(event[kind], tags={"route": route, "kind": kind})
-        if self.audit is not None:
+        if self.audit is None:
+            return True
+        try:
             self.audit.append(event | {"type": "request", "endpoint": endpoint, "status": status,
                                        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                              time.gmtime()),
                                        "latency_ms": round((time.perf_counter() - started) * 1e3,
                                                            2)})
+        except audit.AuditUnavailable as err:
+            log.error("request %s not audited: %s", event.get("request_id"), err)
+            self.metrics.audit_refused.inc()
+            return False
+        return True

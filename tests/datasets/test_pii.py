@@ -24,7 +24,7 @@ def test_every_kind_is_replaced_by_a_value_of_the_same_shape():
     for value in ("Zebulon", "Quartermaine", "zeb.q@canary-mail.org", "078-05-1120",
                   "9981234567", "555-2671", "1600 Canary Row", "Monterey", "Maria", "Lopez"):
         assert value not in text
-    assert counts == {"email": 1, "ssn": 1, "phone": 2, "address": 1, "loan_number": 1,
+    assert counts == {"email": 1, "ssn": 1, "phone": 2, "address": 1, "card": 0, "loan_number": 1,
                       "name": 7}
     ssn = re.search(r"My SSN is (\S+) and my loan number is (\d+)\.", text)
     assert re.fullmatch(r"\d{3}-\d{2}-\d{4}", ssn.group(1)) and len(ssn.group(2)) == 10
@@ -85,3 +85,35 @@ def test_redact_batch_counts_and_redacts_snippets():
     assert out["pii_ssn"] == [1, 0] and out["pii_name"] == [7, 0]
     assert "078-05-1120" not in out["snippet"][1] and out["text"][1] == ""
     assert out["masked_text"][0].count("<name>") == 7
+
+
+@pytest.mark.parametrize("text, value, kind", [
+    ("SSN 123 45 6789 on file", "123 45 6789", "ssn"),
+    ("ssn: 123-45-6789.", "123-45-6789", "ssn"),
+    ("card 4111 1111 1111 1111 exp 09/27", "4111 1111 1111 1111", "card"),
+    ("card 5500-0000-0000-0004.", "5500-0000-0000-0004", "card"),
+    ("paid with 4012888888881881 today", "4012888888881881", "card"),
+])
+def test_spaced_ssns_and_card_numbers_are_redacted(text, value, kind):
+    clean, counts, masked = pii.redact_text(text, "salt")
+    assert value not in clean and counts[kind] == 1 and f"<{kind}>" in masked
+    fake = clean[text.index(value):text.index(value) + len(value)]
+    assert len(fake) == len(value) and [c.isdigit() for c in fake] == [c.isdigit() for c in value]
+    if kind == "card":
+        assert pii.luhn_ok(fake)  # still reads as a card number
+
+
+@pytest.mark.parametrize("text", [
+    "reference 1234567812345678 (fails Luhn: a 16-digit reference, not a card)",
+    "ticket 1234 5678 1234 5678 is closed",
+    "figures 900 12 3456 and 123 00 4567 and 666 12 3456",  # no valid SSN: area 9xx/666, group 00
+    "mixed 4111 1111-1111 1111 separators",
+    "amount $4,111,111,111,111,111 and rate 6.125 and 2024 12 31",
+])
+def test_lookalikes_are_not_redacted(text):
+    assert pii.redact_text(text, "salt")[0] == text
+
+
+def test_luhn_by_hand():
+    # 4111 1111 1111 1111: doubled digits 8+2*7 = 22, others 1*8 = 8 -> 30, divisible by 10
+    assert pii.luhn_ok("4111 1111 1111 1111") and not pii.luhn_ok("4111 1111 1111 1112")

@@ -16,6 +16,7 @@ import copy
 import functools
 import importlib.util
 import io
+import json
 import re
 import shlex
 import shutil
@@ -518,3 +519,71 @@ def serve_config_module() -> Any:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+# ------------------------------------------------------------------------- storage
+
+
+def served_recipe(service: dict) -> Any:
+    """The recipe a RayService serves: its serveConfigV2 args, as build_app loads them."""
+    from mortgagellm.config import load_recipe
+
+    args = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"][0]["args"]
+    overrides = {k: v for k, v in args.items() if k not in ("config", "api_keys_file")}
+    return load_recipe(ROOT / args["config"].removeprefix(IMAGE_REPO), overrides)
+
+
+def _offered(group: dict) -> dict[str, float]:
+    """Ray resources one pod of a group offers: CPU, GPU and rayStartParams' custom ones."""
+    cpus, gpus = group_capacity(group)
+    custom = group.get("rayStartParams", {}).get("resources")
+    return {"CPU": cpus, "GPU": gpus} | (json.loads(yaml.safe_load(custom)) if custom else {})
+
+
+def _mount(group: dict, path: str) -> tuple[str, bool] | None:
+    """(mountPath, writable) of the volume `path` lies on in a group's pod, None if none."""
+    spec = group["template"]["spec"]
+    claims = {v["name"]: v.get("persistentVolumeClaim") for v in spec.get("volumes", [])}
+    best = None
+    for mount in spec["containers"][0].get("volumeMounts", []):
+        root = mount["mountPath"].rstrip("/")
+        if (path == root or path.startswith(root + "/")) and (best is None or
+                                                              len(root) > len(best[0])):
+            pvc = claims.get(mount["name"]) or {}
+            best = (root, not mount.get("readOnly") and not pvc.get("readOnly"))
+    return best
+
+
+def storage_errors(service: dict) -> list[str]:
+    """Every path the served recipe writes is on a writable volume in every pod its writer can
+    run in, and what build_app reads (registry, run outputs) is mounted in every pod."""
+    from mortgagellm.registry import registry_path
+    from mortgagellm.serve import app
+
+    recipe = served_recipe(service)
+    writes = {app.ROUTER: [str(app.audit_dir(recipe))] if recipe.serve.audit.enabled else []}
+    reads = [str(registry_path(recipe)), recipe.run.output_dir]
+    config = yaml.safe_load(service["spec"]["serveConfigV2"])
+    spec = service["spec"]["rayClusterConfig"]
+    groups = [("head", spec["headGroupSpec"])] + [(g["groupName"], g)
+                                                 for g in spec.get("workerGroupSpecs", [])]
+    errors = []
+    for dep in config["applications"][0]["deployments"]:
+        actor = dep.get("ray_actor_options", {})
+        needs = {"CPU": actor.get("num_cpus", 1), "GPU": actor.get("num_gpus", 0)} | actor.get(
+            "resources", {})
+        for name, group in groups:
+            offered = _offered(group)
+            if not all(offered.get(r, 0) >= n for r, n in needs.items() if n):
+                continue  # no replica of this deployment can run in this group
+            for path in writes.get(dep["name"], []) + reads:
+                where = f"{label(service)}: group {name}: {dep['name']}"
+                mount = _mount(group, path) if path.startswith("/") else None
+                if not path.startswith("/"):
+                    errors.append(f"{where} uses relative path {path}: it resolves in the pod's "
+                                  "working directory, on no volume")
+                elif mount is None:
+                    errors.append(f"{where} uses {path}, which is on no mounted volume")
+                elif path in writes.get(dep["name"], []) and not mount[1]:
+                    errors.append(f"{where} writes {path}, but {mount[0]} is mounted read-only")
+    return sorted(set(errors))

@@ -27,7 +27,7 @@ def test_base_has_every_piece_of_the_stack(base_docs):
     names = {(d["kind"], d["metadata"]["name"]) for d in base_docs}
     assert names == {("RayCluster", "mortgagellm-training"), ("RayJob", "mortgagellm-recipe"),
                      ("RayJob", "mortgagellm-pretrain"), ("RayService", "mortgagellm"),
-                     ("Secret", "mortgagellm-api-keys"),
+                     ("Secret", "mortgagellm-api-keys"), ("Secret", "mortgagellm-audit-key"),
                      ("NetworkPolicy", "mortgagellm-ray-private"),
                      ("PersistentVolumeClaim", "mortgagellm-shared")}
 

@@ -33,7 +33,7 @@ run: {{output_dir: {output}}}
 serve:
   port: {port}
   registry: {work}/registry.json
-  audit: {{dir: {work}/audit, pii_salt: test}}
+  audit: {{dir: {work}/audit, key_file: {work}/audit.key, create_key: true, pii_salt: test}}
   auth: {{keys_file: {work}/keys}}
   router: {{num_cpus: 0.1, expert_timeout_s: 60}}
   structured:
@@ -312,7 +312,7 @@ def test_every_request_is_audited_redacted_and_chained(app, client):
     assert record["expert_version"] == answer.model_extra["mortgagellm"]["expert_version"]
     assert record["completion_tokens"] == 8 and record["latency_ms"] > 0
     assert sorted(r.get("status") for r in records[before:]) == sorted(sent)
-    report = audit.verify(app.work / "audit")
+    report = audit.verify(app.work / "audit", (app.work / "audit.key").read_bytes().strip())
     assert report.ok and report.records == len(records)
 
 

@@ -3,6 +3,7 @@ history; registry.sync registers what the stages wrote (the bootstrap instruct m
 start); the app's served_model only reads."""
 
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -55,8 +56,9 @@ def test_first_start_serves_the_bootstrap_instruct_model(tmp_path, micro_model):
     assert not registry.registry_path(recipe).exists()
     assert registry.sync(recipe) == {"structured": instruct["sha256"],
                                      "conversational": instruct["sha256"]}
-    for expert in ("structured", "conversational"):
-        assert app.served_model(recipe, expert) == (instruct["sha256"], str(boot / "instruct"))
+    stored = str(registry.store_dir(registry.registry_path(recipe), instruct["sha256"]))
+    for expert in ("structured", "conversational"):  # the registered copy, not the stage dir
+        assert app.served_model(recipe, expert) == (instruct["sha256"], stored)
     entry = registry.read(registry.registry_path(recipe))["versions"][instruct["sha256"]]
     assert entry["source"] == "bootstrap:instruct" and entry["metrics"] == {"fidelity": 1.0}
 
@@ -75,7 +77,8 @@ def test_trained_experts_go_live_and_a_rollback_stays(tmp_path, micro_model):
     assert app.served_model(recipe, "structured")[0] == instruct  # the app only reads
     registry.sync(recipe)
     version, path = app.served_model(recipe, "structured")  # the trained expert goes live
-    assert (version, path) == (manifest.sha256_path(sft), str(sft)) and version != instruct
+    assert version == manifest.sha256_path(sft) and version != instruct
+    assert path == str(registry.store_dir(registry.registry_path(recipe), version))
     entry = registry.read(registry.registry_path(recipe))["versions"][version]
     assert entry["source"] == "sft:model" and entry["metrics"] == {"expert": {"decision": 0.5}}
     assert app.served_model(recipe, "conversational")[0] == instruct  # no dpo output yet
@@ -91,11 +94,12 @@ def test_recipe_model_seeds_the_registry_once(tmp_path):
                                     "serve": {"structured": {"model": str(first)}}})
     registry.sync(recipe)
     version, path = app.served_model(recipe, "structured")
-    assert path == str(first) and version == manifest.sha256_path(first)
+    assert version == manifest.sha256_path(first) == manifest.sha256_path(path)
+    assert path == str(registry.store_dir(registry.registry_path(recipe), version))
     both = recipe.model_copy(update={"serve": recipe.serve.model_copy(update={
         "conversational": recipe.serve.structured})})  # one directory for both experts
     registry.sync(both)
-    assert app.served_model(both, "conversational") == (version, str(first))
+    assert app.served_model(both, "conversational") == (version, path)
     other = registry.register(registry.registry_path(recipe), str(model_dir(tmp_path, "o", "1")),
                               "t")
     registry.deploy(registry.registry_path(recipe), "structured", other)
@@ -124,3 +128,54 @@ def test_build_app_without_a_corpus_run_says_which_stage_to_run(tmp_path, micro_
     config.write_text(f"run: {{output_dir: {tmp_path / 'run'}}}\n")
     with pytest.raises(FileNotFoundError, match="no corpus output .*mortgagellm corpus"):
         app.build_app({"config": str(config)})
+
+
+def test_a_rerun_does_not_change_a_registered_version_and_rollback_restores_weights(tmp_path):
+    """sft reruns rewrite their output directory in place; the registered version keeps its
+    own copy, so rolling back serves the old weights again."""
+    reg = tmp_path / "serve" / "registry.json"
+    stage = model_dir(tmp_path, "sft/model", "weights v1")
+    v1 = registry.register(reg, str(stage), "sft:model")
+    registry.deploy(reg, "structured", v1)
+    (stage / "config.json").write_text("weights v2")  # the rerun, same directory
+    v2 = registry.register(reg, str(stage), "sft:model")
+    registry.deploy(reg, "structured", v2)
+    assert registry.rollback(reg, "structured") == (v2, v1)
+    version, entry = registry.current(reg, "structured")
+    assert (Path(entry["path"]) / "config.json").read_text() == "weights v1"
+    assert entry["path"] == str(tmp_path / "serve" / "registry" / v1)
+    assert registry.verified(entry["path"], v1) == entry["path"]
+
+
+def test_a_tampered_version_is_refused_on_load(tmp_path):
+    reg = tmp_path / "registry.json"
+    version = registry.register(reg, str(model_dir(tmp_path, "m", "{}")), "t")
+    stored = registry.store_dir(reg, version)
+    (stored / "config.json").write_text('{"evil": 1}')
+    with pytest.raises(ValueError, match=f"hashes to .*, not to its version {version[:12]}: its "
+                       "files were changed after registration; refusing to serve it"):
+        registry.verified(stored, version)
+    with pytest.raises(ValueError, match="changed after registration"):  # and no re-register
+        registry.register(tmp_path / "other.json", str(stored), "t", version=version)
+
+
+def _metrics_writer(args):
+    reg, name, n = args
+    for i in range(n):
+        registry.set_metrics(reg, VERSION, {f"{name}-{i}": i})
+
+
+VERSION = "ab" * 32
+
+
+def test_two_concurrent_writers_lose_no_update(tmp_path):
+    """Two processes each add 60 metric keys to one version: every key is there (without the
+    lock, read-modify-write races drop some)."""
+    import multiprocessing
+
+    reg = tmp_path / "registry.json"
+    registry._write(reg, {"versions": {VERSION: {"metrics": {}}},
+                          "deployed": {"structured": [], "conversational": []}})
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        pool.map(_metrics_writer, [(reg, "a", 60), (reg, "b", 60)])
+    assert len(registry.read(reg)["versions"][VERSION]["metrics"]) == 120
