@@ -8,6 +8,7 @@ until the stage writes it to the shards, the quarantine or the duplicate list.
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from typing import Any
@@ -44,10 +45,18 @@ def repair_mojibake(text: str) -> str:
     span only when its encode/decode chain yields well-formed UTF-8 and scores as less broken."""
     import ftfy
 
-    # ftfy's defaults less two that repair nothing: curly quotes are correct typography, and
-    # entities are decoded by strip_html after the markup is parsed (ftfy's "auto" guess would
-    # decode a page's &lt; first, turning escaped text into tags).
-    return ftfy.fix_text(text, unescape_html=False, uncurl_quotes=False)
+    return ftfy.fix_text(text, _ftfy_config())
+
+
+@functools.cache
+def _ftfy_config() -> Any:
+    """ftfy's defaults less two that repair nothing: curly quotes are correct typography, and
+    entities are decoded by strip_html after the markup is parsed (ftfy's "auto" guess would
+    decode a page's &lt; first, turning escaped text into tags). One config object: keyword
+    arguments are rebuilt into one per line, a quarter of fix_text's time on the corpus."""
+    import ftfy
+
+    return ftfy.TextFixerConfig(unescape_html=False, uncurl_quotes=False)
 
 
 # Whether a text holds markup at all: a tag-like run or an entity. Prose with a bare "<" or "&"
