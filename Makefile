@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 export DS_ACCELERATOR ?= cpu
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install comm-op lint demo test test-all clean
+.PHONY: install comm-op browser lint demo test test-all clean
 
 install: $(STAMP) comm-op
 
@@ -42,10 +42,18 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
 
-test: lint
+# Debian's chromium for the report.html browser test (tests/pipelines/test_report_html.py, driven
+# by playwright with executable_path; playwright's own browser download is never used). CI runs
+# as root with apt; elsewhere the test skips, naming the package.
+browser:
+	@command -v chromium >/dev/null || { test "$$(id -u)" = 0 && apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } || \
+		echo "chromium not installed (needs root): the report.html browser test will skip"
+
+test: lint browser
 	$(PY) -m pytest -m "not gpu and not slow" $(PYTEST_ARGS)
 
-test-all: lint
+test-all: lint browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 clean:

@@ -7,12 +7,17 @@ Checks read only safetensors headers, so verifying an 8B pair costs seconds and 
 from __future__ import annotations
 
 import json
+import math
+import struct
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from mortgagellm.cluster import storage
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
+# Bytes per element of every safetensors dtype, to place tensors in a file (see tensor_index).
+DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I64": 8,
+               "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1}
 
 
 class ModelDirError(ValueError):
@@ -51,15 +56,44 @@ def weight_files(path: Path) -> list[Path]:
 
 def tensor_headers(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
     """name -> (dtype, shape) for every tensor in the model's safetensors files."""
+    return {name: (e.dtype, e.shape) for name, e in tensor_index(path).items()}
+
+
+class Entry(NamedTuple):
+    """Where one tensor lies: its file, safetensors dtype, shape and absolute byte range."""
+
+    file: Path
+    dtype: str
+    shape: tuple[int, ...]
+    start: int
+    end: int
+
+
+def tensor_index(model_dir: Path) -> dict[str, Entry]:
+    """Every tensor of a model directory, from the safetensors headers alone.
+
+    safetensors.safe_open parses and validates each header (offsets in bounds, contiguous, no
+    overlap, sizes matching shapes) and lists the tensors in file order. It does not expose byte
+    offsets, which the merge needs to map and advise pages; since a valid file's data is
+    contiguous in that order, each range is the running sum of the sizes after the header."""
     from safetensors import safe_open
 
-    headers = {}
-    for file in weight_files(path):
+    index = {}
+    for file in weight_files(model_dir):
+        with file.open("rb") as f:
+            (offset,) = struct.unpack("<Q", f.read(8))
+        offset += 8
         with safe_open(file, framework="pt") as f:
-            for name in f.keys():
-                meta = f.get_slice(name)
-                headers[name] = (meta.get_dtype(), tuple(meta.get_shape()))
-    return headers
+            for name in f.offset_keys():
+                view = f.get_slice(name)
+                dtype, shape = view.get_dtype(), tuple(view.get_shape())
+                if dtype not in DTYPE_BYTES:
+                    raise ModelDirError(f"{file}: tensor {name} has dtype {dtype}, which this "
+                                        f"reader cannot size ({', '.join(DTYPE_BYTES)})")
+                nbytes = math.prod(shape) * DTYPE_BYTES[dtype]
+                index[name] = Entry(file, dtype, shape, offset, offset + nbytes)
+                offset += nbytes
+    return index
 
 
 def verify_model_dir(path: str | Path) -> dict[str, Any]:

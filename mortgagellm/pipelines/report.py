@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from mortgagellm.config import Recipe
-from mortgagellm.evaluation import scoring
+from mortgagellm.evaluation import html_report, scoring
 from mortgagellm.manifest import Manifest, require_manifest, stage_dir
 from mortgagellm.stages import select
 
@@ -418,5 +418,8 @@ def build(recipe: Recipe, recipe_file: str | Path, output: str | Path | None = N
     data |= {"run": recipe.run.name, "recipe": str(recipe_file), "written": date}
     (out / "results.json").write_text(json.dumps(data, indent=1) + "\n")
     path = out / "report.md"
-    path.write_text(render_markdown(manifests, recipe.run.name, str(recipe_file), date, plots))
+    text = render_markdown(manifests, recipe.run.name, str(recipe_file), date, plots)
+    path.write_text(text)
+    (out / "report.html").write_text(
+        html_report.render(text, out, f"MortgageLLM run report: {recipe.run.name}"))
     return path

@@ -18,7 +18,7 @@ import shutil
 import struct
 import time
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from mortgagellm import manifest
 from mortgagellm.config import Recipe, stage_config
@@ -27,7 +27,7 @@ from mortgagellm.datasets.splits import heldout_domain_texts
 from mortgagellm.manifest import stage_dir
 from mortgagellm.merge import (MergeError, MergePlan, check_compatible, check_scale_patterns,
                                check_vocab, merge_tensor)
-from mortgagellm.model_files import weight_files
+from mortgagellm.model_files import Entry, tensor_index
 
 log = logging.getLogger(__name__)
 
@@ -264,31 +264,6 @@ def write_merged(paths: dict[str, Path], plan: MergePlan, out: Path, max_shard_m
             shutil.copy(paths["instruct"] / name, out / name)
     AutoTokenizer.from_pretrained(paths["instruct"]).save_pretrained(out)
     return summary
-
-
-class Entry(NamedTuple):
-    """Where one tensor lies: its file, safetensors dtype, shape and absolute byte range."""
-
-    file: Path
-    dtype: str
-    shape: tuple[int, ...]
-    start: int
-    end: int
-
-
-def tensor_index(model_dir: Path) -> dict[str, Entry]:
-    """Every tensor of a model directory, from the safetensors headers alone."""
-    index = {}
-    for file in weight_files(model_dir):
-        with file.open("rb") as f:
-            (length,) = struct.unpack("<Q", f.read(8))
-            header = json.loads(f.read(length))
-        header.pop("__metadata__", None)
-        for name, meta in header.items():
-            begin, end = meta["data_offsets"]
-            index[name] = Entry(file, meta["dtype"], tuple(meta["shape"]), 8 + length + begin,
-                                8 + length + end)
-    return index
 
 
 def merge_dirs(dapt: Path, instruct: Path, base: Path, plan: MergePlan, out: Path,
