@@ -2,9 +2,9 @@
 its handle, answers in OpenAI's format (openai_api.py), counts (Prometheus) and audits.
 
 Endpoints: POST /v1/chat/completions, POST /v1/completions (both with `stream`), GET /v1/models,
-GET /healthz. Errors are OpenAI error objects: 400 bad value, 401 no/bad key, 404 unknown model,
-413 body too large, 422 malformed JSON or schema, 503 overloaded (an expert's queue is full) or
-unavailable, 504 an expert too slow.
+GET /healthz. Errors are OpenAI error objects (the table in the README's serving section): 400
+malformed JSON, schema or bad value, 401 no/bad key, 404 unknown model or path, 413 body too
+large, 500 an expert or the router failed, 503 overloaded or unavailable, 504 too slow.
 """
 
 from __future__ import annotations
