@@ -88,9 +88,15 @@ class Router:
     async def answer(self, route: str, payload: dict[str, Any]) -> list[dict[str, Any]]:
         """All items of an expert's answer in one reply; asked once more if a replica dies."""
         for attempt in (0, 1):
+            response = self.experts[route].complete.remote(payload)
             try:
-                return await self._expert_call(self.experts[route].complete.remote(payload))
-            except RETRIED as err:
+                return await self._expert_call(response)
+            except BaseException as err:
+                # Timed out, or the client went away (CancelledError): the expert's work is
+                # cancelled, not left decoding for nobody.
+                response.cancel()
+                if not isinstance(err, RETRIED):
+                    raise
                 if attempt:
                     raise ApiError(503, f"the {route} expert failed twice: {err}",
                                    "expert_unavailable") from err
