@@ -88,10 +88,6 @@ class RouterSettings(Section):
         "max_ongoing_requests; more get a JSON 503 with Retry-After.")
     expert_timeout_s: float = Field(
         120.0, gt=0, description="Longest wait for an expert's first token or whole answer.")
-    request_timeout_s: float = Field(
-        300.0, gt=0, description="Deadline of a whole request, routing and every token of a "
-        "stream included: past it the client gets 504 (or a stream's error event) and the "
-        "expert's work is cancelled.")
 
 
 class ApiKeySettings(Section):
