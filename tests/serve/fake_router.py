@@ -60,13 +60,8 @@ class FakeRouter:
             {"text": "a", "finish_reason": "length" if i == n - 1 else None,
              "completion_tokens": i + 1} for i in range(n)]
 
-    def record(self, endpoint: str, status: int, started: float, event: dict) -> bool:
-        """Kept, as the real Router's record() says when the audit log took the record."""
+    def record(self, endpoint: str, status: int, started: float, event: dict) -> None:
         self.records.append((endpoint, status, event))
-        return True
-
-    def audit_problem(self) -> str | None:
-        return None  # the audit log is always writable here (tests/serve/test_audit.py fails it)
 
     async def versions(self) -> dict[str, str]:
         if isinstance(self.expert, BaseException):
