@@ -36,13 +36,11 @@ def test_malformed_chat_requests_fail_validation(bad):
 
 def test_values_checked_where_used():
     body = oa.CompletionRequest.model_validate({"model": "m", "prompt": ["a", "b"],
-                                                "stop": ["1", "2", "3", "4"]})
+                                                "stop": ["1", "2", "3", "4", "5"]})
     with pytest.raises(ValueError, match="send exactly one prompt"):
         body.text()
-    assert body.stops() == ["1", "2", "3", "4"]
-    with pytest.raises(ValidationError, match="stop has 5 sequences; at most 4"):
-        oa.CompletionRequest.model_validate({"model": "m", "prompt": "a",
-                                             "stop": ["1", "2", "3", "4", "5"]})
+    with pytest.raises(ValueError, match="at most 4"):
+        body.stops()
 
 
 def test_response_shapes():
