@@ -138,14 +138,15 @@ def build_pair(plan: BuildPlan, cfg: BootstrapConfig, seed: int, out_dir: Path) 
 
 
 def train_loop(model: Any, batches: Any, steps: int, lr: float, name: str) -> float:
-    """AdamW with linear warmup and cosine decay; returns the mean loss of the last 10 steps."""
+    """AdamW with the training loop's schedule (linear warmup, cosine decay to zero); returns the
+    mean loss of the last 10 steps."""
     import torch
+
+    from mortgagellm.training.loop import schedule as lr_schedule
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95),
                                   weight_decay=0.0)
-    warmup = max(1, steps // 20)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(
-        (s + 1) / warmup, 0.5 * (1 + torch.cos(torch.tensor(s / steps * torch.pi)).item())))
+    schedule = lr_schedule(optimizer, max(1, steps // 20), steps, 0.0)
     model.train()
     losses, t0, tokens = [], time.monotonic(), 0
     for step in range(steps):

@@ -55,6 +55,14 @@ def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def schedule(optimizer: Any, warmup: int, total: int, min_ratio: float) -> Any:
+    """The LR schedule of every training run (these stages and bootstrap): `lr_factor` per step."""
+    import torch
+
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, warmup, total, min_ratio))
+
+
 def flops_per_token(n_params: int, n_layers: int, n_heads: int, head_dim: int,
                     seq_len: int) -> float:
     """Training FLOPs per token: 6N for the weights plus 12·L·H·Q·T for attention scores
@@ -87,8 +95,7 @@ def train_loop(config: dict, session: Any, objective: Objective) -> list[dict]:
     total, warmup, floor = worker.max_steps, worker.warmup_steps, worker.min_lr_ratio
     engine, _, _, _ = deepspeed.initialize(
         model=model, model_parameters=trainable, config=worker.ds_config,
-        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: lr_factor(s, warmup, total, floor)))
+        lr_scheduler=lambda opt: schedule(opt, warmup, total, floor))
     state = objective.setup(worker, engine) if objective.setup else None
     step, history = _restore(engine, session, objective.name)
     start_step = step

@@ -128,11 +128,15 @@ def test_lora_dpo_on_ray_raises_the_heldout_reward_margin(ray_cluster, tiny_pair
 def test_full_dpo_with_nll_in_one_process_uses_a_frozen_reference(tiny_pair, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    recipe = make_run(tmp_path, tiny_pair, [*DPO_SMALL, "dpo.nll_weight=0.5",
-                                            "corpus.tasks.dpo_pairs=16", "dpo.eval_pairs=6"])
+    # 32 pairs x 2 epochs at 1e-3 (13 steps): the DPO loss falls well below log 2. The earlier 3
+    # steps at 2e-3 passed or failed with the tiny pair's seed; too few steps to test anything.
+    recipe = make_run(tmp_path, tiny_pair, [*DPO_SMALL, "dpo.nll_weight=0.5", "dpo.epochs=2",
+                                            "dpo.deepspeed.lr=1e-3", "corpus.tasks.dpo_pairs=32",
+                                            "dpo.eval_pairs=6"])
     m = dpo.run(recipe, on_ray=False)
-    heldout = m.metrics["heldout"]
+    heldout, history = m.metrics["heldout"], m.metrics["history"]
     assert heldout["expert"]["reward_margin"] > heldout["start"]["reward_margin"] == 0.0
+    assert history[-1]["dpo_loss"] < min(math.log(2), history[0]["dpo_loss"])
     assert {"dpo_loss", "chosen_nll", "reward_accuracy"} <= set(m.metrics["history"][-1])
     assert m.metrics["records"]["documents_cut"] > 0
     AutoModelForCausalLM.from_pretrained(m.output_path("model"))

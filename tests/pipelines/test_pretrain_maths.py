@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from mortgagellm.pipelines.pretrain import packed_inputs
-from mortgagellm.training.loop import flops_per_token, lr_factor, mfu
+from mortgagellm.pipelines import bootstrap
+from mortgagellm.training.loop import flops_per_token, lr_factor, mfu, schedule
 
 
 def test_packed_inputs_restart_positions_and_mask_boundaries():
@@ -43,6 +44,43 @@ def test_lr_warmup_then_cosine_to_floor():
     assert lr_factor(60, 10, 110, 0.1) == pytest.approx(0.1 + 0.9 * 0.5)  # half-way: cos = 0
     assert lr_factor(110, 10, 110, 0.1) == pytest.approx(0.1)
     assert lr_factor(500, 10, 110, 0.1) == pytest.approx(0.1)
+
+
+def test_schedule_sets_the_optimizer_lr_from_lr_factor_at_every_step():
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.5)
+    sched = schedule(optimizer, 3, 12, 0.2)
+    seen = []
+    for _ in range(14):
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        sched.step()
+    assert seen == pytest.approx([0.5 * lr_factor(s, 3, 12, 0.2) for s in range(14)])
+    assert seen[2] == pytest.approx(0.5) and seen[12] == pytest.approx(0.1)  # peak, then floor
+
+
+def test_bootstrap_trains_with_the_shared_schedule(monkeypatch):
+    """bootstrap's loop has no schedule of its own: the LR it steps with is `schedule`'s."""
+    lrs = []
+
+    class Probe(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(1))
+            self.optimizer = None
+
+        def forward(self, x, attention_mask):
+            return type("Out", (), {"loss": (self.w * x).pow(2).mean()})()
+
+    real_step = torch.optim.AdamW.step
+
+    def recording_step(optimizer, *args, **kwargs):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        return real_step(optimizer, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
+    batches = iter([{"x": torch.ones(2), "attention_mask": torch.ones(2)}] * 40)
+    bootstrap.train_loop(Probe(), batches, 40, 1e-2, "probe")
+    assert lrs == pytest.approx([1e-2 * lr_factor(s, 2, 40, 0.0) for s in range(40)])
 
 
 def test_mfu_reproduces_torchtitan_llama3_8b_on_a100():
