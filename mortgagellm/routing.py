@@ -12,6 +12,7 @@ client's explicit choice of model.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -22,6 +23,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mortgagellm.datasets.tasks.format import ROUTES
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from mortgagellm.config import Recipe, RouterSettings
@@ -43,7 +46,8 @@ class UnknownModel(ValueError):
 class Decision:
     """Where a request goes and why.
 
-    `decided_by` is client (explicit model), tier1, fewshot, or hybrid (tier 1 x tier 2);
+    `decided_by` is client (explicit model), tier1, fewshot, hybrid (tier 1 x tier 2), or
+    tier1_fallback (tier 2 was needed but failed, so tier 1's own best guess was taken);
     `confidence` is the probability of `route` under whatever decided it (1.0 for client).
     """
 
@@ -265,6 +269,13 @@ async def decide(text: str, model: str, settings: RouterSettings, tier1: Tier1,
     evaluation one to the same model in its own process."""
     decision = route(text, model, settings.mode, tier1, settings.threshold)
     if decision is None:
-        probabilities = await tier2(text, settings.clip_chars)
+        try:
+            probabilities = await tier2(text, settings.clip_chars)
+        except Exception as err:  # noqa: BLE001 - any tier-2 failure falls back, and says so
+            # Answering with tier 1's guess beats a 503: the record says it was a fallback.
+            log.warning("tier 2 failed (%s: %s); routing by tier 1 alone", type(err).__name__, err)
+            p = tier1.probability(text)
+            best, confidence = ("structured", p) if p >= 0.5 else ("conversational", 1.0 - p)
+            return Decision(best, confidence, "tier1_fallback", settings.mode, confidence)
         decision = route(text, model, settings.mode, tier1, settings.threshold, probabilities)
     return decision

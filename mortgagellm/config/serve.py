@@ -88,8 +88,8 @@ class RouterSettings(Section):
     max_ongoing_requests: int = Field(
         64, ge=1, description="Requests one router replica handles at once.")
     max_queued_requests: int = Field(
-        128, ge=-1, description="Requests waiting for a router replica before the proxy answers "
-        "503.")
+        128, ge=0, description="Requests waiting in a router replica (serve/gate.py) beyond "
+        "max_ongoing_requests; more get a JSON 503 with Retry-After.")
     expert_timeout_s: float = Field(
         120.0, gt=0, description="Longest wait for an expert's first token or whole answer.")
 
@@ -120,6 +120,10 @@ class LimitSettings(Section):
     max_prompt_tokens: int = Field(
         2048, ge=8, description="Longer prompts get 400; the model's context length also caps "
         "prompt + max_tokens.")
+    max_prompt_chars: int = Field(
+        16384, ge=64, description="Longer prompts (chat: its `role: content` lines) get 400 "
+        "before anything tokenizes them: a 1 MiB prompt costs a len(), not a tokenizer pass. "
+        "About 8 characters per token of max_prompt_tokens.")
     max_tokens: int = Field(512, ge=1, description="Largest max_tokens a request may ask for.")
     default_max_tokens: int = Field(
         128, ge=1, description="max_tokens of a request that gives none.")

@@ -92,9 +92,11 @@ def deployment_options(recipe: Recipe) -> dict[str, dict[str, Any]]:
     health checks. build_app applies them in code; serve_config writes them out, for
     `mortgagellm serve` and for the RayServices (k8s/serve_config.py): they exist only here."""
     cfg = recipe.serve
+    # The router's queue is kept in the replica (serve/gate.py), so it can answer overflow in
+    # JSON: Serve lets ongoing + queued requests in, and its own queue is only a backstop.
     options = {ROUTER: {
         "autoscaling_config": cfg.router.autoscaling.model_dump(),
-        "max_ongoing_requests": cfg.router.max_ongoing_requests,
+        "max_ongoing_requests": cfg.router.max_ongoing_requests + cfg.router.max_queued_requests,
         "max_queued_requests": cfg.router.max_queued_requests,
         "ray_actor_options": {"num_cpus": cfg.router.num_cpus}
         | ({"resources": cfg.router.resources} if cfg.router.resources else {})}}

@@ -78,7 +78,8 @@ def key_id(authorization: str | None, keys: Mapping[str, str]) -> str | None:
 
 
 class Door:
-    """ASGI middleware: 401 without a valid key, 413 for a declared body over the limit.
+    """ASGI middleware: 401 without a valid key, 413 for a declared body over the limit;
+    any scope but HTTP (and the app's lifespan) is refused: a websocket is closed at once.
 
     A body without Content-Length (chunked) is read here up to the limit and replayed to the
     app, so an oversized one is refused without the app ever buffering it. The key's id is
@@ -99,8 +100,14 @@ class Door:
         await reject(send, status, message, code, headers)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+        kind = scope["type"]
+        if kind == "lifespan" or (kind == "http" and scope["path"] in OPEN_PATHS):
             return await self.app(scope, receive, send)
+        if kind != "http":  # websockets: this API has none, and they skip the door
+            if self.on_reject is not None:
+                self.on_reject(scope.get("path", ""), 403, "unsupported_protocol", None)
+            return await send({"type": "websocket.close", "code": 1008,
+                               "reason": "only HTTP is served"})
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         who = key_id(headers.get("authorization"), self.keys)
         if who is None and self.required:

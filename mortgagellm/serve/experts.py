@@ -35,6 +35,20 @@ def length_error(prompt_tokens: int, max_tokens: int, max_prompt_tokens: int,
     return None
 
 
+def seed_error(seed: int | None) -> str | None:
+    """Why `seed` cannot seed the sampler, else None. Checked per request before it joins a
+    batch: a seed that raised inside the batch would fail every request decoded with it."""
+    import torch
+
+    if seed is None:
+        return None
+    try:
+        torch.Generator().manual_seed(seed)
+    except (RuntimeError, OverflowError, TypeError, ValueError) as err:
+        return f"seed {seed} cannot seed the sampler ({err}); send a 64-bit integer"
+    return None
+
+
 @serve.deployment
 class Expert:
     """One expert's replica: streams completions (batched) and scores routes for tier 2."""
@@ -85,12 +99,16 @@ class Expert:
         `request` has `messages` (chat) or `prompt` (completion), and max_tokens, temperature,
         top_p, seed, stop.
         """
-        ids = (modeling.chat_ids(self.tokenizer, request["messages"]) if "messages" in request
-               else engine.completion_ids(self.tokenizer, request["prompt"]))
+        # Tokenizing a long prompt takes long enough to stall the replica's event loop (and
+        # with it every other stream and the health check): it runs in a thread.
+        ids = await asyncio.to_thread(self.prompt_ids, request)
         error = length_error(len(ids), request["max_tokens"], self.max_prompt_tokens,
                              modeling.context_length(self.model))
         if error:
-            yield {"error": error}
+            yield {"error": error, "code": "context_length_exceeded"}
+            return
+        if error := seed_error(request["seed"]):
+            yield {"error": error, "code": "invalid_value"}
             return
         yield {"prompt_tokens": len(ids), "version": self.version}
         job = engine.GenRequest(tuple(ids), request["max_tokens"], request["temperature"],
@@ -98,6 +116,12 @@ class Expert:
         async for delta in self._decode(job):
             yield {"text": delta.text, "finish_reason": delta.finish_reason,
                    "completion_tokens": delta.completion_tokens}
+
+    def prompt_ids(self, request: Mapping[str, Any]) -> list[int]:
+        """Token ids of a chat (`messages`) or completion (`prompt`) request."""
+        if "messages" in request:
+            return modeling.chat_ids(self.tokenizer, request["messages"])
+        return engine.completion_ids(self.tokenizer, request["prompt"])
 
     async def complete(self, request: Mapping[str, Any]) -> list[dict[str, Any]]:
         """All of generate()'s items in one reply: a request that is not streamed to its client

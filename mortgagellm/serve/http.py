@@ -1,5 +1,8 @@
 """The Router's FastAPI app: the door middleware, the four endpoints and the request flow
 (parse -> route -> expert -> OpenAI answer -> metrics + audit), one function per step.
+
+Every failure, whatever raised it, is answered with an OpenAI error object and is counted and
+audited under a fixed endpoint name (ENDPOINTS, or `other`), never the raw path.
 """
 
 from __future__ import annotations
@@ -13,26 +16,37 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from mortgagellm.routing import ROUTE_MODELS, UnknownModel
+from mortgagellm.routing import ROUTE_MODELS
 from mortgagellm.serve import openai_api as oa
 from mortgagellm.serve.door import Door
-from mortgagellm.serve.errors import RETRIED, ApiError, new_request_id
+from mortgagellm.serve.gate import Gate
+from mortgagellm.serve.errors import ApiError, as_api_error, new_request_id
 
 log = logging.getLogger(__name__)
 ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completions",
-             "/v1/models": "models"}
-"""Endpoint names of the metrics and audit records."""
+             "/v1/models": "models", "/healthz": "healthz"}
+"""Endpoint names of the metrics and audit records; any other path is `other`."""
 
 
-def build_api(router: Any) -> FastAPI:
-    """The app one Router replica serves."""
+def endpoint_of(path: str) -> str:
+    """The fixed name a path is counted and audited under (bounded label cardinality)."""
+    return ENDPOINTS.get(path, "other")
+
+
+def build_api(router: Any, openapi: bool = False) -> FastAPI:
+    """The app one Router replica serves. openapi=True serves /openapi.json, for the tests'
+    fuzzing only: production serves no schema."""
     cfg = router.cfg
-    app = FastAPI(title="mortgagellm", docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="mortgagellm", docs_url=None, redoc_url=None,
+                  openapi_url="/openapi.json" if openapi else None)
 
     def refused(path: str, status: int, code: str, key_id: str | None) -> None:
-        router.record(ENDPOINTS.get(path, path), status, time.perf_counter(), {
+        router.record(endpoint_of(path), status, time.perf_counter(), {
             "request_id": new_request_id("refused"), "key_id": key_id, "error_code": code})
 
+    # The last added runs first: the door (key, body size), then the router's queue.
+    app.add_middleware(Gate, ongoing=cfg.router.max_ongoing_requests,
+                       queued=cfg.router.max_queued_requests, on_reject=refused)
     app.add_middleware(Door, keys=router.keys, required=cfg.auth.required,
                        max_body_bytes=cfg.limits.max_body_bytes, on_reject=refused)
 
@@ -40,18 +54,42 @@ def build_api(router: Any) -> FastAPI:
     async def malformed(request: Request, err: RequestValidationError) -> JSONResponse:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}"
                              for e in err.errors())
-        error = ApiError(422, f"malformed request: {problems}", "invalid_request")
+        error = ApiError(400, f"malformed request: {problems}", "invalid_request")
         event = {"request_id": new_request_id("invalid"), "key_id": request.state.key_id}
-        return failed(router, ENDPOINTS.get(request.url.path, request.url.path),
-                      time.perf_counter(), event, error)
+        return failed(router, endpoint_of(request.url.path), time.perf_counter(), event, error)
+
+    @app.exception_handler(404)
+    @app.exception_handler(405)
+    async def no_route(request: Request, err: Exception) -> JSONResponse:
+        status = getattr(err, "status_code", 404)
+        error = ApiError(status, f"{request.method} {endpoint_of(request.url.path)}: no such "
+                         "endpoint; see /v1/chat/completions, /v1/completions, /v1/models",
+                         "unknown_endpoint")
+        event = {"request_id": new_request_id("invalid"),
+                 "key_id": request.scope.get("state", {}).get("key_id")}
+        return failed(router, endpoint_of(request.url.path), time.perf_counter(), event, error)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, err: Exception) -> JSONResponse:
+        """Last resort for a failure outside a handler's own try (Starlette re-raises it after
+        this answer, so it is logged too)."""
+        rid = new_request_id("failed")
+        event = {"request_id": rid, "key_id": request.scope.get("state", {}).get("key_id")}
+        return failed(router, endpoint_of(request.url.path), time.perf_counter(), event,
+                      as_api_error(err, rid))
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
     @app.get("/v1/models")
-    async def models() -> dict[str, Any]:
-        return oa.model_list(await router.versions())
+    async def models(request: Request) -> Any:
+        started, rid = time.perf_counter(), new_request_id("models")
+        try:
+            return oa.model_list(await router.versions())
+        except Exception as err:  # noqa: BLE001 - every failure is answered in JSON
+            return failed(router, "models", started, {"request_id": rid,
+                          "key_id": request.state.key_id}, as_api_error(err, rid))
 
     @app.post("/v1/chat/completions")
     async def chat(body: oa.ChatCompletionRequest, request: Request) -> Any:
@@ -65,10 +103,9 @@ def build_api(router: Any) -> FastAPI:
 
 
 def error_response(err: ApiError) -> JSONResponse:
-    """An OpenAI error object with the error's status (503s say when to retry)."""
-    kind = "invalid_request_error" if err.status < 500 else "server_error"
-    headers = {"retry-after": "1"} if err.status == 503 else None
-    return JSONResponse(oa.error_body(err.message, kind, err.code), err.status, headers=headers)
+    """An OpenAI error object with the error's status and headers (503s say when to retry)."""
+    return JSONResponse(oa.error_body(err.message, err.kind, err.code), err.status,
+                        headers=err.headers)
 
 
 def prompt_text(body: Any) -> str:
@@ -95,6 +132,7 @@ async def complete(router: Any, endpoint: str, body: Any, key_id: str) -> Any:
         return failed(router, endpoint, started, event, ApiError(503, problem, "audit_unavailable"))
     try:
         event["prompt"] = prompt_text(body)
+        checked_chars(event["prompt"], router.cfg.limits)
         payload = expert_payload(body, checked_max_tokens(body, router.cfg.limits))
         text = (body.routing_text() if endpoint == "chat" else body.text())
         decision = await router.decide(text, body.model)
@@ -111,12 +149,8 @@ async def complete(router: Any, endpoint: str, body: Any, key_id: str) -> Any:
                 media_type="text/event-stream")
         items = await router.answer(decision.route, payload)
         meta["expert_version"] = expert_version(items[0])
-    except UnknownModel as err:
-        return failed(router, endpoint, started, event, ApiError(404, str(err), "model_not_found"))
-    except ValueError as err:
-        return failed(router, endpoint, started, event, ApiError(400, str(err), "invalid_value"))
-    except ApiError as err:
-        return failed(router, endpoint, started, event, err)
+    except Exception as err:  # noqa: BLE001 - every failure is answered in JSON and audited
+        return failed(router, endpoint, started, event, as_api_error(err, request_id))
     answer = "".join(i["text"] for i in items[1:])
     last = items[-1]
     usage = oa.usage(items[0]["prompt_tokens"], last["completion_tokens"])
@@ -135,6 +169,14 @@ async def complete(router: Any, endpoint: str, body: Any, key_id: str) -> Any:
     return result
 
 
+def checked_chars(prompt: str, limits: Any) -> None:
+    """Refuse a prompt over the character cap before anything tokenizes or routes it: a
+    1 MiB prompt must cost a len(), not a tokenizer pass."""
+    if len(prompt) > limits.max_prompt_chars:
+        raise ApiError(400, f"the prompt has {len(prompt)} characters; the limit is "
+                       f"{limits.max_prompt_chars}. Shorten it.", "context_length_exceeded")
+
+
 def checked_max_tokens(body: Any, limits: Any) -> int:
     """The request's max_tokens (or the default), refused above the recipe's cap."""
     wanted = body.wanted_tokens(limits.default_max_tokens)
@@ -147,7 +189,7 @@ def checked_max_tokens(body: Any, limits: Any) -> int:
 def expert_version(first: dict[str, Any]) -> str:
     """The model version from an expert's first item; its error becomes a 400."""
     if "error" in first:
-        raise ApiError(400, first["error"], "context_length_exceeded")
+        raise ApiError(400, first["error"], first["code"])
     return first["version"]
 
 
@@ -164,11 +206,13 @@ async def stream_events(router: Any, endpoint: str, body: Any, stream: Any, firs
                         started: float) -> AsyncIterator[str]:
     """SSE chunks of one answer, ending in [DONE]; audited when it ends, however it ends.
 
-    A client that goes away cancels this generator: the record then says status 499 and the
-    expert's stream is cancelled too.
+    A failure mid-way (the replica died, it stalled, it raised) ends the stream with an error
+    event and then [DONE], and is audited with its status. A client that goes away cancels
+    this generator: the record then says 499 and the expert's stream is cancelled too.
     """
     model, rid = ROUTE_MODELS[meta["route"]], meta["request_id"]
     texts, last, status = [], {"completion_tokens": 0, "finish_reason": None}, 499
+    error: dict[str, str] = {}
     try:
         if endpoint == "chat":
             yield oa.sse(oa.chat_chunk(rid, model, {"role": "assistant", "content": ""}, None,
@@ -182,17 +226,15 @@ async def stream_events(router: Any, endpoint: str, body: Any, stream: Any, firs
                                                 None, meta, chunk=True))
         status = 200
         yield oa.sse("[DONE]")
-    except RETRIED as err:
-        status = 503
-        log.warning("expert lost mid-stream: %s", err)
-        yield oa.sse(oa.error_body(f"the expert failed mid-answer: {err}", "server_error",
-                                   "expert_unavailable"))
-    except ApiError as err:  # the expert stalled past serve.router.expert_timeout_s
-        status = err.status
-        yield oa.sse(oa.error_body(err.message, "server_error", err.code))
+    except Exception as err:  # noqa: BLE001 - the client gets an error event, never a cut
+        failure = as_api_error(err, rid)
+        status, error = failure.status, {"error_code": failure.code, "error": failure.message}
+        log.warning("stream %s failed mid-answer: %s", rid, err)
+        yield oa.sse(oa.error_body(failure.message, failure.kind, failure.code))
+        yield oa.sse("[DONE]")
     finally:
         stream.cancel()
-        router.record(endpoint, status, started, event | {
+        router.record(endpoint, status, started, event | error | {
             "output": "".join(texts), "expert_version": meta["expert_version"],
             "finish_reason": last["finish_reason"],
             **oa.usage(first["prompt_tokens"], last["completion_tokens"])})

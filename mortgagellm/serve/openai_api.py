@@ -21,9 +21,16 @@ import json
 import time
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 ROUTING_FIELD = "mortgagellm"
+MAX_STOPS = 4
+"""Stop sequences per request, as OpenAI and TGI (max_stop_sequences) allow."""
+MAX_STOP_CHARS = 64
+"""Characters per stop sequence: the decoder checks every stop on every token, so a long one
+would slow the whole batch on that replica."""
+SEED_RANGE = (-(2**63), 2**63 - 1)
+"""A seed is an int64 (OpenAI's type, and what torch.Generator.manual_seed takes)."""
 
 
 class ChatMessage(BaseModel):
@@ -44,18 +51,30 @@ class _Sampling(BaseModel):
     max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(0.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
-    seed: int | None = None
-    stop: str | list[str] | None = Field(None)
+    seed: int | None = Field(None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
+    stop: str | list[str] | None = Field(
+        None, description=f"Up to {MAX_STOPS} sequences of up to {MAX_STOP_CHARS} characters.")
     stream: bool = False
     n: int = Field(1, ge=1, le=1, description="Only one choice per request.")
     user: str | None = None
 
+    @field_validator("stop")
+    @classmethod
+    def _bounded_stops(cls, stop: str | list[str] | None) -> str | list[str] | None:
+        """At most MAX_STOPS sequences of at most MAX_STOP_CHARS characters, checked at the
+        door (as TGI does) so no request can make the decoder's stop scan expensive."""
+        stops = [stop] if isinstance(stop, str) else stop or []
+        if len(stops) > MAX_STOPS:
+            raise ValueError(f"stop has {len(stops)} sequences; at most {MAX_STOPS} are allowed")
+        for i, s in enumerate(stops):
+            if len(s) > MAX_STOP_CHARS:
+                raise ValueError(f"stop[{i}] has {len(s)} characters; at most {MAX_STOP_CHARS} "
+                                 "are allowed")
+        return stop
+
     def stops(self) -> list[str]:
-        """Stop sequences as a list (OpenAI accepts a string or up to 4 strings)."""
-        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
-        if len(stops) > 4:
-            raise ValueError(f"stop has {len(stops)} sequences; at most 4 are allowed")
-        return stops
+        """Stop sequences as a list (a string or up to MAX_STOPS strings)."""
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
     def wanted_tokens(self, default: int) -> int | None:
         """max_completion_tokens or max_tokens, else the default."""

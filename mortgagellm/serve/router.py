@@ -2,9 +2,9 @@
 its handle, answers in OpenAI's format (openai_api.py), counts (Prometheus) and audits.
 
 Endpoints: POST /v1/chat/completions, POST /v1/completions (both with `stream`), GET /v1/models,
-GET /healthz. Errors are OpenAI error objects: 400 bad value, 401 no/bad key, 404 unknown model,
-413 body too large, 422 malformed JSON or schema, 503 overloaded (an expert's queue is full) or
-unavailable, 504 an expert too slow.
+GET /healthz. Errors are OpenAI error objects (the table in the README's serving section): 400
+malformed JSON, schema or bad value, 401 no/bad key, 404 unknown model or path, 413 body too
+large, 500 an expert or the router failed, 503 overloaded or unavailable, 504 too slow.
 """
 
 from __future__ import annotations
@@ -104,9 +104,15 @@ class Router:
     async def answer(self, route: str, payload: dict[str, Any]) -> list[dict[str, Any]]:
         """All items of an expert's answer in one reply; asked once more if a replica dies."""
         for attempt in (0, 1):
+            response = self.experts[route].complete.remote(payload)
             try:
-                return await self._expert_call(self.experts[route].complete.remote(payload))
-            except RETRIED as err:
+                return await self._expert_call(response)
+            except BaseException as err:
+                # Timed out, or the client went away (CancelledError): the expert's work is
+                # cancelled, not left decoding for nobody.
+                response.cancel()
+                if not isinstance(err, RETRIED):
+                    raise
                 if attempt:
                     raise ApiError(503, f"the {route} expert failed twice: {err}",
                                    "expert_unavailable") from err

@@ -120,3 +120,23 @@ def test_healthz_needs_no_key_and_auth_can_be_off():
     app = Door(inner, KEYS, required=False, max_body_bytes=100)
     status, _, _, scope = call(app, {})
     assert status == 200 and scope["state"]["key_id"] == "anonymous"
+
+
+def test_websockets_are_refused_and_never_reach_the_app():
+    heard, reached, sent = [], [], []
+
+    async def app(scope, receive, send):
+        reached.append(scope)
+
+    async def send(message):
+        sent.append(message)
+
+    door_app = Door(app, KEYS, required=True, max_body_bytes=100,
+                    on_reject=lambda *a: heard.append(a))
+    asyncio.run(door_app({"type": "websocket", "path": "/v1/chat/completions", "headers": []},
+                         None, send))
+    assert reached == [] and sent == [{"type": "websocket.close", "code": 1008,
+                                       "reason": "only HTTP is served"}]
+    assert heard == [("/v1/chat/completions", 403, "unsupported_protocol", None)]
+    asyncio.run(door_app({"type": "lifespan"}, None, send))
+    assert reached == [{"type": "lifespan"}]  # the app's start-up and shutdown still run

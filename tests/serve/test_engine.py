@@ -43,6 +43,14 @@ def test_visible_cuts_at_stops_and_holds_back_partial_ones():
     assert visible("plain", []) == ("plain", False)
 
 
+def test_visible_scans_only_what_was_not_sent():
+    """The stop search starts at the sent text's end, so a token costs O(new text): a stop
+    inside text already sent (which the decoder never lets happen) is not searched for."""
+    assert visible("xSTOPyy", ["STOP"], sent=5) == ("xSTOPyy", False)
+    assert visible("xSTOPyy", ["STOP"], sent=1) == ("x", True)
+    assert visible("abcST", ["STOP"], sent=3) == ("abc", False)  # "ST" held back
+
+
 def test_batched_greedy_decoding_matches_reference_generate(instruct):
     from mortgagellm.modeling import chat_generate
 

@@ -36,11 +36,13 @@ def test_malformed_chat_requests_fail_validation(bad):
 
 def test_values_checked_where_used():
     body = oa.CompletionRequest.model_validate({"model": "m", "prompt": ["a", "b"],
-                                                "stop": ["1", "2", "3", "4", "5"]})
+                                                "stop": ["1", "2", "3", "4"]})
     with pytest.raises(ValueError, match="send exactly one prompt"):
         body.text()
-    with pytest.raises(ValueError, match="at most 4"):
-        body.stops()
+    assert body.stops() == ["1", "2", "3", "4"]
+    with pytest.raises(ValidationError, match="stop has 5 sequences; at most 4"):
+        oa.CompletionRequest.model_validate({"model": "m", "prompt": "a",
+                                             "stop": ["1", "2", "3", "4", "5"]})
 
 
 def test_response_shapes():

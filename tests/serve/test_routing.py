@@ -133,6 +133,23 @@ def test_hybrid_asks_tier2_only_below_the_threshold_and_multiplies():
     assert d.tier1_confidence == pytest.approx(P_ZZ)
 
 
+@pytest.mark.parametrize("mode", ["hybrid", "fewshot"])
+def test_a_failed_tier2_falls_back_to_tier1s_decision(mode):
+    """Tier 2 is needed (P_ZZ 0.88 < 0.9) but its expert fails: the request is routed by
+    tier 1's best guess, marked tier1_fallback, instead of failing with 503."""
+    import asyncio
+
+    from mortgagellm.config import RouterSettings
+
+    async def broken(request, clip_chars):
+        raise RuntimeError("structured expert unavailable")
+
+    d = asyncio.run(routing.decide("zz", "mortgagellm", RouterSettings(mode=mode, threshold=0.9),
+                                   HAND, broken))
+    assert (d.route, d.decided_by, d.mode) == ("structured", "tier1_fallback", mode)
+    assert d.confidence == pytest.approx(P_ZZ) == d.tier1_confidence
+
+
 def test_fewshot_mode_takes_tier2_as_is():
     assert route("zz", "mortgagellm", "fewshot", HAND, 0.9) is None
     d = route("zz", "mortgagellm", "fewshot", HAND, 0.9,

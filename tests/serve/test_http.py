@@ -1,0 +1,168 @@
+"""http.py without Ray: the FastAPI app over a scripted router (fake_router.py). Every failure
+is an OpenAI error object, counted and audited under a fixed endpoint name; the door's bounds
+(stop sequences, seed, prompt characters) hold before any routing or model work."""
+
+import json
+
+import pytest
+from fastapi.testclient import TestClient
+from ray.exceptions import RayActorError, RayTaskError
+
+from mortgagellm.serve.http import build_api
+from tests.serve.fake_router import AUTH, FakeRouter
+
+CHAT = {"model": "mortgagellm-chat", "max_tokens": 3,
+        "messages": [{"role": "user", "content": "What is escrow?"}]}
+
+
+def client(router):
+    return TestClient(build_api(router), raise_server_exceptions=False)
+
+
+def openai_error(response, status, kind, code=None):
+    """Assert an OpenAI error object with this status, type (and code); returns its message."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["type"] == kind
+    if code is not None:
+        assert error["code"] == code
+    return error["message"]
+
+
+def test_malformed_json_and_schema_errors_are_400_invalid_request_error():
+    router = FakeRouter()
+    with client(router) as c:
+        bad_json = c.post("/v1/chat/completions", content=b"{not json",
+                          headers=AUTH | {"content-type": "application/json"})
+        no_messages = c.post("/v1/chat/completions", json=CHAT | {"messages": []}, headers=AUTH)
+    openai_error(bad_json, 400, "invalid_request_error", "invalid_request")
+    assert "messages" in openai_error(no_messages, 400, "invalid_request_error")
+    assert [(e, s) for e, s, _ in router.records] == [("chat", 400), ("chat", 400)]
+
+
+def test_an_unexpected_expert_error_is_a_json_500_and_audited():
+    router = FakeRouter(expert=RuntimeError("secret internal detail"))
+    with client(router) as c:
+        response = c.post("/v1/chat/completions", json=CHAT, headers=AUTH)
+    message = openai_error(response, 500, "server_error", "internal_error")
+    assert "secret internal detail" not in message
+    ((endpoint, status, event),) = router.records
+    assert (endpoint, status, event["error_code"]) == ("chat", 500, "internal_error")
+    assert event["request_id"] in message
+
+
+def test_a_remote_value_error_is_a_500_without_its_traceback():
+    """Ray makes a remote ValueError an instance of ValueError too: it is still the expert's
+    failure (500), and the remote traceback stays in the log."""
+    remote = RayTaskError("generate", "Traceback (most recent call last):\n  secret.py line 1",
+                          ValueError("bad tensor")).as_instanceof_cause()
+    assert isinstance(remote, ValueError)
+    router = FakeRouter(expert=remote)
+    with client(router) as c:
+        response = c.post("/v1/completions", headers=AUTH,
+                          json={"model": "mortgagellm", "prompt": "x", "max_tokens": 2})
+    message = openai_error(response, 500, "server_error", "expert_error")
+    assert "Traceback" not in response.text and "secret.py" not in response.text
+    assert "ValueError" in message
+    assert router.records[0][1] == 500
+
+
+def test_models_failure_is_json_too():
+    router = FakeRouter(expert=RuntimeError("down"))
+    with client(router) as c:
+        openai_error(c.get("/v1/models", headers=AUTH), 500, "server_error", "internal_error")
+    assert router.records[0][:2] == ("models", 500)
+
+
+def sse_events(response):
+    return [line.removeprefix("data: ") for line in response.text.split("\n\n") if line]
+
+
+@pytest.mark.parametrize("fail, status, code", [
+    (RuntimeError("decode thread crashed"), 500, "internal_error"),
+    (RayActorError(), 503, "expert_unavailable"),  # the replica died mid-stream
+])
+def test_a_stream_that_fails_ends_with_an_error_event_then_done(fail, status, code):
+    router = FakeRouter(stream_fail=fail)
+    with client(router) as c:
+        response = c.post("/v1/chat/completions", json=CHAT | {"stream": True}, headers=AUTH)
+    events = sse_events(response)
+    assert events[-1] == "[DONE]"
+    error = json.loads(events[-2])["error"]
+    assert (error["type"], error["code"]) == ("server_error", code)
+    assert len(events) == 1 + 3 + 2  # role chunk, three tokens, error, [DONE]
+    ((endpoint, recorded, event),) = router.records
+    assert (endpoint, recorded, event["error_code"]) == ("chat", status, code)
+    assert event["output"] == "aaa" and router.streams[0].cancelled
+
+
+def test_a_finished_stream_is_audited_as_200():
+    router = FakeRouter()
+    with client(router) as c:
+        events = sse_events(c.post("/v1/chat/completions", json=CHAT | {"stream": True},
+                                   headers=AUTH))
+    assert events[-1] == "[DONE]" and all("error" not in e for e in events)
+    assert router.records[0][1] == 200
+
+
+@pytest.mark.parametrize("stop, what", [
+    (["a", "b", "c", "d", "e"], "stop has 5 sequences; at most 4"),
+    ("x" * 65, "stop[0] has 65 characters; at most 64"),
+    (["ok", "y" * 200_000], "stop[1] has 200000 characters; at most 64"),
+])
+def test_stop_sequences_are_bounded_at_the_door(stop, what):
+    router = FakeRouter()
+    with client(router) as c:
+        response = c.post("/v1/chat/completions", json=CHAT | {"stop": stop}, headers=AUTH)
+    assert what in openai_error(response, 400, "invalid_request_error")
+    assert router.decided == 0
+
+
+@pytest.mark.parametrize("seed", [2**70, -(2**63) - 1, 2**63])
+def test_seeds_outside_int64_are_400_at_the_door(seed):
+    router = FakeRouter()
+    with client(router) as c:
+        response = c.post("/v1/chat/completions", json=CHAT | {"seed": seed}, headers=AUTH)
+    assert "seed" in openai_error(response, 400, "invalid_request_error")
+    assert router.decided == 0
+    with client(router) as c:
+        ok = c.post("/v1/chat/completions", json=CHAT | {"seed": 2**63 - 1}, headers=AUTH)
+    assert ok.status_code == 200
+
+
+def test_unknown_paths_are_counted_as_other_never_by_their_path():
+    router = FakeRouter()
+    hostile = "/v1/" + "x" * 300
+    with client(router) as c:
+        unknown = c.get(hostile, headers=AUTH)
+        no_key = c.get("/admin/" + "y" * 50)
+        wrong_method = c.get("/v1/chat/completions", headers=AUTH)
+    openai_error(unknown, 404, "invalid_request_error", "unknown_endpoint")
+    openai_error(no_key, 401, "invalid_request_error", "invalid_api_key")
+    openai_error(wrong_method, 405, "invalid_request_error", "unknown_endpoint")
+    assert [(e, s) for e, s, _ in router.records] == [("other", 404), ("other", 401),
+                                                      ("chat", 405)]
+    assert "xxxx" not in json.dumps(router.records) and "yyyy" not in unknown.text
+
+
+def test_an_overlong_prompt_is_refused_by_its_length_before_routing():
+    router = FakeRouter({"limits": {"max_prompt_chars": 1000}})
+    long = CHAT | {"messages": [{"role": "user", "content": "e" * 1000}]}
+    with client(router) as c:
+        response = c.post("/v1/chat/completions", json=long, headers=AUTH)
+        fits = c.post("/v1/chat/completions", headers=AUTH,
+                      json=CHAT | {"messages": [{"role": "user", "content": "e" * 990}]})
+    message = openai_error(response, 400, "invalid_request_error", "context_length_exceeded")
+    assert "1006 characters; the limit is 1000" in message  # "user: " + 1000
+    assert router.decided == 1 and fits.status_code == 200  # only the one that fits
+
+
+def test_a_failure_outside_the_handlers_try_is_still_json(monkeypatch):
+    router = FakeRouter()
+    monkeypatch.delattr(router.metrics, "generation_ms")  # fails after the expert answered
+    with client(router) as c:
+        response = c.post("/v1/chat/completions", json=CHAT, headers=AUTH)
+    openai_error(response, 500, "server_error", "internal_error")
+    assert router.records[-1][:2] == ("chat", 500)
