@@ -10,6 +10,7 @@
     mortgagellm deploy CONFIG EXPERT VERSION|DIR       switch an expert's model in place
     mortgagellm rollback CONFIG EXPERT                 back to its previous version
     mortgagellm audit verify PATH [--key-file F]       check the audit log's HMAC chain
+    mortgagellm chat [--url URL] [-m TEXT]              talk to a served endpoint (streams)
 
 Imports nothing heavy at module level, so --help is instant.
 """
@@ -90,6 +91,16 @@ def add_serve_commands(sub: Any) -> None:
     verify.add_argument("path", help="audit log directory or one of its files")
     verify.add_argument("--key-file", help="the audit HMAC key (default: "
                         "$MORTGAGELLM_AUDIT_KEY, else <path>/../audit.key)")
+    chat = sub.add_parser("chat", help="chat with a served endpoint: streams each answer and "
+                          "shows the route, confidence and expert version")
+    chat.add_argument("--url", default="http://127.0.0.1:8000/v1",
+                      help="the endpoint's OpenAI base URL (default %(default)s)")
+    chat.add_argument("--model", default="mortgagellm", help="mortgagellm (the router picks), "
+                      "mortgagellm-structured or mortgagellm-chat")
+    chat.add_argument("--max-tokens", type=int, default=128, help="answer length cap")
+    chat.add_argument("-m", "--message", help="ask this one question, print the answer, exit")
+    chat.add_argument("--key-env", default="MORTGAGELLM_API_KEY",
+                      help="environment variable holding the API key (default %(default)s)")
 
 
 def split_overrides(extra: list[str]) -> list[str]:
@@ -117,6 +128,13 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from mortgagellm.config import ConfigError, load_recipe
 
+    if args.command == "chat":
+        from mortgagellm.serve import chat
+
+        if extra:
+            raise SystemExit(f"mortgagellm chat: unrecognised arguments {' '.join(extra)}")
+        return chat.main(args.url, args.model, args.max_tokens, args.message, args.key_env,
+                         sys.stdin, sys.stdout, sys.stderr)
     if args.command == "audit":
         from pathlib import Path
 
