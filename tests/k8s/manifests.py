@@ -43,6 +43,23 @@ UPGRADE_TYPES = {"NewCluster", "NewClusterWithIncrementalUpgrade", "None"}
 RESOURCE_PARAMS = ("num-cpus", "num-gpus", "memory", "resources")
 
 
+DASHBOARD = K8S / "base" / "configmap.grafana-dashboard.yaml"
+_SERIES = re.compile(r"\b(ray_[a-z0-9_]+)")
+
+
+def dashboard() -> dict:
+    """The Grafana dashboard JSON inside its ConfigMap."""
+    (config_map,) = load(DASHBOARD)
+    (body,) = config_map["data"].values()
+    return json.loads(body)
+
+
+def dashboard_series() -> set[str]:
+    """Every Prometheus series the dashboard's PromQL names (ours and Ray Serve's: all ray_*)."""
+    return {name for panel in dashboard()["panels"] for target in panel["targets"]
+            for name in _SERIES.findall(target["expr"])}
+
+
 def load(path: Path) -> list[dict]:
     """Every document of a YAML file."""
     return [d for d in yaml.safe_load_all(path.read_text()) if d is not None]

@@ -29,7 +29,8 @@ def test_base_has_every_piece_of_the_stack(base_docs):
                      ("RayJob", "mortgagellm-pretrain"), ("RayService", "mortgagellm"),
                      ("Secret", "mortgagellm-api-keys"), ("Secret", "mortgagellm-audit-key"),
                      ("NetworkPolicy", "mortgagellm-ray-private"),
-                     ("PersistentVolumeClaim", "mortgagellm-shared")}
+                     ("PersistentVolumeClaim", "mortgagellm-shared"),
+                     ("ConfigMap", "mortgagellm-grafana-dashboard")}
 
 
 @pytest.mark.parametrize("overlay", ["cpu-dev", "a100-prod"])

@@ -9,6 +9,7 @@ import json
 import shutil
 import socket
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -16,7 +17,8 @@ import requests
 
 from mortgagellm import modeling, registry
 from mortgagellm.registry import registry_path
-from mortgagellm.serve import audit, demo, door, engine, ops
+from mortgagellm.serve import audit, demo, door, engine, ops, router
+from tests.k8s import manifests
 
 pytestmark = pytest.mark.integration
 (STRUCTURED, _), (CONVERSATIONAL, _) = demo.DEMO_REQUESTS
@@ -332,6 +334,16 @@ def test_prometheus_series_on_the_ray_metrics_port(app, client):
     assert any('route="conversational"' in line and 'status="200"' in line for line in lines)
     errors = [line for line in text.splitlines() if line.startswith("ray_mortgagellm_errors")]
     assert any('code="model_not_found"' in line for line in errors), errors
+    # Every series the Grafana dashboard queries is exported under that exact name. The audit
+    # alarm only exists once it fires: it is a counter of the router's Metrics, named as the
+    # counters scraped here are (ray_<name>_total).
+    scraped = {line.split("{")[0].split(" ")[0] for line in text.splitlines()
+               if line and not line.startswith("#")}
+    alarm = "ray_mortgagellm_audit_refused_total"
+    assert "ray_mortgagellm_errors_total" in scraped
+    assert '"mortgagellm_audit_refused"' in Path(router.__file__).read_text()
+    assert manifests.dashboard_series() - {alarm} <= scraped, (
+        manifests.dashboard_series() - {alarm} - scraped)
 
 
 def replicas(name):
