@@ -40,7 +40,12 @@ class FakeMetrics:
 
 class FakeRouter:
     """What build_api needs of a Router; `expert` scripts the answer (a list of items, or an
-    exception to raise) and `records` collects every record() call."""
+    exception to raise) and `records` collects every record() call.
+
+    `hold`, when set, is an event a non-streamed answer waits for (an expert that is slow to
+    answer); `pace` is the seconds each stream item takes (slow, never stalled). `cancelled`
+    names the expert calls that were cancelled (answer, next_item), as the real Router then
+    cancels its expert's work (tests/serve/test_router.py)."""
 
     def __init__(self, settings: dict[str, Any] | None = None, expert: Any = None,
                  stream_fail: BaseException | None = None):
@@ -52,6 +57,8 @@ class FakeRouter:
         self.streams: list[FakeStream] = []
         self.decided = 0
         self.hold: asyncio.Event | None = None
+        self.pace = 0.0
+        self.cancelled: list[str] = []
         self.metrics = FakeMetrics()
 
     def items(self, payload: dict) -> list[dict]:
@@ -77,9 +84,16 @@ class FakeRouter:
         self.decided += 1
         return Decision(client_route(model) or "conversational", 1.0, "client", "hybrid")
 
+    async def _expert_work(self, call: str, awaitable: Any) -> None:
+        try:
+            await awaitable
+        except asyncio.CancelledError:
+            self.cancelled.append(call)
+            raise
+
     async def answer(self, route: str, payload: dict) -> list[dict]:
         if self.hold is not None:
-            await self.hold.wait()
+            await self._expert_work("answer", self.hold.wait())
         if isinstance(self.expert, BaseException):
             raise self.expert
         return self.items(payload)
@@ -93,6 +107,8 @@ class FakeRouter:
         return first, stream
 
     async def next_item(self, stream: FakeStream) -> dict | None:
+        if self.pace:
+            await self._expert_work("next_item", asyncio.sleep(self.pace))
         if stream.items:
             return stream.items.pop(0)
         if stream.fail is not None:
