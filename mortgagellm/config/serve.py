@@ -58,7 +58,9 @@ class ExpertSettings(Section):
         0.01, ge=0, description="How long a batch waits to fill before decoding starts.")
     health_check_period_s: float = Field(10.0, gt=0, description="Seconds between health checks.")
     health_check_timeout_s: float = Field(
-        30.0, gt=0, description="A health check slower than this marks the replica unhealthy.")
+        30.0, gt=0, description="A health check slower than this marks the replica unhealthy. "
+        "The check (serve/experts.py) gives its one-token decode, and a running batch's decode "
+        "step, half of it.")
 
 
 class RouterSettings(Section):

@@ -162,7 +162,8 @@ def build_app(args: dict[str, Any]) -> Any:
         deployment = Expert.options(name=name, user_config=user_config(recipe, expert),
                                     **options[name])
         experts[expert] = deployment.bind(expert, s.threads, s.max_batch_size,
-                                          s.batch_wait_timeout_s, cfg.limits.max_prompt_tokens)
+                                          s.batch_wait_timeout_s, cfg.limits.max_prompt_tokens,
+                                          s.health_check_timeout_s)
     router = Router.options(name=ROUTER, **options[ROUTER])
     settings = cfg.model_copy(update={"audit": audit_settings(recipe)}).model_dump(mode="json")
     return router.bind(experts["structured"], experts["conversational"], settings,

@@ -43,9 +43,9 @@ class FakeRouter:
     exception to raise) and `records` collects every record() call.
 
     `hold`, when set, is an event a non-streamed answer waits for (an expert that is slow to
-    answer); `pace` is the seconds each stream item takes (slow, never stalled). `cancelled`
-    names the expert calls that were cancelled (answer, next_item), as the real Router then
-    cancels its expert's work (tests/serve/test_router.py)."""
+    answer), and `cancelled` counts the answers cancelled while waiting (the real Router then
+    cancels its expert's work: tests/serve/test_router.py); `pace` is the seconds each stream
+    item takes (slow, never stalled)."""
 
     def __init__(self, settings: dict[str, Any] | None = None, expert: Any = None,
                  stream_fail: BaseException | None = None):
@@ -58,7 +58,7 @@ class FakeRouter:
         self.decided = 0
         self.hold: asyncio.Event | None = None
         self.pace = 0.0
-        self.cancelled: list[str] = []
+        self.cancelled = 0
         self.metrics = FakeMetrics()
 
     def items(self, payload: dict) -> list[dict]:
@@ -84,16 +84,13 @@ class FakeRouter:
         self.decided += 1
         return Decision(client_route(model) or "conversational", 1.0, "client", "hybrid")
 
-    async def _expert_work(self, call: str, awaitable: Any) -> None:
-        try:
-            await awaitable
-        except asyncio.CancelledError:
-            self.cancelled.append(call)
-            raise
-
     async def answer(self, route: str, payload: dict) -> list[dict]:
         if self.hold is not None:
-            await self._expert_work("answer", self.hold.wait())
+            try:
+                await self.hold.wait()
+            except asyncio.CancelledError:
+                self.cancelled += 1
+                raise
         if isinstance(self.expert, BaseException):
             raise self.expert
         return self.items(payload)
@@ -107,8 +104,7 @@ class FakeRouter:
         return first, stream
 
     async def next_item(self, stream: FakeStream) -> dict | None:
-        if self.pace:
-            await self._expert_work("next_item", asyncio.sleep(self.pace))
+        await asyncio.sleep(self.pace)
         if stream.items:
             return stream.items.pop(0)
         if stream.fail is not None:

@@ -171,14 +171,14 @@ def test_a_failure_outside_the_handlers_try_is_still_json(monkeypatch):
 
 @pytest.mark.timeout(60)  # without a deadline the held answer never comes: the test would hang
 def test_an_answer_past_the_request_deadline_is_a_json_504_and_the_expert_call_cancelled():
-    router = FakeRouter({"router": {"request_timeout_s": 0.05}})
+    router = FakeRouter({"router": {"request_timeout_s": 1.0}})  # ample to reach the expert
     router.hold = asyncio.Event()  # the expert never answers; its per-call timeout is 120 s
     with client(router) as c:
         response = c.post("/v1/chat/completions", json=CHAT, headers=AUTH)
-    assert "deadline of 0.05 s" in openai_error(response, 504, "server_error", "request_timeout")
+    assert "deadline of 1 s" in openai_error(response, 504, "server_error", "request_timeout")
     ((endpoint, status, event),) = router.records
     assert (endpoint, status, event["error_code"]) == ("chat", 504, "request_timeout")
-    assert router.cancelled == ["answer"]
+    assert router.cancelled == 1
 
 
 @pytest.mark.timeout(60)
@@ -197,4 +197,4 @@ def test_a_stream_past_the_request_deadline_ends_with_an_error_event_then_done()
     ((endpoint, status, event),) = router.records
     assert (endpoint, status, event["error_code"]) == ("chat", 504, "request_timeout")
     assert event["output"] == "a" * (len(events) - 3) != "a" * 100  # role, error, [DONE]
-    assert router.cancelled == ["next_item"] and router.streams[0].cancelled
+    assert router.streams[0].cancelled
