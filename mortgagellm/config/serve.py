@@ -58,7 +58,9 @@ class ExpertSettings(Section):
         0.01, ge=0, description="How long a batch waits to fill before decoding starts.")
     health_check_period_s: float = Field(10.0, gt=0, description="Seconds between health checks.")
     health_check_timeout_s: float = Field(
-        30.0, gt=0, description="A health check slower than this marks the replica unhealthy.")
+        30.0, gt=0, description="A health check slower than this marks the replica unhealthy. "
+        "The check (serve/experts.py) gives its one-token decode, and a running batch's decode "
+        "step, half of it.")
 
 
 class RouterSettings(Section):
@@ -91,7 +93,14 @@ class RouterSettings(Section):
         128, ge=0, description="Requests waiting in a router replica (serve/gate.py) beyond "
         "max_ongoing_requests; more get a JSON 503 with Retry-After.")
     expert_timeout_s: float = Field(
-        120.0, gt=0, description="Longest wait for an expert's first token or whole answer.")
+        120.0, gt=0, description="Longest wait for any one expert call: tier 2's scores, a "
+        "whole answer, a stream's first item or its next one (504 `expert_timeout`).")
+    request_timeout_s: float = Field(
+        300.0, gt=0, description="Deadline of a whole request from the moment the router "
+        "takes it up: routing, the expert's answer and every item of a stream. Past it the "
+        "client gets 504 `request_timeout` (a stream: an error event, then [DONE]) and the "
+        "expert's work is cancelled. Serve's proxy gives up PROXY_TIMEOUT_MARGIN_S later "
+        "(serve/app.py), so this JSON answer is the one clients see.")
 
 
 class ApiKeySettings(Section):

@@ -22,6 +22,12 @@ log = logging.getLogger(__name__)
 DEPLOYMENTS = {"structured": "StructuredExpert", "conversational": "ConversationalExpert"}
 ROUTER = "Router"
 IMPORT_PATH = "mortgagellm.serve.app:build_app"
+PROXY_TIMEOUT_MARGIN_S = 30.0
+"""Serve's proxy gives up on a request (a plain-text 408, or a stream cut without [DONE]) this
+long after the app's own deadline, serve.router.request_timeout_s, whose JSON 504 or error event
+therefore reaches the client first. The proxy's timer also counts the wait in the queues before
+the router, so the margin is a backstop for a router that cannot answer at all, not a second
+limit. A client can lift the proxy's limit (header x-request-timeout-seconds); not the app's."""
 
 
 def load(args: dict[str, Any]) -> Recipe:
@@ -132,7 +138,8 @@ def serve_config(recipe: Recipe, args: dict[str, Any], versions: bool = True) ->
         for expert, name in DEPLOYMENTS.items():
             options[name]["user_config"] = user_config(recipe, expert)
     return {
-        "http_options": {"host": cfg.host, "port": cfg.port},
+        "http_options": {"host": cfg.host, "port": cfg.port, "request_timeout_s":
+                         cfg.router.request_timeout_s + PROXY_TIMEOUT_MARGIN_S},
         "applications": [{
             "name": cfg.app_name, "route_prefix": cfg.route_prefix, "import_path": IMPORT_PATH,
             "args": args, "deployments": [{"name": n} | o for n, o in options.items()]}],
@@ -155,7 +162,8 @@ def build_app(args: dict[str, Any]) -> Any:
         deployment = Expert.options(name=name, user_config=user_config(recipe, expert),
                                     **options[name])
         experts[expert] = deployment.bind(expert, s.threads, s.max_batch_size,
-                                          s.batch_wait_timeout_s, cfg.limits.max_prompt_tokens)
+                                          s.batch_wait_timeout_s, cfg.limits.max_prompt_tokens,
+                                          s.health_check_timeout_s)
     router = Router.options(name=ROUTER, **options[ROUTER])
     settings = cfg.model_copy(update={"audit": audit_settings(recipe)}).model_dump(mode="json")
     return router.bind(experts["structured"], experts["conversational"], settings,

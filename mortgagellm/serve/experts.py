@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -54,10 +55,15 @@ class Expert:
     """One expert's replica: streams completions (batched) and scores routes for tier 2."""
 
     def __init__(self, role: str, threads: int, max_batch_size: int,
-                 batch_wait_timeout_s: float, max_prompt_tokens: int):
+                 batch_wait_timeout_s: float, max_prompt_tokens: int,
+                 health_check_timeout_s: float):
         self.role, self.threads, self.max_prompt_tokens = role, threads, max_prompt_tokens
         self.model = self.tokenizer = self.version = self.model_dir = None
         self.prior: dict[str, float] | None = None
+        # Half of Serve's patience: a stuck check says why in the log while Serve still waits.
+        self.probe_timeout_s = health_check_timeout_s / 2
+        self._probe: asyncio.Future | None = None
+        self._step_started: float | None = None  # when the running batch step began
         self._decode.set_max_batch_size(max_batch_size)
         self._decode.set_batch_wait_timeout_s(batch_wait_timeout_s)
 
@@ -75,10 +81,40 @@ class Expert:
         self.version, self.model_dir = config["version"], config["model"]
         log.info("%s expert serves version %s from %s", self.role, self.version, self.model_dir)
 
-    def check_health(self) -> None:
-        """Serve's health check: a replica without weights is unhealthy."""
+    async def check_health(self) -> None:
+        """Serve's health check: the replica must have weights, its batch decode must not be
+        stuck in a step, and a one-token greedy decode must finish within probe_timeout_s.
+
+        The probe decodes one token of a prompt of a few tokens with engine.Decoder.step, the
+        requests' own step, in a thread as _decode runs it, beside any running batch rather
+        than queued behind it in @serve.batch (a busy replica is not a stuck one). Its cost:
+        one forward pass over those few tokens per health_check_period_s (10 s by default).
+        A broken model or device fails the probe; a stuck one keeps it waiting. The running
+        batch's step is timed too, so a decode thread stuck mid-batch fails the check even
+        when a fresh probe would pass.
+
+        Async on purpose: Ray 2.60 runs a sync check_health in its thread pool, where a stuck
+        one would hold a pool thread until Serve gave up on it; here the wait is bounded and
+        a probe still stuck from an earlier check is awaited again, never started twice.
+        """
         if self.model is None:
             raise RuntimeError(f"{self.role} expert has no model loaded")
+        if self._step_started is not None and \
+                (running := time.monotonic() - self._step_started) > self.probe_timeout_s:
+            raise RuntimeError(f"{self.role} expert: a decode step has run for {running:.1f} s "
+                               f"(limit {self.probe_timeout_s:g} s); the decode is stuck")
+        if self._probe is None or self._probe.done():
+            self._probe = asyncio.ensure_future(asyncio.to_thread(self.decode_one_token))
+        try:
+            await asyncio.wait_for(asyncio.shield(self._probe), self.probe_timeout_s)
+        except asyncio.TimeoutError:
+            raise RuntimeError(f"{self.role} expert: a one-token decode did not finish within "
+                               f"{self.probe_timeout_s:g} s; the decode is stuck") from None
+
+    def decode_one_token(self) -> None:
+        """Decode one greedy token of a tiny completion prompt, as a batch of one."""
+        ids = engine.completion_ids(self.tokenizer, "OK.")
+        engine.Decoder(self.model, self.tokenizer, [engine.GenRequest(tuple(ids), 1)]).step()
 
     def info(self) -> dict[str, Any]:
         """Role, model version and directory, context length, and the replica's process id
@@ -137,5 +173,9 @@ class Expert:
         """
         decoder = engine.Decoder(self.model, self.tokenizer, jobs)
         while not decoder.done:
-            deltas = await asyncio.to_thread(decoder.step)
+            self._step_started = time.monotonic()  # check_health times the step
+            try:
+                deltas = await asyncio.to_thread(decoder.step)
+            finally:
+                self._step_started = None
             yield [StopIteration if d is None else d for d in deltas]

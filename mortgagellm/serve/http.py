@@ -2,15 +2,17 @@
 (parse -> route -> expert -> OpenAI answer -> metrics + audit), one function per step.
 
 Every failure, whatever raised it, is answered with an OpenAI error object and is counted and
-audited under a fixed endpoint name (ENDPOINTS, or `other`), never the raw path.
+audited under a fixed endpoint name (ENDPOINTS, or `other`), never the raw path. A request has
+one deadline (serve.router.request_timeout_s) across routing, the expert and its whole stream.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -26,6 +28,7 @@ log = logging.getLogger(__name__)
 ENDPOINTS = {"/v1/chat/completions": "chat", "/v1/completions": "completions",
              "/v1/models": "models", "/healthz": "healthz"}
 """Endpoint names of the metrics and audit records; any other path is `other`."""
+T = TypeVar("T")
 
 
 def endpoint_of(path: str) -> str:
@@ -102,6 +105,30 @@ def build_api(router: Any, openapi: bool = False) -> FastAPI:
     return app
 
 
+class Deadline:
+    """A request's total time (serve.router.request_timeout_s) from when the router takes it up.
+
+    The Router bounds each expert call by expert_timeout_s; a routed, streamed answer makes many
+    such calls, so only this deadline bounds the whole: every await of the flow runs within
+    what is left of it.
+    """
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.at = time.monotonic() + seconds
+
+    async def within(self, awaitable: Awaitable[T]) -> T:
+        """`awaitable`'s result, or 504 `request_timeout` once the deadline has passed. The
+        awaitable is cancelled then, and with it the expert's work (Router.answer, open_stream
+        and tier 2 cancel their call on the way out; a stream is cancelled when it ends)."""
+        try:
+            return await asyncio.wait_for(awaitable, max(self.at - time.monotonic(), 0.0))
+        except asyncio.TimeoutError as err:
+            raise ApiError(504, f"the request did not finish within this server's deadline of "
+                           f"{self.seconds:g} s; ask for fewer tokens (max_tokens) or retry",
+                           "request_timeout") from err
+
+
 def error_response(err: ApiError) -> JSONResponse:
     """An OpenAI error object with the error's status and headers (503s say when to retry)."""
     return JSONResponse(oa.error_body(err.message, err.kind, err.code), err.status,
@@ -125,7 +152,7 @@ def expert_payload(body: Any, max_tokens: int) -> dict[str, Any]:
 
 async def complete(router: Any, endpoint: str, body: Any, key_id: str) -> Any:
     """One chat or text completion, streamed or not; every outcome is counted and audited."""
-    started = time.perf_counter()
+    started, deadline = time.perf_counter(), Deadline(router.cfg.router.request_timeout_s)
     request_id = new_request_id("chatcmpl" if endpoint == "chat" else "cmpl")
     event: dict[str, Any] = {"request_id": request_id, "key_id": key_id, "model": body.model}
     if problem := router.audit_problem():  # fail closed: no answer that cannot be traced
@@ -135,19 +162,19 @@ async def complete(router: Any, endpoint: str, body: Any, key_id: str) -> Any:
         checked_chars(event["prompt"], router.cfg.limits)
         payload = expert_payload(body, checked_max_tokens(body, router.cfg.limits))
         text = (body.routing_text() if endpoint == "chat" else body.text())
-        decision = await router.decide(text, body.model)
+        decision = await deadline.within(router.decide(text, body.model))
         event |= {"route": decision.route, "confidence": round(decision.confidence, 4),
                   "decided_by": decision.decided_by, "router_mode": decision.mode,
                   "tier1_confidence": decision.tier1_confidence}
         meta = {k: event[k] for k in ("route", "confidence", "decided_by", "tier1_confidence")}
         meta |= {"router_mode": decision.mode, "request_id": request_id}
         if body.stream:
-            first, stream = await router.open_stream(decision.route, payload)
+            first, stream = await deadline.within(router.open_stream(decision.route, payload))
             meta["expert_version"] = expert_version(first)
             return StreamingResponse(
-                stream_events(router, endpoint, body, stream, first, meta, event, started),
+                stream_events(router, endpoint, stream, first, meta, event, started, deadline),
                 media_type="text/event-stream")
-        items = await router.answer(decision.route, payload)
+        items = await deadline.within(router.answer(decision.route, payload))
         meta["expert_version"] = expert_version(items[0])
     except Exception as err:  # noqa: BLE001 - every failure is answered in JSON and audited
         return failed(router, endpoint, started, event, as_api_error(err, request_id))
@@ -201,14 +228,16 @@ def failed(router: Any, endpoint: str, started: float, event: dict[str, Any],
     return error_response(err)
 
 
-async def stream_events(router: Any, endpoint: str, body: Any, stream: Any, first: dict,
-                        meta: dict[str, Any], event: dict[str, Any],
-                        started: float) -> AsyncIterator[str]:
+async def stream_events(router: Any, endpoint: str, stream: Any, first: dict,
+                        meta: dict[str, Any], event: dict[str, Any], started: float,
+                        deadline: Deadline) -> AsyncIterator[str]:
     """SSE chunks of one answer, ending in [DONE]; audited when it ends, however it ends.
 
-    A failure mid-way (the replica died, it stalled, it raised) ends the stream with an error
-    event and then [DONE], and is audited with its status. A client that goes away cancels
-    this generator: the record then says 499 and the expert's stream is cancelled too.
+    A failure mid-way (the replica died, it stalled, it raised, the request's deadline passed)
+    ends the stream with an error event and then [DONE], and is audited with its status. A
+    client that goes away cancels this generator: the record then says 499. Either way the
+    expert's stream is cancelled. Only the awaits of expert items run under the deadline, never
+    a `yield`: a timeout there would cancel Starlette's sending, not this generator.
     """
     model, rid = ROUTE_MODELS[meta["route"]], meta["request_id"]
     texts, last, status = [], {"completion_tokens": 0, "finish_reason": None}, 499
@@ -217,7 +246,7 @@ async def stream_events(router: Any, endpoint: str, body: Any, stream: Any, firs
         if endpoint == "chat":
             yield oa.sse(oa.chat_chunk(rid, model, {"role": "assistant", "content": ""}, None,
                                        meta))
-        while (item := await router.next_item(stream)) is not None:
+        while (item := await deadline.within(router.next_item(stream))) is not None:
             texts.append(item["text"])
             last = item
             yield oa.sse(oa.chat_chunk(rid, model, {"content": item["text"]},

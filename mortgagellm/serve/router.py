@@ -4,7 +4,9 @@ its handle, answers in OpenAI's format (openai_api.py), counts (Prometheus) and 
 Endpoints: POST /v1/chat/completions, POST /v1/completions (both with `stream`), GET /v1/models,
 GET /healthz. Errors are OpenAI error objects (the table in the README's serving section): 400
 malformed JSON, schema or bad value, 401 no/bad key, 404 unknown model or path, 413 body too
-large, 500 an expert or the router failed, 503 overloaded or unavailable, 504 too slow.
+large, 500 an expert or the router failed, 503 overloaded or unavailable, 504 too slow: one
+expert call past serve.router.expert_timeout_s (`expert_timeout`) or the whole request past its
+deadline serve.router.request_timeout_s (`request_timeout`, http.py's Deadline).
 """
 
 from __future__ import annotations
@@ -93,8 +95,12 @@ class Router:
         started = time.perf_counter()
 
         async def tier2(request: str, clip_chars: int) -> dict[str, float]:
-            return await self._expert_call(
-                self.experts["structured"].classify.remote(request, clip_chars))
+            response = self.experts["structured"].classify.remote(request, clip_chars)
+            try:
+                return await self._expert_call(response)
+            except BaseException:
+                response.cancel()  # timed out, past the deadline or the client left
+                raise
 
         decision = await routing.decide(text, model, self.cfg.router, self.tier1, tier2)
         self.metrics.routing_ms.observe((time.perf_counter() - started) * 1e3,
@@ -108,8 +114,8 @@ class Router:
             try:
                 return await self._expert_call(response)
             except BaseException as err:
-                # Timed out, or the client went away (CancelledError): the expert's work is
-                # cancelled, not left decoding for nobody.
+                # Timed out, or the request's deadline passed or its client went away
+                # (CancelledError): the expert's work is cancelled, not left decoding for nobody.
                 response.cancel()
                 if not isinstance(err, RETRIED):
                     raise
@@ -125,7 +131,10 @@ class Router:
             stream = self.experts[route].options(stream=True).generate.remote(payload)
             try:
                 return await self._expert_call(stream.__anext__()), stream
-            except RETRIED as err:
+            except BaseException as err:
+                stream.cancel()  # as in answer(): no expert decodes for nobody
+                if not isinstance(err, RETRIED):
+                    raise
                 if attempt:
                     raise ApiError(503, f"the {route} expert failed twice: {err}",
                                    "expert_unavailable") from err

@@ -40,7 +40,12 @@ class FakeMetrics:
 
 class FakeRouter:
     """What build_api needs of a Router; `expert` scripts the answer (a list of items, or an
-    exception to raise) and `records` collects every record() call."""
+    exception to raise) and `records` collects every record() call.
+
+    `hold`, when set, is an event a non-streamed answer waits for (an expert that is slow to
+    answer), and `cancelled` counts the answers cancelled while waiting (the real Router then
+    cancels its expert's work: tests/serve/test_router.py); `pace` is the seconds each stream
+    item takes (slow, never stalled)."""
 
     def __init__(self, settings: dict[str, Any] | None = None, expert: Any = None,
                  stream_fail: BaseException | None = None):
@@ -52,6 +57,8 @@ class FakeRouter:
         self.streams: list[FakeStream] = []
         self.decided = 0
         self.hold: asyncio.Event | None = None
+        self.pace = 0.0
+        self.cancelled = 0
         self.metrics = FakeMetrics()
 
     def items(self, payload: dict) -> list[dict]:
@@ -79,7 +86,11 @@ class FakeRouter:
 
     async def answer(self, route: str, payload: dict) -> list[dict]:
         if self.hold is not None:
-            await self.hold.wait()
+            try:
+                await self.hold.wait()
+            except asyncio.CancelledError:
+                self.cancelled += 1
+                raise
         if isinstance(self.expert, BaseException):
             raise self.expert
         return self.items(payload)
@@ -93,6 +104,7 @@ class FakeRouter:
         return first, stream
 
     async def next_item(self, stream: FakeStream) -> dict | None:
+        await asyncio.sleep(self.pace)
         if stream.items:
             return stream.items.pop(0)
         if stream.fail is not None:

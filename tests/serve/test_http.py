@@ -2,6 +2,7 @@
 is an OpenAI error object, counted and audited under a fixed endpoint name; the door's bounds
 (stop sequences, seed, prompt characters) hold before any routing or model work."""
 
+import asyncio
 import json
 
 import pytest
@@ -166,3 +167,34 @@ def test_a_failure_outside_the_handlers_try_is_still_json(monkeypatch):
         response = c.post("/v1/chat/completions", json=CHAT, headers=AUTH)
     openai_error(response, 500, "server_error", "internal_error")
     assert router.records[-1][:2] == ("chat", 500)
+
+
+@pytest.mark.timeout(60)  # without a deadline the held answer never comes: the test would hang
+def test_an_answer_past_the_request_deadline_is_a_json_504_and_the_expert_call_cancelled():
+    router = FakeRouter({"router": {"request_timeout_s": 1.0}})  # ample to reach the expert
+    router.hold = asyncio.Event()  # the expert never answers; its per-call timeout is 120 s
+    with client(router) as c:
+        response = c.post("/v1/chat/completions", json=CHAT, headers=AUTH)
+    assert "deadline of 1 s" in openai_error(response, 504, "server_error", "request_timeout")
+    ((endpoint, status, event),) = router.records
+    assert (endpoint, status, event["error_code"]) == ("chat", 504, "request_timeout")
+    assert router.cancelled == 1
+
+
+@pytest.mark.timeout(60)
+def test_a_stream_past_the_request_deadline_ends_with_an_error_event_then_done():
+    """Every item comes well within any per-call timeout, but 100 of them take 10 s: the
+    request's deadline (1 s) ends the stream, and the expert's stream is cancelled."""
+    router = FakeRouter({"router": {"request_timeout_s": 1.0}})
+    router.pace = 0.1
+    with client(router) as c:
+        response = c.post("/v1/chat/completions", headers=AUTH,
+                          json=CHAT | {"stream": True, "max_tokens": 100})
+    events = sse_events(response)
+    assert response.status_code == 200 and events[-1] == "[DONE]"
+    error = json.loads(events[-2])["error"]
+    assert (error["type"], error["code"]) == ("server_error", "request_timeout")
+    ((endpoint, status, event),) = router.records
+    assert (endpoint, status, event["error_code"]) == ("chat", 504, "request_timeout")
+    assert event["output"] == "a" * (len(events) - 3) != "a" * 100  # role, error, [DONE]
+    assert router.streams[0].cancelled

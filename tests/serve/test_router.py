@@ -1,5 +1,6 @@
 """router.py's expert calls without Ray (the deployment's class, on a stand-in self): an
-answer that times out, or whose client went away, cancels the expert's work."""
+answer, a stream's first item or a tier-2 score that times out, or whose request was cancelled
+(its client went away, or http.py's deadline passed), cancels the expert's work."""
 
 import asyncio
 from types import SimpleNamespace
@@ -12,7 +13,7 @@ from mortgagellm.serve.router import Router
 
 
 class Pending:
-    """A DeploymentResponse that never completes; remembers cancel()."""
+    """A DeploymentResponse (or response generator) that never answers; remembers cancel()."""
 
     def __init__(self):
         self.cancelled = False
@@ -20,18 +21,43 @@ class Pending:
     def __await__(self):
         return asyncio.Event().wait().__await__()
 
+    async def __anext__(self):
+        await self
+
     def cancel(self):
         self.cancelled = True
 
 
-def stand_in(timeout_s):
+def stand_in(timeout_s, mode="hybrid"):
+    """A Router's `self` whose structured expert never answers: complete, generate (streamed)
+    and classify each return a Pending, collected in `sent`."""
     sent = []
-    handle = SimpleNamespace(complete=SimpleNamespace(
-        remote=lambda payload: sent.append(Pending()) or sent[-1]))
+
+    def call(*args):
+        sent.append(Pending())
+        return sent[-1]
+
+    method = SimpleNamespace(remote=call)
+    handle = SimpleNamespace(complete=method, generate=method, classify=method,
+                             options=lambda stream: SimpleNamespace(generate=method))
     router = SimpleNamespace(cfg=ServeConfig.model_validate(
-        {"router": {"expert_timeout_s": timeout_s}}), experts={"structured": handle})
+        {"router": {"expert_timeout_s": timeout_s, "mode": mode}}),
+        experts={"structured": handle}, tier1=None)  # fewshot mode never reads tier 1
     router._expert_call = lambda awaitable: Router.func_or_class._expert_call(router, awaitable)
     return router, sent
+
+
+def cancelled_midway(call):
+    """Run `call`, then cancel it as Serve does when the client leaves (and as http.py's
+    deadline does)."""
+    async def run():
+        task = asyncio.create_task(call)
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(run())
 
 
 def test_a_timed_out_answer_is_a_504_and_cancels_the_expert():
@@ -43,13 +69,19 @@ def test_a_timed_out_answer_is_a_504_and_cancels_the_expert():
 
 def test_a_client_gone_cancels_the_expert():
     router, sent = stand_in(60)
+    cancelled_midway(Router.func_or_class.answer(router, "structured", {}))
+    assert [p.cancelled for p in sent] == [True]
 
-    async def client_leaves():
-        task = asyncio.create_task(Router.func_or_class.answer(router, "structured", {}))
-        await asyncio.sleep(0.05)
-        task.cancel()  # what Serve does when the HTTP client disconnects
-        with pytest.raises(asyncio.CancelledError):
-            await task
 
-    asyncio.run(client_leaves())
+def test_a_stream_cancelled_before_its_first_item_cancels_the_expert():
+    router, sent = stand_in(60)
+    cancelled_midway(Router.func_or_class.open_stream(router, "structured", {}))
+    assert [p.cancelled for p in sent] == [True]
+
+
+def test_a_cancelled_tier2_call_cancels_the_expert_and_is_not_a_fallback():
+    """The request is over (client gone, deadline passed): tier 2's scoring stops, and no
+    tier-1 fallback answers for nobody."""
+    router, sent = stand_in(60, mode="fewshot")
+    cancelled_midway(Router.func_or_class.decide(router, "What is escrow?", "mortgagellm"))
     assert [p.cancelled for p in sent] == [True]

@@ -52,3 +52,14 @@ def test_production_recipe_matches_the_rayservice_placement():
         assert (s.num_gpus, s.max_ongoing_requests, s.autoscaling.max_replicas) == (1, 32, 4)
         assert s.autoscaling.target_ongoing_requests == 8
     assert recipe.serve.auth.keys_file == "/etc/mortgagellm/api-keys/api-keys"
+
+
+def test_serves_proxy_gives_up_only_after_the_apps_own_deadline():
+    """The proxy's timeout is a backstop: the app's JSON 504 (or a stream's error event) must
+    reach the client before the proxy's plain-text 408 or its cut."""
+    from ray.serve.config import HTTPOptions
+
+    recipe = load_recipe(ROOT / "configs/cpu-demo.yaml", ["serve.router.request_timeout_s=20"])
+    http = app.serve_config(recipe, {}, versions=False)["http_options"]
+    assert http["request_timeout_s"] > recipe.serve.router.request_timeout_s == 20
+    assert HTTPOptions(**http).request_timeout_s == http["request_timeout_s"]
