@@ -119,7 +119,7 @@ class ApiKeySettings(Section):
 
 
 class LimitSettings(Section):
-    """What the door refuses before any model work: sizes and token counts."""
+    """What is refused before any model work: sizes, token counts and per-key rates."""
 
     max_body_bytes: int = Field(
         1 << 20, ge=1024, description="Larger request bodies get 413, decided from the "
