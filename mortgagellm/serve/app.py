@@ -151,9 +151,10 @@ def serve_config(recipe: Recipe, args: dict[str, Any], versions: bool = True) ->
 
 
 def build_app(args: dict[str, Any]) -> Any:
-    """The serving Application: Router(StructuredExpert, ConversationalExpert). It only reads:
-    the recipe, the registry (or the stage outputs, before any deploy), the corpus stage's
-    tier-1 router and the key file. Nothing is registered, deployed, trained or written here."""
+    """The serving Application: Router(StructuredExpert, ConversationalExpert, RateLimits or
+    None). It only reads: the recipe, the registry (or the stage outputs, before any deploy),
+    the corpus stage's tier-1 router and the key file (the Router re-reads it). Nothing is
+    registered, deployed, trained or written here."""
     from mortgagellm.serve import door
     from mortgagellm.serve.experts import Expert
     from mortgagellm.serve.ratelimit import RateLimits
