@@ -110,8 +110,15 @@ class ApiKeySettings(Section):
         True, description="Refuse requests without a valid key (401). False only for loopback "
         "experiments.")
     keys_file: str | None = Field(
-        None, description="File of `key_id:sha256:<hex>` lines (hashes of the keys, never the "
-        "keys). None: <output_dir>/serve/api_keys. build_app's `api_keys_file` arg overrides it.")
+        None, description="File of `key_id:sha256:<hex> [rpm=<n>] [tpm=<n>]` lines (hashes of "
+        "the keys, never the keys; rpm/tpm: the key's own limits, see `limits`). None: "
+        "<output_dir>/serve/api_keys. build_app's `api_keys_file` arg overrides it.")
+    reload_s: float = Field(
+        5.0, ge=0, description="Each router replica looks whether the keys file changed (one "
+        "stat) at most this often and re-reads it, so a revoked key gets 401 without a "
+        "redeploy. A changed file that is invalid or missing keeps the last good keys (logged, "
+        "counted in mortgagellm_keys_reload_failed); an empty one revokes every key. 0: look on "
+        "every request.")
     env_var: str = Field(
         "MORTGAGELLM_API_KEYS", description="Environment variable with more such entries, "
         "separated by commas or newlines.")
@@ -121,7 +128,7 @@ class ApiKeySettings(Section):
 
 
 class LimitSettings(Section):
-    """What the door refuses before any model work: sizes and token counts."""
+    """What is refused before any model work: sizes, token counts and per-key rates."""
 
     max_body_bytes: int = Field(
         1 << 20, ge=1024, description="Larger request bodies get 413, decided from the "
@@ -136,6 +143,28 @@ class LimitSettings(Section):
     max_tokens: int = Field(512, ge=1, description="Largest max_tokens a request may ask for.")
     default_max_tokens: int = Field(
         128, ge=1, description="max_tokens of a request that gives none.")
+    rpm: int = Field(
+        0, ge=0, description="Chat and text completions per minute per key id, for keys whose "
+        "keys-file line gives no rpm=; more get 429 rate_limit_exceeded with Retry-After and "
+        "x-ratelimit-* headers (serve/ratelimit.py). 0: unlimited.")
+    tpm: int = Field(
+        0, ge=0, description="Tokens per minute per key id, for keys whose line gives no tpm=; "
+        "0: unlimited. Charged at admission, as OpenAI does: the prompt estimated at "
+        "ceil(characters / 4) of its audited text plus the request's max_tokens (or "
+        "default_max_tokens); a request that does not fit gets 429, and a shorter answer is "
+        "not refunded.")
+    storage_uri: str | None = Field(
+        None, description="Where the per-key counts live. None: the app's RateLimits "
+        "deployment, one replica that every router replica asks (exact across router replicas; "
+        "counts restart if it does). Otherwise a `limits` storage URI: redis://host:6379 or "
+        "memcached://host:11211 (shared; needs that client package), or memory:// (inside "
+        "each router replica: only with one router replica).")
+    strategy: Literal["fixed-window", "moving-window", "sliding-window-counter"] = Field(
+        "fixed-window", description="The `limits` strategy. fixed-window: one counter per key "
+        "and minute, the minute starting at its first request (up to twice the limit across a "
+        "window's edge); moving-window: any 60 s, exact, but one stored entry per request or "
+        "token (heavy for large tpm); sliding-window-counter: two counters, weighted "
+        "(approximate).")
 
 
 class AuditSettings(Section):
@@ -208,4 +237,15 @@ class ServeConfig(Section):
         if self.limits.default_max_tokens > self.limits.max_tokens:
             raise ValueError(f"limits.default_max_tokens {self.limits.default_max_tokens} "
                              f"exceeds limits.max_tokens {self.limits.max_tokens}")
+        return self
+
+    @model_validator(mode="after")
+    def _counts_shared(self) -> ServeConfig:
+        replicas = self.router.autoscaling.max_replicas
+        if self.limits.storage_uri and self.limits.storage_uri.split("://")[0].endswith(
+                "memory") and replicas > 1:
+            raise ValueError(f"limits.storage_uri {self.limits.storage_uri} counts inside each "
+                             f"router replica, and the router runs up to {replicas}: each would "
+                             "admit a key's whole limit. Leave storage_uri unset (the shared "
+                             "RateLimits deployment) or use redis:// / memcached://")
         return self

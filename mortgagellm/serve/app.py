@@ -6,7 +6,9 @@ Run: mortgagellm serve configs/cpu-demo.yaml
 
 args: `config` (recipe YAML, required), `api_keys_file` (overrides serve.auth.keys_file), and any
 dotted recipe override (`serve.router.mode=tier1`). Everything else comes from the recipe's
-`serve` section: a Router (ingress) bound to StructuredExpert and ConversationalExpert.
+`serve` section: a Router (ingress) bound to StructuredExpert and ConversationalExpert, and to
+RateLimits (the per-key counts all router replicas share) unless serve.limits.storage_uri names
+a store of its own.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from mortgagellm.config import AuditSettings, ExpertSettings, Recipe, load_recip
 log = logging.getLogger(__name__)
 DEPLOYMENTS = {"structured": "StructuredExpert", "conversational": "ConversationalExpert"}
 ROUTER = "Router"
+RATE_LIMITS = "RateLimits"
 IMPORT_PATH = "mortgagellm.serve.app:build_app"
 PROXY_TIMEOUT_MARGIN_S = 30.0
 """Serve's proxy gives up on a request (a plain-text 408, or a stream cut without [DONE]) this
@@ -62,9 +65,10 @@ def keys_file(recipe: Recipe, args: dict[str, Any]) -> Path:
                 or serve_dir(recipe) / "api_keys")
 
 
-def api_keys(recipe: Recipe, args: dict[str, Any]) -> dict[str, str]:
-    """{sha256: key id} from the keys file and environment (read only; `mortgagellm serve`
-    creates the demo key before the build when the recipe asks).
+def api_keys(recipe: Recipe, args: dict[str, Any]) -> dict[str, Any]:
+    """{sha256: door.ApiKey} from the keys file and environment (read only; `mortgagellm serve`
+    creates the demo key before the build when the recipe asks). A bad entry fails the build,
+    naming the file and line; the Router replicas then re-read the file when it changes.
 
     With no key at all the app still starts and refuses every request (fail closed), as a
     RayService whose key Secret has not been filled yet should.
@@ -116,6 +120,13 @@ def deployment_options(recipe: Recipe) -> dict[str, dict[str, Any]]:
             "health_check_timeout_s": s.health_check_timeout_s,
             "ray_actor_options": {"num_cpus": s.num_cpus, "num_gpus": s.num_gpus}
             | ({"accelerator_type": s.accelerator_type} if s.accelerator_type else {})}
+    if cfg.limits.storage_uri is None:
+        # Exactly one replica: it is the shared state. Each admission is a few dict operations,
+        # so it needs no CPU of its own; it runs where routers run (their resources).
+        options[RATE_LIMITS] = {
+            "num_replicas": 1, "max_ongoing_requests": 1024,
+            "ray_actor_options": {"num_cpus": 0}
+            | ({"resources": dict(cfg.router.resources)} if cfg.router.resources else {})}
     return options
 
 
@@ -147,10 +158,13 @@ def serve_config(recipe: Recipe, args: dict[str, Any], versions: bool = True) ->
 
 
 def build_app(args: dict[str, Any]) -> Any:
-    """The serving Application: Router(StructuredExpert, ConversationalExpert). It only reads:
-    the recipe, the registry (or the stage outputs, before any deploy), the corpus stage's
-    tier-1 router and the key file. Nothing is registered, deployed, trained or written here."""
+    """The serving Application: Router(StructuredExpert, ConversationalExpert, RateLimits or
+    None). It only reads: the recipe, the registry (or the stage outputs, before any deploy),
+    the corpus stage's tier-1 router and the key file (the Router re-reads it). Nothing is
+    registered, deployed, trained or written here."""
+    from mortgagellm.serve import door
     from mortgagellm.serve.experts import Expert
+    from mortgagellm.serve.ratelimit import RateLimits
     from mortgagellm.serve.router import Router
 
     recipe = load(args)
@@ -164,11 +178,15 @@ def build_app(args: dict[str, Any]) -> Any:
         experts[expert] = deployment.bind(expert, s.threads, s.max_batch_size,
                                           s.batch_wait_timeout_s, cfg.limits.max_prompt_tokens,
                                           s.health_check_timeout_s)
+    shared = (RateLimits.options(name=RATE_LIMITS, **options[RATE_LIMITS]).bind(
+        cfg.limits.strategy) if RATE_LIMITS in options else None)
+    api_keys(recipe, args)  # read now, so a bad keys file fails the build and names its line
     router = Router.options(name=ROUTER, **options[ROUTER])
     settings = cfg.model_copy(update={"audit": audit_settings(recipe)}).model_dump(mode="json")
-    return router.bind(experts["structured"], experts["conversational"], settings,
+    return router.bind(experts["structured"], experts["conversational"], shared, settings,
                        str(routing.tier1_path(recipe).absolute()),
-                       api_keys(recipe, args), str(audit_dir(recipe).absolute()))
+                       str(keys_file(recipe, args).absolute()), door.env_keys(cfg.auth.env_var),
+                       str(audit_dir(recipe).absolute()))
 
 
 def render(config: str) -> str:

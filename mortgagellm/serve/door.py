@@ -3,6 +3,13 @@
 Keys are bearer tokens. Only their SHA-256 is ever stored (a keys file or an environment
 variable of `key_id:sha256:<hex>` entries), and a presented key is hashed and compared with every
 stored hash in constant time, so neither a leaked file nor response timing gives a key away.
+An entry may end in its own rate limits, `rpm=<n>` and/or `tpm=<n>` (requests and tokens per
+minute, 0 = unlimited; serve/ratelimit.py), separated by spaces:
+
+    team-a:sha256:<64 hex> rpm=60 tpm=40000
+
+The Router re-reads the keys file when it changes (KeyFile), so a key is revoked without a
+redeploy.
 
 Make a key:  python -m mortgagellm.serve.door KEY_ID >> api_keys   (prints the key once, on stderr)
 """
@@ -12,17 +19,30 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import os
 import re
 import secrets
 import sys
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-_ENTRY = re.compile(r"^([A-Za-z0-9_.@-]{1,64}):sha256:([0-9a-f]{64})$")
+log = logging.getLogger(__name__)
+_ENTRY = re.compile(r"^([A-Za-z0-9_.@-]{1,64}):sha256:([0-9a-f]{64})((?:\s+\S+)*)$")
+_QUOTA = re.compile(r"^(rpm|tpm)=([0-9]{1,12})$")
 OPEN_PATHS = frozenset({"/healthz"})
 """Paths served without a key: liveness probes carry none."""
+
+
+class ApiKey(NamedTuple):
+    """What a stored key stands for: its id (audit log, limits) and its own per-minute limits,
+    None where its entry gives none (then the recipe's serve.limits.rpm / tpm apply)."""
+
+    id: str
+    rpm: int | None = None
+    tpm: int | None = None
 
 
 def hash_key(key: str) -> str:
@@ -36,33 +56,68 @@ def new_key(key_id: str) -> tuple[str, str]:
     return key, f"{key_id}:{hash_key(key)}"
 
 
-def parse_keys(text: str, source: str) -> dict[str, str]:
-    """{sha256 hex: key id} from lines or comma-separated entries; '#' starts a comment."""
-    keys = {}
-    for raw in re.split(r"[,\n]", text):
-        entry = raw.split("#", 1)[0].strip()
-        if not entry:
-            continue
-        match = _ENTRY.match(entry)
-        if match is None:
-            raise ValueError(f"{source}: entry {entry[:24]!r}... is not key_id:sha256:<64 hex> "
-                             "(store hashes, never keys: python -m mortgagellm.serve.door ID)")
-        keys[match.group(2)] = match.group(1)
+def parse_entry(entry: str, where: str) -> tuple[str, ApiKey]:
+    """(sha256 hex, ApiKey) of one `key_id:sha256:<hex> [rpm=<n>] [tpm=<n>]` entry."""
+    match = _ENTRY.match(entry)
+    if match is None:
+        raise ValueError(f"{where}: entry {entry[:24]!r}... is not key_id:sha256:<64 hex> "
+                         "[rpm=<n>] [tpm=<n>] (store hashes, never keys: python -m "
+                         "mortgagellm.serve.door ID)")
+    quotas: dict[str, int] = {}
+    for field in match.group(3).split():
+        found = _QUOTA.match(field)
+        if found is None or found.group(1) in quotas:
+            raise ValueError(f"{where}: {field!r} after key {match.group(1)!r} is not rpm=<n> "
+                             "or tpm=<n> given once (whole requests or tokens per minute; "
+                             "0 = unlimited)")
+        quotas[found.group(1)] = int(found.group(2))
+    return match.group(2), ApiKey(match.group(1), **quotas)
+
+
+def parse_keys(text: str, source: str) -> dict[str, ApiKey]:
+    """{sha256 hex: ApiKey} from lines or comma-separated entries; '#' starts a comment.
+
+    Errors name the source and line. Every entry of one key id must give the same limits: the
+    id's requests are counted together, so two differing limits would be ambiguous.
+    """
+    keys: dict[str, ApiKey] = {}
+    first: dict[str, tuple[ApiKey, int]] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        for raw in line.split("#", 1)[0].split(","):
+            if not raw.strip():
+                continue
+            digest, key = parse_entry(raw.strip(), f"{source}, line {number}")
+            seen, at = first.setdefault(key.id, (key, number))
+            if seen != key:
+                raise ValueError(f"{source}, line {number}: key id {key.id!r} has other limits "
+                                 f"than on line {at} ({limits_text(key)} vs "
+                                 f"{limits_text(seen)}); give its limits the same on every line")
+            keys[digest] = key
     return keys
 
 
-def load_keys(path: str | None, env_var: str) -> dict[str, str]:
+def limits_text(key: ApiKey) -> str:
+    """A key's own limits as its entry writes them ('no limits of its own' when none)."""
+    given = [f"{name}={value}" for name, value in (("rpm", key.rpm), ("tpm", key.tpm))
+             if value is not None]
+    return " ".join(given) or "no limits of its own"
+
+
+def load_keys(path: str | None, env_var: str) -> dict[str, ApiKey]:
     """Keys of the file (when it exists) and of the environment variable, merged."""
     keys = {}
     if path and Path(path).is_file():
         keys |= parse_keys(Path(path).read_text(), path)
-    if os.environ.get(env_var):
-        keys |= parse_keys(os.environ[env_var], f"${env_var}")
-    return keys
+    return keys | env_keys(env_var)
 
 
-def key_id(authorization: str | None, keys: Mapping[str, str]) -> str | None:
-    """The id of the key in an `Authorization: Bearer <key>` header, None when it is not valid.
+def env_keys(env_var: str) -> dict[str, ApiKey]:
+    """Keys of the environment variable (entries separated by commas or newlines)."""
+    return parse_keys(os.environ[env_var], f"${env_var}") if os.environ.get(env_var) else {}
+
+
+def find_key(authorization: str | None, keys: Mapping[str, ApiKey]) -> ApiKey | None:
+    """The key in an `Authorization: Bearer <key>` header, None when it is not valid.
 
     Every stored hash is compared (no early exit) with hmac.compare_digest.
     """
@@ -71,10 +126,60 @@ def key_id(authorization: str | None, keys: Mapping[str, str]) -> str | None:
         return None
     presented = hashlib.sha256(token.strip().encode()).hexdigest()
     found = None
-    for stored, name in keys.items():
+    for stored, key in keys.items():
         if hmac.compare_digest(presented, stored):
-            found = name
+            found = key
     return found
+
+
+class KeyFile:
+    """The keys a Router checks: its keys file, re-read when the file changes (mtime, size or
+    inode; looked at no more than every `every_s` seconds, one stat), plus fixed entries (the
+    environment variable's, read once by build_app).
+
+    A changed file that is missing, unreadable or invalid keeps the last good keys -- a typo
+    must not lock every client out -- and is logged with the file and line and reported to
+    `on_error` (the Router counts it in mortgagellm_keys_reload_failed); it is read again at its
+    next change. An empty file is valid and revokes every key it held.
+    """
+
+    def __init__(self, path: str | None, fixed: Mapping[str, ApiKey], every_s: float,
+                 on_error: Callable[[Exception], None] | None = None):
+        self.path, self.fixed, self.every_s, self.on_error = path, dict(fixed), every_s, on_error
+        self.stamp = _stamp(path)
+        self.keys = self._read() if self.stamp is not None else dict(self.fixed)
+        self.checked = time.monotonic()
+
+    def _read(self) -> dict[str, ApiKey]:
+        return parse_keys(Path(str(self.path)).read_text(), str(self.path)) | self.fixed
+
+    def current(self) -> Mapping[str, ApiKey]:
+        """The keys now, re-read first when the file changed since it was last read."""
+        now = time.monotonic()
+        if self.path is None or now - self.checked < self.every_s:
+            return self.keys
+        self.checked, stamp = now, _stamp(self.path)
+        if stamp != self.stamp:
+            self.stamp = stamp
+            try:
+                self.keys = self._read()
+                log.info("keys file %s changed: %d keys now", self.path, len(self.keys))
+            except (OSError, ValueError) as err:
+                log.error("keys file %s changed but cannot be used (%s); still serving the %d "
+                          "keys read before", self.path, err, len(self.keys))
+                if self.on_error is not None:
+                    self.on_error(err)
+        return self.keys
+
+
+def _stamp(path: str | None) -> tuple[int, int, int] | None:
+    """(mtime ns, size, inode) of a file (a symlink followed: a Kubernetes Secret volume swaps
+    one in), None when it does not exist."""
+    try:
+        st = os.stat(path) if path else None
+    except FileNotFoundError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino) if st else None
 
 
 class Door:
@@ -82,12 +187,15 @@ class Door:
     any scope but HTTP (and the app's lifespan) is refused: a websocket is closed at once.
 
     A body without Content-Length (chunked) is read here up to the limit and replayed to the
-    app, so an oversized one is refused without the app ever buffering it. The key's id is
-    left in scope["state"]["key_id"] for the audit log; `on_reject(path, status, code, key id)`
-    hears of every refusal (the Router counts and audits them).
+    app, so an oversized one is refused without the app ever buffering it. `keys()` gives the
+    keys at this moment (KeyFile.current: they change when the keys file does). The key is
+    left in scope["state"]: "key_id" for the audit log, "api_key" for its rate limits;
+    `on_reject(path, status, code, key id)` hears of every refusal (the Router counts and
+    audits them).
     """
 
-    def __init__(self, app: Any, keys: Mapping[str, str], required: bool, max_body_bytes: int,
+    def __init__(self, app: Any, keys: Callable[[], Mapping[str, ApiKey]], required: bool,
+                 max_body_bytes: int,
                  on_reject: Callable[[str, int, str, str | None], None] | None = None):
         self.app, self.keys, self.required, self.max_body = app, keys, required, max_body_bytes
         self.on_reject = on_reject
@@ -109,13 +217,14 @@ class Door:
             return await send({"type": "websocket.close", "code": 1008,
                                "reason": "only HTTP is served"})
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        who = key_id(headers.get("authorization"), self.keys)
-        if who is None and self.required:
+        key = find_key(headers.get("authorization"), self.keys())
+        if key is None and self.required:
             return await self.refuse(scope, send, None, 401, "a valid API key is required: send "
                                      "'Authorization: Bearer <key>'", "invalid_api_key",
                                      {"www-authenticate": "Bearer"})
-        who = who or "anonymous"
-        scope.setdefault("state", {})["key_id"] = who
+        key = key or ApiKey("anonymous")
+        who = key.id
+        scope.setdefault("state", {}).update(key_id=who, api_key=key)
         length = headers.get("content-length")
         if length is not None:
             if not length.isdigit():

@@ -15,12 +15,14 @@ from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from mortgagellm.routing import ROUTE_MODELS
 from mortgagellm.serve import openai_api as oa
-from mortgagellm.serve.door import Door
+from mortgagellm.serve import ratelimit
+from mortgagellm.serve.door import ApiKey, Door
 from mortgagellm.serve.gate import Gate
 from mortgagellm.serve.errors import ApiError, as_api_error, new_request_id
 
@@ -50,7 +52,7 @@ def build_api(router: Any, openapi: bool = False) -> FastAPI:
     # The last added runs first: the door (key, body size), then the router's queue.
     app.add_middleware(Gate, ongoing=cfg.router.max_ongoing_requests,
                        queued=cfg.router.max_queued_requests, on_reject=refused)
-    app.add_middleware(Door, keys=router.keys, required=cfg.auth.required,
+    app.add_middleware(Door, keys=router.keys.current, required=cfg.auth.required,
                        max_body_bytes=cfg.limits.max_body_bytes, on_reject=refused)
 
     @app.exception_handler(RequestValidationError)
@@ -96,11 +98,11 @@ def build_api(router: Any, openapi: bool = False) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def chat(body: oa.ChatCompletionRequest, request: Request) -> Any:
-        return await complete(router, "chat", body, request.state.key_id)
+        return await complete(router, "chat", body, request.state.api_key)
 
     @app.post("/v1/completions")
     async def completions(body: oa.CompletionRequest, request: Request) -> Any:
-        return await complete(router, "completions", body, request.state.key_id)
+        return await complete(router, "completions", body, request.state.api_key)
 
     return app
 
@@ -150,17 +152,20 @@ def expert_payload(body: Any, max_tokens: int) -> dict[str, Any]:
                      "top_p": body.top_p, "seed": body.seed, "stop": body.stops()}
 
 
-async def complete(router: Any, endpoint: str, body: Any, key_id: str) -> Any:
-    """One chat or text completion, streamed or not; every outcome is counted and audited."""
+async def complete(router: Any, endpoint: str, body: Any, key: ApiKey) -> Any:
+    """One chat or text completion, streamed or not; every outcome is counted and audited.
+    The key's rate limits are charged after the cheap checks and before any routing."""
     started, deadline = time.perf_counter(), Deadline(router.cfg.router.request_timeout_s)
     request_id = new_request_id("chatcmpl" if endpoint == "chat" else "cmpl")
-    event: dict[str, Any] = {"request_id": request_id, "key_id": key_id, "model": body.model}
+    event: dict[str, Any] = {"request_id": request_id, "key_id": key.id, "model": body.model}
     if problem := router.audit_problem():  # fail closed: no answer that cannot be traced
         return failed(router, endpoint, started, event, ApiError(503, problem, "audit_unavailable"))
     try:
         event["prompt"] = prompt_text(body)
         checked_chars(event["prompt"], router.cfg.limits)
         payload = expert_payload(body, checked_max_tokens(body, router.cfg.limits))
+        limited = await ratelimit.admit(router.limiter, key, router.cfg.limits, event["prompt"],
+                                        payload["max_tokens"])
         text = (body.routing_text() if endpoint == "chat" else body.text())
         decision = await deadline.within(router.decide(text, body.model))
         event |= {"route": decision.route, "confidence": round(decision.confidence, 4),
@@ -173,7 +178,7 @@ async def complete(router: Any, endpoint: str, body: Any, key_id: str) -> Any:
             meta["expert_version"] = expert_version(first)
             return StreamingResponse(
                 stream_events(router, endpoint, stream, first, meta, event, started, deadline),
-                media_type="text/event-stream")
+                media_type="text/event-stream", headers=limited)
         items = await deadline.within(router.answer(decision.route, payload))
         meta["expert_version"] = expert_version(items[0])
     except Exception as err:  # noqa: BLE001 - every failure is answered in JSON and audited
@@ -193,7 +198,7 @@ async def complete(router: Any, endpoint: str, body: Any, key_id: str) -> Any:
             "finish_reason": last["finish_reason"], **usage}):
         return error_response(ApiError(503, "the answer could not be audited; retry shortly",
                                        "audit_unavailable"))
-    return result
+    return JSONResponse(jsonable_encoder(result), headers=limited)  # as FastAPI sends a dict
 
 
 def checked_chars(prompt: str, limits: Any) -> None:

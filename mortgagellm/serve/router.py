@@ -4,9 +4,10 @@ its handle, answers in OpenAI's format (openai_api.py), counts (Prometheus) and 
 Endpoints: POST /v1/chat/completions, POST /v1/completions (both with `stream`), GET /v1/models,
 GET /healthz. Errors are OpenAI error objects (the table in the README's serving section): 400
 malformed JSON, schema or bad value, 401 no/bad key, 404 unknown model or path, 413 body too
-large, 500 an expert or the router failed, 503 overloaded or unavailable, 504 too slow: one
-expert call past serve.router.expert_timeout_s (`expert_timeout`) or the whole request past its
-deadline serve.router.request_timeout_s (`request_timeout`, http.py's Deadline).
+large, 429 over the key's rate limit (ratelimit.py), 500 an expert or the router failed, 503
+overloaded or unavailable, 504 too slow: one expert call past serve.router.expert_timeout_s
+(`expert_timeout`) or the whole request past its deadline serve.router.request_timeout_s
+(`request_timeout`, http.py's Deadline).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from ray import serve
 
 from mortgagellm import routing
 from mortgagellm.config import ServeConfig
-from mortgagellm.serve import audit
+from mortgagellm.serve import audit, door, ratelimit
 from mortgagellm.serve.errors import OVERLOADED, RETRIED, ApiError
 
 log = logging.getLogger(__name__)
@@ -46,20 +47,34 @@ class Metrics:
         self.errors = Counter("mortgagellm_errors", "Error answers by code.", tag_keys=("code",))
         self.audit_refused = Counter("mortgagellm_audit_refused",
                                      "Records the audit log could not take (the alarm).")
+        self.keys_reload_failed = Counter(
+            "mortgagellm_keys_reload_failed",
+            "Changed keys files that could not be used (the last good keys still serve).")
 
 
 @serve.deployment
 @serve.ingress()
 class Router:
-    """Ingress: holds the two experts' handles, the tier-1 classifier and the audit writer."""
+    """Ingress: holds the two experts' handles, the tier-1 classifier, the keys (re-read when
+    their file changes), the rate limiter and the audit writer.
 
-    def __init__(self, structured: Any, conversational: Any, settings: dict[str, Any],
-                 tier1_path: str, keys: dict[str, str], audit_dir: str):
+    `rate_limits` is the RateLimits deployment's handle, or None when serve.limits.storage_uri
+    names a `limits` storage this replica talks to itself. `env_keys` are the environment
+    variable's entries as build_app read them.
+    """
+
+    def __init__(self, structured: Any, conversational: Any, rate_limits: Any,
+                 settings: dict[str, Any], tier1_path: str, keys_file: str,
+                 env_keys: dict[str, door.ApiKey], audit_dir: str):
         self.cfg = ServeConfig.model_validate(settings)
         self.experts = {"structured": structured, "conversational": conversational}
         self.tier1 = routing.Tier1.from_json(Path(tier1_path).read_text())
-        self.keys = keys
         self.metrics = Metrics()
+        self.keys = door.KeyFile(keys_file, env_keys, self.cfg.auth.reload_s,
+                                 on_error=lambda err: self.metrics.keys_reload_failed.inc())
+        limits = self.cfg.limits
+        self.limiter = (ratelimit.Shared(rate_limits) if rate_limits is not None else
+                        ratelimit.Limiter(str(limits.storage_uri), limits.strategy))
         writer = serve.get_replica_context().replica_id.unique_id
         self.audit = (audit.open_log(self.cfg.audit, audit_dir, f"router-{writer}")
                       if self.cfg.audit.enabled else None)

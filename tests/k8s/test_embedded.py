@@ -46,8 +46,10 @@ def test_generated_config_routes_to_gpu_experts_and_a_cpu_router():
     assert app["import_path"] == "mortgagellm.serve.app:build_app"
     assert load_recipe(m.ROOT / app["args"]["config"][len(m.IMAGE_REPO):])  # ships in the image
     placement = {d["name"]: d["ray_actor_options"].get("num_gpus", 0) for d in app["deployments"]}
-    assert placement == {"Router": 0, "StructuredExpert": 1, "ConversationalExpert": 1}
-    assert all("autoscaling_config" in d for d in app["deployments"])
+    assert placement == {"Router": 0, "StructuredExpert": 1, "ConversationalExpert": 1,
+                         "RateLimits": 0}
+    scaled = [d for d in app["deployments"] if d["name"] != "RateLimits"]
+    assert all("autoscaling_config" in d for d in scaled)
 
 
 def test_rewrite_replaces_only_the_block(tmp_path):

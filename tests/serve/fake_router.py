@@ -9,9 +9,11 @@ from typing import Any
 
 from mortgagellm.config import ServeConfig
 from mortgagellm.routing import Decision, client_route
+from mortgagellm.serve.door import ApiKey, KeyFile
+from mortgagellm.serve.ratelimit import Limiter
 
 KEY = "good-key"
-KEYS = {hashlib.sha256(KEY.encode()).hexdigest(): "tester"}
+KEYS = {hashlib.sha256(KEY.encode()).hexdigest(): ApiKey("tester")}
 AUTH = {"Authorization": f"Bearer {KEY}"}
 
 
@@ -33,14 +35,25 @@ class _Series:
         self.seen.append((value, tags))
 
 
+class _Count:
+    def __init__(self) -> None:
+        self.value = 0
+
+    def inc(self, value: float = 1, tags: dict | None = None) -> None:
+        self.value += value
+
+
 class FakeMetrics:
     def __init__(self) -> None:
         self.generation_ms = _Series()
+        self.keys_reload_failed = _Count()
 
 
 class FakeRouter:
     """What build_api needs of a Router; `expert` scripts the answer (a list of items, or an
-    exception to raise) and `records` collects every record() call.
+    exception to raise) and `records` collects every record() call. The keys are KEYS, or those
+    of `keys_file` re-read as the Router does (serve.auth.reload_s); the limiter counts in
+    memory (serve.limits.storage_uri memory://, whatever the settings say).
 
     `hold`, when set, is an event a non-streamed answer waits for (an expert that is slow to
     answer), and `cancelled` counts the answers cancelled while waiting (the real Router then
@@ -48,9 +61,12 @@ class FakeRouter:
     item takes (slow, never stalled)."""
 
     def __init__(self, settings: dict[str, Any] | None = None, expert: Any = None,
-                 stream_fail: BaseException | None = None):
+                 stream_fail: BaseException | None = None, keys_file: str | None = None):
         self.cfg = ServeConfig.model_validate(settings or {})
-        self.keys = KEYS
+        self.metrics = FakeMetrics()
+        self.keys = KeyFile(keys_file, {} if keys_file else KEYS, self.cfg.auth.reload_s,
+                            on_error=lambda err: self.metrics.keys_reload_failed.inc())
+        self.limiter = Limiter("memory://", self.cfg.limits.strategy)
         self.records: list[tuple[str, int, dict]] = []
         self.expert = expert
         self.stream_fail = stream_fail
@@ -59,7 +75,6 @@ class FakeRouter:
         self.hold: asyncio.Event | None = None
         self.pace = 0.0
         self.cancelled = 0
-        self.metrics = FakeMetrics()
 
     def items(self, payload: dict) -> list[dict]:
         n = payload["max_tokens"]

@@ -315,6 +315,7 @@ class FakeRouter:
 
         self.cfg, self.problem, self.accepts, self.recorded = ServeConfig(), problem, accepts, []
         self.metrics = SimpleNamespace(generation_ms=SimpleNamespace(observe=lambda *a, **k: 0))
+        self.limiter = None  # never asked: the default limits are unlimited
 
     def audit_problem(self):
         return self.problem
@@ -343,10 +344,11 @@ def test_the_router_fails_closed_when_the_audit_log_cannot_take_a_record(router,
 
     from mortgagellm.serve import http
     from mortgagellm.serve import openai_api as oa
+    from mortgagellm.serve.door import ApiKey
 
     body = oa.ChatCompletionRequest(model="mortgagellm-chat",
                                     messages=[{"role": "user", "content": "hi"}])
-    response = asyncio.run(http.complete(router, "chat", body, "team"))
+    response = asyncio.run(http.complete(router, "chat", body, ApiKey("team")))
     assert response.status_code == 503 and response.headers["retry-after"] == "1"
     assert json.loads(response.body)["error"]["code"] == "audit_unavailable"
     assert router.recorded == recorded

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from mortgagellm.serve import door
-from mortgagellm.serve.door import Door, hash_key, key_id, load_keys, parse_keys
+from mortgagellm.serve.door import ApiKey, Door, find_key, hash_key, load_keys, parse_keys
 
 
 def test_keys_are_stored_as_sha256_and_looked_up_by_hash(tmp_path, monkeypatch):
@@ -18,12 +18,12 @@ def test_keys_are_stored_as_sha256_and_looked_up_by_hash(tmp_path, monkeypatch):
     (tmp_path / "keys").write_text(f"# comment\n{line}\n\n")
     monkeypatch.setenv("MLLM_TEST_KEYS", f"ops:{hash_key('s3cret')},ci:{hash_key('other')}")
     keys = load_keys(str(tmp_path / "keys"), "MLLM_TEST_KEYS")
-    assert sorted(keys.values()) == ["ci", "ops", "team-a"]
-    assert key_id(f"Bearer {secret}", keys) == "team-a"
-    assert key_id("bearer s3cret", keys) == "ops"
-    assert key_id("Bearer wrong", keys) is None
-    assert key_id("Basic s3cret", keys) is None
-    assert key_id(None, keys) is None
+    assert sorted(k.id for k in keys.values()) == ["ci", "ops", "team-a"]
+    assert find_key(f"Bearer {secret}", keys) == ApiKey("team-a")
+    assert find_key("bearer s3cret", keys).id == "ops"
+    assert find_key("Bearer wrong", keys) is None
+    assert find_key("Basic s3cret", keys) is None
+    assert find_key(None, keys) is None
 
 
 def test_a_plain_key_in_the_keys_file_is_refused_with_advice():
@@ -37,10 +37,10 @@ def test_compare_runs_over_every_stored_hash(monkeypatch):
     real = door.hmac.compare_digest
     monkeypatch.setattr(door.hmac, "compare_digest",
                         lambda a, b: calls.append(1) or real(a, b))
-    keys = {hashlib.sha256(f"k{i}".encode()).hexdigest(): f"id{i}" for i in range(5)}
+    keys = {hashlib.sha256(f"k{i}".encode()).hexdigest(): ApiKey(f"id{i}") for i in range(5)}
     for presented in ("k0", "k4", "nope"):
         calls.clear()
-        key_id(f"Bearer {presented}", keys)
+        find_key(f"Bearer {presented}", keys)
         assert len(calls) == 5
 
 
@@ -76,12 +76,12 @@ async def inner(scope, receive, send):
     await send({"type": "http.response.body", "body": payload})
 
 
-KEYS = {hashlib.sha256(b"good").hexdigest(): "team"}
+KEYS = {hashlib.sha256(b"good").hexdigest(): ApiKey("team")}
 
 
 def test_no_or_bad_key_is_401_and_the_body_is_never_read():
     heard = []
-    app = Door(inner, KEYS, required=True, max_body_bytes=100,
+    app = Door(inner, lambda: KEYS, required=True, max_body_bytes=100,
                on_reject=lambda *args: heard.append(args))
     for headers in ({}, {"authorization": "Bearer bad", "content-length": "5"}):
         status, body, reads, _ = call(app, headers)
@@ -91,7 +91,7 @@ def test_no_or_bad_key_is_401_and_the_body_is_never_read():
 
 
 def test_declared_oversized_body_is_413_before_reading():
-    app = Door(inner, KEYS, required=True, max_body_bytes=100)
+    app = Door(inner, lambda: KEYS, required=True, max_body_bytes=100)
     status, body, reads, _ = call(app, {"authorization": "Bearer good",
                                         "content-length": "101"})
     assert (status, reads) == (413, 0)
@@ -99,14 +99,14 @@ def test_declared_oversized_body_is_413_before_reading():
 
 
 def test_chunked_body_is_cut_off_at_the_limit():
-    app = Door(inner, KEYS, required=True, max_body_bytes=100)
+    app = Door(inner, lambda: KEYS, required=True, max_body_bytes=100)
     status, _, reads, _ = call(app, {"authorization": "Bearer good"},
                                [b"x" * 60, b"x" * 60, b"x" * 60])
     assert (status, reads) == (413, 2)  # stopped after 120 bytes, the third chunk never read
 
 
 def test_good_requests_pass_with_their_key_id():
-    app = Door(inner, KEYS, required=True, max_body_bytes=100)
+    app = Door(inner, lambda: KEYS, required=True, max_body_bytes=100)
     status, body, _, scope = call(app, {"authorization": "Bearer good", "content-length": "10"},
                                   [b"0123456789"])
     assert (status, body, scope["state"]["key_id"]) == (200, {"length": 10}, "team")
@@ -115,9 +115,9 @@ def test_good_requests_pass_with_their_key_id():
 
 
 def test_healthz_needs_no_key_and_auth_can_be_off():
-    status, body, _, _ = call(Door(inner, KEYS, True, 100), {}, path="/healthz")
+    status, body, _, _ = call(Door(inner, lambda: KEYS, True, 100), {}, path="/healthz")
     assert (status, body) == (200, {"length": 0})
-    app = Door(inner, KEYS, required=False, max_body_bytes=100)
+    app = Door(inner, lambda: KEYS, required=False, max_body_bytes=100)
     status, _, _, scope = call(app, {})
     assert status == 200 and scope["state"]["key_id"] == "anonymous"
 
@@ -131,7 +131,7 @@ def test_websockets_are_refused_and_never_reach_the_app():
     async def send(message):
         sent.append(message)
 
-    door_app = Door(app, KEYS, required=True, max_body_bytes=100,
+    door_app = Door(app, lambda: KEYS, required=True, max_body_bytes=100,
                     on_reject=lambda *a: heard.append(a))
     asyncio.run(door_app({"type": "websocket", "path": "/v1/chat/completions", "headers": []},
                          None, send))

@@ -26,9 +26,10 @@ def test_kept_file_validates_as_a_serve_config_and_imports():
     schema = ServeDeploySchema.model_validate(data)
     (application,) = schema.applications
     names = [d.name for d in application.deployments]
-    assert names == ["Router", "StructuredExpert", "ConversationalExpert"]
-    for deployment in data["applications"][0]["deployments"]:
+    assert names == ["Router", "StructuredExpert", "ConversationalExpert", "RateLimits"]
+    for deployment in data["applications"][0]["deployments"][:3]:
         AutoscalingConfig(**deployment["autoscaling_config"])  # catches min > max
+    assert data["applications"][0]["deployments"][3]["num_replicas"] == 1  # the shared counts
     module, _, attribute = application.import_path.partition(":")
     assert callable(getattr(importlib.import_module(module), attribute))
     assert data["http_options"]["host"] == "127.0.0.1"
