@@ -52,6 +52,16 @@ class Metrics:
             "Changed keys files that could not be used (the last good keys still serve).")
 
 
+def abandon(response: Any, err: BaseException) -> None:
+    """Cancel an expert call the router stopped waiting for: it timed out, the request's deadline
+    passed or its client went away (CancelledError). The expert's work is cancelled, not left
+    decoding for nobody. A call that failed (overloaded, replica died, the expert raised) has
+    nothing left to cancel, and Ray 2.60's cancel() would raise its error again."""
+    timed_out = isinstance(err, ApiError) and err.code == "expert_timeout"
+    if timed_out or isinstance(err, asyncio.CancelledError):
+        response.cancel()
+
+
 @serve.deployment
 @serve.ingress()
 class Router:
@@ -113,8 +123,8 @@ class Router:
             response = self.experts["structured"].classify.remote(request, clip_chars)
             try:
                 return await self._expert_call(response)
-            except BaseException:
-                response.cancel()  # timed out, past the deadline or the client left
+            except BaseException as err:
+                abandon(response, err)
                 raise
 
         decision = await routing.decide(text, model, self.cfg.router, self.tier1, tier2)
@@ -129,9 +139,7 @@ class Router:
             try:
                 return await self._expert_call(response)
             except BaseException as err:
-                # Timed out, or the request's deadline passed or its client went away
-                # (CancelledError): the expert's work is cancelled, not left decoding for nobody.
-                response.cancel()
+                abandon(response, err)
                 if not isinstance(err, RETRIED):
                     raise
                 if attempt:
@@ -147,7 +155,7 @@ class Router:
             try:
                 return await self._expert_call(stream.__anext__()), stream
             except BaseException as err:
-                stream.cancel()  # as in answer(): no expert decodes for nobody
+                abandon(stream, err)
                 if not isinstance(err, RETRIED):
                     raise
                 if attempt:

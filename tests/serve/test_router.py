@@ -85,3 +85,29 @@ def test_a_cancelled_tier2_call_cancels_the_expert_and_is_not_a_fallback():
     router, sent = stand_in(60, mode="fewshot")
     cancelled_midway(Router.func_or_class.decide(router, "What is escrow?", "mortgagellm"))
     assert [p.cancelled for p in sent] == [True]
+
+
+class Refused:
+    """A call the replica never took (Serve's back-pressure): awaiting it raises, and so does
+    cancel(), as Ray 2.60's DeploymentResponse.cancel() re-raises the assignment's error."""
+
+    def __init__(self):
+        from ray.serve.exceptions import BackPressureError
+
+        self.error = BackPressureError(num_queued_requests=2, max_queued_requests=2)
+
+    def __await__(self):
+        raise self.error
+        yield  # noqa: B901 - a generator, so that it is awaitable
+
+    def cancel(self):
+        raise self.error
+
+
+def test_an_overloaded_expert_is_a_503_not_an_error_raised_by_cancel():
+    router, _ = stand_in(5.0)
+    refused = SimpleNamespace(remote=lambda *args: Refused())
+    router.experts["structured"] = SimpleNamespace(complete=refused)
+    with pytest.raises(ApiError) as err:
+        asyncio.run(Router.func_or_class.answer(router, "structured", {}))
+    assert (err.value.status, err.value.code) == (503, "overloaded")
