@@ -2,26 +2,18 @@
 token auth that runs a tiny recipe, reports a failed stage and refuses a job without the token."""
 
 import json
-import os
-import random
 import shlex
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
-import psutil
 import pytest
 
 from mortgagellm.cluster import submit
 from mortgagellm.config import load_recipe
+from tests.cluster import head as ray_head
 
 ROOT = Path(__file__).resolve().parents[2]
-VENV_BIN = Path(sys.executable).parent
 # Few, small steps: the job must be quick, not good.
 TINY = ["bootstrap.base_steps=4", "bootstrap.instruct_steps=4", "bootstrap.general_docs=200",
         "bootstrap.eval_instructions=5", "bootstrap.threads=1"]
@@ -114,113 +106,17 @@ def test_failure_line_is_the_last_error_of_the_log():
 # ---------------------------------------------------------------- integration: a real head
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
-def _worker_port_range(n: int) -> int:
-    """The first of `n` free ports below the kernel's ephemeral range, where the ports of
-    _free_ports (ephemeral ones) and other sockets' ports can never fall: a random range inside
-    it collided with one of them ("worker_ports is trying to use a port ... used by other
-    components") on a fresh CI machine."""
-    ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    for _ in range(50):
-        low = random.randrange(10000, ephemeral_low - n, 100)
-        try:
-            for port in (low, low + n - 1):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", port))
-            return low
-        except OSError:
-            continue
-    raise RuntimeError(f"no {n} free worker ports below {ephemeral_low}")
-
-
-def _stop(proc: subprocess.Popen, marker: str) -> None:
-    """Stop what this test started: `ray start --block`'s process group, then any process that
-    carries this test's marker in its environment (Ray daemons and workers inherit it)."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-    ours = []
-    for p in psutil.process_iter():
-        try:
-            if p.environ().get("MLLM_SUBMIT_TEST") == marker:
-                ours.append(p)
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            continue
-    for p in ours:
-        p.terminate()
-    _, alive = psutil.wait_procs(ours, timeout=15)
-    for p in alive:
-        p.kill()
-    proc.wait(timeout=30)
-
-
 @pytest.fixture(scope="module")
 def head(tmp_path_factory):
     """A Ray head started with `ray start --head --block` on 127.0.0.1, token auth, own ports and
     temp dir; yields its dashboard URL and token path; stops only its own processes."""
-    tmp = tmp_path_factory.mktemp("head")
-    token = tmp / "token"
-    token.write_text(os.urandom(24).hex())
-    token.chmod(0o600)
-    temp_dir = tempfile.mkdtemp(prefix="mllm-sub-", dir="/tmp")  # short: socket path limit
-    gcs, dash, agent, agent_grpc, env_agent, client, node, obj, metrics = _free_ports(9)
-    low = _worker_port_range(61)
-    marker = os.urandom(8).hex()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")} | {
-        "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token),
-        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "MLLM_SUBMIT_TEST": marker,
-        "PATH": f"{VENV_BIN}:{os.environ['PATH']}", "DS_ACCELERATOR": "cpu"}
-    cmd = [str(VENV_BIN / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
-           "--port", str(gcs), "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
-           "--include-dashboard", "true", "--dashboard-agent-listen-port", str(agent),
-           "--dashboard-agent-grpc-port", str(agent_grpc), "--runtime-env-agent-port",
-           str(env_agent), "--ray-client-server-port", str(client), "--node-manager-port",
-           str(node), "--object-manager-port", str(obj), "--metrics-export-port", str(metrics),
-           "--min-worker-port", str(low), "--max-worker-port", str(low + 60),
-           "--num-cpus", "2", "--object-store-memory", str(100 << 20), "--temp-dir", temp_dir,
-           "--disable-usage-stats"]
-    with open(tmp / "head.log", "w") as out:
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True, cwd=tmp)
-    url = f"http://127.0.0.1:{dash}"
-    try:
-        _wait_for_dashboard(url, token, proc, tmp / "head.log")
-        yield {"url": url, "token": token, "temp_dir": Path(temp_dir), "tmp": tmp}
-    finally:
-        _stop(proc, marker)
-        shutil.rmtree(temp_dir, ignore_errors=True)
-
-
-def _wait_for_dashboard(url: str, token: Path, proc: subprocess.Popen, log: Path) -> None:
-    import requests
-
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"ray start exited:\n{log.read_text()[-3000:]}"
-        try:
-            r = requests.get(f"{url}/api/version", timeout=2,
-                             headers={"Authorization": f"Bearer {token.read_text()}"})
-            if r.status_code == 200:
-                return
-        except requests.ConnectionError:
-            pass
-        time.sleep(1)
-    raise AssertionError(f"dashboard at {url} not up after 180 s:\n{log.read_text()[-3000:]}")
+    with ray_head.running(tmp_path_factory.mktemp("head"), num_cpus=2) as started:
+        yield started
 
 
 def _submit_cli(recipe: Path, url: str, overrides: list[str], token: Path | None,
                 timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    if token is not None:  # the client side of token auth, as a user would set it
-        env |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+    env = ray_head.client_env(token)
     cmd = [sys.executable, "-m", "mortgagellm", "submit", str(recipe), "--address", url,
            "--stages", "bootstrap", *(f"--{o}" for o in overrides)]
     return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout,
