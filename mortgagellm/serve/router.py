@@ -10,6 +10,7 @@ large, 500 an expert or the router failed, 503 overloaded or unavailable, 504 to
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from pathlib import Path
@@ -109,8 +110,10 @@ class Router:
                 return await self._expert_call(response)
             except BaseException as err:
                 # Timed out, or the client went away (CancelledError): the expert's work is
-                # cancelled, not left decoding for nobody.
-                response.cancel()
+                # cancelled, not left decoding for nobody. cancel() raises again the error of
+                # a call that never reached a replica (a full queue): `err` is the answer.
+                with contextlib.suppress(Exception):
+                    response.cancel()
                 if not isinstance(err, RETRIED):
                     raise
                 if attempt:

@@ -53,3 +53,32 @@ def test_a_client_gone_cancels_the_expert():
 
     asyncio.run(client_leaves())
     assert [p.cancelled for p in sent] == [True]
+
+
+class Refused:
+    """A DeploymentResponse refused by the expert's queue: awaiting it raises BackPressureError,
+    and so does cancel(), as Ray Serve 2.60's does when the call never reached a replica."""
+
+    def __await__(self):
+        raise self.error()
+        yield  # a generator, as __await__ must be
+
+    def cancel(self):
+        raise self.error()
+
+    @staticmethod
+    def error():
+        from ray.serve.exceptions import BackPressureError
+
+        return BackPressureError(num_queued_requests=2, max_queued_requests=2)
+
+
+def test_an_expert_queue_full_is_a_503_overloaded_not_a_500():
+    """Found by the fault pass (test_app's overload test failed): cancel() after the refusal
+    raised BackPressureError again, out of the handler, which made it a 500 internal_error."""
+    router, _ = stand_in(60)
+    router.experts["structured"] = SimpleNamespace(
+        complete=SimpleNamespace(remote=lambda payload: Refused()))
+    with pytest.raises(ApiError) as err:
+        asyncio.run(Router.func_or_class.answer(router, "structured", {}))
+    assert (err.value.status, err.value.code) == (503, "overloaded")
