@@ -47,6 +47,8 @@ GENESIS = "0" * 64
 HEAD = ".head.json"
 _FILE = re.compile(r"^(?P<writer>.+)-(?P<day>\d{8})\.jsonl$")
 _IDLE = object()
+_ONE_LINE = {c: f"\\u{c:04x}" for c in (0x85, 0x2028, 0x2029)}
+"""Line breaks to str.splitlines() that json.dumps leaves raw: escaped, a record is one line."""
 RETRY_S = 1.0
 """Seconds between attempts to write a record after a write error."""
 
@@ -274,6 +276,10 @@ class AuditLog:
                               self.writer, err)
                 self.error = f"{type(err).__name__}: {err}"
                 time.sleep(RETRY_S)
+            except Exception as err:  # noqa: BLE001 - no retry writes it; the thread must live
+                log.exception("audit writer %s: record cannot be written", self.writer)
+                event = {"type": "unwritable", "request_id": event.get("request_id"),
+                         "error": ascii(err), "time": _now()}
 
     def _checkpoint_retrying(self) -> None:
         try:
@@ -289,7 +295,8 @@ class AuditLog:
             for pruned in prune(self.directory, self.retention_days, today):
                 self._write(pruned | {"time": _now()})
         record = seal(redacted(event, self.salt, self.key), self.seq, self.prev, self.key)
-        line = (json.dumps(record, ensure_ascii=False, sort_keys=True) + "\n").encode()
+        line = json.dumps(record, ensure_ascii=False, sort_keys=True).translate(_ONE_LINE)
+        line = (line + "\n").encode()
         with (self.directory / f"{self.writer}-{today:%Y%m%d}.jsonl").open("ab") as f:
             end = f.seek(0, os.SEEK_END)
             try:

@@ -227,7 +227,7 @@ class Door:
         scope.setdefault("state", {}).update(key_id=who, api_key=key)
         length = headers.get("content-length")
         if length is not None:
-            if not length.isdigit():
+            if not (length.isascii() and length.isdigit()):  # '²'.isdigit() too
                 return await self.refuse(scope, send, who, 400, "Content-Length is not a number",
                                          "bad_request")
             if int(length) > self.max_body:

@@ -18,6 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException
 
 from mortgagellm.routing import ROUTE_MODELS
 from mortgagellm.serve import openai_api as oa
@@ -74,6 +75,16 @@ def build_api(router: Any, openapi: bool = False) -> FastAPI:
                  "key_id": request.scope.get("state", {}).get("key_id")}
         return failed(router, endpoint_of(request.url.path), time.perf_counter(), event, error)
 
+    @app.exception_handler(HTTPException)
+    async def refused_by_fastapi(request: Request, err: HTTPException) -> JSONResponse:
+        """FastAPI's own refusals, e.g. a body it cannot parse at all (not UTF-8, nested past
+        the parser's depth) that its validation handler never sees."""
+        error = ApiError(err.status_code, f"malformed request: {err.detail}; send one JSON "
+                         "object in UTF-8", "invalid_request")
+        event = {"request_id": new_request_id("invalid"),
+                 "key_id": request.scope.get("state", {}).get("key_id")}
+        return failed(router, endpoint_of(request.url.path), time.perf_counter(), event, error)
+
     @app.exception_handler(Exception)
     async def unexpected(request: Request, err: Exception) -> JSONResponse:
         """Last resort for a failure outside a handler's own try (Starlette re-raises it after
@@ -90,11 +101,15 @@ def build_api(router: Any, openapi: bool = False) -> FastAPI:
     @app.get("/v1/models")
     async def models(request: Request) -> Any:
         started, rid = time.perf_counter(), new_request_id("models")
+        event = {"request_id": rid, "key_id": request.state.key_id}
         try:
-            return oa.model_list(await router.versions())
+            result = oa.model_list(await router.versions())
         except Exception as err:  # noqa: BLE001 - every failure is answered in JSON
-            return failed(router, "models", started, {"request_id": rid,
-                          "key_id": request.state.key_id}, as_api_error(err, rid))
+            return failed(router, "models", started, event, as_api_error(err, rid))
+        if not router.record("models", 200, started, event):  # a key's use is traced too
+            return error_response(ApiError(503, "the request could not be audited; retry "
+                                           "shortly", "audit_unavailable"))
+        return result
 
     @app.post("/v1/chat/completions")
     async def chat(body: oa.ChatCompletionRequest, request: Request) -> Any:

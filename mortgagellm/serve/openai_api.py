@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 ROUTING_FIELD = "mortgagellm"
 MAX_STOPS = 4
@@ -33,30 +33,47 @@ SEED_RANGE = (-(2**63), 2**63 - 1)
 """A seed is an int64 (OpenAI's type, and what torch.Generator.manual_seed takes)."""
 
 
+def _unicode(text: str) -> str:
+    """Refuse a lone surrogate: JSON's escapes can carry one ("\\ud800" without its pair), but
+    it is no Unicode text, and every UTF-8 encoder after the door (a tokenizer, the audit log)
+    raises on it."""
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise ValueError(f"contains a lone surrogate ({ascii(text[err.start])} at character "
+                             f"{err.start}); send valid UTF-8 text") from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_unicode)]
+"""A request string: any Unicode text, checked to be encodable."""
+
+
 class ChatMessage(BaseModel):
     """One turn of a conversation; content is plain text."""
 
     model_config = ConfigDict(extra="ignore")
     role: Literal["system", "user", "assistant"]
-    content: str
+    content: Text
 
 
 class _Sampling(BaseModel):
     """Fields shared by chat and text completions (unknown OpenAI fields are ignored)."""
 
     model_config = ConfigDict(extra="ignore")
-    model: str = Field(description="mortgagellm (route for me), mortgagellm-structured or "
-                       "mortgagellm-chat.")
+    model: Text = Field(description="mortgagellm (route for me), mortgagellm-structured or "
+                        "mortgagellm-chat.")
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(0.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
     seed: int | None = Field(None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
-    stop: str | list[str] | None = Field(
+    stop: Text | list[Text] | None = Field(
         None, description=f"Up to {MAX_STOPS} sequences of up to {MAX_STOP_CHARS} characters.")
     stream: bool = False
     n: int = Field(1, ge=1, le=1, description="Only one choice per request.")
-    user: str | None = None
+    user: Text | None = None
 
     @field_validator("stop")
     @classmethod
@@ -95,7 +112,7 @@ class ChatCompletionRequest(_Sampling):
 class CompletionRequest(_Sampling):
     """POST /v1/completions (one prompt per request)."""
 
-    prompt: str | list[str]
+    prompt: Text | list[Text]
 
     def text(self) -> str:
         """The single prompt."""

@@ -428,6 +428,87 @@ def test_a_replica_killed_under_load_fails_under_1_percent(app):
     assert ok > 50 and failed / (ok + failed) < 0.01, (ok, failed)
 
 
+def running_replicas(app, name):
+    """How many replicas of a deployment Serve reports RUNNING."""
+    from ray import serve
+
+    states = serve.status().applications[app.recipe.serve.app_name].deployments
+    return states[name].replica_states.get("RUNNING", 0)
+
+
+def open_streams(app, count, max_tokens):
+    """`count` streamed chats, each in its own thread: (threads' futures, an event per stream
+    set once its first SSE event arrived); each future gives the stream's events."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    started = [threading.Event() for _ in range(count)]
+    body = {"model": "mortgagellm-chat", "stream": True, "max_tokens": max_tokens,
+            "temperature": 1.0, "messages": [{"role": "user", "content": CONVERSATIONAL}]}
+
+    def one(i):
+        with post(app, "/v1/chat/completions", body, stream=True) as response:
+            assert response.status_code == 200, response.text
+            events = []
+            for line in response.iter_lines():
+                if line:
+                    events.append(line.decode().removeprefix("data: "))
+                    started[i].set()
+            return events
+
+    pool = ThreadPoolExecutor(count)
+    return [pool.submit(one, i) for i in range(count)], started, pool
+
+
+def test_a_replica_killed_mid_stream_ends_its_streams_with_an_error_then_done(app):
+    """Streams are opened on both ConversationalExpert replicas; once every client has its
+    first event, the replica with the most requests in flight (asked of the replica itself,
+    before the kill) is killed. Its streams end with an OpenAI error event, then [DONE], and
+    are audited with that 503; the others finish; Serve replaces the replica and the app
+    answers again."""
+    import ray
+
+    wait_for(lambda: len(replicas("ConversationalExpert")) == 2  # after an earlier kill too
+             and running_replicas(app, "ConversationalExpert") == 2, "two replicas", 120)
+    actors = {name: ray.get_actor(name, namespace="serve")
+              for name in replicas("ConversationalExpert")}
+    futures, started, pool = open_streams(app, count=6, max_tokens=64)
+    assert all(event.wait(60) for event in started), "a stream sent nothing within 60 s"
+    in_flight = {name: ray.get(actor.get_num_ongoing_requests.remote(), timeout=10)
+                 for name, actor in actors.items()}
+    victim = max(in_flight, key=in_flight.get)
+    ray.kill(actors[victim], no_restart=True)
+    streams = [future.result(timeout=120) for future in futures]
+    pool.shutdown()
+    assert in_flight[victim] >= 1, in_flight
+    failed = [events for events in streams if "error" in json.loads(events[-2])]
+    assert 1 <= len(failed) <= in_flight[victim], (in_flight, [s[-2:] for s in streams])
+    survivors = sum(in_flight.values()) - in_flight[victim]
+    assert len(streams) - len(failed) >= survivors  # the other replica's streams all finished
+    for events in streams:
+        assert events[-1] == "[DONE]"
+    for events in failed:
+        error = json.loads(events[-2])["error"]
+        assert (error["type"], error["code"]) == ("server_error", "expert_unavailable")
+        assert len(events) >= 3  # the role chunk (at least) came before the error: mid-stream
+    ids = {json.loads(events[0])["mortgagellm"]["request_id"]: events for events in streams}
+
+    def audited():
+        found = {r["request_id"]: r for r in audit_records(app) if r.get("request_id") in ids}
+        return found if len(found) == len(ids) else None
+
+    records = wait_for(audited, "the streams' audit records")
+    for request_id, events in ids.items():
+        record = records[request_id]
+        assert (record["status"], record.get("error_code")) == (
+            (503, "expert_unavailable") if events in failed else (200, None)), record
+    wait_for(lambda: len(replicas("ConversationalExpert") - set(actors)) == 1
+             and running_replicas(app, "ConversationalExpert") == 2, "a new replica", 120)
+    assert post(app, "/v1/chat/completions", {
+        "model": "mortgagellm-chat", "max_tokens": 4,
+        "messages": [{"role": "user", "content": CONVERSATIONAL}]}).status_code == 200
+
+
 @pytest.mark.slow  # 30-50 s of waiting on the autoscaler: run with -m slow (make test-all)
 def test_load_scales_the_structured_expert_up_and_back_down(app):
     """target 1 ongoing request per replica, max 2: three callers raise it to 2 replicas, and

@@ -352,3 +352,34 @@ def test_the_router_fails_closed_when_the_audit_log_cannot_take_a_record(router,
     assert response.status_code == 503 and response.headers["retry-after"] == "1"
     assert json.loads(response.body)["error"]["code"] == "audit_unavailable"
     assert router.recorded == recorded
+
+
+def test_unicode_line_separators_in_a_prompt_keep_a_record_on_one_line(tmp_path):
+    """Found by fuzzing: json.dumps leaves U+0085, U+2028 and U+2029 unescaped, and every
+    splitlines() (verify's, a reader's) breaks a line at them: one client prompt made the whole
+    log fail verification. They are written escaped, so each record stays one line."""
+    log = audit.AuditLog(tmp_path, "w", 30, "s", KEY)
+    for separator in ("\x85", "\u2028", "\u2029"):
+        log.append(EVENT | {"prompt": f"user: first{separator}second"})
+    log.close()
+    (path,) = tmp_path.glob("*.jsonl")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 3 and [json.loads(line)["seq"] for line in lines] == [0, 1, 2]
+    assert json.loads(lines[1])["prompt"] == "user: first\u2028second"  # kept, only escaped
+    assert audit.verify(tmp_path, KEY) == audit.Report(3)
+
+
+def test_a_record_that_cannot_be_encoded_is_replaced_and_the_writer_goes_on(tmp_path):
+    """Found by fuzzing: a lone surrogate (JSON "\\ud800") cannot be UTF-8 encoded; the writer
+    thread died on it, silently, and every later request was answered but never audited. The
+    writer now logs an `unwritable` record naming the request in its place and goes on."""
+    log = audit.AuditLog(tmp_path, "w", 30, "s", KEY)
+    log.append(EVENT | {"request_id": "chatcmpl-bad", "prompt": "user: a\ud800b"})
+    log.append(EVENT | {"request_id": "chatcmpl-next"})
+    log.close()
+    assert log.problem() == "the audit log is closed"  # not an error: the writer went on
+    records = [json.loads(line) for f in tmp_path.glob("*.jsonl") for line in f.open()]
+    assert [(r["type"], r["request_id"]) for r in records] == [
+        ("unwritable", "chatcmpl-bad"), ("request", "chatcmpl-next")]
+    assert "UnicodeEncodeError" in records[0]["error"]
+    assert audit.verify(tmp_path, KEY) == audit.Report(2)

@@ -140,3 +140,19 @@ def test_websockets_are_refused_and_never_reach_the_app():
     assert heard == [("/v1/chat/completions", 403, "unsupported_protocol", None)]
     asyncio.run(door_app({"type": "lifespan"}, None, send))
     assert reached == [{"type": "lifespan"}]  # the app's start-up and shutdown still run
+
+
+@pytest.mark.parametrize("length", [b"\xb2", b"\xb9\xb3", b"-1", b" 10", b"1e3"])
+def test_a_content_length_that_is_not_ascii_digits_is_400(length):
+    """Found by fuzzing: '\\xb2' (superscript two, as latin-1) passed str.isdigit() and then
+    int() raised, a 500 from the door itself."""
+    scope = {"type": "http", "path": "/v1/completions",
+             "headers": [(b"authorization", b"Bearer good"), (b"content-length", length)]}
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    asyncio.run(Door(inner, KEYS, required=True, max_body_bytes=100)(scope, None, send))
+    assert sent[0]["status"] == 400
+    assert json.loads(sent[1]["body"])["error"]["code"] == "bad_request"

@@ -12,6 +12,7 @@ from ray.exceptions import RayActorError, RayTaskError
 from mortgagellm.serve.http import build_api
 from tests.serve.fake_router import AUTH, FakeRouter
 
+JSON = {"content-type": "application/json"}
 CHAT = {"model": "mortgagellm-chat", "max_tokens": 3,
         "messages": [{"role": "user", "content": "What is escrow?"}]}
 
@@ -198,3 +199,51 @@ def test_a_stream_past_the_request_deadline_ends_with_an_error_event_then_done()
     assert (endpoint, status, event["error_code"]) == ("chat", 504, "request_timeout")
     assert event["output"] == "a" * (len(events) - 3) != "a" * 100  # role, error, [DONE]
     assert router.streams[0].cancelled
+
+
+@pytest.mark.parametrize("body", [
+    b'{"model": "\xff\xfe"}',  # not UTF-8
+    b"[" * 5000 + b"]" * 5000,  # deeper than the JSON parser goes
+])
+def test_a_body_fastapi_cannot_parse_is_an_openai_400_and_audited(body):
+    """Found by fuzzing: FastAPI answered these {"detail": ...}, outside the OpenAI format,
+    and nothing was counted or audited."""
+    router = FakeRouter()
+    with client(router) as c:
+        response = c.post("/v1/chat/completions", content=body, headers=AUTH | JSON)
+    assert "malformed request" in openai_error(response, 400, "invalid_request_error",
+                                               "invalid_request")
+    ((endpoint, status, event),) = router.records
+    assert (endpoint, status, event["key_id"]) == ("chat", 400, "tester")
+
+
+def test_a_model_list_is_audited_like_every_request():
+    """Found by fuzzing: GET /v1/models answered 200 without a record (its failures had one)."""
+    router = FakeRouter()
+    with client(router) as c:
+        assert c.get("/v1/models", headers=AUTH).status_code == 200
+    ((endpoint, status, event),) = router.records
+    assert (endpoint, status, event["key_id"]) == ("models", 200, "tester")
+
+
+@pytest.mark.parametrize("field, value", [
+    ("messages", [{"role": "user", "content": "a\ud800b"}]),
+    ("model", "mortgagellm\udfff"),
+    ("stop", ["ok", "\ud83d"]),
+    ("user", "\udc00"),
+])
+def test_lone_surrogates_are_400_at_the_door(field, value):
+    """Found by fuzzing: JSON escapes may carry a lone surrogate ("\\ud800"), which no UTF-8
+    encoder after the door takes (the audit writer died on it; a tokenizer raises). Refused
+    before routing, naming the field."""
+    router = FakeRouter()
+    with client(router) as c:
+        response = c.post("/v1/chat/completions", headers=AUTH | JSON,
+                          content=json.dumps(CHAT | {field: value}).encode())
+    message = openai_error(response, 400, "invalid_request_error", "invalid_request")
+    assert field in message and "lone surrogate" in message
+    assert router.decided == 0
+    with client(router) as c:  # a pair is one character, and fine
+        ok = c.post("/v1/chat/completions", headers=AUTH | JSON, content=json.dumps(
+            CHAT | {"messages": [{"role": "user", "content": "\U0001F3E0"}]}).encode())
+    assert ok.status_code == 200
