@@ -153,6 +153,6 @@ def test_a_content_length_that_is_not_ascii_digits_is_400(length):
     async def send(message):
         sent.append(message)
 
-    asyncio.run(Door(inner, KEYS, required=True, max_body_bytes=100)(scope, None, send))
+    asyncio.run(Door(inner, lambda: KEYS, required=True, max_body_bytes=100)(scope, None, send))
     assert sent[0]["status"] == 400
     assert json.loads(sent[1]["body"])["error"]["code"] == "bad_request"
