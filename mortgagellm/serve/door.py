@@ -261,10 +261,11 @@ def _replay(body: bytes, receive: Any) -> Any:
 async def reject(send: Any, status: int, message: str, code: str,
                  headers: Mapping[str, str] | None = None) -> None:
     """Send an OpenAI-style JSON error and close the response."""
+    from mortgagellm.serve.errors import checked_code
     from mortgagellm.serve.openai_api import error_body
 
     kind = "invalid_request_error" if status < 500 else "server_error"
-    payload = json.dumps(error_body(message, kind, code)).encode()
+    payload = json.dumps(error_body(message, kind, checked_code(status, code))).encode()
     head = [(b"content-type", b"application/json"),
             (b"content-length", str(len(payload)).encode())]
     head += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
