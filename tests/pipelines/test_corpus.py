@@ -18,6 +18,7 @@ from mortgagellm.datasets import batches, mortgage, readers
 from mortgagellm.datasets.schemas import PACKED_ROW_GROUP_ROWS, PACKED_SCHEMA, QUARANTINE_SCHEMA
 from mortgagellm.pipelines import corpus
 from mortgagellm.pipelines.recipe import run_stage
+from mortgagellm.tier1 import load as load_tier1
 from mortgagellm.training import inputs
 
 REGULATION = (Path(__file__).resolve().parents[2] / "data" / "cfpb-regulations" /
@@ -191,14 +192,16 @@ def test_corpus_stage_end_to_end(ray_cluster, tiny_recipe_path, tmp_path, caplog
     assert inputs.task_dir(recipe, "corpus", tmp_path / "sft") == tasks
 
     # Tier 1 of the serving router is this stage's artifact, measured on eval_routing.
-    tier1 = routing.Tier1.from_json(Path(m.output_path("tier1")).read_text())
+    tier1 = load_tier1(Path(m.output_path("tier1")).read_text())
     assert routing.tier1_path(recipe) == Path(m.output_path("tier1"))
     held = pq.read_table(tasks / "eval_routing.parquet").to_pylist()
     right = sum((tier1.probability(r["request"]) >= 0.5) == (r["route"] == "structured")
                 for r in held)
-    assert metrics["tier1"] == {"train_requests": metrics["tasks"]["routing_train"],
-                                "heldout_requests": len(held),
-                                "heldout_accuracy": round(right / len(held), 4)}
+    assert {k: metrics["tier1"][k] for k in ("kind", "train_requests", "heldout_requests",
+                                             "heldout_accuracy", "threshold")} == {
+        "kind": "ngram", "train_requests": metrics["tasks"]["routing_train"],
+        "heldout_requests": len(held), "heldout_accuracy": round(right / len(held), 4),
+        "threshold": tier1.threshold}
     assert metrics["tier1"]["heldout_accuracy"] > 0.9
 
     # Row groups are small, so training's seeded shuffle mixes sources; every row is fed once.
