@@ -99,6 +99,36 @@ def test_too_many_rejects_fail_naming_the_worst_sources(tmp_path):
         corpus.check_rejects(metrics, 0.1, tmp_path / "q.parquet")
 
 
+def test_tier1_threshold_fitted_on_a_hand_written_threshold_set(tmp_path):
+    """serve.router.threshold_set: a file of `text` + `route` lines (the hand-written set's
+    layout) is what the threshold is fitted on. Its one request, marked structured, reads as
+    small talk to tier 1 (conversational at ~0.89): with caught 1 that mistake must fall below
+    the threshold; the manifest metrics say so."""
+    import random
+
+    from mortgagellm.config import Recipe
+    from mortgagellm.datasets.tasks import _documents
+    from mortgagellm.datasets.tasks.routing import routing_requests
+
+    train = routing_requests(_documents(5, 0, 1500), 200, 0.2, random.Random(0))
+    held = routing_requests(_documents(6, 0, 1500), 40, 0.2, random.Random(1))
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train))
+    pq.write_table(pa.Table.from_pylist([{"request": r["request"], "route": r["route"]}
+                                         for r in held]), tmp_path / "eval_routing.parquet")
+    trap = "Sort this out for me please"
+    (tmp_path / "hand.jsonl").write_text(json.dumps(
+        {"id": "cal-1", "text": trap, "route": "structured", "note": "mislabelled"}) + "\n")
+    recipe = Recipe.model_validate({"serve": {"router": {
+        "train_set": str(tmp_path / "train.jsonl"), "threshold_set": str(tmp_path / "hand.jsonl"),
+        "caught": 1.0}}})
+    metrics = corpus.write_tier1(recipe, tmp_path, tmp_path / "tier1.json")
+    model = load_tier1((tmp_path / "tier1.json").read_text())
+    p = model.probability(trap)
+    assert p < 0.5 and model.threshold > 1 - p
+    assert (metrics["kind"], metrics["threshold"], metrics["heldout_requests"]) == (
+        "ngram", model.threshold, 40)
+
+
 def write_user_corpus(root: Path) -> dict[str, str]:
     """A user corpus with the canary, good records and one bad record of every kind; returns
     {location suffix: expected quarantine reason}."""
