@@ -79,6 +79,8 @@ class Router:
         self.cfg = ServeConfig.model_validate(settings)
         self.experts = {"structured": structured, "conversational": conversational}
         self.tier1 = tier1.load(Path(tier1_path).read_text())
+        if self.cfg.router.mode == "hybrid":  # `auto` with no fitted threshold fails at start
+            routing.threshold_of(self.cfg.router, self.tier1)
         self.metrics = Metrics()
         self.keys = door.KeyFile(keys_file, env_keys, self.cfg.auth.reload_s,
                                  on_error=lambda err: self.metrics.keys_reload_failed.inc())
