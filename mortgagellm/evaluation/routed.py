@@ -14,7 +14,7 @@ import json
 import time
 from typing import Any
 
-from mortgagellm import modeling, routing
+from mortgagellm import modeling, routing, tier1
 from mortgagellm.config import Recipe
 from mortgagellm.datasets.tasks.format import ROUTES
 from mortgagellm.evaluation.scoring import EXPERTS, ROUTING, Scorer, routing_metrics, score_variant
@@ -28,7 +28,7 @@ class RouterProbe:
 
     def __init__(self, recipe: Recipe, structured_dir: str) -> None:
         self.cfg = recipe.serve.router
-        self.tier1 = routing.Tier1.from_json(routing.tier1_path(recipe).read_text())
+        self.tier1 = tier1.load(routing.tier1_path(recipe).read_text())
         self.model = self.tokenizer = self.prior = None
         self.loop = asyncio.new_event_loop()  # one loop for every decision: no per-call set-up
         if self.cfg.mode != "tier1":
@@ -55,7 +55,8 @@ def router_config(recipe: Recipe) -> dict[str, Any]:
     """The routing settings the routed variant depends on (for the fingerprint; tier 1 itself
     is an input, the corpus stage's 'tier1' output)."""
     r = recipe.serve.router
-    return {"mode": r.mode, "threshold": r.threshold, "clip_chars": r.clip_chars}
+    return {"mode": r.mode, "threshold": r.threshold, "clip_chars": r.clip_chars,
+            "fallback_route": r.fallback_route, "abstain_below": r.abstain_below}
 
 
 def routed_variant(recipe: Recipe, sets: EvalSets, generated: dict[str, dict],

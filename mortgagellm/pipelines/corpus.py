@@ -34,7 +34,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mortgagellm import manifest, routing
+from mortgagellm import manifest, routing, tier1
 from mortgagellm.cluster import storage
 from mortgagellm.config import CorpusConfig, Recipe
 from mortgagellm.datasets import batches, dedupe, pii, readers, transforms
@@ -74,12 +74,16 @@ def run(recipe: Recipe, force: bool = False) -> manifest.Manifest:
     _check_seq_len(cfg, base)
     router = recipe.serve.router  # tier 1 is trained here: its settings are the corpus's too
     config = {"seed": recipe.run.seed, "corpus": cfg.model_dump(mode="json"),
-              "tier1": {"clip_chars": router.clip_chars, "train_set": router.train_set}}
+              "tier1": {"clip_chars": router.clip_chars, "train_set": router.train_set,
+                        "kind": router.tier1, "threshold_set": router.threshold_set,
+                        "caught": router.caught}}
     inputs = {"base": boot.outputs["base"]}
     inputs |= {f"regulations:{uri}": _input(uri) for uri in cfg.regulations}
     inputs |= {f"user:{uri}": _input(uri) for uri in cfg.user_corpora}
     if router.train_set:
         inputs["tier1_train_set"] = manifest.artifact(router.train_set)
+    if router.threshold_set:
+        inputs["tier1_threshold_set"] = manifest.artifact(router.threshold_set)
     pending = manifest.begin("corpus", out_dir, config, inputs)
     if done := manifest.skip_if_current(pending, force):
         return done
@@ -121,10 +125,15 @@ def write_tier1(recipe: Recipe, tasks: Path, path: Path) -> dict[str, float]:
 
     r = recipe.serve.router
     train = read_task_set(Path(r.train_set) if r.train_set else tasks / "routing_train.parquet")
-    result = routing.write_tier1(train, read_task_set(tasks / "eval_routing.parquet"),
-                                 r.clip_chars, recipe.run.seed, path)
-    log.info("corpus: tier-1 router on %d requests, %.1f %% on %d held-out", len(train),
-             100 * result["heldout_accuracy"], result["heldout_requests"])
+    # A hand-written threshold set names the request `text`; the generator's sets `request`.
+    threshold_set = None if r.threshold_set is None else [
+        {"request": x["request"] if "request" in x else x["text"], "route": x["route"]}
+        for x in read_task_set(Path(r.threshold_set))]
+    result = tier1.write(r.tier1, train, read_task_set(tasks / "eval_routing.parquet"),
+                         r.clip_chars, recipe.run.seed, path, threshold_set, r.caught)
+    log.info("corpus: %s tier-1 router on %d requests, %.1f %% on %d held-out, threshold %.3f",
+             r.tier1, len(train), 100 * result["heldout_accuracy"], result["heldout_requests"],
+             result["threshold"])
     return result
 
 

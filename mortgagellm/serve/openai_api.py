@@ -6,7 +6,9 @@ and every response and chunk carries an extra field `mortgagellm` (ROUTING_FIELD
 
     {"route": "structured" | "conversational",
      "confidence": probability of that route under what decided it (1.0 when the client chose),
-     "decided_by": "client" | "tier1" | "fewshot" | "hybrid",
+     "decided_by": "client" | "tier1" | "fewshot" | "hybrid" | "fallback" (tier 2 failed or
+                   abstained: serve.router.fallback_route) | "tier1_fallback" (the same, with
+                   no fallback_route: tier 1's guess),
      "router_mode": the recipe's serve.router.mode,
      "tier1_confidence": tier 1's own confidence, or null when tier 1 did not run,
      "expert_version": registry version (manifest content hash) of the expert's model,

@@ -20,7 +20,7 @@ from typing import Any
 
 from ray import serve
 
-from mortgagellm import routing
+from mortgagellm import routing, tier1
 from mortgagellm.config import ServeConfig
 from mortgagellm.serve import audit, door, ratelimit
 from mortgagellm.serve.errors import OVERLOADED, RETRIED, ApiError
@@ -78,7 +78,9 @@ class Router:
                  env_keys: dict[str, door.ApiKey], audit_dir: str):
         self.cfg = ServeConfig.model_validate(settings)
         self.experts = {"structured": structured, "conversational": conversational}
-        self.tier1 = routing.Tier1.from_json(Path(tier1_path).read_text())
+        self.tier1 = tier1.load(Path(tier1_path).read_text())
+        if self.cfg.router.mode == "hybrid":  # `auto` with no fitted threshold fails at start
+            routing.threshold_of(self.cfg.router, self.tier1)
         self.metrics = Metrics()
         self.keys = door.KeyFile(keys_file, env_keys, self.cfg.auth.reload_s,
                                  on_error=lambda err: self.metrics.keys_reload_failed.inc())

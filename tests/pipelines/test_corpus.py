@@ -18,6 +18,7 @@ from mortgagellm.datasets import batches, mortgage, readers
 from mortgagellm.datasets.schemas import PACKED_ROW_GROUP_ROWS, PACKED_SCHEMA, QUARANTINE_SCHEMA
 from mortgagellm.pipelines import corpus
 from mortgagellm.pipelines.recipe import run_stage
+from mortgagellm.tier1 import load as load_tier1
 from mortgagellm.training import inputs
 
 REGULATION = (Path(__file__).resolve().parents[2] / "data" / "cfpb-regulations" /
@@ -96,6 +97,36 @@ def test_too_many_rejects_fail_naming_the_worst_sources(tmp_path):
     corpus.check_rejects(metrics, 0.2, tmp_path / "q.parquet")  # 11 % <= 20 %: passes
     with pytest.raises(ValueError, match=r"11\.0%.*s3://b/bad\.jsonl \(9\); s3://b/ok\.jsonl"):
         corpus.check_rejects(metrics, 0.1, tmp_path / "q.parquet")
+
+
+def test_tier1_threshold_fitted_on_a_hand_written_threshold_set(tmp_path):
+    """serve.router.threshold_set: a file of `text` + `route` lines (the hand-written set's
+    layout) is what the threshold is fitted on. Its one request, marked structured, reads as
+    small talk to tier 1 (conversational at ~0.89): with caught 1 that mistake must fall below
+    the threshold; the manifest metrics say so."""
+    import random
+
+    from mortgagellm.config import Recipe
+    from mortgagellm.datasets.tasks import _documents
+    from mortgagellm.datasets.tasks.routing import routing_requests
+
+    train = routing_requests(_documents(5, 0, 1500), 200, 0.2, random.Random(0))
+    held = routing_requests(_documents(6, 0, 1500), 40, 0.2, random.Random(1))
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train))
+    pq.write_table(pa.Table.from_pylist([{"request": r["request"], "route": r["route"]}
+                                         for r in held]), tmp_path / "eval_routing.parquet")
+    trap = "Sort this out for me please"
+    (tmp_path / "hand.jsonl").write_text(json.dumps(
+        {"id": "cal-1", "text": trap, "route": "structured", "note": "mislabelled"}) + "\n")
+    recipe = Recipe.model_validate({"serve": {"router": {
+        "train_set": str(tmp_path / "train.jsonl"), "threshold_set": str(tmp_path / "hand.jsonl"),
+        "caught": 1.0}}})
+    metrics = corpus.write_tier1(recipe, tmp_path, tmp_path / "tier1.json")
+    model = load_tier1((tmp_path / "tier1.json").read_text())
+    p = model.probability(trap)
+    assert p < 0.5 and model.threshold > 1 - p
+    assert (metrics["kind"], metrics["threshold"], metrics["heldout_requests"]) == (
+        "ngram", model.threshold, 40)
 
 
 def write_user_corpus(root: Path) -> dict[str, str]:
@@ -191,14 +222,16 @@ def test_corpus_stage_end_to_end(ray_cluster, tiny_recipe_path, tmp_path, caplog
     assert inputs.task_dir(recipe, "corpus", tmp_path / "sft") == tasks
 
     # Tier 1 of the serving router is this stage's artifact, measured on eval_routing.
-    tier1 = routing.Tier1.from_json(Path(m.output_path("tier1")).read_text())
+    tier1 = load_tier1(Path(m.output_path("tier1")).read_text())
     assert routing.tier1_path(recipe) == Path(m.output_path("tier1"))
     held = pq.read_table(tasks / "eval_routing.parquet").to_pylist()
     right = sum((tier1.probability(r["request"]) >= 0.5) == (r["route"] == "structured")
                 for r in held)
-    assert metrics["tier1"] == {"train_requests": metrics["tasks"]["routing_train"],
-                                "heldout_requests": len(held),
-                                "heldout_accuracy": round(right / len(held), 4)}
+    assert {k: metrics["tier1"][k] for k in ("kind", "train_requests", "heldout_requests",
+                                             "heldout_accuracy", "threshold")} == {
+        "kind": "ngram", "train_requests": metrics["tasks"]["routing_train"],
+        "heldout_requests": len(held), "heldout_accuracy": round(right / len(held), 4),
+        "threshold": tier1.threshold}
     assert metrics["tier1"]["heldout_accuracy"] > 0.9
 
     # Row groups are small, so training's seeded shuffle mixes sources; every row is fed once.

@@ -18,6 +18,7 @@ from mortgagellm.evaluation import scoring
 from mortgagellm.evaluation import sets as es
 from mortgagellm.metrics import wilson
 from mortgagellm.pipelines import evaluate as ev
+from mortgagellm.tier1 import write as write_tier1
 
 SETS = ["corpus.tasks.sft_per_task=4", "corpus.tasks.dpo_pairs=4",
         "corpus.tasks.routing_requests=40", "corpus.tasks.eval_per_task=6",
@@ -247,8 +248,8 @@ def fake_run(tmp_path, tiny_pair, stages, extra=()):
     recipe = load_recipe_path(tmp_path, extra)
     sets = build_task_sets(recipe.corpus.tasks, recipe.run.seed)  # tier 1, as corpus writes it
     tier1 = run / "corpus" / routing.TIER1_FILE
-    routing.write_tier1(sets["routing_train"], sets["eval_routing"],
-                        recipe.serve.router.clip_chars, recipe.run.seed, tier1)
+    write_tier1("ngram", sets["routing_train"], sets["eval_routing"],
+                recipe.serve.router.clip_chars, recipe.run.seed, tier1)
     manifest.write(str(run / "corpus"), manifest.Manifest(
         stage="corpus", fingerprint="test", config={},
         outputs={"tier1": manifest.artifact(tier1)}))

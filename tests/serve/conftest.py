@@ -18,11 +18,11 @@ def serve_output(tmp_path_factory, routing_sets):
     """run.output_dir shared by the session's serve recipes: a corpus manifest whose 'tier1'
     output is tier 1 as the corpus stage trains it (routing_train of the default sizes, seed
     0), with nothing else, since the app reads only that of the corpus stage."""
-    from mortgagellm import manifest, routing
+    from mortgagellm import manifest, routing, tier1
 
     out = tmp_path_factory.mktemp("serve-run")
     path = out / "corpus" / routing.TIER1_FILE
-    metrics = routing.write_tier1(routing_sets["train"], routing_sets["eval"], 120, 0, path)
+    metrics = tier1.write("ngram", routing_sets["train"], routing_sets["eval"], 120, 0, path)
     manifest.write(str(out / "corpus"), manifest.Manifest(
         stage="corpus", fingerprint="serve-tests", config={},
         outputs={"tier1": manifest.artifact(path)}, metrics={"tier1": metrics}))
@@ -33,10 +33,11 @@ def serve_output(tmp_path_factory, routing_sets):
 def tier1(serve_output):
     """Tier 1 as the corpus stage trains it and build_app reads it."""
     from mortgagellm.config import Recipe
-    from mortgagellm.routing import Tier1, tier1_path
+    from mortgagellm.routing import tier1_path
+    from mortgagellm.tier1 import load
 
     recipe = Recipe.model_validate({"run": {"output_dir": str(serve_output)}})
-    return Tier1.from_json(tier1_path(recipe).read_text())
+    return load(tier1_path(recipe).read_text())
 
 
 @pytest.fixture(scope="session")

@@ -111,3 +111,19 @@ def test_an_overloaded_expert_is_a_503_not_an_error_raised_by_cancel():
     with pytest.raises(ApiError) as err:
         asyncio.run(Router.func_or_class.answer(router, "structured", {}))
     assert (err.value.status, err.value.code) == (503, "overloaded")
+
+
+def test_a_failed_tier2_routes_to_the_fallback_and_is_counted():
+    """Tier 2's expert refuses (overloaded): the request goes to serve.router.fallback_route
+    (conversational by default) and the routing-latency histogram counts it under
+    decided_by=fallback. In fewshot mode tier 1 is not read (it is None here)."""
+    router, _ = stand_in(5.0, mode="fewshot")
+    refused = SimpleNamespace(remote=lambda *args: Refused())
+    router.experts["structured"] = SimpleNamespace(classify=refused)
+    observed = []
+    router.metrics = SimpleNamespace(routing_ms=SimpleNamespace(
+        observe=lambda value, tags: observed.append(tags)))
+    decision = asyncio.run(Router.func_or_class.decide(router, "What is escrow?", "mortgagellm"))
+    assert (decision.route, decision.decided_by, decision.confidence) == (
+        "conversational", "fallback", 0.0)
+    assert observed == [{"decided_by": "fallback"}]

@@ -135,8 +135,9 @@ def test_hybrid_asks_tier2_only_below_the_threshold_and_multiplies():
 
 @pytest.mark.parametrize("mode", ["hybrid", "fewshot"])
 def test_a_failed_tier2_falls_back_to_tier1s_decision(mode):
-    """Tier 2 is needed (P_ZZ 0.88 < 0.9) but its expert fails: the request is routed by
-    tier 1's best guess, marked tier1_fallback, instead of failing with 503."""
+    """Tier 2 is needed (P_ZZ 0.88 < 0.9) but its expert fails: with no fallback_route the
+    request is routed by tier 1's best guess, marked tier1_fallback, instead of failing with
+    503."""
     import asyncio
 
     from mortgagellm.config import RouterSettings
@@ -144,8 +145,8 @@ def test_a_failed_tier2_falls_back_to_tier1s_decision(mode):
     async def broken(request, clip_chars):
         raise RuntimeError("structured expert unavailable")
 
-    d = asyncio.run(routing.decide("zz", "mortgagellm", RouterSettings(mode=mode, threshold=0.9),
-                                   HAND, broken))
+    settings = RouterSettings(mode=mode, threshold=0.9, fallback_route=None)
+    d = asyncio.run(routing.decide("zz", "mortgagellm", settings, HAND, broken))
     assert (d.route, d.decided_by, d.mode) == ("structured", "tier1_fallback", mode)
     assert d.confidence == pytest.approx(P_ZZ) == d.tier1_confidence
 
@@ -197,3 +198,59 @@ def test_hybrid_with_an_uninformed_tier2_keeps_the_floor(routing_sets, tier1, mi
         correct += decision.route == r["route"]
     assert asked <= 0.05 * len(routing_sets["eval"])
     assert correct / len(routing_sets["eval"]) >= ACCURACY_FLOOR
+
+
+def decide(settings, tier1, answer):
+    """routing.decide on 'zz' with a tier 2 that returns `answer` or raises it."""
+    import asyncio
+
+    async def tier2(request, clip_chars):
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    return asyncio.run(routing.decide("zz", "mortgagellm", settings, tier1, tier2))
+
+
+def test_a_failed_tier2_routes_to_the_configured_fallback():
+    """Hybrid: tier 1 says structured at 0.88 < 0.9, tier 2 fails: the request goes to the
+    conversational expert, marked fallback, with tier 1's probability of that route."""
+    from mortgagellm.config import RouterSettings
+
+    d = decide(RouterSettings(threshold=0.9), HAND, RuntimeError("down"))
+    assert d == Decision("conversational", pytest.approx(1 - P_ZZ), "fallback", "hybrid",
+                         pytest.approx(P_ZZ))
+
+
+def test_an_unsure_tier2_abstains_to_the_fallback():
+    """Joint structured P_ZZ * 0.1 vs conversational (1 - P_ZZ) * 0.9: conversational at 0.55.
+    Below abstain_below 0.6 tier 2 abstains and the fallback route (here structured) answers,
+    with the joint probability of structured; at 0.5 the joint decision stands."""
+    from mortgagellm.config import RouterSettings
+
+    s, c = P_ZZ * 0.1, (1 - P_ZZ) * 0.9
+    unsure = {"structured": 0.1, "conversational": 0.9}
+    d = decide(RouterSettings(threshold=0.9, abstain_below=0.6, fallback_route="structured"),
+               HAND, unsure)
+    assert (d.route, d.decided_by) == ("structured", "fallback")
+    assert d.confidence == pytest.approx(s / (s + c))
+    d = decide(RouterSettings(threshold=0.9, abstain_below=0.5), HAND, unsure)
+    assert (d.route, d.decided_by) == ("conversational", "hybrid")
+
+
+def test_auto_threshold_is_the_one_fitted_with_tier1():
+    """threshold auto reads tier1.json's fitted value: P_ZZ 0.88 is sure enough at 0.85 (tier 2
+    is never asked), not at 0.95; a file without one is refused with what to do."""
+    from mortgagellm.config import RouterSettings
+
+    auto = RouterSettings(threshold="auto")
+    never = RuntimeError("tier 2 must not be asked")
+    low = Tier1({"zz": (1.0, 2.0)}, 0.0, 1.0, 120, threshold=0.85)
+    assert decide(auto, low, never).decided_by == "tier1"
+    high = Tier1({"zz": (1.0, 2.0)}, 0.0, 1.0, 120, threshold=0.95)
+    d = decide(auto, high, {"structured": 0.9, "conversational": 0.1})
+    assert d.decided_by == "hybrid"
+    again = Tier1.from_json(high.to_json())
+    assert again.threshold == 0.95
+    with pytest.raises(ValueError, match="mortgagellm corpus"):
+        decide(auto, HAND, never)
