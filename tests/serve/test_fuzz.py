@@ -48,7 +48,7 @@ class AuditedRouter(FakeRouter):
     audit writer is a real AuditLog in a temporary directory."""
 
     def __init__(self, directory, key_file):
-        super().__init__({"limits": LIMITS, "router": {"mode": "hybrid"}})
+        super().__init__({"limits": LIMITS, "router": {"mode": "hybrid", "threshold": 0.9}})
         settings = AuditSettings(key_file=str(key_file), retention_days=30,
                                  retention_floor_days=30, pii_salt="fuzz")
         self.audit = audit.open_log(settings, directory, "router-fuzz")
