@@ -83,8 +83,10 @@ def seeded_sampling() -> Any:
 class _Live:
     """A request in flight: its text so far and where its deltas go."""
 
+    rid: str
     stream: TextStream
     deliver: Deliver
+    loop: asyncio.AbstractEventLoop | None  # deliver runs in it; None: in the output thread
     seen: int = 0  # the manager's tokens already fed to `stream`
 
 
@@ -126,17 +128,19 @@ class ContinuousEngine:
                                          name="continuous-batching-outputs")
         self._outputs.start()
 
-    def submit(self, request: GenRequest, deliver: Deliver) -> str:
+    def submit(self, request: GenRequest, deliver: Deliver,
+               loop: asyncio.AbstractEventLoop | None = None) -> str:
         """Add a request to the running batch; its id (for cancel) is returned. `deliver` gets
-        each of its deltas, the last with finish_reason, or the exception that ended it, in
-        the engine's output thread: it must be quick."""
+        each of its deltas, the last with finish_reason, or the exception that ended it: in
+        `loop`, else in the engine's output thread (then it must be quick)."""
         rid = f"req-{next(self._ids)}"
         sampling = {} if request.temperature <= 0 else {"sampling": Sampling(
             request.temperature, request.top_p, seeded_generator(request.seed))}
         with self._lock:
             if not self._live:
                 self._progress = time.monotonic()
-            self._live[rid] = _Live(TextStream(self.tokenizer, request, self.stop_ids), deliver)
+            self._live[rid] = _Live(rid, TextStream(self.tokenizer, request, self.stop_ids),
+                                    deliver, loop)
         added = self.manager.add_request(list(request.prompt_ids), request_id=rid,
                                          max_new_tokens=request.max_tokens, streaming=True,
                                          **sampling)
@@ -158,8 +162,8 @@ class ContinuousEngine:
     async def stream(self, request: GenRequest) -> AsyncIterator[Delta]:
         """A request's deltas as they are decoded. Leaving the iteration early (the client
         went, a deadline, a cancelled task) cancels the request in the engine."""
-        loop, items = asyncio.get_running_loop(), asyncio.Queue()
-        rid = self.submit(request, lambda item: loop.call_soon_threadsafe(items.put_nowait, item))
+        items: asyncio.Queue = asyncio.Queue()
+        rid = self.submit(request, items.put_nowait, asyncio.get_running_loop())
         ended = False
         try:
             while not ended:
@@ -217,16 +221,20 @@ class ContinuousEngine:
                 output = self.manager.get_result(timeout=0)  # one it gave as it stopped?
                 if output is None:
                     break
-            if output is not None:
+            sends: list[tuple[_Live, Delta | Exception]] = []
+            while output is not None:  # the step's outputs, then one wake-up per event loop
                 self._progress = time.monotonic()
-                self._take(output)
+                self._take(output, sends)
+                output = self.manager.get_result(timeout=0)
+            self._send(sends)
         with self._lock:
             left, self._live = list(self._live.values()), {}
-        for live in left:
-            self._send(live, RuntimeError(f"the decode loop stopped ({self.error() or 'closed'})"))
+        error = RuntimeError(f"the decode loop stopped ({self.error() or 'closed'})")
+        self._send([(live, error) for live in left])
 
-    def _take(self, output: Any) -> None:
-        """One output of the manager: its new tokens through the request's TextStream."""
+    def _take(self, output: Any, sends: list[tuple[_Live, Delta | Exception]]) -> None:
+        """One output of the manager: its new tokens through the request's TextStream, the
+        deltas to `sends`."""
         rid = output.request_id
         with self._lock:
             live = self._live.get(rid)
@@ -234,29 +242,40 @@ class ContinuousEngine:
             return
         if output.error is not None:
             self._end(rid)
-            self._send(live, RuntimeError(f"the decode failed: {output.error}"))
+            sends.append((live, RuntimeError(f"the decode failed: {output.error}")))
             return
         for token in output.generated_tokens[live.seen:]:
             live.seen += 1
             delta = live.stream.advance(token)
+            sends.append((live, delta))
             if delta.finish_reason is not None:
                 self._end(rid)
                 if not output.is_finished():  # a stop sequence: the manager would go on
                     self.manager.cancel_request(rid)
-            if not self._send(live, delta):
-                self.cancel(rid)
-            if delta.finish_reason is not None:
                 return
 
     def _end(self, rid: str) -> None:
         with self._lock:
             self._live.pop(rid, None)
 
-    @staticmethod
-    def _send(live: _Live, item: Delta | Exception) -> bool:
-        """Deliver an item; False when its receiver is gone (its event loop closed)."""
-        try:
-            live.deliver(item)
-        except RuntimeError:
-            return False
-        return True
+    def _send(self, sends: list[tuple[_Live, Delta | Exception]]) -> None:
+        """Deliver: in the output thread, or with one call into each event loop (a wake-up
+        per token and request costs more than the step's other work on a small model). A
+        closed loop has nobody waiting: its requests are cancelled."""
+        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+        for live, item in sends:
+            if live.loop is None:
+                live.deliver(item)
+            else:
+                by_loop.setdefault(live.loop, []).append((live, item))
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_deliver_all, items)
+            except RuntimeError:  # the loop is closed
+                for live, _ in items:
+                    self.cancel(live.rid)
+
+
+def _deliver_all(items: list[tuple[_Live, Delta | Exception]]) -> None:
+    for live, item in items:
+        live.deliver(item)

@@ -211,7 +211,7 @@ def test_a_deadline_cancels_the_request(cb, instruct):
     assert len(cb.complete(chat(tokenizer, PROMPTS[1], max_tokens=3), timeout=30)) == 3
     gate = []
     real = cb._take  # the output thread stops taking outputs: no delta within the timeout
-    cb._take = lambda output: gate.append(output)
+    cb._take = lambda output, sends: gate.append(output)
     try:
         with pytest.raises(TimeoutError, match="no token for 0.2 s"):
             cb.complete(chat(tokenizer, PROMPTS[2], max_tokens=200), timeout=0.2)

@@ -114,8 +114,8 @@ def test_the_health_check_decodes_one_greedy_token(expert, monkeypatch):
     probes = []
     if expert.engine is not None:
         real = expert.engine.submit
-        monkeypatch.setattr(expert.engine, "submit", lambda r, deliver: probes.append(
-            [(r.max_tokens, r.temperature)]) or real(r, deliver))
+        monkeypatch.setattr(expert.engine, "submit", lambda r, *a: probes.append(
+            [(r.max_tokens, r.temperature)]) or real(r, *a))
     else:
         real = engine.Decoder.step
         monkeypatch.setattr(engine.Decoder, "step", lambda d: probes.append(
