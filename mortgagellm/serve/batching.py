@@ -207,8 +207,11 @@ class ContinuousEngine:
         return self.manager.background_thread_status.fatal_error
 
     def close(self, timeout: float | None = None) -> None:
-        """Stop once the requests in flight have ended; later submits raise."""
-        self.manager.stop(block=True, timeout=timeout)
+        """Stop once the requests in flight have ended (a second call does nothing); later
+        submits raise. The manager's loop is not a daemon thread: a process that exits
+        without this waits for it."""
+        if self.manager.is_running():
+            self.manager.stop(block=True, timeout=timeout)
         self._outputs.join(timeout)
 
     def _take_outputs(self) -> None:

@@ -93,6 +93,12 @@ class Expert:
             threading.Thread(target=old.close, name="engine-close", daemon=True).start()
         log.info("%s expert serves version %s from %s", self.role, self.version, self.model_dir)
 
+    def __del__(self) -> None:
+        """Serve's graceful shutdown (its requests drained): the continuous engine's loop
+        stops, or the replica's process would wait for that thread at exit."""
+        if self.engine is not None:
+            self.engine.close(timeout=10)
+
     async def check_health(self) -> None:
         """Serve's health check: the replica must have weights, its engine must not be stuck
         in a decode step, and a one-token greedy decode must finish within probe_timeout_s.
