@@ -97,6 +97,7 @@ class ContinuousEngine:
 
     def __init__(self, model: Any, tokenizer: Any, num_blocks: int, max_batch_tokens: int,
                  page_size: int, max_requests: int):
+        import torch
         from transformers import ContinuousBatchingConfig, GenerationConfig
 
         from mortgagellm.modeling import context_length, stop_token_ids
@@ -123,7 +124,8 @@ class ContinuousEngine:
         self._lock = threading.Lock()
         self._ids = itertools.count()
         self._progress = time.monotonic()  # when the loop last gave a token, or became busy
-        self.manager.start()
+        with torch.inference_mode():  # the loop runs in the mode it starts in: no autograd
+            self.manager.start()
         self._outputs = threading.Thread(target=self._take_outputs, daemon=True,
                                          name="continuous-batching-outputs")
         self._outputs.start()
