@@ -104,7 +104,7 @@ def test_a_request_joins_a_running_batch_and_decodes_as_alone(cb, instruct, fed)
     """Two long requests run; a third joins once they have tokens, ends first, and gets what
     it gets alone; the two keep their own answers."""
     model, tokenizer = instruct
-    long = [chat(tokenizer, p, max_tokens=60) for p in PROMPTS[1:]]
+    long = [chat(tokenizer, p, max_tokens=150) for p in PROMPTS[1:]]
     late = chat(tokenizer, PROMPTS[0], max_tokens=5)
     alone = run_all(cb, [late])[0][0]
     long_alone = [t for t, _ in run_all(cb, long)]
