@@ -1,160 +1,211 @@
-"""Serving latency: the routed HTTP path (proxy -> Router -> expert) against a direct handle call
-to the same expert, with one plain Serve hop (GET /healthz: proxy -> Router) as the yardstick;
-tier-1 routing latency; requests/s at a few concurrencies. Prints the ratio last:
-(routed - direct) / one hop, goal <= ~1 (the router adds at most one Serve hop).
+"""The experts' two engines on the same model: static batches (engine.Decoder under @serve.batch)
+against continuous batching (serve/batching.py), at concurrency 1 / 4 / 16. Prints requests/s,
+tokens/s and p50 / p99 latency of each, and the ratios continuous / static last; writes them to
+benchmarks/results/serve-<date>.json. Goal: >= 2x throughput at concurrency 16, p99 not worse at
+concurrency 1.
 
-Run: DS_ACCELERATOR=cpu .venv/bin/python benchmarks/serve.py [--model HF_DIR] [--requests 100]
+Run: DS_ACCELERATOR=cpu .venv/bin/python benchmarks/serve.py [--model HF_DIR | random]
+         [--hidden 32 --layers 2] [--max-tokens 16,32,64,128] [--batch 16] [--repeats 3]
 
-Without --model a random 2-layer Llama with a trained tokenizer is built (seconds), so the expert
-itself is cheap and the hops dominate. Starts its own Ray on 127.0.0.1 and stops only it.
+In process, no Ray: each engine runs in the expert deployment's own class (Expert, as
+tests/serve/test_experts.py calls it), and c asyncio clients each send their share of the
+requests one after another (4 x c requests, at least 16) with Expert.complete: greedy chat
+completions of a fixed set of mortgage questions, the requests' max_tokens taken in turn from
+--max-tokens. A warm-up round per engine and concurrency is left out; the repeats alternate the
+engines, so a change in the machine's load falls on both. Median of the repeats, with their
+spread (min-max). Without --model: the bootstrap model of a demo run in /tmp/demo-before if
+there is one (a trained model: its answers end on their own, mostly before max_tokens); `random`
+(or no demo run): a random Llama (2 layers of 32 unless --layers / --hidden say otherwise), whose
+answers run to max_tokens, so their lengths differ as the max_tokens do. Both engines must give
+the same greedy answers, or the run stops.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import datetime
+import json
 import os
 import shutil
-import socket
 import statistics
+import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # every Ray listener on 127.0.0.1
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-TEXT = "Can you explain escrow in plain English?"
-
-
-def random_model(path: Path) -> None:
-    """A random 2-layer Llama-3-style chat model (as tests/serve/conftest.py builds)."""
-    from mortgagellm.datasets.general import general_documents
-    from mortgagellm.modeling import EOT, build_llama, stop_token_ids, train_tokenizer
-
-    tokenizer = train_tokenizer(general_documents(0, 300, 0.1), 512)
-    model = build_llama({"hidden_size": 32, "intermediate_size": 64, "num_layers": 2,
-                         "num_heads": 2, "max_position_embeddings": 256}, tokenizer, 0)
-    model.config.eos_token_id = tokenizer.convert_tokens_to_ids(EOT)
-    model.generation_config.eos_token_id = stop_token_ids(tokenizer)
-    model.save_pretrained(path)
-    tokenizer.eos_token = EOT
-    tokenizer.save_pretrained(path)
+DEMO_MODEL = Path("/tmp/demo-before/bootstrap/instruct")
+QUESTIONS = [
+    "What is escrow?",
+    "Can you explain private mortgage insurance and when I can stop paying it?",
+    "How does an adjustable-rate mortgage differ from a fixed-rate one?",
+    "List the documents a lender usually asks for.",
+    "What is a debt-to-income ratio?",
+    "Summarise the closing process for a first-time buyer, step by step.",
+    "Should I pay points to lower my rate?",
+    "What happens if I miss a mortgage payment?",
+]
+CONCURRENCY = (1, 4, 16)
+ENGINES = ("static", "continuous")
+KV_CACHE = {"num_blocks": 256, "max_batch_tokens": 512, "page_size": 32}
 
 
-def percentiles(samples: list[float]) -> str:
-    """'p50 x ms  p99 y ms' of seconds."""
-    ordered = sorted(samples)
-    p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
-    return f"p50 {statistics.median(ordered) * 1e3:7.2f} ms  p99 {p99 * 1e3:7.2f} ms"
+def replica(engine: str, model_dir: str, batch: int):
+    """An expert replica object of `engine`, its model loaded as Serve's reconfigure does."""
+    from ray.serve import batching
+
+    from mortgagellm.manifest import sha256_path
+    from mortgagellm.serve.experts import Expert
+
+    # Outside a replica there is no deployment config to compare max_batch_size with.
+    batching._BatchQueue._warn_if_max_batch_size_exceeds_max_ongoing_requests = lambda self: None
+    expert = Expert.func_or_class("conversational", 1, batch, 0.01, 448, 30.0, engine, KV_CACHE)
+    expert.reconfigure({"model": model_dir, "version": sha256_path(model_dir)})
+    return expert
 
 
-def timed(call, n: int) -> list[float]:
-    """Wall seconds of n sequential calls (after 3 warm-up calls)."""
-    for _ in range(3):
-        call()
+def payload(question: int, max_tokens: int) -> dict:
+    return {"messages": [{"role": "user", "content": QUESTIONS[question % len(QUESTIONS)]}],
+            "max_tokens": max_tokens, "temperature": 0.0, "top_p": 1.0, "seed": None, "stop": []}
+
+
+async def load(expert, concurrency: int, requests: int, max_tokens: list[int]) -> dict:
+    """`concurrency` clients send `requests` in all; wall time, latencies and tokens."""
+    latencies, tokens = [], []
+
+    async def client(k: int) -> None:
+        # Each client takes every max_tokens in turn: one holding all the long requests would
+        # make its chain of requests the run's length, whatever the engine.
+        for j, i in enumerate(range(k, requests, concurrency)):
+            start = time.perf_counter()
+            items = await expert.complete(payload(i, max_tokens[(k + j) % len(max_tokens)]))
+            latencies.append(time.perf_counter() - start)
+            tokens.append(items[-1]["completion_tokens"])
+
+    start = time.perf_counter()
+    await asyncio.gather(*(client(k) for k in range(concurrency)))
+    wall = time.perf_counter() - start
+    ordered = sorted(latencies)
+    return {"requests_per_s": requests / wall, "tokens_per_s": sum(tokens) / wall,
+            "p50_s": statistics.median(ordered),
+            "p99_s": ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))],
+            "requests": requests, "tokens": sum(tokens), "wall_s": wall}
+
+
+async def answers(expert, max_tokens: list[int]) -> list[str]:
+    """Each question's greedy answer at each max_tokens, one at a time."""
     out = []
-    for _ in range(n):
-        start = time.perf_counter()
-        call()
-        out.append(time.perf_counter() - start)
+    for i in range(len(QUESTIONS) * len(max_tokens)):
+        items = await expert.complete(payload(i, max_tokens[i % len(max_tokens)]))
+        out.append("".join(item["text"] for item in items[1:]))
     return out
 
 
-def tier1_latency(recipe) -> list[float]:
-    """Wall seconds of tier-1 route() on every held-out routing request."""
-    from mortgagellm import routing
-    from mortgagellm.datasets.tasks import build_task_sets
+async def measure(experts: dict, repeats: int, max_tokens: list[int]) -> dict:
+    """{engine: {concurrency: [one result per repeat]}}, the engines alternating."""
+    same = [await answers(experts[e], max_tokens) for e in ENGINES]
+    if same[0] != same[1]:
+        raise SystemExit("the engines' greedy answers differ: fix that before timing them")
+    runs = {e: {c: [] for c in CONCURRENCY} for e in ENGINES}
+    for repeat in range(repeats):
+        for c in CONCURRENCY:
+            for engine in ENGINES:
+                n = max(16, 4 * c)
+                await load(experts[engine], c, n, max_tokens)  # warm-up, left out
+                runs[engine][c].append(await load(experts[engine], c, n, max_tokens))
+                r = runs[engine][c][-1]
+                print(f"  repeat {repeat + 1}  c={c:<2}  {engine:<10}  "
+                      f"{r['requests_per_s']:6.2f} req/s  p99 {r['p99_s'] * 1e3:7.1f} ms",
+                      flush=True)
+    return runs
 
-    sets = build_task_sets(recipe.corpus.tasks, recipe.run.seed)
-    train = sets["routing_train"]
-    tier1 = routing.train_tier1([r["request"] for r in train], [r["route"] for r in train],
-                                recipe.serve.router.clip_chars, seed=recipe.run.seed)
-    requests_ = [r["request"] for r in sets["eval_routing"]]
-    out = []
-    for text in requests_:
-        start = time.perf_counter()
-        routing.route(text, "mortgagellm", "tier1", tier1, 0.9)
-        out.append(time.perf_counter() - start)
+
+METRICS = ("requests_per_s", "tokens_per_s", "p50_s", "p99_s")
+
+
+def summary(runs: dict) -> dict:
+    """Median and spread (min, max) of each metric, and the ratios continuous / static."""
+    out = {"median": {}, "spread": {}, "ratio": {}}
+    for engine, by_c in runs.items():
+        for c, results in by_c.items():
+            key = f"{engine}/c{c}"
+            out["median"][key] = {m: statistics.median(r[m] for r in results) for m in METRICS}
+            out["spread"][key] = {m: [min(r[m] for r in results), max(r[m] for r in results)]
+                                  for m in METRICS}
+    for c in CONCURRENCY:
+        new, old = out["median"][f"continuous/c{c}"], out["median"][f"static/c{c}"]
+        out["ratio"][f"c{c}"] = {m: new[m] / old[m] for m in METRICS}
     return out
+
+
+def report(result: dict) -> None:
+    s = result["summary"]
+    print(f"\n{'':16}{'req/s':>16}{'tokens/s':>18}{'p50 ms':>18}{'p99 ms':>18}   "
+          "median [min-max]")
+    for c in CONCURRENCY:
+        for engine in ENGINES:
+            key = f"{engine}/c{c}"
+            med, spread = s["median"][key], s["spread"][key]
+            cells = []
+            for m in METRICS:
+                scale = 1e3 if m.endswith("_s") and m.startswith("p") else 1
+                lo, hi = (v * scale for v in spread[m])
+                cells.append(f"{med[m] * scale:6.1f} [{lo:.1f}-{hi:.1f}]".rjust(18))
+            print(f"{engine:>10} c={c:<3}" + "".join(cells))
+    print("\ncontinuous / static (throughput: higher is better; latency: lower is better)")
+    for c in CONCURRENCY:
+        r = s["ratio"][f"c{c}"]
+        print(f"  concurrency {c:>2}: requests/s x{r['requests_per_s']:.2f}  tokens/s "
+              f"x{r['tokens_per_s']:.2f}  p50 x{r['p50_s']:.2f}  p99 x{r['p99_s']:.2f}")
+    top, one = s["ratio"]["c16"], s["ratio"]["c1"]
+    print(f"goal: throughput at concurrency 16 >= x2: x{top['requests_per_s']:.2f} "
+          f"({'met' if top['requests_per_s'] >= 2 else 'missed'}); p99 at concurrency 1 "
+          f"<= x1: x{one['p99_s']:.2f} ({'met' if one['p99_s'] <= 1 else 'missed'})")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", help="HF model directory for both experts")
-    parser.add_argument("--requests", type=int, default=100, help="requests per measurement")
-    parser.add_argument("--max-tokens", type=int, default=4)
-    parser.add_argument("--no-audit", action="store_true", help="router without the audit log")
+    parser.add_argument("--model", help="HF model directory, or `random` (default: see above)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--max-tokens", default="16,32,64,128",
+                        help="the requests' max_tokens, taken in turn")
+    parser.add_argument("--hidden", type=int, default=32, help="random model: hidden size")
+    parser.add_argument("--layers", type=int, default=2, help="random model: layers")
+    parser.add_argument("--batch", type=int, default=16,
+                        help="serve.<expert>.max_batch_size of both engines")
+    parser.add_argument("--out", help="JSON file (default benchmarks/results/serve-<date>.json)")
     args = parser.parse_args()
 
-    import ray
-    import requests
-    from ray import serve
+    max_tokens = [int(n) for n in args.max_tokens.split(",")]
+    model = args.model or (str(DEMO_MODEL) if DEMO_MODEL.exists() else "random")
+    work = Path(tempfile.mkdtemp(prefix="mllm-bench-engine-"))
+    if model == "random":
+        from serve_routing import random_model
 
-    from mortgagellm.cluster.runtime import init_ray
-    from mortgagellm.config import RayConfig, load_recipe
-    from mortgagellm.serve import door, ops
-
-    work = Path(tempfile.mkdtemp(prefix="mllm-bench-serve-"))
-    model = args.model or str(work / "model")
-    if not args.model:
-        random_model(Path(model))
-    key, line = door.new_key("bench")
-    (work / "keys").write_text(line + "\n")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    config = work / "recipe.yaml"
-    config.write_text(
-        f"run: {{output_dir: {work / 'run'}}}\nserve:\n  port: {port}\n"
-        f"  auth: {{keys_file: {work / 'keys'}}}\n  router: {{mode: tier1, num_cpus: 0.1}}\n"
-        f"  audit: {{enabled: {str(not args.no_audit).lower()}}}\n"
-        f"  structured: {{model: {model}, num_cpus: 0.5}}\n"
-        f"  conversational: {{model: {model}, num_cpus: 0.5, max_ongoing_requests: 16, "
-        f"max_queued_requests: 64}}\n")
-    recipe = load_recipe(config)
-    routing_times = tier1_latency(recipe)
-    ray_dir = tempfile.mkdtemp(prefix="mllm-bs-", dir="/tmp")  # short: socket path limit
-    init_ray(RayConfig(num_cpus=4, object_store_mb=128, temp_dir=ray_dir), work / "run")
-    try:
-        url = ops.start(ops.app_args(str(config), []))
-        expert = serve.get_deployment_handle("ConversationalExpert", recipe.serve.app_name)
-        payload = {"messages": [{"role": "user", "content": TEXT}], "max_tokens": args.max_tokens,
-                   "temperature": 0.0, "top_p": 1.0, "seed": None, "stop": []}
-        session = requests.Session()
-        session.headers["Authorization"] = f"Bearer {key}"
-        body = {"model": "mortgagellm", "max_tokens": args.max_tokens,
-                "messages": [{"role": "user", "content": TEXT}]}
-
-        def routed():
-            response = session.post(f"{url}/v1/chat/completions", json=body, timeout=60)
-            assert response.status_code == 200, response.text
-
-        def direct():
-            expert.complete.remote(payload).result()
-
-        def hop():
-            assert session.get(f"{url}/healthz", timeout=60).status_code == 200
-
-        n = args.requests
-        results = {"direct": timed(direct, n), "routed": timed(routed, n), "hop": timed(hop, n)}
-        print(f"tier-1 routing    {percentiles(routing_times)}   ({len(routing_times)} requests)")
-        print(f"expert, direct    {percentiles(results['direct'])}   (handle -> expert.complete)")
-        print(f"routed over HTTP  {percentiles(results['routed'])}   (proxy -> Router -> expert)")
-        print(f"one Serve hop     {percentiles(results['hop'])}   (GET /healthz: proxy -> Router)")
-        for workers in (1, 4, 8):
-            start = time.perf_counter()
-            with ThreadPoolExecutor(workers) as pool:
-                list(pool.map(lambda _: routed(), range(n)))
-            print(f"concurrency {workers}     {n / (time.perf_counter() - start):7.1f} requests/s")
-        extra = statistics.median(results["routed"]) - statistics.median(results["direct"])
-        ratio = extra / statistics.median(results["hop"])
-        print(f"router overhead (p50 routed - direct) / one hop = {ratio:.2f} "
-              f"(goal <= ~1; {extra * 1e3:.1f} ms extra)")
-    finally:
-        serve.shutdown()
-        ray.shutdown()
-        shutil.rmtree(work, ignore_errors=True)
-        shutil.rmtree(ray_dir, ignore_errors=True)
+        random_model(work / "model", args.hidden, args.layers)
+        model = str(work / "model")
+    experts = {e: replica(e, model, args.batch) for e in ENGINES}
+    print(f"model {model}, max_tokens {max_tokens}, max_batch_size {args.batch}, "
+          f"kv_cache {KV_CACHE}, {args.repeats} repeats, load average {os.getloadavg()[0]:.1f}")
+    runs = asyncio.run(measure(experts, args.repeats, max_tokens))
+    experts["continuous"].engine.close()
+    shutil.rmtree(work, ignore_errors=True)
+    label = model if not model.startswith(str(work)) else \
+        f"random Llama, hidden {args.hidden}, {args.layers} layers"
+    result = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "model": label,
+              "max_tokens": max_tokens, "max_batch_size": args.batch, "kv_cache": KV_CACHE,
+              "repeats": args.repeats, "cpus": os.cpu_count(),
+              "load_average_after": os.getloadavg()[0],
+              "runs": {e: {f"c{c}": r for c, r in by_c.items()} for e, by_c in runs.items()},
+              "summary": summary(runs)}
+    out = Path(args.out or Path(__file__).parent / "results" /
+               f"serve-{datetime.date.today().isoformat()}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    report(result)
+    print(f"written: {out}")
 
 
 if __name__ == "__main__":

@@ -33,6 +33,22 @@ class AutoscalingSettings(Section):
         return self
 
 
+class KvCacheSettings(Section):
+    """The continuous engine's paged KV cache (transformers' ContinuousBatchingConfig), sized
+    here: left to transformers it takes a share of free memory (host RAM on CPU: gigabytes,
+    and tens of seconds of warm-up) when the replica starts."""
+
+    num_blocks: int = Field(
+        256, ge=1, description="Cache blocks of page_size tokens (every layer's keys and "
+        "values): the running requests' prompts and answers together hold at most num_blocks "
+        "x page_size tokens, and one request of the model's whole context must fit. More "
+        "requests wait for blocks to free.")
+    max_batch_tokens: int = Field(
+        512, ge=16, description="Most tokens in one forward pass: a longer prompt is "
+        "prefilled over several steps, beside the running requests' decoding.")
+    page_size: int = Field(32, ge=4, description="Tokens per block.")
+
+
 class ExpertSettings(Section):
     """One expert deployment: its model, resources, scaling, queue limits and batching."""
 
@@ -53,9 +69,20 @@ class ExpertSettings(Section):
     max_queued_requests: int = Field(
         16, ge=-1, description="Requests waiting for a replica before callers get 503 "
         "(-1 = unbounded, which turns overload into a hang: avoid).")
-    max_batch_size: int = Field(4, ge=1, description="Requests decoded together (@serve.batch).")
+    engine: Literal["continuous", "static"] = Field(
+        "continuous", description="continuous: requests join the running batch at its next "
+        "step and leave it when they end (transformers' continuous batching on a paged KV "
+        "cache, serve/batching.py); static: @serve.batch gathers a batch, which decodes until "
+        "its last request ends while new ones wait (engine.Decoder; kept to compare, see "
+        "benchmarks/serve.py).")
+    kv_cache: KvCacheSettings = Field(
+        default_factory=KvCacheSettings, description="The continuous engine's KV cache.")
+    max_batch_size: int = Field(
+        4, ge=1, description="Most requests decoded together: in one forward pass "
+        "(continuous; more wait for a place) or in one @serve.batch (static).")
     batch_wait_timeout_s: float = Field(
-        0.01, ge=0, description="How long a batch waits to fill before decoding starts.")
+        0.01, ge=0, description="static: how long a batch waits to fill before decoding "
+        "starts.")
     health_check_period_s: float = Field(10.0, gt=0, description="Seconds between health checks.")
     health_check_timeout_s: float = Field(
         30.0, gt=0, description="A health check slower than this marks the replica unhealthy. "

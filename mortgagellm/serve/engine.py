@@ -1,7 +1,9 @@
-"""The experts' engine: transformers decoding with a KV cache, several requests per batch, text
-streamed as it is decoded, stop sequences, max_tokens, temperature / top_p / seed. Loading and
-the label scoring the few-shot router tier needs are in modeling.py (evaluation uses them too).
-No Ray here: serve/experts.py wraps it in a deployment.
+"""The experts' engines, and what they share: requests, their text as tokens come (incremental
+detokenization, stop sequences, max_tokens) and per-request seeded sampling (temperature,
+top_p). The static engine (Decoder, a batch decoded until its last row ends) is here; the
+continuous one (transformers' continuous batching) is batching.py. Loading and the label scoring
+the few-shot router tier needs are in modeling.py (evaluation uses them too). No Ray here:
+serve/experts.py wraps an engine in a deployment.
 
 torch and transformers are imported inside functions so `mortgagellm --help` stays instant.
 """
@@ -10,7 +12,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -56,17 +58,61 @@ def visible(text: str, stops: Sequence[str], sent: int = 0) -> tuple[str, bool]:
     return safe.rstrip("\ufffd"), False
 
 
-@dataclass
-class _Row:
-    request: GenRequest
-    generator: Any
-    ids: list[int] = field(default_factory=list)
-    sent: int = 0
-    finish: str | None = None
+class TextStream:
+    """One request's answer as its tokens come: the text they make, cut at a stop sequence or an
+    end-of-turn token, or at max_tokens. Both engines feed it one token at a time.
+
+    Detokenization is incremental (as TGI and vLLM do it): each token decodes a window of the
+    few tokens before it, not the whole answer, so a token costs O(1) tokenizer work and the
+    text equals one decode of all the ids. A multi-byte character split across tokens waits
+    for its last byte (its window decodes to a trailing U+FFFD until then).
+    """
+
+    def __init__(self, tokenizer: Any, request: GenRequest, stop_ids: set[int]):
+        self.tokenizer, self.request, self.stop_ids = tokenizer, request, stop_ids
+        self.ids: list[int] = []
+        self.text = ""  # decoded so far, whole characters only
+        self.sent = 0  # characters of text already sent
+        self.finish: str | None = None
+        self._prefix = self._read = 0  # the decode window: ids[_prefix:_read] made text's tail
+
+    def advance(self, token: int) -> Delta:
+        """Append one token and work out the text it makes visible."""
+        if token in self.stop_ids:  # end of turn: flush what was held back for stop strings
+            self.finish = "stop"
+            return self._delta(self.text, len(self.ids))
+        self.ids.append(token)
+        self.text += self._new_text(final=False)
+        safe, stopped = visible(self.text, self.request.stop, self.sent)
+        if stopped:
+            self.finish = "stop"
+        elif len(self.ids) >= self.request.max_tokens:
+            self.finish = "length"
+            self.text += self._new_text(final=True)
+            safe = self.text
+        return self._delta(safe, len(self.ids))
+
+    def _delta(self, safe: str, tokens: int) -> Delta:
+        delta = Delta(safe[self.sent:], self.finish, tokens)
+        self.sent += len(delta.text)
+        return delta
+
+    def _new_text(self, final: bool) -> str:
+        """Text the ids after the window add; "" while it ends in half a character, unless
+        `final` (max_tokens reached: what there is goes out, as a whole decode would give)."""
+        decode = self.tokenizer.decode
+        before = decode(self.ids[self._prefix:self._read], skip_special_tokens=True)
+        after = decode(self.ids[self._prefix:], skip_special_tokens=True)
+        if len(after) <= len(before) or (after.endswith("\ufffd") and not final):
+            return ""
+        self._prefix, self._read = self._read, len(self.ids)
+        return after[len(before):]
 
 
 class Decoder:
-    """Decodes a batch of requests together, one token per row per `step()`, over a KV cache.
+    """The static engine: decodes a batch of requests together, one token per row per `step()`,
+    over a KV cache, until the last row ends (serve.<expert>.engine: static; the batch is made
+    by @serve.batch in experts.py). Kept to compare with the continuous engine (batching.py).
 
     Prompts are left-padded so every row's next token sits in the last column; rows that have
     finished keep a pad token in the batch (their output is ignored) until all are done.
@@ -79,8 +125,8 @@ class Decoder:
 
         self.model, self.tokenizer = model, tokenizer
         self.stop_ids = set(stop_token_ids(tokenizer))
-        self.rows = [_Row(r, torch.Generator().manual_seed(
-            r.seed if r.seed is not None else random.getrandbits(63))) for r in requests]
+        self.rows = [TextStream(tokenizer, r, self.stop_ids) for r in requests]
+        self.generators = [seeded_generator(r.seed) for r in requests]
         width = max(len(r.prompt_ids) for r in requests)
         pad = tokenizer.pad_token_id
         device = model.device
@@ -112,8 +158,9 @@ class Decoder:
                 deltas.append(None)
                 next_ids.append(self.tokenizer.pad_token_id)
                 continue
-            token = sample(logits[i], row.request.temperature, row.request.top_p, row.generator)
-            deltas.append(self._advance(row, token))
+            token = sample(logits[i], row.request.temperature, row.request.top_p,
+                           self.generators[i])
+            deltas.append(row.advance(token))
             next_ids.append(token)
         device = self.input_ids.device
         self.input_ids = torch.tensor(next_ids, device=device).unsqueeze(1)
@@ -121,22 +168,12 @@ class Decoder:
         self.positions = self.positions[:, -1:] + 1
         return deltas
 
-    def _advance(self, row: _Row, token: int) -> Delta:
-        """Append one token to a row and work out the text it makes visible."""
-        if token in self.stop_ids:  # end of turn: flush what was held back for stop strings
-            row.finish = "stop"
-            text = self.tokenizer.decode(row.ids, skip_special_tokens=True).rstrip("\ufffd")
-            return Delta(text[row.sent:], "stop", len(row.ids))
-        row.ids.append(token)
-        text = self.tokenizer.decode(row.ids, skip_special_tokens=True)
-        safe, stopped = visible(text, row.request.stop, row.sent)
-        if stopped:
-            row.finish = "stop"
-        elif len(row.ids) >= row.request.max_tokens:
-            row.finish, safe = "length", text
-        delta = Delta(safe[row.sent:], row.finish, len(row.ids))
-        row.sent += len(delta.text)
-        return delta
+
+def seeded_generator(seed: int | None) -> Any:
+    """A request's own random numbers: seeded by the request, else at random."""
+    import torch
+
+    return torch.Generator().manual_seed(seed if seed is not None else random.getrandbits(63))
 
 
 def sample(logits: Any, temperature: float, top_p: float, generator: Any) -> int:

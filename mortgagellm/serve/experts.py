@@ -1,5 +1,7 @@
 """The expert deployment: one class, deployed twice by build_app (StructuredExpert and
-ConversationalExpert). It holds a model and calls engine.py; nothing else.
+ConversationalExpert). It holds a model and runs it with one of two engines
+(serve.<expert>.engine): continuous (batching.py, the default) or static (engine.Decoder, batched
+by @serve.batch); nothing else.
 
 The model comes in through `user_config` ({"model": directory, "version": registry hash}), so
 `mortgagellm deploy` / `rollback` swap weights in place through `reconfigure`, replica by replica,
@@ -11,15 +13,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import time
 from collections.abc import AsyncIterator, Mapping
+from contextlib import aclosing
 from typing import Any
 
 from ray import serve
 
 from mortgagellm import modeling, registry, routing
 from mortgagellm.datasets.tasks.format import ROUTES
-from mortgagellm.serve import engine
+from mortgagellm.serve import batching, engine
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +60,11 @@ class Expert:
 
     def __init__(self, role: str, threads: int, max_batch_size: int,
                  batch_wait_timeout_s: float, max_prompt_tokens: int,
-                 health_check_timeout_s: float):
+                 health_check_timeout_s: float, engine_kind: str, kv_cache: Mapping[str, int]):
         self.role, self.threads, self.max_prompt_tokens = role, threads, max_prompt_tokens
         self.model = self.tokenizer = self.version = self.model_dir = None
+        self.engine_kind, self.kv_cache, self.max_batch_size = engine_kind, kv_cache, max_batch_size
+        self.engine: batching.ContinuousEngine | None = None  # engine_kind "continuous"
         self.prior: dict[str, float] | None = None
         # Half of Serve's patience: a stuck check says why in the log while Serve still waits.
         self.probe_timeout_s = health_check_timeout_s / 2
@@ -77,21 +83,35 @@ class Expert:
         # Tier 2's content-free prior (routing.fewshot_probabilities) belongs to the model.
         prior = modeling.label_logprobs(
             model, tokenizer, routing.fewshot_messages(routing.CONTENT_FREE, 16), ROUTES)
+        old = self.engine
+        if self.engine_kind == "continuous":
+            self.engine = batching.ContinuousEngine(model, tokenizer, **self.kv_cache,
+                                                    max_requests=self.max_batch_size)
         self.model, self.tokenizer, self.prior = model, tokenizer, prior
         self.version, self.model_dir = config["version"], config["model"]
+        if old is not None:  # its requests end on the weights they began with, then it stops
+            threading.Thread(target=old.close, name="engine-close", daemon=True).start()
         log.info("%s expert serves version %s from %s", self.role, self.version, self.model_dir)
 
-    async def check_health(self) -> None:
-        """Serve's health check: the replica must have weights, its batch decode must not be
-        stuck in a step, and a one-token greedy decode must finish within probe_timeout_s.
+    def __del__(self) -> None:
+        """Serve's graceful shutdown (its requests drained): the continuous engine's loop
+        stops, or the replica's process would wait for that thread at exit."""
+        if self.engine is not None:
+            self.engine.close(timeout=10)
 
-        The probe decodes one token of a prompt of a few tokens with engine.Decoder.step, the
-        requests' own step, in a thread as _decode runs it, beside any running batch rather
-        than queued behind it in @serve.batch (a busy replica is not a stuck one). Its cost:
+    async def check_health(self) -> None:
+        """Serve's health check: the replica must have weights, its engine must not be stuck
+        in a decode step, and a one-token greedy decode must finish within probe_timeout_s.
+
+        The probe decodes one token of a prompt of a few tokens as the requests are decoded:
+        the continuous engine takes it into its running batch (one more row in a step); the
+        static one runs engine.Decoder.step in a thread, beside any running batch rather than
+        queued behind it in @serve.batch (a busy replica is not a stuck one). Its cost: about
         one forward pass over those few tokens per health_check_period_s (10 s by default).
         A broken model or device fails the probe; a stuck one keeps it waiting. The running
-        batch's step is timed too, so a decode thread stuck mid-batch fails the check even
-        when a fresh probe would pass.
+        requests are timed too, so a decode stuck mid-step fails the check at once: the
+        static engine's step, or the continuous engine's loop giving no token while requests
+        wait for one; and a continuous loop that died fails it with its error.
 
         Async on purpose: Ray 2.60 runs a sync check_health in its thread pool, where a stuck
         one would hold a pool thread until Serve gave up on it; here the wait is bounded and
@@ -99,10 +119,8 @@ class Expert:
         """
         if self.model is None:
             raise RuntimeError(f"{self.role} expert has no model loaded")
-        if self._step_started is not None and \
-                (running := time.monotonic() - self._step_started) > self.probe_timeout_s:
-            raise RuntimeError(f"{self.role} expert: a decode step has run for {running:.1f} s "
-                               f"(limit {self.probe_timeout_s:g} s); the decode is stuck")
+        if stuck := self.stuck():
+            raise RuntimeError(f"{self.role} expert: {stuck}; the decode is stuck")
         if self._probe is None or self._probe.done():
             self._probe = asyncio.ensure_future(asyncio.to_thread(self.decode_one_token))
         try:
@@ -111,10 +129,28 @@ class Expert:
             raise RuntimeError(f"{self.role} expert: a one-token decode did not finish within "
                                f"{self.probe_timeout_s:g} s; the decode is stuck") from None
 
+    def stuck(self) -> str | None:
+        """Why the running decode is stuck (a step longer than probe_timeout_s, a dead
+        loop), else None."""
+        limit = self.probe_timeout_s
+        if self.engine is not None:
+            if error := self.engine.error():
+                return f"the decode loop stopped ({error})"
+            if (stalled := self.engine.stalled_s()) > limit:
+                return (f"the decode loop has given no token for {stalled:.1f} s with "
+                        f"{self.engine.in_flight()} requests in flight (limit {limit:g} s)")
+        elif self._step_started is not None and \
+                (running := time.monotonic() - self._step_started) > limit:
+            return f"a decode step has run for {running:.1f} s (limit {limit:g} s)"
+        return None
+
     def decode_one_token(self) -> None:
-        """Decode one greedy token of a tiny completion prompt, as a batch of one."""
-        ids = engine.completion_ids(self.tokenizer, "OK.")
-        engine.Decoder(self.model, self.tokenizer, [engine.GenRequest(tuple(ids), 1)]).step()
+        """Decode one greedy token of a tiny completion prompt with the requests' engine."""
+        request = engine.GenRequest(tuple(engine.completion_ids(self.tokenizer, "OK.")), 1)
+        if self.engine is not None:
+            self.engine.complete(request)
+        else:
+            engine.Decoder(self.model, self.tokenizer, [request]).step()
 
     def info(self) -> dict[str, Any]:
         """Role, model version and directory, context length, and the replica's process id
@@ -149,9 +185,13 @@ class Expert:
         yield {"prompt_tokens": len(ids), "version": self.version}
         job = engine.GenRequest(tuple(ids), request["max_tokens"], request["temperature"],
                                 request["top_p"], request["seed"], tuple(request["stop"]))
-        async for delta in self._decode(job):
-            yield {"text": delta.text, "finish_reason": delta.finish_reason,
-                   "completion_tokens": delta.completion_tokens}
+        # aclosing: a caller that stops early (cancelled, client gone) cancels the request in
+        # the continuous engine now, not when the generator is garbage-collected.
+        deltas = self.engine.stream(job) if self.engine is not None else self._decode(job)
+        async with aclosing(deltas):
+            async for delta in deltas:
+                yield {"text": delta.text, "finish_reason": delta.finish_reason,
+                       "completion_tokens": delta.completion_tokens}
 
     def prompt_ids(self, request: Mapping[str, Any]) -> list[int]:
         """Token ids of a chat (`messages`) or completion (`prompt`) request."""
@@ -166,7 +206,8 @@ class Expert:
 
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.01)
     async def _decode(self, jobs: list[engine.GenRequest]) -> AsyncIterator[list]:
-        """Dynamic batching: requests that arrive together are decoded as one batch.
+        """The static engine's batching: requests that arrive together are decoded as one
+        batch, until its last request ends.
 
         Each step runs in a thread so the replica keeps accepting requests and health checks;
         a finished row gets StopIteration, which ends that caller's stream (Serve's protocol).

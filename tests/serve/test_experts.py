@@ -1,7 +1,7 @@
-"""experts.py without Ray (the deployment's class, called directly): a request whose seed
-cannot seed the sampler fails alone instead of failing its whole @serve.batch, prompts are
-tokenized off the replica's event loop, and the health check decodes a token: a stuck or broken
-decode fails it."""
+"""experts.py without Ray (the deployment's class, called directly), with each engine: a request
+whose seed cannot seed the sampler fails alone, prompts are tokenized off the replica's event
+loop, streamed items keep their shape, a cancelled call leaves the continuous engine's batch, and
+the health check decodes a token: a stuck or broken decode fails it."""
 
 import asyncio
 import threading
@@ -12,18 +12,23 @@ from mortgagellm.serve import engine
 from mortgagellm.serve.experts import Expert, seed_error
 from mortgagellm.manifest import sha256_path as VERSION  # the registry checks a version is the hash
 
+KV_CACHE = {"num_blocks": 64, "max_batch_tokens": 256, "page_size": 32}
 
-@pytest.fixture
-def expert(micro_model, monkeypatch):
-    """A replica object, its model loaded as reconfigure does."""
+
+@pytest.fixture(params=["continuous", "static"])
+def expert(request, micro_model, monkeypatch):
+    """A replica object of either engine, its model loaded as reconfigure does."""
     from ray.serve import batching
 
     # Outside a replica there is no deployment config to compare max_batch_size with.
     monkeypatch.setattr(batching._BatchQueue,
                         "_warn_if_max_batch_size_exceeds_max_ongoing_requests", lambda self: None)
-    replica = Expert.func_or_class("conversational", 1, 4, 0.05, 200, 30.0)
+    replica = Expert.func_or_class("conversational", 1, 4, 0.05, 200, 30.0, request.param,
+                                   KV_CACHE)
     replica.reconfigure({"model": str(micro_model), "version": VERSION(micro_model)})
     yield replica
+    if replica.engine is not None:
+        replica.engine.close(timeout=60)
     # The batch queue built by this test's loop lives in the decorator's closure, shared by
     # the class: drop it, or the deployment no longer pickles for the integration tests.
     for cell in Expert.func_or_class._decode.__closure__ or ():
@@ -61,47 +66,95 @@ def test_one_bad_seed_fails_alone_in_a_batch_and_prompts_tokenize_off_the_loop(
     assert bad == [{"error": bad[0]["error"], "code": "invalid_value"}]
     for items in (good, other):
         assert items[0] == {"prompt_tokens": items[0]["prompt_tokens"], "version": expert.version}
-        assert items[-1]["completion_tokens"] == 4 and items[-1]["finish_reason"] == "length"
+        assert [set(i) for i in items[1:]] == [{"text", "finish_reason", "completion_tokens"}] * 4
+        assert [i["completion_tokens"] for i in items[1:]] == [1, 2, 3, 4]
+        assert items[-1]["finish_reason"] == "length"
+        assert [i["finish_reason"] for i in items[1:-1]] == [None] * 3
     assert len(threads) == 3 and threading.main_thread() not in threads
 
 
-def patch_step(monkeypatch, around):
-    """Route every Decoder.step through `around(decoder, real_step)`."""
-    real = engine.Decoder.step
-    monkeypatch.setattr(engine.Decoder, "step", lambda decoder: around(decoder, real))
+@pytest.mark.parametrize("expert", ["continuous"], indirect=True)  # static: decodes to its end
+def test_a_cancelled_call_leaves_the_batch(expert):
+    """Serve cancels the replica's task when the router gives up on a call (timeout, deadline,
+    client gone): the continuous engine drops the request, its slot and pages, at once."""
+
+    async def cancel_after_first_token():
+        started = asyncio.Event()
+
+        async def call():
+            async for item in expert.generate(request(max_tokens=200, temperature=0.0)):
+                if "text" in item:
+                    started.set()
+
+        task = asyncio.create_task(call())
+        await asyncio.wait_for(started.wait(), 60)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return expert.engine.in_flight()
+
+    assert asyncio.run(cancel_after_first_token()) == 0
+    scheduler = expert.engine.manager.batch_processor.scheduler
+    for _ in range(500):  # the manager drops it before its next step
+        if not scheduler.active_requests and not scheduler.waiting_requests:
+            break
+        threading.Event().wait(0.02)
+    assert not scheduler.active_requests and not scheduler.waiting_requests
+
+
+def patch_forward(expert, monkeypatch, around):
+    """Route every forward pass of the expert's model through `around(input_ids, real)`."""
+    real = expert.model.forward
+    monkeypatch.setattr(expert.model, "forward",
+                        lambda *a, **kw: around(kw["input_ids"], lambda: real(*a, **kw)))
 
 
 def test_the_health_check_decodes_one_greedy_token(expert, monkeypatch):
-    batches = []
-    patch_step(monkeypatch, lambda d, real: batches.append(
-        [(r.request.max_tokens, r.request.temperature) for r in d.rows]) or real(d))
+    """One request of one token at temperature 0, through the engine the requests use."""
+    probes = []
+    if expert.engine is not None:
+        real = expert.engine.submit
+        monkeypatch.setattr(expert.engine, "submit", lambda r, *a: probes.append(
+            [(r.max_tokens, r.temperature)]) or real(r, *a))
+    else:
+        real = engine.Decoder.step
+        monkeypatch.setattr(engine.Decoder, "step", lambda d: probes.append(
+            [(r.request.max_tokens, r.request.temperature) for r in d.rows]) or real(d))
     assert expert.probe_timeout_s == 15  # half of Serve's health_check_timeout_s
     asyncio.run(expert.check_health())
-    assert batches == [[(1, 0.0)]]
+    assert probes == [[(1, 0.0)]]
 
 
 def test_a_decode_that_raises_fails_the_health_check(expert, monkeypatch):
-    def broken(decoder, real):
+    def broken(input_ids, real):
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
-    patch_step(monkeypatch, broken)
+    patch_forward(expert, monkeypatch, broken)
     with pytest.raises(RuntimeError, match="illegal memory access"):
         asyncio.run(expert.check_health())
+    if expert.engine is not None:  # its loop died of it: the next check says so at once
+        with pytest.raises(RuntimeError, match="decode loop stopped .*illegal memory access"):
+            asyncio.run(expert.check_health())
 
 
 @pytest.mark.timeout(120)
 def test_a_stuck_decode_fails_the_health_check_without_a_second_probe(expert, monkeypatch):
-    """The probe's step never returns: each check fails at probe_timeout_s instead of waiting,
-    and the second one waits on the same stuck probe rather than starting another."""
+    """The probe's forward pass never returns: each check fails at probe_timeout_s (or at
+    once, when the continuous loop has given no token for longer) instead of waiting, and the
+    second one waits on the same stuck probe rather than starting another."""
     release, probes = threading.Event(), []
-    patch_step(monkeypatch, lambda d, real: probes.append(d) or release.wait(60))
+    patch_forward(expert, monkeypatch, lambda ids, real: release.wait(60) and real())
+    real_probe = expert.decode_one_token
+    monkeypatch.setattr(expert, "decode_one_token", lambda: probes.append(1) or real_probe())
     expert.probe_timeout_s = 0.2  # half of Serve's health_check_timeout_s in a replica
 
     async def two_checks():
         try:
-            for _ in range(2):
-                with pytest.raises(RuntimeError, match="decode did not finish within 0.2 s"):
-                    await expert.check_health()
+            with pytest.raises(RuntimeError, match="decode did not finish within 0.2 s"):
+                await expert.check_health()
+            await asyncio.sleep(0.1)
+            with pytest.raises(RuntimeError, match="the decode is stuck"):
+                await expert.check_health()
         finally:
             release.set()
 
@@ -111,17 +164,18 @@ def test_a_stuck_decode_fails_the_health_check_without_a_second_probe(expert, mo
 
 @pytest.mark.timeout(120)
 def test_a_batch_stuck_in_a_decode_step_fails_the_health_check(expert, monkeypatch):
-    """A request's batch hangs in a step while a fresh probe still decodes: unhealthy all the
-    same. Once the step returns, the request is answered and the replica is healthy again."""
+    """A request's forward pass hangs: unhealthy at once, whether a fresh probe would still
+    decode (static) or not (continuous: one loop). Once it returns, the request is answered
+    and the replica is healthy again."""
     entered, release = threading.Event(), threading.Event()
 
-    def step(decoder, real):
-        if decoder.rows[0].request.max_tokens != 1:  # the request's batch, not the probe
+    def forward(input_ids, real):
+        if input_ids.shape[-1] > 8 and not entered.is_set():  # the request's prompt
             entered.set()
             release.wait(60)
-        return real(decoder)
+        return real()
 
-    patch_step(monkeypatch, step)
+    patch_forward(expert, monkeypatch, forward)
     expert.probe_timeout_s = 0.2
 
     async def stuck_then_released():
@@ -129,7 +183,7 @@ def test_a_batch_stuck_in_a_decode_step_fails_the_health_check(expert, monkeypat
         try:
             assert await asyncio.to_thread(entered.wait, 60)
             await asyncio.sleep(0.3)  # the step has now run longer than probe_timeout_s
-            with pytest.raises(RuntimeError, match="a decode step has run for"):
+            with pytest.raises(RuntimeError, match="a decode step has run for|given no token"):
                 await expert.check_health()
         finally:
             release.set()

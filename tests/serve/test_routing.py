@@ -56,7 +56,8 @@ def test_tier1_confidence_is_calibrated(routing_sets, tier1):
 
 def test_tier1_is_fast(routing_sets, tier1):
     """p99 <= 2 ms per request, measured as the thread's CPU time: other engineers' jobs share
-    these 2 cores, so wall time here measures them too (benchmarks/serve.py reports wall time)."""
+    these 2 cores, so wall time here measures them too (benchmarks/serve_routing.py reports
+    wall time)."""
     requests = [r["request"] for r in routing_sets["eval"]]
     costs = []
     for text in requests:

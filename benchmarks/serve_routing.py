@@ -1,0 +1,164 @@
+"""Serving latency: the routed HTTP path (proxy -> Router -> expert) against a direct handle call
+to the same expert, with one plain Serve hop (GET /healthz: proxy -> Router) as the yardstick;
+tier-1 routing latency; requests/s at a few concurrencies. Prints the ratio last:
+(routed - direct) / one hop, goal <= ~1 (the router adds at most one Serve hop).
+
+Run: DS_ACCELERATOR=cpu .venv/bin/python benchmarks/serve_routing.py [--model HF_DIR]
+                                                                     [--requests 100]
+
+Without --model a random 2-layer Llama with a trained tokenizer is built (seconds), so the expert
+itself is cheap and the hops dominate. Starts its own Ray on 127.0.0.1 and stops only it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import statistics
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # every Ray listener on 127.0.0.1
+
+TEXT = "Can you explain escrow in plain English?"
+
+
+def random_model(path: Path, hidden: int = 32, layers: int = 2) -> None:
+    """A random Llama-3-style chat model (as tests/serve/conftest.py builds), 2 layers of 32
+    unless asked otherwise."""
+    from mortgagellm.datasets.general import general_documents
+    from mortgagellm.modeling import EOT, build_llama, stop_token_ids, train_tokenizer
+
+    tokenizer = train_tokenizer(general_documents(0, 300, 0.1), 512)
+    model = build_llama({"hidden_size": hidden, "intermediate_size": 2 * hidden,
+                         "num_layers": layers, "num_heads": max(2, hidden // 64),
+                         "max_position_embeddings": 256}, tokenizer, 0)
+    model.config.eos_token_id = tokenizer.convert_tokens_to_ids(EOT)
+    model.generation_config.eos_token_id = stop_token_ids(tokenizer)
+    model.save_pretrained(path)
+    tokenizer.eos_token = EOT
+    tokenizer.save_pretrained(path)
+
+
+def percentiles(samples: list[float]) -> str:
+    """'p50 x ms  p99 y ms' of seconds."""
+    ordered = sorted(samples)
+    p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+    return f"p50 {statistics.median(ordered) * 1e3:7.2f} ms  p99 {p99 * 1e3:7.2f} ms"
+
+
+def timed(call, n: int) -> list[float]:
+    """Wall seconds of n sequential calls (after 3 warm-up calls)."""
+    for _ in range(3):
+        call()
+    out = []
+    for _ in range(n):
+        start = time.perf_counter()
+        call()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def tier1_latency(recipe) -> list[float]:
+    """Wall seconds of tier-1 route() on every held-out routing request."""
+    from mortgagellm import routing
+    from mortgagellm.datasets.tasks import build_task_sets
+
+    sets = build_task_sets(recipe.corpus.tasks, recipe.run.seed)
+    train = sets["routing_train"]
+    tier1 = routing.train_tier1([r["request"] for r in train], [r["route"] for r in train],
+                                recipe.serve.router.clip_chars, seed=recipe.run.seed)
+    requests_ = [r["request"] for r in sets["eval_routing"]]
+    out = []
+    for text in requests_:
+        start = time.perf_counter()
+        routing.route(text, "mortgagellm", "tier1", tier1, 0.9)
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="HF model directory for both experts")
+    parser.add_argument("--requests", type=int, default=100, help="requests per measurement")
+    parser.add_argument("--max-tokens", type=int, default=4)
+    parser.add_argument("--no-audit", action="store_true", help="router without the audit log")
+    args = parser.parse_args()
+
+    import ray
+    import requests
+    from ray import serve
+
+    from mortgagellm.cluster.runtime import init_ray
+    from mortgagellm.config import RayConfig, load_recipe
+    from mortgagellm.serve import door, ops
+
+    work = Path(tempfile.mkdtemp(prefix="mllm-bench-serve-"))
+    model = args.model or str(work / "model")
+    if not args.model:
+        random_model(Path(model))
+    key, line = door.new_key("bench")
+    (work / "keys").write_text(line + "\n")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = work / "recipe.yaml"
+    config.write_text(
+        f"run: {{output_dir: {work / 'run'}}}\nserve:\n  port: {port}\n"
+        f"  auth: {{keys_file: {work / 'keys'}}}\n  router: {{mode: tier1, num_cpus: 0.1}}\n"
+        f"  audit: {{enabled: {str(not args.no_audit).lower()}}}\n"
+        f"  structured: {{model: {model}, num_cpus: 0.5}}\n"
+        f"  conversational: {{model: {model}, num_cpus: 0.5, max_ongoing_requests: 16, "
+        f"max_queued_requests: 64}}\n")
+    recipe = load_recipe(config)
+    routing_times = tier1_latency(recipe)
+    ray_dir = tempfile.mkdtemp(prefix="mllm-bs-", dir="/tmp")  # short: socket path limit
+    init_ray(RayConfig(num_cpus=4, object_store_mb=128, temp_dir=ray_dir), work / "run")
+    try:
+        url = ops.start(ops.app_args(str(config), []))
+        expert = serve.get_deployment_handle("ConversationalExpert", recipe.serve.app_name)
+        payload = {"messages": [{"role": "user", "content": TEXT}], "max_tokens": args.max_tokens,
+                   "temperature": 0.0, "top_p": 1.0, "seed": None, "stop": []}
+        session = requests.Session()
+        session.headers["Authorization"] = f"Bearer {key}"
+        body = {"model": "mortgagellm", "max_tokens": args.max_tokens,
+                "messages": [{"role": "user", "content": TEXT}]}
+
+        def routed():
+            response = session.post(f"{url}/v1/chat/completions", json=body, timeout=60)
+            assert response.status_code == 200, response.text
+
+        def direct():
+            expert.complete.remote(payload).result()
+
+        def hop():
+            assert session.get(f"{url}/healthz", timeout=60).status_code == 200
+
+        n = args.requests
+        results = {"direct": timed(direct, n), "routed": timed(routed, n), "hop": timed(hop, n)}
+        print(f"tier-1 routing    {percentiles(routing_times)}   ({len(routing_times)} requests)")
+        print(f"expert, direct    {percentiles(results['direct'])}   (handle -> expert.complete)")
+        print(f"routed over HTTP  {percentiles(results['routed'])}   (proxy -> Router -> expert)")
+        print(f"one Serve hop     {percentiles(results['hop'])}   (GET /healthz: proxy -> Router)")
+        for workers in (1, 4, 8):
+            start = time.perf_counter()
+            with ThreadPoolExecutor(workers) as pool:
+                list(pool.map(lambda _: routed(), range(n)))
+            print(f"concurrency {workers}     {n / (time.perf_counter() - start):7.1f} requests/s")
+        extra = statistics.median(results["routed"]) - statistics.median(results["direct"])
+        ratio = extra / statistics.median(results["hop"])
+        print(f"router overhead (p50 routed - direct) / one hop = {ratio:.2f} "
+              f"(goal <= ~1; {extra * 1e3:.1f} ms extra)")
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(ray_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
