@@ -161,8 +161,7 @@ def submit(config: str | Path, recipe: Recipe, overrides: list[str], *, address:
     job = job_spec(config, recipe, overrides, stages, force)
     try:
         client = JobSubmissionClient(address, headers=auth_headers(recipe.ray.auth))
-        job_id = client.submit_job(entrypoint=job.entrypoint, runtime_env=job.runtime_env,
-                                   metadata=job.metadata, submission_id=job.submission_id)
+        job_id = send(client, job)
     except (RayError, RuntimeError, OSError) as err:
         print(f"mortgagellm: {address} refused the job: {err}", file=sys.stderr)
         return 1
@@ -173,6 +172,27 @@ def submit(config: str | Path, recipe: Recipe, overrides: list[str], *, address:
         return 0
     tail = asyncio.run(_follow(client, job_id))
     return report(client, job_id, tail)
+
+
+AGENT_NOT_READY = "No available agent to submit job"
+"""What a head whose job agent has not registered yet answers (a cluster just started, or one
+too busy to answer within Ray's wait); Ray's own message says to try again later."""
+
+
+def send(client: Any, job: JobSpec, attempts: int = 6, wait_s: float = 10.0) -> str:
+    """Submit the job; while the head has no job agent yet, wait and try again (the same
+    submission id, so the job is never queued twice). Any other refusal is raised at once."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return client.submit_job(entrypoint=job.entrypoint, runtime_env=job.runtime_env,
+                                     metadata=job.metadata, submission_id=job.submission_id)
+        except RuntimeError as err:
+            if AGENT_NOT_READY not in str(err) or attempt == attempts:
+                raise
+            print(f"mortgagellm: the head has no job agent yet; retrying in {wait_s:.0f} s "
+                  f"({attempt}/{attempts - 1})", file=sys.stderr, flush=True)
+            time.sleep(wait_s)
+    raise AssertionError("unreachable")
 
 
 async def _follow(client: Any, job_id: str) -> list[str]:

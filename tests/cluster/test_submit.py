@@ -94,6 +94,37 @@ def test_token_comes_from_the_variables_ray_reads(tmp_path, monkeypatch):
     assert submit.auth_headers("disabled") == {}
 
 
+class Head:
+    """A JobSubmissionClient whose head answers `refusals` in turn, then takes the job."""
+
+    def __init__(self, *refusals):
+        self.refusals, self.calls = list(refusals), []
+
+    def submit_job(self, **job):
+        self.calls.append(job["submission_id"])
+        if self.refusals:
+            raise self.refusals.pop(0)
+        return job["submission_id"]
+
+
+def test_a_head_without_its_job_agent_yet_is_asked_again_with_the_same_id(tmp_path, capsys):
+    path = tiny_recipe(tmp_path)
+    job = submit.job_spec(path, load_recipe(path, TINY), TINY)
+    busy = RuntimeError("Request failed with status code 500: No available agent to submit "
+                        "job, please try again later..")
+    head = Head(busy, busy)
+    assert submit.send(head, job, wait_s=0) == job.submission_id
+    assert head.calls == [job.submission_id] * 3
+    assert capsys.readouterr().err.count("no job agent yet") == 2
+    # any other refusal at once, and the agent's only `attempts` times
+    with pytest.raises(RuntimeError, match="Missing authentication token"):
+        submit.send(Head(RuntimeError("Missing authentication token")), job, wait_s=0)
+    never = Head(*[busy] * 5)
+    with pytest.raises(RuntimeError, match="No available agent"):
+        submit.send(never, job, attempts=3, wait_s=0)
+    assert len(never.calls) == 3
+
+
 def test_failure_line_is_the_last_error_of_the_log():
     log = ["INFO bootstrap: checking", "Traceback (most recent call last):", '  File "x.py"',
            "FileNotFoundError: /nope/config.json: missing", "(exit 1)"]
