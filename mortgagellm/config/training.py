@@ -209,6 +209,26 @@ class OnPolicySettings(Section):
     )
 
 
+class ChosenSftSettings(Section):
+    """SFT on the chosen answers before DPO (FinDAP's CPT -> SFT -> preference order): the
+    conversational expert first learns the answers' content, then DPO, started from and
+    referenced to the SFT model, learns to prefer them over the flawed ones."""
+
+    epochs: int = Field(
+        0, ge=0, description="Passes over the training pairs' chosen answers (prompt-masked LM "
+        "loss) before DPO; 0 = DPO only, the paper's recipe."
+    )
+    method: Literal["full", "lora"] = Field(
+        "full", description="Full fine-tuning or LoRA (dpo.lora's shape, merged before DPO)."
+    )
+    lr: float = Field(1.0e-3, gt=0, description="Peak LR of the SFT phase (same schedule shape).")
+    replay_instructions: int = Field(
+        0, ge=0, description="General format instructions (the training split of "
+        "datasets/instructions.py) mixed into the SFT phase, so the expert that also answers "
+        "general requests keeps the merged model's instruction fidelity."
+    )
+
+
 class DpoConfig(ExpertTrainingSection):
     """Conversational expert: DPO of the merged model on the preference pairs
     (datasets/tasks/dpo.py), against a frozen reference (a copy of the start model, or the
@@ -231,9 +251,14 @@ class DpoConfig(ExpertTrainingSection):
         "most the start model's max_position_embeddings. Documents in prompts are cut to fit "
         "(counted in the manifest); a pair whose answers alone do not fit is rejected as too_long."
     )
+    sft: ChosenSftSettings = Field(
+        default_factory=ChosenSftSettings, description="Optional SFT phase on the chosen answers "
+        "before DPO (off by default: epochs 0)."
+    )
     onpolicy: OnPolicySettings = Field(
-        default_factory=OnPolicySettings, description="On-policy pairs sampled from the start "
-        "model and ranked by a programmatic reward (off by default)."
+        default_factory=OnPolicySettings, description="On-policy pairs sampled from the model DPO "
+        "starts from (the SFT model when dpo.sft.epochs > 0) and ranked by a programmatic reward "
+        "(off by default)."
     )
     eval_pairs: int = Field(
         100, ge=1, description="Held-out QA pairs (eval_qa) for the manifest: reward margin and "

@@ -26,6 +26,7 @@ from typing import Any
 
 from mortgagellm import manifest, training
 from mortgagellm.config import Recipe
+from mortgagellm.datasets.instructions import instructions
 from mortgagellm.datasets.tasks import parse_answer, read_task_set, score
 from mortgagellm.datasets.tasks.format import NUMERIC_MODES
 from mortgagellm.evaluation.generate import measure_once
@@ -36,6 +37,7 @@ from mortgagellm.training.chat import encode, fit_prompt, render
 from mortgagellm.training.export import export_model, load_model
 from mortgagellm.training.inputs import start_models, task_dir, task_source
 from mortgagellm.training.loop import Objective
+from mortgagellm.training.objectives import SFT, completion_row
 from mortgagellm.training.worker import (
     WorkerConfig,
     check_setup,
@@ -115,6 +117,27 @@ def dpo_rows(pairs: list[dict], tokenizer: Any, max_len: int) -> tuple[list[dict
         rows.append({"prompt_ids": fitted[1], "chosen_ids": chosen, "rejected_ids": other})
     return rows, {"kept": len(rows), "rejected": dict(sorted(rejected.items())),
                   "documents_cut": cut}
+
+
+def chosen_rows(pairs: list[dict], replay: list[Any], tokenizer: Any, max_len: int
+                ) -> tuple[list[dict], dict]:
+    """SFT rows {input_ids, prompt_len} of the good pairs' chosen answers and of the replayed
+    format instructions, and the counts (the same rejection reasons as ``dpo_rows``)."""
+    rows, rejected, cut = [], Counter(), 0
+    examples = [(pair_problem(p), p.get("prompt"), p.get("document"), p.get("chosen"))
+                for p in pairs]
+    examples += [(None, i.prompt, "", i.answer) for i in replay]
+    for problem, prompt, document, answer in examples:
+        row = None if problem else completion_row(tokenizer, prompt, document, answer, max_len)
+        if problem is None and row is None:
+            problem = "too_long"
+        if problem:
+            rejected[problem] += 1
+            continue
+        cut += row[1]
+        rows.append(row[0])
+    return rows, {"kept": len(rows), "replay_instructions": len(replay),
+                  "rejected": dict(sorted(rejected.items())), "documents_cut": cut}
 
 
 def dpo_batch(rows: list[dict], device: Any) -> dict[str, Any]:
@@ -303,6 +326,36 @@ def training_pairs(recipe: Recipe, cfg: Any, start: Path, tasks: Path
     return pairs + new, counts
 
 
+def sft_phase(recipe: Recipe, cfg: Any, start: Path, pairs: list[dict], tokenizer: Any,
+              out: Path, on_ray: bool, fingerprint: str) -> tuple[Path, dict]:
+    """dpo.sft: fine-tune the start model on the chosen answers (plus replayed format
+    instructions), export it merged to <out>/sft_model; returns it and what the phase did."""
+    settings = cfg.sft
+    replay = list(instructions("train", recipe.run.seed, settings.replay_instructions)
+                  ) if settings.replay_instructions else []
+    rows, counts = chosen_rows(pairs, replay, tokenizer, cfg.max_seq_len)
+    phase = cfg.model_copy(update={
+        "method": settings.method, "epochs": settings.epochs,
+        "deepspeed": cfg.deepspeed.model_copy(update={"lr": settings.lr})})
+    order = epoch_order(len(rows), settings.epochs, global_batch(phase), recipe.run.seed)
+    steps = len(order) // global_batch(phase)
+    check_setup(recipe, phase, start, steps, "dpo.sft")
+    log.info("dpo.sft: %d chosen answers and %d instructions, %d steps", len(rows) - len(replay),
+             len(replay), steps)
+    work = out / "sft_phase"
+    rows_file = write_rows(rows, order, work / "data" / "train.parquet")
+    worker = worker_config(recipe, phase, start, [str(rows_file.absolute())], work,
+                           seq_len=cfg.max_seq_len, max_steps=steps,
+                           warmup_steps=round(cfg.warmup_ratio * steps))
+    history, checkpoint, _ = training.run(SFT, worker, recipe, phase, work, on_ray, fingerprint,
+                                          name="chosen-sft")
+    shutil.rmtree(out / "sft_model", ignore_errors=True)
+    model_dir = export_model(checkpoint, start, out / "sft_model", phase.method,
+                             cfg.lora.model_dump(), cfg.deepspeed.zero_stage, merge=True)
+    return model_dir, counts | {"steps": steps, "epochs": settings.epochs,
+                                "train": history[-1]}
+
+
 def run(recipe: Recipe, force: bool = False, *, on_ray: bool = True,
         fail_at_step: int | None = None) -> manifest.Manifest:
     """Train the start model on the preference pairs, export it, measure it against the start
@@ -321,6 +374,12 @@ def run(recipe: Recipe, force: bool = False, *, on_ray: bool = True,
     start = Path(models["start"]["uri"])
     tasks = task_dir(recipe, cfg.task_source, out)
     tokenizer = AutoTokenizer.from_pretrained(start)
+    sft = None
+    if cfg.sft.epochs:
+        sft_model, sft = sft_phase(recipe, cfg, start, read_task_set(tasks / "dpo_train.parquet"),
+                                   tokenizer, out, on_ray, pending.fingerprint)
+        models["sft"] = manifest.artifact(sft_model)
+        start = sft_model
     pairs, sampled = training_pairs(recipe, cfg, start, tasks)
     rows, counts = dpo_rows(pairs, tokenizer, cfg.max_seq_len)
     eval_rows, eval_counts, questions = heldout_pairs(
@@ -343,7 +402,8 @@ def run(recipe: Recipe, force: bool = False, *, on_ray: bool = True,
                              cfg.deepspeed.zero_stage, merge=cfg.export == "merged")
     measured = conversational_metrics(models | {"expert": manifest.artifact(model_dir)},
                                       eval_rows, questions, cfg)
-    metrics = {"records": counts | {"steps": steps, "epochs": cfg.epochs}, "onpolicy": sampled,
+    metrics = {"records": counts | {"steps": steps, "epochs": cfg.epochs}, "sft": sft,
+               "onpolicy": sampled,
                "heldout_pairs": eval_counts, "train": history[-1], "history": history,
                "heldout": measured, "export": cfg.export, "placement": placement}
     return manifest.finish(pending, {"model": manifest.artifact(model_dir)}, metrics)

@@ -30,10 +30,10 @@ from mortgagellm.evaluation.generate import measure_once
 from mortgagellm.evaluation.sets import subset
 from mortgagellm.manifest import stage_dir
 from mortgagellm.modeling import set_threads
-from mortgagellm.training.chat import encode, fit_prompt, render
+from mortgagellm.training.chat import fit_prompt
 from mortgagellm.training.export import export_model, load_model
 from mortgagellm.training.inputs import start_models, task_dir, task_source
-from mortgagellm.training.loop import Objective, lm_loss
+from mortgagellm.training.objectives import SFT, completion_row
 from mortgagellm.training.worker import (
     check_setup,
     epoch_order,
@@ -73,38 +73,17 @@ def sft_rows(records: list[dict], tokenizer: Any, max_len: int) -> tuple[list[di
     rows, rejected, cut = [], Counter(), Counter()
     for record in records:
         problem = sft_problem(record)
-        if problem is None:
-            answer = render(tokenizer, "", completion=record["answer"])["completion"]
-            answer_ids = encode(tokenizer, answer)
-            fitted = fit_prompt(tokenizer, record["prompt"], record["document"],
-                                max_len - len(answer_ids))
-            problem = None if fitted else "too_long"
+        row = None if problem else completion_row(tokenizer, record["prompt"],
+                                                  record["document"], record["answer"], max_len)
+        if problem is None and row is None:
+            problem = "too_long"
         if problem:
             rejected[problem] += 1
             continue
-        cut[record["task"]] += fitted[2]
-        rows.append({"input_ids": fitted[1] + answer_ids, "prompt_len": len(fitted[1])})
+        cut[record["task"]] += row[1]
+        rows.append(row[0])
     return rows, {"kept": len(rows), "rejected": dict(sorted(rejected.items())),
                   "documents_cut": dict(sorted(cut.items()))}
-
-
-def sft_batch(rows: list[dict], device: Any) -> dict[str, Any]:
-    """Right-padded inputs; labels are -100 on the prompt and padding, so only the answer
-    tokens (through <|eot_id|>) carry loss."""
-    import torch
-    from trl.trainer.utils import pad
-
-    ids = [torch.tensor(r["input_ids"], dtype=torch.long) for r in rows]
-    labels = [t.clone() for t in ids]
-    for label, row in zip(labels, rows):
-        label[:row["prompt_len"]] = -100
-    batch = {"input_ids": pad(ids, 0), "attention_mask": pad([torch.ones_like(t) for t in ids], 0),
-             "labels": pad(labels, -100)}
-    return {k: v.to(device) for k, v in batch.items()} | {"use_cache": False}
-
-
-SFT = Objective("sft", sft_batch, lm_loss)
-"""Prompt-masked causal LM loss on chat-templated records."""
 
 
 # ---- held-out measurement ------------------------------------------------------------------------

@@ -80,6 +80,19 @@ def test_bad_pairs_are_rejected_with_counts_and_not_trained_on(tokenizer):
     assert tokenizer.decode(rows[0]["rejected_ids"]) == "The APR is 6.500%.<|eot_id|>"
 
 
+def test_chosen_rows_train_on_the_chosen_answer_and_the_replayed_instructions(tokenizer):
+    from mortgagellm.datasets.instructions import Instruction
+
+    replay = [Instruction("one_word", "In one word: what color is a lime?", "Green.")]
+    pairs = [pair(), pair(chosen=None), pair(chosen="x " * 300)]
+    rows, counts = dpo.chosen_rows(pairs, replay, tokenizer, 128)
+    assert counts == {"kept": 2, "replay_instructions": 1, "documents_cut": 0,
+                      "rejected": {"missing_field": 1, "too_long": 1}}
+    answers = [tokenizer.decode(r["input_ids"][r["prompt_len"]:]) for r in rows]
+    assert answers == ["The APR is 6.912%.<|eot_id|>", "Green.<|eot_id|>"]
+    assert "What is the APR?" in tokenizer.decode(rows[0]["input_ids"][:rows[0]["prompt_len"]])
+
+
 def test_heldout_pairs_that_cannot_fit_fail_before_training(tokenizer):
     rows, counts, questions = dpo.heldout_pairs([pair(), pair(chosen=None)], tokenizer, 128, 24)
     assert (len(rows), counts["rejected"], len(questions)) == (1, {"missing_field": 1}, 1)
@@ -142,6 +155,25 @@ def test_full_dpo_with_nll_in_one_process_uses_a_frozen_reference(tiny_pair, tmp
     AutoModelForCausalLM.from_pretrained(m.output_path("model"))
     start, expert = weights(tiny_pair.output_path("instruct")), weights(m.output_path("model"))
     assert not torch.equal(start["lm_head.weight"], expert["lm_head.weight"])
+
+
+@pytest.mark.timeout(900)
+def test_sft_then_dpo_starts_dpo_from_the_sft_model_and_measures_all_three(tiny_pair, tmp_path):
+    """dpo.sft.epochs > 0: the chosen answers are learned first (their NLL falls), DPO starts
+    from the exported SFT model, and the manifest measures start, sft and expert."""
+    recipe = make_run(tmp_path, tiny_pair, [*DPO_SMALL, "dpo.sft.epochs=3", "dpo.sft.lr=2e-3",
+                                            "dpo.sft.replay_instructions=8",
+                                            "corpus.tasks.dpo_pairs=32", "dpo.eval_pairs=6"])
+    m = dpo.run(recipe, on_ray=False)
+    sft, heldout = m.metrics["sft"], m.metrics["heldout"]
+    assert sft["replay_instructions"] == 8 and sft["steps"] == sft["kept"] * 3 // 4
+    sft_model = tmp_path / "run" / "dpo" / "sft_model"
+    start = weights(tiny_pair.output_path("instruct"))
+    assert not torch.equal(start["lm_head.weight"], weights(sft_model)["lm_head.weight"])
+    assert set(heldout) == {"start", "instruct", "sft", "expert"}
+    # DPO's reference is the SFT model: the chosen answers are far likelier there than at start
+    assert heldout["sft"]["win_rate"] >= heldout["start"]["win_rate"]
+    assert heldout["sft"]["reward_margin"] != 0.0
 
 
 # ---- on-policy pairs -----------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from mortgagellm import manifest
 from mortgagellm.config import load_recipe
 from mortgagellm.datasets.tasks import SFT_TASKS
 from mortgagellm.pipelines import sft
-from mortgagellm.training import chat, export, worker
+from mortgagellm.training import chat, export, objectives, worker
 from mortgagellm.training import inputs as training_inputs
 
 SETS = ["corpus.tasks.sft_per_task=48", "corpus.tasks.dpo_pairs=32",
@@ -101,7 +101,7 @@ def test_chat_rendering_ends_prompt_at_assistant_header_and_answer_at_eot(tokeni
 def test_sft_batch_puts_loss_on_answer_tokens_only():
     rows = [{"input_ids": [5, 6, 7, 8], "prompt_len": 3},
             {"input_ids": [9, 10, 11], "prompt_len": 1}]
-    batch = sft.sft_batch(rows, "cpu")
+    batch = objectives.sft_batch(rows, "cpu")
     assert batch["input_ids"].tolist() == [[5, 6, 7, 8], [9, 10, 11, 0]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 1, 0]]
     assert batch["labels"].tolist() == [[-100, -100, -100, 8], [-100, 10, 11, -100]]
