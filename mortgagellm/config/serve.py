@@ -77,6 +77,11 @@ class ExpertSettings(Section):
         "benchmarks/serve.py).")
     kv_cache: KvCacheSettings = Field(
         default_factory=KvCacheSettings, description="The continuous engine's KV cache.")
+    ground: bool = Field(
+        False, description="Check each chat answer that opens with a 'Source: “…”' quote against "
+        "the user's message before it is sent: the quote the answer names is put in verbatim, "
+        "with its figure in the answer (datasets/tasks/grounding.py). A streamed answer is then "
+        "sent whole once checked. For an expert trained on grounded answers (dpo).")
     max_batch_size: int = Field(
         4, ge=1, description="Most requests decoded together: in one forward pass "
         "(continuous; more wait for a place) or in one @serve.batch (static).")

@@ -271,19 +271,28 @@ def heldout_pairs(pairs: list[dict], tokenizer: Any, max_len: int, max_new_token
 def qa_metrics(model: Any, tokenizer: Any, questions: list[tuple[dict, str]],
                max_new_tokens: int) -> dict[str, Any]:
     """Greedy answers to the held-out questions scored against the truth: overall correctness,
-    numeric correctness (questions whose answer is a figure) and invented citations."""
+    numeric correctness (questions whose answer is a figure) as written and with the answer's
+    source resolved against the prompt (tasks/grounding.py), and invented citations."""
     from mortgagellm.datasets.tasks import invented_citations
+    from mortgagellm.datasets.tasks.grounding import resolve
     from mortgagellm.modeling import chat_generate
 
     outputs = chat_generate(model, tokenizer, [text for _, text in questions], max_new_tokens)
     texts = [text for text, _ in outputs]
     pairs = [p for p, _ in questions]
     scores = [score("qa", parse_answer("qa", t), p["truth"]) for p, t in zip(pairs, texts)]
-    numeric = [s for p, s in zip(pairs, scores) if p["truth"]["mode"] in NUMERIC_MODES]
+    grounded = [score("qa", parse_answer("qa", resolve(t, q)[0]), p["truth"])
+                for (p, q), t in zip(questions, texts)]
+    numeric = [p["truth"]["mode"] in NUMERIC_MODES for p in pairs]
     invented = sum(bool(invented_citations(t, p["document"])) for p, t in zip(pairs, texts))
+
+    def share(values: list[float]) -> float:
+        kept = [v for v, n in zip(values, numeric) if n]
+        return round(sum(kept) / max(1, len(kept)), 4)
+
     return {"qa_correct": round(sum(scores) / len(scores), 4),
-            "qa_numeric_correct": round(sum(numeric) / max(1, len(numeric)), 4),
-            "n_numeric": len(numeric), "invented_citation_rate": round(invented / len(texts), 4),
+            "qa_numeric_correct": share(scores), "qa_numeric_grounded": share(grounded),
+            "n_numeric": sum(numeric), "invented_citation_rate": round(invented / len(texts), 4),
             "n": len(texts), "example": texts[0][:300]}
 
 

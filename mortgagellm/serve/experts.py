@@ -23,6 +23,7 @@ from ray import serve
 
 from mortgagellm import modeling, registry, routing
 from mortgagellm.datasets.tasks.format import ROUTES
+from mortgagellm.datasets.tasks.grounding import resolve
 from mortgagellm.serve import batching, engine
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,15 @@ def length_error(prompt_tokens: int, max_tokens: int, max_prompt_tokens: int,
         return (f"the prompt has {prompt_tokens} tokens and max_tokens is {max_tokens}, but the "
                 f"model's context is {context} tokens; lower max_tokens or shorten the prompt")
     return None
+
+
+def grounding_context(request: Mapping[str, Any]) -> str | None:
+    """What a chat answer's source is checked against: the user's messages; None for a
+    completion request (no chat, no grounded answer format)."""
+    if "messages" not in request:
+        return None
+    return "\n".join(str(m.get("content") or "") for m in request["messages"]
+                     if m.get("role") == "user")
 
 
 def seed_error(seed: int | None) -> str | None:
@@ -60,8 +70,10 @@ class Expert:
 
     def __init__(self, role: str, threads: int, max_batch_size: int,
                  batch_wait_timeout_s: float, max_prompt_tokens: int,
-                 health_check_timeout_s: float, engine_kind: str, kv_cache: Mapping[str, int]):
+                 health_check_timeout_s: float, engine_kind: str, kv_cache: Mapping[str, int],
+                 ground: bool = False):
         self.role, self.threads, self.max_prompt_tokens = role, threads, max_prompt_tokens
+        self.ground = ground
         self.model = self.tokenizer = self.version = self.model_dir = None
         self.engine_kind, self.kv_cache, self.max_batch_size = engine_kind, kv_cache, max_batch_size
         self.engine: batching.ContinuousEngine | None = None  # engine_kind "continuous"
@@ -188,10 +200,20 @@ class Expert:
         # aclosing: a caller that stops early (cancelled, client gone) cancels the request in
         # the continuous engine now, not when the generator is garbage-collected.
         deltas = self.engine.stream(job) if self.engine is not None else self._decode(job)
+        context = grounding_context(request) if self.ground else None
         async with aclosing(deltas):
-            async for delta in deltas:
-                yield {"text": delta.text, "finish_reason": delta.finish_reason,
-                       "completion_tokens": delta.completion_tokens}
+            if context is None:
+                async for delta in deltas:
+                    yield {"text": delta.text, "finish_reason": delta.finish_reason,
+                           "completion_tokens": delta.completion_tokens}
+                return
+            text, last = "", None
+            async for last in deltas:
+                text += last.text
+            if last is not None:
+                text, checked = resolve(text, context)
+                yield {"text": text, "finish_reason": last.finish_reason,
+                       "completion_tokens": last.completion_tokens, "grounding": checked}
 
     def prompt_ids(self, request: Mapping[str, Any]) -> list[int]:
         """Token ids of a chat (`messages`) or completion (`prompt`) request."""

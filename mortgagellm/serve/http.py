@@ -208,7 +208,7 @@ async def complete(router: Any, endpoint: str, body: Any, key: ApiKey) -> Any:
                                      meta))
     router.metrics.generation_ms.observe((time.perf_counter() - started) * 1e3,
                                          tags={"route": meta["route"]})
-    if not router.record(endpoint, 200, started, event | {
+    if not router.record(endpoint, 200, started, event | grounding(last) | {
             "output": answer, "expert_version": meta["expert_version"],
             "finish_reason": last["finish_reason"], **usage}):
         return error_response(ApiError(503, "the answer could not be audited; retry shortly",
@@ -238,6 +238,12 @@ def expert_version(first: dict[str, Any]) -> str:
     if "error" in first:
         raise ApiError(400, first["error"], first["code"])
     return first["version"]
+
+
+def grounding(last: dict[str, Any]) -> dict[str, Any]:
+    """The audit fields of an expert's grounding check (serve.<expert>.ground), if it ran:
+    whether the answer named a source, was verbatim, was resolved, and was changed."""
+    return {"grounding": last["grounding"]} if "grounding" in last else {}
 
 
 def failed(router: Any, endpoint: str, started: float, event: dict[str, Any],
@@ -283,7 +289,7 @@ async def stream_events(router: Any, endpoint: str, stream: Any, first: dict,
         yield oa.sse("[DONE]")
     finally:
         stream.cancel()
-        router.record(endpoint, status, started, event | error | {
+        router.record(endpoint, status, started, event | error | grounding(last) | {
             "output": "".join(texts), "expert_version": meta["expert_version"],
             "finish_reason": last["finish_reason"],
             **oa.usage(first["prompt_tokens"], last["completion_tokens"])})

@@ -193,3 +193,28 @@ def test_a_batch_stuck_in_a_decode_step_fails_the_health_check(expert, monkeypat
 
     items = asyncio.run(asyncio.wait_for(stuck_then_released(), 60))
     assert items[-1]["completion_tokens"] == 4
+
+
+@pytest.mark.parametrize("expert", ["continuous"], indirect=True)
+def test_a_grounded_expert_sends_the_answer_once_its_source_is_checked(expert, monkeypatch):
+    """serve.<expert>.ground: the miscopied figure of a 'Source:' answer is replaced by the
+    user's document's own before anything is sent; the check's outcome rides on the item the
+    router audits. A completion request (no chat) is streamed as decoded."""
+    document = "| Monthly principal & interest | $2,702.68 |\n| Loan amount | $476,000 |"
+    pieces = ["Source: “Monthly principal & interest: $2,70", "9.68”\nIt is $2,709.68."]
+
+    async def stream(job):
+        for i, text in enumerate(pieces):
+            yield engine.Delta(text, "stop" if i == len(pieces) - 1 else None, i + 1)
+
+    monkeypatch.setattr(expert.engine, "stream", stream)
+    expert.ground = True
+    chat = request(messages=[{"role": "user", "content": f"What is my P&I?\n\n{document}"}])
+    items = asyncio.run(expert.complete(chat))
+    assert items[1:] == [{
+        "text": "Source: “Monthly principal & interest: $2,702.68”\nIt is $2,702.68.",
+        "finish_reason": "stop", "completion_tokens": 2,
+        "grounding": {"source": True, "verbatim": False, "resolved": True, "changed": True}}]
+    plain = asyncio.run(expert.complete({k: v for k, v in chat.items() if k != "messages"}
+                                        | {"prompt": document}))
+    assert [i["text"] for i in plain[1:]] == pieces

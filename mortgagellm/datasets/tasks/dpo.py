@@ -24,10 +24,11 @@ from mortgagellm.datasets.tasks.format import (
     figures,
     invented_citations,
     parse_answer,
+    split_source,
     rounds_to,
     score,
 )
-from mortgagellm.datasets.tasks.qa import ask, questions
+from mortgagellm.datasets.tasks.qa import ask, excerpt, grounded_answer, questions
 
 REJECTION_KINDS = ("wrong_number", "wrong_fact", "invented_citation", "steering",
                    "approval_promise", "income_misstatement", "refusal")
@@ -115,8 +116,10 @@ def _wrong_number(question: dict, rng: random.Random) -> str:
                     step * rng.randint(1, 9))
         sign = 1 if figure - delta <= 0 < figure else rng.choice((1, -1))
         wrong = round_half_up(figure + sign * delta, decimals)
-    m = next(m for kind, _, _, m in figures(chosen) if kind == truth["mode"])
-    return chosen[:m.start()] + _format_like(m, wrong) + chosen[m.end():]
+    _, answer = split_source(chosen)
+    m = next(m for kind, _, _, m in figures(answer) if kind == truth["mode"])
+    printed = m.group(0).strip()
+    return chosen.replace(printed, _format_like(m, wrong).strip())  # the quote's copy too
 
 
 def _wrong_fact(question: dict, rng: random.Random) -> str:
@@ -133,7 +136,7 @@ def _wrong_fact(question: dict, rng: random.Random) -> str:
     else:
         wrong = _WRONG_TEXT[truth["answer"]]
     pattern = r"(?<!\w)" + re.escape(truth["answer"]) + r"(?!\w)"
-    return re.sub(pattern, lambda _: wrong, chosen, count=1, flags=re.I)
+    return re.sub(pattern, lambda _: wrong, chosen, flags=re.I)  # a quoted date too
 
 
 def applicable_kinds(question: dict) -> list[str]:
@@ -208,10 +211,12 @@ def dpo_pairs(docs: Iterable[dict], n: int, rng: random.Random) -> list[dict]:
         kinds = applicable_kinds(question)
         weights = [3 if k in WRONG_ANSWER_KINDS else 1 for k in kinds]
         kind = rng.choices(kinds, weights)[0]
+        context = excerpt(question, doc["text"], rng)
+        question = question | {"chosen": grounded_answer(question, context)}
         pairs.append(_check({
-            "topic": question["topic"], "prompt": ask(question, doc, rng),
+            "topic": question["topic"], "prompt": ask(question, context, rng),
             "chosen": question["chosen"], "rejected": rejected_answer(kind, question, rng),
-            "rejection_kind": kind, "document": doc["text"], "doc_id": doc["doc_id"],
+            "rejection_kind": kind, "document": context, "doc_id": doc["doc_id"],
             "doc_kind": doc["kind"], "truth": question["truth"]}))
         if len(pairs) == n:
             return pairs

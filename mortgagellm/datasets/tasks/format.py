@@ -6,10 +6,11 @@ Tasks and their answers:
 - ``decision`` / ``doc_kind`` / ``intent`` / ``route``: exactly one label of ``LABELS[task]``.
 - ``summary``: one ``field: value`` line per key field of the document (snake_case keys, the
   generator's order), then one ``summary: <sentence>`` line.
-- ``qa``: free conversational text. A numeric answer is the first figure of the truth's kind
-  in the text (first dollar amount for money, first percentage for a rate or ratio, first
-  plain number otherwise), a decision answer the first decision word, any other answer a
-  whole-word, case-insensitive occurrence of the reference.
+- ``qa``: free conversational text, optionally opening with a ``Source: “…”`` line that quotes
+  the document (``tasks.grounding``; the answer is read after it). A numeric answer is the first
+  figure of the truth's kind in the text (first dollar amount for money, first percentage for
+  a rate or ratio, first plain number otherwise), a decision answer the first decision word,
+  any other answer a whole-word, case-insensitive occurrence of the reference.
 """
 
 from __future__ import annotations
@@ -46,6 +47,16 @@ _CITATION = re.compile(
     r"|\b(?:Section|Sec\.)\s+\d+[\w.()]*"
     r"|\b(?:[A-Z][\w-]*\s+){1,6}Act\s+of\s+\d{4}"
 )
+
+
+_SOURCE = re.compile(r"\s*Source:\s*[“\"](?P<quote>[^”\"\n]*)[”\"]\s*(?:\n|$)")
+
+
+def split_source(text: str) -> tuple[str | None, str]:
+    """(quote, the answer after it) of a grounded answer that opens with a ``Source: “…”``
+    line (``tasks.grounding``), or (None, text) without one."""
+    m = _SOURCE.match(text)
+    return (m["quote"], text[m.end():]) if m else (None, text)
 
 
 def figures(text: str) -> list[tuple[str, float, int, re.Match]]:
@@ -119,6 +130,7 @@ def _parse_summary(text: str) -> dict | None:
 
 
 def _parse_qa(text: str) -> dict | None:
+    quote, text = split_source(text)
     if not text.strip():
         return None
     first: dict = dict.fromkeys(NUMERIC_MODES)
@@ -130,7 +142,7 @@ def _parse_qa(text: str) -> dict | None:
     if word:
         stem = word[1].lower()[:3]
         decision = {"app": "approve", "ref": "refer", "den": "deny"}[stem]
-    return {**first, "decision": decision, "text": text.strip()}
+    return {**first, "decision": decision, "text": text.strip(), "source": quote}
 
 
 def parse_answer(task: str, text: str):

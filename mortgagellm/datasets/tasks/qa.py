@@ -17,7 +17,8 @@ import re
 
 from mortgagellm.datasets.finance import dollars, money, round_half_up
 from mortgagellm.datasets.mortgage import QUESTIONS
-from mortgagellm.datasets.tasks.format import figures, qa_truth
+from mortgagellm.datasets.tasks.format import NUMERIC_MODES, figures, qa_truth
+from mortgagellm.datasets.tasks.grounding import grounded, quote_for
 from mortgagellm.datasets.tasks.sft import DECISION_KINDS
 from mortgagellm.datasets.underwriting import PROGRAM_RULES
 
@@ -236,8 +237,39 @@ def questions(doc: dict) -> list[dict]:
     return out
 
 
-def ask(question: dict, doc: dict, rng: random.Random) -> str:
-    """The prompt: one phrasing in one voice, before or after the document."""
+def value_text(truth: dict) -> str | None:
+    """The value an answer states, as printed: the date, or the answer's first figure."""
+    if truth["unit"] == "date":
+        return truth["answer"]
+    found = figures(truth["answer"]) if truth["mode"] in NUMERIC_MODES else []
+    return found[0][3].group(0).strip() if found else None
+
+
+def excerpt(question: dict, text: str, rng: random.Random) -> str:
+    """The context a request carries: the document's section (blank-line block) that states
+    the answer and one other section, in document order, as a borrower pastes the relevant
+    part of a Loan Estimate; the whole document for a decision, or when no section states it."""
+    truth = question["truth"]
+    blocks = [b for b in re.split(r"\n\s*\n", text) if b.strip()]
+    needle = value_text(truth) or truth["answer"]
+    hits = [i for i, b in enumerate(blocks) if needle.casefold() in b.casefold()]
+    if truth["mode"] == "decision" or not hits or len(blocks) < 3:
+        return text
+    keep = {hits[0], rng.choice([i for i in range(len(blocks)) if i != hits[0]])}
+    return "\n\n".join(blocks[i] for i in sorted(keep))
+
+
+def grounded_answer(question: dict, context: str) -> str:
+    """The reference answer, opened by the context's quote of its value when it has one
+    (``tasks.grounding``); answers without a value in the context (a decision, a computed
+    difference, a rule) are as written."""
+    value = value_text(question["truth"])
+    quote = quote_for(context, value) if value and question["topic"] != "regulation" else None
+    return grounded(question["chosen"], quote) if quote else question["chosen"]
+
+
+def ask(question: dict, context: str, rng: random.Random) -> str:
+    """The prompt: one phrasing in one voice, before or after the context."""
     phrasing = rng.choice(question["phrasings"]).format(question=question["truth"]["question"])
     voice = rng.choice(_VOICES).replace("{q}", phrasing)
-    return rng.choice(_LAYOUTS).replace("{q}", voice).replace("{doc}", doc["text"])
+    return rng.choice(_LAYOUTS).replace("{q}", voice).replace("{doc}", context)

@@ -157,7 +157,8 @@ def _expert_prompt(route: str, pool: _Pool, rng: random.Random) -> tuple[str, st
         if options:
             question = rng.choice(options)
             asks = "figure" if question["truth"]["mode"] in NUMERIC_MODES else "fact"
-            return tasks_qa.ask(question, doc, rng), asks, doc
+            context = tasks_qa.excerpt(question, doc["text"], rng)
+            return tasks_qa.ask(question, context, rng), asks, doc
 
 
 def _request(route: str, ambiguous: bool, pool: _Pool, rng: random.Random) -> tuple:
@@ -166,7 +167,7 @@ def _request(route: str, ambiguous: bool, pool: _Pool, rng: random.Random) -> tu
         if route == "conversational" and rng.random() < 0.3:
             doc = pool.take(tasks_sft.DECISION_KINDS)
             question = next(q for q in tasks_qa.questions(doc) if q["topic"] == "decision")
-            return tasks_qa.ask(question, doc, rng), "explanation", doc
+            return tasks_qa.ask(question, doc["text"], rng), "explanation", doc
         rows = [t for t in _AMBIGUOUS if ROUTE_OF_ASK[t[1]] == route]
         return _from_template(rng.choice(rows), pool, rng)
     extra = _STRUCTURED if route == "structured" else _CONVERSATIONAL

@@ -1,0 +1,117 @@
+"""Grounded answers: an answer opens with the document's own words for the figure it gives, and
+the figure it states can be checked against (and resolved to) the request's context.
+
+A grounded reference answer is ``Source: “<quote>”`` on its first line, then the answer. The
+quote is the few words before one value (a figure or a date) on one line of the context, and the
+value: ``Source: “Monthly principal & interest: $2,702.68”``. Lines are read as text: table pipes
+and dot leaders become ``: `` (``line_text``), so the quote reads the same in a Markdown table, a
+dotted form or prose.
+
+``resolve`` is the serving-side guard: it finds the context quote a model's source line means
+(the same words, by overlap) and puts that quote's value, verbatim, in place of the value the
+model wrote, in the quote and in the answer. A small model that names the right line but cannot
+copy its figure then states the document's figure; a model whose source matches no line is left
+as it wrote and reported ungrounded. Scores are reported both ways.
+"""
+
+from __future__ import annotations
+
+import re
+
+from mortgagellm.datasets.tasks.format import figures, normalise, split_source
+
+_DATE = re.compile(r"\b(?:January|February|March|April|May|June|July|August|September|October"
+                   r"|November|December) \d{1,2}, \d{4}\b")
+_WORDS = 6
+"""Words of a line kept before the value in a quote."""
+MIN_OVERLAP = 0.5
+"""Least word overlap (Jaccard, values left out) for a source to name a context quote."""
+
+
+def line_text(line: str) -> str:
+    """A context line as a quote reads it: table pipes and leaders as ': ', bullets dropped."""
+    line = re.sub(r"\s*\|\s*", " | ", line).strip(" |•*#\t")
+    line = re.sub(r"\s+\|\s+", ": ", line)
+    return re.sub(r"\s*(?:—|\.{3,})\s*", ": ", line)
+
+
+def values(text: str) -> list[tuple[int, int]]:
+    """(start, end) of every value in ``text``: dates, and figures outside them."""
+    dates = [m.span() for m in _DATE.finditer(text)]
+    spans = list(dates)
+    for _, _, _, m in figures(text):
+        start, end = m.span()
+        while start < end and text[start].isspace():
+            start += 1
+        if not any(a <= start < b for a, b in dates):
+            spans.append((start, m.end()))
+    return sorted(spans)
+
+
+def _quote(line: str, start: int, end: int) -> str:
+    head = re.split(r"(?<=[a-z0-9)])[.;]\s+", line[:start])[-1]
+    return " ".join(head.split()[-_WORDS:] + [line[start:end].strip()])
+
+
+def quotes(context: str) -> list[str]:
+    """Every quote the context offers: one per value on each line, in reading order."""
+    out = []
+    for raw in context.splitlines():
+        line = line_text(raw)
+        out += [_quote(line, a, b) for a, b in values(line)]
+    return out
+
+
+def quote_for(context: str, value: str) -> str | None:
+    """The quote of the first line that states ``value`` (a figure or date as printed), None
+    when no line does or the value has no words before it to name it."""
+    for raw in context.splitlines():
+        line = line_text(raw)
+        for a, b in values(line):
+            if line[a:b].strip() == value:
+                quote = _quote(line, a, b)
+                return quote if _words(quote) else None
+    return None
+
+
+def grounded(answer: str, quote: str) -> str:
+    """The reference layout: the source line, then the answer."""
+    return f"Source: “{quote}”\n{answer}"
+
+
+def _words(quote: str) -> set[str]:
+    """The quote's words without its value (other numbers, like '60-day', are words)."""
+    spans = values(quote)
+    head = quote[:spans[-1][0]] if spans else quote
+    return set(normalise(head).replace(":", " ").split())
+
+
+def _value(quote: str) -> str | None:
+    spans = values(quote)
+    return quote[spans[-1][0]:spans[-1][1]].strip() if spans else None
+
+
+def verbatim(quote: str, context: str) -> bool:
+    """Whether the quote is one the context offers (read as ``line_text`` reads lines)."""
+    return normalise(quote) in {normalise(q) for q in quotes(context)}
+
+
+def resolve(text: str, context: str) -> tuple[str, dict]:
+    """``text`` with its source quote and that quote's value replaced by the context's, when the
+    source names a context quote; and what happened: {source, verbatim, resolved, changed}."""
+    quote, answer = split_source(text)
+    if quote is None:
+        return text, {"source": False, "verbatim": False, "resolved": False, "changed": False}
+    if verbatim(quote, context):
+        return text, {"source": True, "verbatim": True, "resolved": True, "changed": False}
+    words, best, score = _words(quote), None, 0.0
+    for candidate in quotes(context):
+        other = _words(candidate)
+        overlap = len(words & other) / max(1, len(words | other))
+        if overlap > score:
+            best, score = candidate, overlap
+    wrote, true = _value(quote), best and _value(best)
+    if best is None or score < MIN_OVERLAP or wrote is None or true is None:
+        return text, {"source": True, "verbatim": False, "resolved": False, "changed": False}
+    fixed = grounded(answer.replace(wrote, true), best)
+    return fixed, {"source": True, "verbatim": False, "resolved": True, "changed": fixed != text}

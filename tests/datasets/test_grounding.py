@@ -1,0 +1,90 @@
+"""Grounded answers: the quote a reference answer opens with, how an answer is read after it,
+and the serving guard that puts the context's own figure in place of a miscopied one."""
+
+import random
+
+from mortgagellm.datasets.tasks import parse_answer, score
+from mortgagellm.datasets.tasks.dpo import rejected_answer
+from mortgagellm.datasets.tasks.format import qa_truth
+from mortgagellm.datasets.tasks.grounding import grounded, quote_for, quotes, resolve, verbatim
+from mortgagellm.datasets.tasks.qa import excerpt, grounded_answer
+
+TABLE = """## Loan Terms and Payments
+| Item | Value |
+|---|---|
+| Loan amount | $476,000 |
+| Monthly principal & interest | $2,702.68 |
+| Estimated total monthly payment | $3,330.18 |"""
+PROSE = ("Qualifying score 715; P&I of $1,777.80 and PITI of $2,391.97 put the back-end DTI at "
+         "63.0% on $5,208.33 monthly income.")
+LOCKS = "Lock periods:\n15-day lock: 0.125 points\n60-day lock: 0.750 points"
+DOTTED = "Gross monthly income (Robert) ........ $16,833.33"
+
+
+def test_quotes_read_tables_prose_and_leaders_as_label_then_value():
+    assert quote_for(TABLE, "$2,702.68") == "Monthly principal & interest: $2,702.68"
+    assert quote_for(PROSE, "63.0%") == "$2,391.97 put the back-end DTI at 63.0%"
+    assert quote_for(PROSE, "$1,777.80") == "P&I of $1,777.80"  # from the clause's start
+    assert quote_for(DOTTED, "$16,833.33") == "Gross monthly income (Robert): $16,833.33"
+    assert quote_for(LOCKS, "0.750") == "60-day lock: 0.750"
+    assert quote_for(TABLE, "$9.99") is None  # not in the context
+
+
+def test_an_answer_is_read_after_its_source_line():
+    truth = qa_truth("payment", "What is the P&I?", "$2,702.68", 2702.68, "USD")
+    answer = grounded("The monthly payment is $2,702.68.", "Monthly principal & interest: $9.00")
+    parsed = parse_answer("qa", answer)
+    assert parsed["money"] == 2702.68 and parsed["source"].endswith("$9.00")
+    assert score("qa", parsed, truth) == 1.0
+    assert score("qa", parse_answer("qa", "Source: “x: $2,702.68”\nIt is $1.00."), truth) == 0.0
+
+
+def test_resolve_puts_the_named_lines_figure_in_the_quote_and_the_answer():
+    wrote = grounded("The monthly principal and interest payment is $2,709.68.",
+                     "Monthly principal & interest: $2,709.68")
+    fixed, info = resolve(wrote, TABLE)
+    assert fixed == grounded("The monthly principal and interest payment is $2,702.68.",
+                             "Monthly principal & interest: $2,702.68")
+    assert info == {"source": True, "verbatim": False, "resolved": True, "changed": True}
+    # the figure on the '60-day' line, not the '15-day' one: numbers in labels are words
+    fixed, _ = resolve(grounded("That lock costs 0.700 points.", "60-day lock: 0.700"), LOCKS)
+    assert fixed.endswith("That lock costs 0.750 points.")
+
+
+def test_resolve_leaves_verbatim_unmatched_and_sourceless_answers_as_written():
+    right = grounded("It is $2,702.68.", "Monthly principal & interest: $2,702.68")
+    assert resolve(right, TABLE) == (right, {"source": True, "verbatim": True,
+                                             "resolved": True, "changed": False})
+    stranger = grounded("It is $5.00.", "Hazard insurance premium due: $5.00")
+    assert resolve(stranger, TABLE)[1] == {"source": True, "verbatim": False, "resolved": False,
+                                           "changed": False}
+    assert resolve("It is $5.00.", TABLE) == ("It is $5.00.", {
+        "source": False, "verbatim": False, "resolved": False, "changed": False})
+    assert verbatim("Loan amount: $476,000", TABLE)
+    assert "Estimated total monthly payment: $3,330.18" in quotes(TABLE)
+
+
+def question(answer="$2,702.68", value=2702.68, topic="payment"):
+    return {"topic": topic, "chosen": f"The monthly principal and interest payment is {answer}.",
+            "truth": qa_truth(topic, "What is the P&I?", answer, value, "USD"),
+            "slots": {}, "phrasings": ("{question}",)}
+
+
+def test_reference_answers_quote_their_figure_and_wrong_numbers_change_both_copies():
+    q = question()
+    chosen = grounded_answer(q, TABLE)
+    assert chosen.startswith("Source: “Monthly principal & interest: $2,702.68”\n")
+    wrong = rejected_answer("wrong_number", q | {"chosen": chosen}, random.Random(0))
+    assert "$2,702.68" not in wrong and verbatim(parse_answer("qa", wrong)["source"], TABLE) \
+        is False
+    assert score("qa", parse_answer("qa", wrong), q["truth"]) == 0.0
+
+
+def test_an_excerpt_keeps_the_section_that_states_the_answer():
+    doc = "Title line\n\n" + TABLE + "\n\nSection two\nfiller\n\nSection three\nmore filler"
+    for seed in range(5):
+        context = excerpt(question(), doc, random.Random(seed))
+        assert "$2,702.68" in context and context.count("\n\n") == 1
+    decision = question(topic="decision") | {"truth": qa_truth(
+        "decision", "Why?", "deny", None, None)}
+    assert excerpt(decision, doc, random.Random(0)) == doc
