@@ -52,6 +52,10 @@ EFFECTS = (
     ("(c) the SFT expert beats instruct on summary", "structured", "instruct", "summary",
      "rouge_l"),
     ("(d) the DPO expert beats instruct on QA", "conversational", "instruct", "qa", "token_f1"),
+    ("(d) the DPO expert's figures are right more often than instruct's", "conversational",
+     "instruct", "qa", "numeric"),
+    ("(d) ... and with its sources checked against the request (serve ground: true)",
+     "conversational", "instruct", "qa", "numeric_grounded"),
 )
 ROUTING_CHANCE = 0.5  # two experts: a coin flip routes half the requests right
 SHOWN, NOISE, REVERSED, MISSING = "shown", "not shown (within noise)", "reversed", "not measured"

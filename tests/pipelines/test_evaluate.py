@@ -85,6 +85,12 @@ def test_qa_numeric_counts_only_questions_with_a_figure():
                       FixedBert(), 100, 0)
     assert (m[scoring.NUMERIC]["value"], m[scoring.NUMERIC]["n"]) == (1.0, 1)
     assert m[scoring.NUMERIC]["ci95"] == pytest.approx(list(wilson(1, 1)), abs=1e-6)
+    assert m[scoring.NUMERIC_GROUNDED]["value"] == 1.0  # no source line: read as written
+    grounded = {**records[0], "prompt": "What is the P&I?\n| Monthly principal & interest | "
+                "$1,842.10 |"}
+    miscopied = "Source: “Monthly principal & interest: $1,942.10”\nIt is $1,942.10."
+    m2 = scoring.qa_metrics([grounded], [miscopied], FixedBert(), 100, 0)
+    assert (m2[scoring.NUMERIC]["value"], m2[scoring.NUMERIC_GROUNDED]["value"]) == (0.0, 1.0)
     # q1: [your payment is 184210 month] vs [payment is 184210]: 3 shared -> 2*3/(5+3) = 0.75;
     # q2: nothing shared -> 0
     assert m[scoring.TOKEN_F1]["value"] == pytest.approx((0.75 + 0.0) / 2)
@@ -172,7 +178,7 @@ def test_every_task_and_metric_is_reported_with_value_n_and_interval():
             assert set(m) == {"value", "n", "ci95"} and len(m["ci95"]) == 2
             if name.startswith("judge"):
                 assert m["n"] == 1  # judge.max_items of the task's records
-            elif task == es.QA and name == scoring.NUMERIC:
+            elif task == es.QA and name in (scoring.NUMERIC, scoring.NUMERIC_GROUNDED):
                 assert m["n"] == 1
             else:
                 assert m["n"] == sizes[task], (task, name)
