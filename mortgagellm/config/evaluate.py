@@ -62,6 +62,14 @@ class EvaluateConfig(Section):
     max_seq_len: int = Field(
         512, ge=32, description="Longest prompt + answer (tokens); documents in prompts are cut "
         "to fit, as in the sft and dpo stages' held-out measurements.")
+    fewshot: int = Field(
+        0, ge=0, le=3, description="Also ask every variant each classification and QA question "
+        "after this many solved training examples of the task (evaluation/sets.fewshot_prefix, "
+        "documents cut to fewshot_chars), as one prompts an instruct model; reported as the "
+        "fewshot_<task> rows. 0: zero-shot only.")
+    fewshot_chars: int = Field(
+        240, ge=40, description="Characters of each few-shot example's document kept: the "
+        "small models' 512 tokens hold the examples and the question's own document.")
     summary_tokens: int = Field(256, ge=8, description="Generation budget of a summary.")
     answer_tokens: int = Field(160, ge=8, description="Generation budget of a QA answer.")
     resamples: int = Field(

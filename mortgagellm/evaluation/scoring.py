@@ -21,12 +21,14 @@ from mortgagellm.evaluation.sets import (
     FAIR_ORIGINAL,
     FAIR_SWAPPED,
     FAIRNESS,
+    FEWSHOT_TASKS,
     INSTRUCTION,
     INTENT,
     QA,
     ROUTING,
     SUMMARY,
     EvalSets,
+    fewshot_task,
 )
 from mortgagellm.metrics import (
     macro_f1_metric,
@@ -58,9 +60,10 @@ TASK_METRICS = {
     QA: (TOKEN_F1, BERTSCORE_F1, NUMERIC, NUMERIC_GROUNDED), INSTRUCTION: (FIDELITY,),
     DOMAIN: (PERPLEXITY,),
     ROUTING: (ACCURACY, P50_MS, P99_MS), FAIRNESS: (FLIP_RATE, UNPARSEABLE)}
-"""Each task's metrics. With a judge, the JUDGED tasks also have JUDGE and JUDGE_UNPARSEABLE;
-the routed variant has ROUTING and no DOMAIN (it answers requests, it scores no documents),
-every other variant DOMAIN and no ROUTING."""
+TASK_METRICS |= {fewshot_task(task): TASK_METRICS[task] for task in FEWSHOT_TASKS}
+"""Each task's metrics (a few-shot task's as its zero-shot twin's). With a judge, the JUDGED
+tasks also have JUDGE and JUDGE_UNPARSEABLE; the routed variant has ROUTING and no DOMAIN (it
+answers requests, it scores no documents), every other variant DOMAIN and no ROUTING."""
 JUDGED = (*CLASSIFICATION, SUMMARY, QA)
 """Tasks the judge grades (those with a reference answer)."""
 JUDGE_METRICS = (JUDGE, JUDGE_UNPARSEABLE)
@@ -194,6 +197,11 @@ def score_variant(sets: EvalSets, generated: dict[str, Any], scorer: Scorer) -> 
              for task in CLASSIFICATION}
     tasks[SUMMARY] = summary_metrics(sets.records[SUMMARY], texts[SUMMARY], scorer.bert, r, s)
     tasks[QA] = qa_metrics(sets.records[QA], texts[QA], scorer.bert, r, s)
+    for task in sets.fewshot:  # the same questions after solved examples (evaluate.fewshot)
+        name = fewshot_task(task)
+        tasks[name] = (qa_metrics(sets.records[QA], texts[name], scorer.bert, r, s)
+                       if task == QA else
+                       classification_metrics(task, sets.records[task], texts[name], r, s))
     if scorer.judge is not None:
         for task in JUDGED:
             tasks[task] |= judge_metrics(scorer.judge, task, sets.records[task], texts[task],
@@ -208,5 +216,6 @@ def score_variant(sets: EvalSets, generated: dict[str, Any], scorer: Scorer) -> 
 def sample_sizes(sets: EvalSets) -> dict[str, int]:
     """Items per task (fairness: loan-file pairs; routing: requests)."""
     return {**{task: len(records) for task, records in sets.records.items()},
+            **{fewshot_task(task): len(sets.records[task]) for task in sets.fewshot},
             INSTRUCTION: len(sets.instructions), DOMAIN: len(sets.texts),
             FAIRNESS: len(sets.fairness), ROUTING: len(sets.routing)}

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,40 @@ class EvalSets:
     fairness: list[tuple[dict, dict]]
     """(decision record, the same with protected attributes swapped)."""
     routing: list[dict]
+    fewshot: dict[str, str] = field(default_factory=dict)
+    """Task -> the few-shot prefix its questions are also asked after (evaluate.fewshot)."""
+
+
+FEWSHOT_TASKS = (*CLASSIFICATION, QA)
+"""Tasks also asked few-shot: those with a short reference answer."""
+
+
+def fewshot_task(task: str) -> str:
+    """The probe set and report task of ``task`` asked few-shot."""
+    return f"fewshot_{task}"
+
+
+def fewshot_prefix(examples: list[tuple[str, str, str]], chars: int) -> str:
+    """Solved examples (prompt, its document, answer) before a question, each document cut to
+    ``chars`` characters."""
+    parts = ["Here are solved examples of this task."]
+    for i, (prompt, document, answer) in enumerate(examples, 1):
+        cut = document if len(document) <= chars else document[:chars].rstrip() + " …"
+        parts.append(f"Example {i}:\n{prompt.replace(document, cut, 1)}\nAnswer: {answer}")
+    return "\n\n".join(parts + ["Now this one:\n"])
+
+
+def fewshot_examples(train: list[dict], task: str, k: int) -> list[tuple[str, str, str]]:
+    """k training examples of ``task``: the first of each label in turn (classification), the
+    first k otherwise; deterministic in the training set's order."""
+    if task == QA:
+        return [(r["prompt"], r["document"], r["chosen"]) for r in train[:k]]
+    records, labels = [r for r in train if r["task"] == task], []
+    for r in records:
+        if r["truth"]["label"] not in labels:
+            labels.append(r["truth"]["label"])
+    picked = [next(r for r in records if r["truth"]["label"] == label) for label in labels[:k]]
+    return [(r["prompt"], r["document"], r["answer"]) for r in picked]
 
 
 def eval_sets(recipe: Recipe, tasks: Path) -> EvalSets:
@@ -61,10 +95,17 @@ def eval_sets(recipe: Recipe, tasks: Path) -> EvalSets:
     records = {task: read(task, cfg.per_task) for task in (*CLASSIFICATION, SUMMARY)}
     records[QA] = read(QA, cfg.qa_pairs)
     pairs = [(r, swap_record(r)) for r in read(DECISION, cfg.fairness_files)]
+    fewshot = {}
+    if cfg.fewshot:
+        train = {"sft": read_task_set(tasks / "sft_train.parquet"),
+                 QA: read_task_set(tasks / "dpo_train.parquet")}
+        fewshot = {task: fewshot_prefix(fewshot_examples(train[QA if task == QA else "sft"], task,
+                                                         cfg.fewshot), cfg.fewshot_chars)
+                   for task in FEWSHOT_TASKS}
     return EvalSets(records, list(instructions("eval", seed, cfg.eval_instructions)),
                     heldout_domain_texts(seed, cfg.domain_docs),
                     [(a, b) for a, b in pairs if a["prompt"] != b["prompt"]],
-                    read("routing", cfg.routing_requests))
+                    read("routing", cfg.routing_requests), fewshot)
 
 
 def probes(sets: EvalSets, cfg: Any) -> dict[str, list[tuple[str, str, int]]]:
@@ -73,6 +114,8 @@ def probes(sets: EvalSets, cfg: Any) -> dict[str, list[tuple[str, str, int]]]:
               SUMMARY: cfg.summary_tokens, QA: cfg.answer_tokens}
     out = {task: [(r["prompt"], r["document"], budget[task]) for r in records]
            for task, records in sets.records.items()}
+    for task, prefix in sets.fewshot.items():
+        out[fewshot_task(task)] = [(prefix + p, d, b) for p, d, b in out[task]]
     out[INSTRUCTION] = [(i.prompt, "", FIDELITY_TOKENS) for i in sets.instructions]
     out[FAIR_ORIGINAL] = [(a["prompt"], a["document"], LABEL_TOKENS) for a, _ in sets.fairness]
     out[FAIR_SWAPPED] = [(b["prompt"], b["document"], LABEL_TOKENS) for _, b in sets.fairness]

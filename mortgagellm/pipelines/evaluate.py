@@ -96,6 +96,7 @@ def run(recipe: Recipe, force: bool = False) -> manifest.Manifest:
     if "router" in config:
         variants[ROUTED] = routed_variant(recipe, sets, generated, models, scorer)
     metrics = {"variants": variants, "sample_sizes": sample_sizes(sets),
+               "fewshot_prompts": sets.fewshot,
                "judge": scorer.judge.describe() if scorer.judge else None}
     predictions = write_predictions(out / "predictions.jsonl", generated)
     return manifest.finish(pending, {"predictions": manifest.artifact(predictions)}, metrics)

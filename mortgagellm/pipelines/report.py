@@ -32,8 +32,9 @@ JUDGE_METRICS = scoring.JUDGE_METRICS  # any task may have them, after its own m
 # The one place a metric's direction is decided; every other metric is higher-is-better.
 LOWER_IS_BETTER = frozenset({"perplexity", "unparseable", "judge_unparseable", "p50_ms",
                              "p99_ms", "flip_rate"})
-TASK_GROUPS = {"classification": ("decision", "doc_kind", "intent"), "summary": ("summary",),
-               "qa": ("qa",), "instruction": ("instruction",), "domain": ("domain",),
+TASK_GROUPS = {"classification": ("decision", "doc_kind", "intent", "fewshot_decision",
+                                  "fewshot_doc_kind", "fewshot_intent"), "summary": ("summary",),
+               "qa": ("qa", "fewshot_qa"), "instruction": ("instruction",), "domain": ("domain",),
                "routing": ("routing",), "fairness": ("fairness",)}
 TRAINING_STAGES = ("pretrain", "sft", "dpo")
 # (claim, variant, compared with, task, metric): the paper's effects, judged on their CIs.
@@ -280,6 +281,21 @@ def training(manifests: dict[str, Manifest], plots: dict[str, str]) -> list[str]
     return lines
 
 
+def fewshot_prompts(metrics: dict[str, Any]) -> list[str]:
+    """What the fewshot_<task> rows asked: each task's solved examples, verbatim, before the
+    same question every variant answers zero-shot in the <task> row."""
+    prompts = metrics.get("fewshot_prompts") or {}
+    if not prompts:
+        return []
+    lines = ["", "fewshot_<task> rows: the <task> questions asked after solved training examples "
+             "of the task (evaluate.fewshot), each document cut to evaluate.fewshot_chars, as one "
+             "prompts an instruct model. The prefix, before the question:", ""]
+    for task, prefix in prompts.items():
+        lines += [f"<details><summary>{task}</summary>", "", "```text", prefix.rstrip(), "```",
+                  "", "</details>"]
+    return lines
+
+
 def render_markdown(manifests: dict[str, Manifest], name: str, recipe_file: str, date: str,
                     plots: dict[str, str]) -> str:
     """The whole report; `plots` maps 'losses', 'sweep' and 'tasks:<group>' to relative paths."""
@@ -288,6 +304,7 @@ def render_markdown(manifests: dict[str, Manifest], name: str, recipe_file: str,
     lines += ["## Results", "", "Each cell: value [95% CI]; Δ: difference to the instruct "
               "baseline; n: evaluated examples.", ""]
     lines += results_table(metrics, table_rows(metrics))
+    lines += fewshot_prompts(metrics)
     lines += [""] + [f"![{key[6:]}]({path})" for key, path in plots.items()
                      if key.startswith("tasks:")] + [""]
     lines += training(manifests, plots)

@@ -144,8 +144,9 @@ def hand_sets():
                            "truth": {"summary_fields": {"borrower": "A"}}}]
     records["qa"] = [{"prompt": "APR?", "document": "", "chosen": "6.912%", "truth": qa}]
     fair = (label("decision", "approve"), label("decision", "approve", prompt="swapped"))
+    fewshot = {task: f"Example: ... Answer: {task}\n\n" for task in es.FEWSHOT_TASKS}
     return es.EvalSets(records, list(instructions("eval", 0, 5)), ["a text"], [fair],
-                       [{"request": "r", "route": "structured"}])
+                       [{"request": "r", "route": "structured"}], fewshot)
 
 
 def answered(sets):
@@ -191,6 +192,22 @@ def test_every_task_and_metric_is_reported_with_value_n_and_interval():
     assert scoring.JUDGE not in without_judge["decision"]
 
 
+def test_fewshot_examples_cover_labels_in_order_and_cut_their_documents():
+    train = [label("decision", g, prompt=f"Decide.\n\n{d}") | {"document": d}
+             for g, d in (("deny", "D1 " * 200), ("deny", "D2"), ("approve", "A1"),
+                          ("refer", "R1"))]
+    examples = es.fewshot_examples(train, "decision", 2)
+    assert [a for _, _, a in examples] == ["deny", "approve"]
+    prefix = es.fewshot_prefix(examples, 40)
+    assert prefix.startswith("Here are solved examples of this task.\n\nExample 1:\nDecide.")
+    assert ("D1 " * 200)[:40] + " …\nAnswer: deny" in prefix  # 40 characters, then the mark
+    assert prefix.endswith("Example 2:\nDecide.\n\nA1\nAnswer: approve\n\nNow this one:\n")
+    sets = hand_sets()
+    asked = es.probes(sets, load_recipe_defaults().evaluate)
+    assert asked["fewshot_decision"][0][0] == sets.fewshot["decision"] + asked["decision"][0][0]
+    assert "fewshot_summary" not in asked
+
+
 def test_requests_ask_each_prompt_once():
     sets = hand_sets()
     sets.fairness = [(sets.records["decision"][0], {**sets.records["decision"][0],
@@ -198,8 +215,9 @@ def test_requests_ask_each_prompt_once():
     rows = es.requests(sets, load_recipe_defaults().evaluate)
     chat = [r for r in rows if r["kind"] == es.CHAT]
     # 7 labelled/summary/qa records + 5 instructions + 1 swapped prompt: the fairness original
-    # is the first decision record's prompt, asked once
-    assert len(chat) == 7 + 5 + 1
+    # is the first decision record's prompt, asked once; + the 6 classification and QA records
+    # asked again after their few-shot prefix
+    assert len(chat) == 7 + 5 + 1 + 6
     assert [r["kind"] for r in rows].count(es.NLL) == 1
     assert len({r["key"] for r in rows}) == len(rows)
 

@@ -242,3 +242,14 @@ def test_report_help_imports_nothing_heavy():
             " if m in sys.modules]\nprint('HEAVY', heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "HEAVY []" in out.stdout and "--output" in out.stdout
+
+
+def test_the_fewshot_prompts_are_stated_verbatim_beside_their_rows():
+    from mortgagellm.pipelines.report import fewshot_prompts
+
+    assert fewshot_prompts({"variants": {}}) == []
+    lines = fewshot_prompts({"fewshot_prompts": {"decision": "Example 1:\nDecide.\nAnswer: deny"
+                                                 "\n\nNow this one:\n"}})
+    text = "\n".join(lines)
+    assert "fewshot_<task> rows" in text and "<summary>decision</summary>" in text
+    assert "```text\nExample 1:\nDecide.\nAnswer: deny\n\nNow this one:\n```" in text
