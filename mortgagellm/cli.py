@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import Any
 
@@ -124,6 +125,10 @@ def split_overrides(extra: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `mortgagellm` command."""
     args, extra = build_parser().parse_known_args(argv)
+    # Loading and writing a small model's weights draws a progress bar per file, here and in
+    # every Ray worker (they inherit this environment): noise between the lines that matter.
+    # Read by huggingface_hub at import; HF_HUB_DISABLE_PROGRESS_BARS=0 brings them back.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from mortgagellm.config import ConfigError, load_recipe

@@ -115,3 +115,14 @@ def test_run_prints_a_line_per_stage_then_the_table_and_dumps_metrics_to_the_log
     assert "base.fidelity" not in out  # the flat dump is not for the terminal ...
     assert "corpus" in (out_dir / "run.log").read_text()  # ... it is in the run's log
     assert "documents.kept = 3" in (out_dir / "run.log").read_text()
+
+
+def test_weight_progress_bars_are_off_unless_asked_for(monkeypatch, capsys):
+    import os
+
+    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
+    assert cli.main(["config", "configs/cpu-demo.yaml"]) == 0
+    assert os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1"  # inherited by Ray's workers
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "0")
+    assert cli.main(["config", "configs/cpu-demo.yaml"]) == 0
+    assert os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "0"

@@ -192,6 +192,13 @@ def _tensorboard(worker: WorkerConfig, rank: int) -> Any:
     return SummaryWriter(worker.tensorboard_dir)
 
 
+def clock(seconds: float) -> str:
+    """Seconds as m:ss (h:mm:ss from an hour)."""
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
 def _log(window: dict, step: int, engine: Any, session: Any, flops: float, worker: WorkerConfig,
          writer: Any, name: str) -> dict:
     """One progress line and metrics record for the last logging interval (rank 0 logs)."""
@@ -203,11 +210,13 @@ def _log(window: dict, step: int, engine: Any, session: Any, flops: float, worke
     record |= {key: round(value / window["steps"], 4) for key, value in window["stats"].items()}
     if worker.peak_tflops:
         record["mfu"] = round(mfu(per_device, flops, worker.peak_tflops), 4)
+    record["eta_s"] = round(elapsed / window["steps"] * (worker.max_steps - step))
     if session.rank == 0:
-        log.info("%s step %d/%d  loss %.4f  lr %.2e  %.0f tok/s  data-wait %.1f%%%s", name, step,
-                 worker.max_steps, record["loss"], record["lr"], record["tokens_per_s"],
-                 100 * record["data_wait_fraction"],
-                 f"  MFU {100 * record['mfu']:.1f}%" if "mfu" in record else "")
+        log.info("%s step %d/%d  loss %.4f  lr %.2e  %.0f tok/s  data-wait %.1f%%%s  ETA %s",
+                 name, step, worker.max_steps, record["loss"], record["lr"],
+                 record["tokens_per_s"], 100 * record["data_wait_fraction"],
+                 f"  MFU {100 * record['mfu']:.1f}%" if "mfu" in record else "",
+                 clock(record["eta_s"]))
         for key, value in record.items():
             if key != "step":
                 writer.add_scalar(f"{name}/{key}", value, step)

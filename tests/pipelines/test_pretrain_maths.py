@@ -91,3 +91,10 @@ def test_mfu_reproduces_torchtitan_llama3_8b_on_a100():
     assert per_token == pytest.approx(6 * 8_030_261_248 + 12 * 32 * 32 * 128 * 8192)
     assert mfu(2973, per_token, 312) == pytest.approx(0.582, abs=0.001)
     assert mfu(2904, per_token, 312) == pytest.approx(0.568, abs=0.001)  # selective layer AC
+
+
+def test_the_eta_reads_as_a_clock():
+    from mortgagellm.training.loop import clock
+
+    assert [clock(s) for s in (0, 59.6, 61, 3599, 3600, 3725)] == [
+        "0:00", "1:00", "1:01", "59:59", "1:00:00", "1:02:05"]
