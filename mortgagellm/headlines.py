@@ -61,7 +61,8 @@ def _sft(m: dict) -> str:
 
 def _dpo(m: dict) -> str:
     return (f"held-out reward margin {_num(_get(m, 'heldout.expert.reward_margin'))}, "
-            f"QA numeric correct {_num(_get(m, 'heldout.expert.qa_numeric_correct'))} vs instruct "
+            f"QA figures right {_num(_get(m, 'heldout.expert.qa_numeric_correct'))} as written, "
+            f"{_num(_get(m, 'heldout.expert.qa_numeric_grounded'))} grounded, vs instruct "
             f"{_num(_get(m, 'heldout.instruct.qa_numeric_correct'))}")
 
 
