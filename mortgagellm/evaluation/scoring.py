@@ -51,13 +51,14 @@ EXPERTS = ("structured", "conversational")
 ACCURACY, MACRO_F1, UNPARSEABLE = "accuracy", "macro_f1", "unparseable"
 ROUGE_L, BERTSCORE_F1, FIELD_ACCURACY = "rouge_l", "bertscore_f1", "field_accuracy"
 TOKEN_F1, NUMERIC, NUMERIC_GROUNDED = "token_f1", "numeric", "numeric_grounded"
+KNOWLEDGE = "knowledge"
 JUDGE, JUDGE_UNPARSEABLE = "judge", "judge_unparseable"
 FIDELITY, PERPLEXITY = "fidelity", "perplexity"
 P50_MS, P99_MS, FLIP_RATE = "p50_ms", "p99_ms", "flip_rate"
 TASK_METRICS = {
     DECISION: (ACCURACY, MACRO_F1, UNPARSEABLE), DOC_KIND: (ACCURACY, MACRO_F1, UNPARSEABLE),
     INTENT: (ACCURACY, MACRO_F1, UNPARSEABLE), SUMMARY: (ROUGE_L, BERTSCORE_F1, FIELD_ACCURACY),
-    QA: (TOKEN_F1, BERTSCORE_F1, NUMERIC, NUMERIC_GROUNDED), INSTRUCTION: (FIDELITY,),
+    QA: (TOKEN_F1, BERTSCORE_F1, NUMERIC, NUMERIC_GROUNDED, KNOWLEDGE), INSTRUCTION: (FIDELITY,),
     DOMAIN: (PERPLEXITY,),
     ROUTING: (ACCURACY, P50_MS, P99_MS), FAIRNESS: (FLIP_RATE, UNPARSEABLE)}
 TASK_METRICS |= {fewshot_task(task): TASK_METRICS[task] for task in FEWSHOT_TASKS}
@@ -96,18 +97,20 @@ def summary_metrics(records: list[dict], texts: list[str], bert: Any, resamples:
 def qa_metrics(records: list[dict], texts: list[str], bert: Any, resamples: int,
                seed: int) -> dict[str, dict]:
     """Token F1 and BERTScore F1 against the reference answer; numeric correctness of the
-    questions whose answer is a figure (tasks/format.score), as the model wrote it and after
-    its source quote is resolved against the request (tasks/grounding.resolve, as serving does
-    with ``ground: true``)."""
+    questions with a context whose answer is a figure (tasks/format.score), as the model wrote
+    it and after its source quote is resolved against the request (tasks/grounding.resolve, as
+    serving does with ``ground: true``); and correctness on the knowledge questions, asked with
+    no context (tasks/qa.context_for)."""
     refs = [r["chosen"] for r in records]
-    numeric = [r["truth"]["mode"] in NUMERIC_MODES for r in records]
+    numeric = [bool(r["document"]) and r["truth"]["mode"] in NUMERIC_MODES for r in records]
     right = [score(QA, parse_answer(QA, t), r["truth"]) == 1.0 for t, r in zip(texts, records)]
     resolved = [score(QA, parse_answer(QA, resolve(t, r["prompt"])[0]), r["truth"]) == 1.0
                 for t, r in zip(texts, records)]
     return {TOKEN_F1: mean([token_f1(t, ref) for t, ref in zip(texts, refs)], resamples, seed),
             BERTSCORE_F1: mean(bert.f1(texts, refs), resamples, seed),
             NUMERIC: proportion([ok for ok, n in zip(right, numeric) if n]),
-            NUMERIC_GROUNDED: proportion([ok for ok, n in zip(resolved, numeric) if n])}
+            NUMERIC_GROUNDED: proportion([ok for ok, n in zip(resolved, numeric) if n]),
+            KNOWLEDGE: proportion([ok for ok, r in zip(right, records) if not r["document"]])}
 
 
 def reference(task: str, record: dict) -> str:

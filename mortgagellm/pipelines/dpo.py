@@ -271,8 +271,9 @@ def heldout_pairs(pairs: list[dict], tokenizer: Any, max_len: int, max_new_token
 def qa_metrics(model: Any, tokenizer: Any, questions: list[tuple[dict, str]],
                max_new_tokens: int) -> dict[str, Any]:
     """Greedy answers to the held-out questions scored against the truth: overall correctness,
-    numeric correctness (questions whose answer is a figure) as written and with the answer's
-    source resolved against the prompt (tasks/grounding.py), and invented citations."""
+    numeric correctness (questions with a context whose answer is a figure) as written and with
+    the answer's source resolved against the prompt (tasks/grounding.py), correctness on the
+    knowledge questions (no context), and invented citations."""
     from mortgagellm.datasets.tasks import invented_citations
     from mortgagellm.datasets.tasks.grounding import resolve
     from mortgagellm.modeling import chat_generate
@@ -283,7 +284,8 @@ def qa_metrics(model: Any, tokenizer: Any, questions: list[tuple[dict, str]],
     scores = [score("qa", parse_answer("qa", t), p["truth"]) for p, t in zip(pairs, texts)]
     grounded = [score("qa", parse_answer("qa", resolve(t, q)[0]), p["truth"])
                 for (p, q), t in zip(questions, texts)]
-    numeric = [p["truth"]["mode"] in NUMERIC_MODES for p in pairs]
+    numeric = [bool(p["document"]) and p["truth"]["mode"] in NUMERIC_MODES for p in pairs]
+    known = [s for p, s in zip(pairs, scores) if not p["document"]]
     invented = sum(bool(invented_citations(t, p["document"])) for p, t in zip(pairs, texts))
 
     def share(values: list[float]) -> float:
@@ -292,6 +294,7 @@ def qa_metrics(model: Any, tokenizer: Any, questions: list[tuple[dict, str]],
 
     return {"qa_correct": round(sum(scores) / len(scores), 4),
             "qa_numeric_correct": share(scores), "qa_numeric_grounded": share(grounded),
+            "qa_knowledge": round(sum(known) / max(1, len(known)), 4), "n_knowledge": len(known),
             "n_numeric": sum(numeric), "invented_citation_rate": round(invented / len(texts), 4),
             "n": len(texts), "example": texts[0][:300]}
 

@@ -104,11 +104,19 @@ def test_dpo_pairs_chosen_scores_rejected_differs(sets):
         assert score("qa", parse_answer("qa", r["chosen"]), r["truth"]) == 1.0, r
         assert invented_citations(r["chosen"], r["document"]) == []
         # Grounded: the document prints the answer (a payment increase is the difference of
-        # the two printed payments, and a decision follows from the printed ratios).
-        if r["topic"] not in ("decision", "payment_increase"):
+        # the two printed payments, and a decision follows from the printed ratios); a held-out
+        # knowledge question carries no document at all.
+        if r["topic"] not in ("decision", "payment_increase") and r["document"]:
             assert r["truth"]["answer"] in r["document"], r
+        if r["document"]:
+            assert r["document"] in r["prompt"]
+        else:
+            assert r["topic"] == "regulation" and r["id"].startswith("eval_qa"), r
         if r["rejection_kind"] in WRONG_ANSWER_KINDS:
             assert score("qa", parse_answer("qa", r["rejected"]), r["truth"]) == 0.0, r
+    knowledge = [r for r in sets["eval_qa"] if not r["document"]]
+    regulation = [r for r in sets["eval_qa"] if r["topic"] == "regulation"]
+    assert 0 < len(knowledge) < len(regulation)
 
 
 def test_every_rejection_kind_and_key_topic_is_present(sets):

@@ -91,6 +91,10 @@ def test_qa_numeric_counts_only_questions_with_a_figure():
     miscopied = "Source: “Monthly principal & interest: $1,942.10”\nIt is $1,942.10."
     m2 = scoring.qa_metrics([grounded], [miscopied], FixedBert(), 100, 0)
     assert (m2[scoring.NUMERIC]["value"], m2[scoring.NUMERIC_GROUNDED]["value"]) == (0.0, 1.0)
+    closed = {**records[0], "prompt": "What is the P&I?", "document": ""}  # asked with no context
+    m3 = scoring.qa_metrics([closed, closed], ["It is $1,842.10.", "No idea."], FixedBert(), 100, 0)
+    assert (m3[scoring.KNOWLEDGE]["value"], m3[scoring.KNOWLEDGE]["n"]) == (0.5, 2)
+    assert m3[scoring.NUMERIC]["n"] == 0  # figures read from a context only
     # q1: [your payment is 184210 month] vs [payment is 184210]: 3 shared -> 2*3/(5+3) = 0.75;
     # q2: nothing shared -> 0
     assert m[scoring.TOKEN_F1]["value"] == pytest.approx((0.75 + 0.0) / 2)
@@ -142,7 +146,8 @@ def hand_sets():
                 ("intent", ("payoff", "escrow")))}
     records["summary"] = [{"prompt": "Sum.", "document": "", "answer": "borrower: A\nsummary: s",
                            "truth": {"summary_fields": {"borrower": "A"}}}]
-    records["qa"] = [{"prompt": "APR?", "document": "", "chosen": "6.912%", "truth": qa}]
+    records["qa"] = [{"prompt": "APR?\n\nAPR 6.912%", "document": "APR 6.912%", "chosen": "6.912%",
+                      "truth": qa}]
     fair = (label("decision", "approve"), label("decision", "approve", prompt="swapped"))
     fewshot = {task: f"Example: ... Answer: {task}\n\n" for task in es.FEWSHOT_TASKS}
     return es.EvalSets(records, list(instructions("eval", 0, 5)), ["a text"], [fair],
@@ -179,8 +184,10 @@ def test_every_task_and_metric_is_reported_with_value_n_and_interval():
             assert set(m) == {"value", "n", "ci95"} and len(m["ci95"]) == 2
             if name.startswith("judge"):
                 assert m["n"] == 1  # judge.max_items of the task's records
-            elif task == es.QA and name in (scoring.NUMERIC, scoring.NUMERIC_GROUNDED):
+            elif task.endswith(es.QA) and name in (scoring.NUMERIC, scoring.NUMERIC_GROUNDED):
                 assert m["n"] == 1
+            elif task.endswith(es.QA) and name == scoring.KNOWLEDGE:
+                assert m["n"] == 0  # no closed-book question among the hand sets
             else:
                 assert m["n"] == sizes[task], (task, name)
     assert tasks["decision"][scoring.ACCURACY]["value"] == 1.0

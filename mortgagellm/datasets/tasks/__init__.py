@@ -35,6 +35,7 @@ from mortgagellm.datasets import mortgage
 from mortgagellm.datasets.schemas import DPO_SCHEMA, ROUTING_SCHEMA, SFT_SCHEMA
 from mortgagellm.datasets.splits import purpose_seed
 from mortgagellm.datasets.tasks.dpo import dpo_pairs
+from mortgagellm.datasets.tasks.qa import KNOWLEDGE_SHARE
 from mortgagellm.datasets.tasks.format import (
     LABELS,
     SFT_TASKS,
@@ -96,7 +97,7 @@ def build_task_sets(cfg: TaskSetsConfig, seed: int) -> dict[str, list[dict]]:
         docs = _documents(eval_seed, EVAL_SHARDS[name], max_chars)
         sets[name] = sft_records(docs, (task,), cfg.eval_per_task, _rng(seed, name))
     sets["eval_qa"] = dpo_pairs(_documents(eval_seed, EVAL_SHARDS["eval_qa"], max_chars),
-                                cfg.eval_qa_pairs, _rng(seed, "eval_qa"))
+                                cfg.eval_qa_pairs, _rng(seed, "eval_qa"), KNOWLEDGE_SHARE)
     sets["eval_routing"] = routing_requests(
         _documents(eval_seed, EVAL_SHARDS["eval_routing"], max_chars), cfg.eval_routing,
         cfg.ambiguous_fraction, _rng(seed, "eval_routing"))

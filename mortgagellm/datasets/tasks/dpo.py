@@ -28,7 +28,7 @@ from mortgagellm.datasets.tasks.format import (
     rounds_to,
     score,
 )
-from mortgagellm.datasets.tasks.qa import ask, excerpt, grounded_answer, questions
+from mortgagellm.datasets.tasks.qa import ask, context_for, grounded_answer, questions
 
 REJECTION_KINDS = ("wrong_number", "wrong_fact", "invented_citation", "steering",
                    "approval_promise", "income_misstatement", "refusal")
@@ -191,12 +191,15 @@ def _check(pair: dict) -> dict:
     return pair
 
 
-def dpo_pairs(docs: Iterable[dict], n: int, rng: random.Random) -> list[dict]:
+def dpo_pairs(docs: Iterable[dict], n: int, rng: random.Random,
+              knowledge_share: float = 0.0) -> list[dict]:
     """n pairs, one question per document, from the documents in order.
 
-    Each pair: {topic, prompt, chosen, rejected, rejection_kind, document, doc_id, doc_kind,
-    truth (``tasks.format.qa_truth``)}. Wrong answers are drawn three times as often as each
-    other kind, since numeric correctness is what the expert is measured on.
+    Each pair: {topic, prompt, chosen, rejected, rejection_kind, document (the context the
+    prompt carries; "" for a knowledge question, a share ``knowledge_share`` of the regulation
+    questions), doc_id, doc_kind, truth (``tasks.format.qa_truth``)}. Wrong answers are drawn
+    three times as often as each other kind, since numeric correctness is what the expert is
+    measured on.
     """
     pairs, seen = [], set()
     for doc in docs:
@@ -211,7 +214,7 @@ def dpo_pairs(docs: Iterable[dict], n: int, rng: random.Random) -> list[dict]:
         kinds = applicable_kinds(question)
         weights = [3 if k in WRONG_ANSWER_KINDS else 1 for k in kinds]
         kind = rng.choices(kinds, weights)[0]
-        context = excerpt(question, doc["text"], rng)
+        context = context_for(question, doc["text"], rng, knowledge_share)
         question = question | {"chosen": grounded_answer(question, context)}
         pairs.append(_check({
             "topic": question["topic"], "prompt": ask(question, context, rng),

@@ -245,6 +245,19 @@ def value_text(truth: dict) -> str | None:
     return found[0][3].group(0).strip() if found else None
 
 
+KNOWLEDGE_SHARE = 0.5
+"""Share of held-out regulation questions asked without their passage: what the model knows,
+not what it reads (the DAPT effect on knowledge), scored apart as QA 'knowledge'. Training
+questions always carry their passage, so no closed-book prompt is ever trained on."""
+
+
+def context_for(question: dict, text: str, rng: random.Random, knowledge_share: float) -> str:
+    """The context a request carries: none for a knowledge question, else ``excerpt``."""
+    if question["topic"] == "regulation" and rng.random() < knowledge_share:
+        return ""
+    return excerpt(question, text, rng)
+
+
 def excerpt(question: dict, text: str, rng: random.Random) -> str:
     """The context a request carries: the document's section (blank-line block) that states
     the answer and one other section, in document order, as a borrower pastes the relevant
@@ -269,7 +282,8 @@ def grounded_answer(question: dict, context: str) -> str:
 
 
 def ask(question: dict, context: str, rng: random.Random) -> str:
-    """The prompt: one phrasing in one voice, before or after the context."""
+    """The prompt: one phrasing in one voice, before or after the context (alone without)."""
     phrasing = rng.choice(question["phrasings"]).format(question=question["truth"]["question"])
     voice = rng.choice(_VOICES).replace("{q}", phrasing)
-    return rng.choice(_LAYOUTS).replace("{q}", voice).replace("{doc}", context)
+    layout = rng.choice(_LAYOUTS)
+    return layout.replace("{q}", voice).replace("{doc}", context) if context else voice
