@@ -44,6 +44,8 @@ EFFECTS = (
      "domain", "perplexity"),
     ("(b) the residual restores instruction fidelity lost by DAPT", "merged", "dapt",
      "instruction", "fidelity"),
+    ("(a) the merged model answers more closed-book regulation questions than instruct",
+     "merged", "instruct", "qa", "knowledge"),
     ("(c) the SFT expert beats instruct on decision", "structured", "instruct", "decision",
      "accuracy"),
     ("(c) the SFT expert beats instruct on doc_kind", "structured", "instruct", "doc_kind",
