@@ -88,3 +88,16 @@ def test_an_excerpt_keeps_the_section_that_states_the_answer():
     decision = question(topic="decision") | {"truth": qa_truth(
         "decision", "Why?", "deny", None, None)}
     assert excerpt(decision, doc, random.Random(0)) == doc
+
+
+def test_resolve_restates_the_answers_figure_even_when_it_differs_from_the_quotes():
+    wrote = grounded("The payoff is $121,191.11, good through the date in the quote.",
+                     "amount to pay off the loan: $121,191.19")
+    context = "Total amount to pay off the loan: $325,217.79\nRelease fee: $45.00"
+    fixed, info = resolve(wrote, context)
+    assert fixed == grounded("The payoff is $325,217.79, good through the date in the quote.",
+                             "amount to pay off the loan: $325,217.79")
+    # a date is restated as a date, never into a dollar figure
+    dated = grounded("It expires on May 9, 2024, at $1.00.", "the lock expires on May 9, 2024")
+    fixed, _ = resolve(dated, "Your lock expires on May 5, 2024. Fee $575.00.")
+    assert fixed.endswith("It expires on May 5, 2024, at $1.00.")

@@ -87,6 +87,7 @@ def _words(quote: str) -> set[str]:
 
 
 def _value(quote: str) -> str | None:
+    """The quote's value: its last figure or date, as printed."""
     spans = values(quote)
     return quote[spans[-1][0]:spans[-1][1]].strip() if spans else None
 
@@ -110,8 +111,23 @@ def resolve(text: str, context: str) -> tuple[str, dict]:
         overlap = len(words & other) / max(1, len(words | other))
         if overlap > score:
             best, score = candidate, overlap
-    wrote, true = _value(quote), best and _value(best)
-    if best is None or score < MIN_OVERLAP or wrote is None or true is None:
+    true = best and _value(best)
+    if best is None or score < MIN_OVERLAP or true is None:
         return text, {"source": True, "verbatim": False, "resolved": False, "changed": False}
-    fixed = grounded(answer.replace(wrote, true), best)
+    fixed = grounded(_restate(answer, true), best)
     return fixed, {"source": True, "verbatim": False, "resolved": True, "changed": fixed != text}
+
+
+def _kind(value: str) -> str:
+    found = figures(value) if not _DATE.fullmatch(value) else []
+    return found[0][0] if found else "date"
+
+
+def _restate(answer: str, true: str) -> str:
+    """The answer with its first value of ``true``'s kind (money, percent, plain figure or
+    date) written as ``true``: the model may miscopy its own quote's figure as well."""
+    kind = _kind(true)
+    for a, b in values(answer):
+        if _kind(answer[a:b].strip()) == kind:
+            return answer[:a] + true + answer[b:]
+    return answer
