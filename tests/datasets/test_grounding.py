@@ -101,3 +101,13 @@ def test_resolve_restates_the_answers_figure_even_when_it_differs_from_the_quote
     dated = grounded("It expires on May 9, 2024, at $1.00.", "the lock expires on May 9, 2024")
     fixed, _ = resolve(dated, "Your lock expires on May 5, 2024. Fee $575.00.")
     assert fixed.endswith("It expires on May 5, 2024, at $1.00.")
+
+
+def test_a_wrong_source_rejection_quotes_another_line_verbatim_and_states_its_figure():
+    q = question()
+    q = q | {"chosen": grounded_answer(q, TABLE), "context": TABLE}
+    wrong = rejected_answer("wrong_source", q, random.Random(1))
+    source = parse_answer("qa", wrong)["source"]
+    assert verbatim(source, TABLE) and source != "Monthly principal & interest: $2,702.68"
+    assert source.split(": ")[1] in wrong.split("\n")[1]  # the answer states that line's figure
+    assert score("qa", parse_answer("qa", wrong), q["truth"]) == 0.0

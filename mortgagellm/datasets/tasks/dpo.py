@@ -3,6 +3,8 @@
 
 Rejection kinds (``REJECTION_KINDS``):
 - wrong_number: the chosen answer with its figure replaced by a perturbed or confusable one;
+- wrong_source: a grounded answer that quotes another line of the context and states its
+  figure (the line a careless reader picks: P&I for PITI, the 15-day lock for the 60-day);
 - wrong_fact: a wrong decision, date or rule for questions without a figure;
 - invented_citation: the chosen answer plus a claim pinned on a fictitious statute;
 - steering, approval_promise, income_misstatement: the chosen answer plus non-compliant advice
@@ -28,11 +30,12 @@ from mortgagellm.datasets.tasks.format import (
     rounds_to,
     score,
 )
+from mortgagellm.datasets.tasks.grounding import grounded, kind_of, quotes, restate, value_of
 from mortgagellm.datasets.tasks.qa import ask, context_for, grounded_answer, questions
 
-REJECTION_KINDS = ("wrong_number", "wrong_fact", "invented_citation", "steering",
-                   "approval_promise", "income_misstatement", "refusal")
-WRONG_ANSWER_KINDS = ("wrong_number", "wrong_fact")
+REJECTION_KINDS = ("wrong_number", "wrong_source", "wrong_fact", "invented_citation",
+                   "steering", "approval_promise", "income_misstatement", "refusal")
+WRONG_ANSWER_KINDS = ("wrong_number", "wrong_source", "wrong_fact")
 """Rejections whose answer itself is wrong (score 0); the others may state the right figure."""
 
 _CONFUSABLE = {"payment": "housing", "housing": "payment", "apr": "rate"}
@@ -122,6 +125,23 @@ def _wrong_number(question: dict, rng: random.Random) -> str:
     return chosen.replace(printed, _format_like(m, wrong).strip())  # the quote's copy too
 
 
+def _other_sources(question: dict) -> list[str]:
+    """Quotes of the context's other lines whose value is of the answer's kind."""
+    quote, _ = split_source(question["chosen"])
+    if quote is None:
+        return []
+    right, kind = value_of(quote), kind_of(value_of(quote))
+    return [q for q in quotes(question.get("context", ""))
+            if value_of(q) != right and kind_of(value_of(q)) == kind]
+
+
+def _wrong_source(question: dict, rng: random.Random) -> str:
+    """The answer as if read from another line: that line's quote and its figure."""
+    other = rng.choice(_other_sources(question))
+    _, answer = split_source(question["chosen"])
+    return grounded(restate(answer, value_of(other)), other)
+
+
 def _wrong_fact(question: dict, rng: random.Random) -> str:
     """A wrong decision, a shifted date or a wrong rule stated in place of the right one."""
     truth, chosen = question["truth"], question["chosen"]
@@ -149,7 +169,9 @@ def applicable_kinds(question: dict) -> list[str]:
         wrong = "wrong_fact"
     else:
         wrong = None
-    return [k for k in REJECTION_KINDS if k not in WRONG_ANSWER_KINDS or k == wrong]
+    sourced = ["wrong_source"] if _other_sources(question) else []
+    return [k for k in REJECTION_KINDS if k not in WRONG_ANSWER_KINDS or k == wrong
+            or k in sourced]
 
 
 def rejected_answer(kind: str, question: dict, rng: random.Random) -> str:
@@ -159,6 +181,8 @@ def rejected_answer(kind: str, question: dict, rng: random.Random) -> str:
         raise ValueError(f"{kind!r} does not apply to a {question['truth']['mode']} answer")
     if kind == "wrong_number":
         return _wrong_number(question, rng)
+    if kind == "wrong_source":
+        return _wrong_source(question, rng)
     if kind == "wrong_fact":
         return _wrong_fact(question, rng)
     if kind == "invented_citation":
@@ -211,11 +235,11 @@ def dpo_pairs(docs: Iterable[dict], n: int, rng: random.Random,
         if key in seen:
             continue
         seen.add(key)
+        context = context_for(question, doc["text"], rng, knowledge_share)
+        question = question | {"chosen": grounded_answer(question, context), "context": context}
         kinds = applicable_kinds(question)
         weights = [3 if k in WRONG_ANSWER_KINDS else 1 for k in kinds]
         kind = rng.choices(kinds, weights)[0]
-        context = context_for(question, doc["text"], rng, knowledge_share)
-        question = question | {"chosen": grounded_answer(question, context)}
         pairs.append(_check({
             "topic": question["topic"], "prompt": ask(question, context, rng),
             "chosen": question["chosen"], "rejected": rejected_answer(kind, question, rng),

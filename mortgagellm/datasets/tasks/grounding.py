@@ -86,7 +86,7 @@ def _words(quote: str) -> set[str]:
     return set(normalise(head).replace(":", " ").split())
 
 
-def _value(quote: str) -> str | None:
+def value_of(quote: str) -> str | None:
     """The quote's value: its last figure or date, as printed."""
     spans = values(quote)
     return quote[spans[-1][0]:spans[-1][1]].strip() if spans else None
@@ -111,23 +111,24 @@ def resolve(text: str, context: str) -> tuple[str, dict]:
         overlap = len(words & other) / max(1, len(words | other))
         if overlap > score:
             best, score = candidate, overlap
-    true = best and _value(best)
+    true = best and value_of(best)
     if best is None or score < MIN_OVERLAP or true is None:
         return text, {"source": True, "verbatim": False, "resolved": False, "changed": False}
-    fixed = grounded(_restate(answer, true), best)
+    fixed = grounded(restate(answer, true), best)
     return fixed, {"source": True, "verbatim": False, "resolved": True, "changed": fixed != text}
 
 
-def _kind(value: str) -> str:
+def kind_of(value: str) -> str:
+    """A value's kind: 'date', or its figure's 'money', 'percent' or 'plain'."""
     found = figures(value) if not _DATE.fullmatch(value) else []
     return found[0][0] if found else "date"
 
 
-def _restate(answer: str, true: str) -> str:
+def restate(answer: str, true: str) -> str:
     """The answer with its first value of ``true``'s kind (money, percent, plain figure or
     date) written as ``true``: the model may miscopy its own quote's figure as well."""
-    kind = _kind(true)
+    kind = kind_of(true)
     for a, b in values(answer):
-        if _kind(answer[a:b].strip()) == kind:
+        if kind_of(answer[a:b].strip()) == kind:
             return answer[:a] + true + answer[b:]
     return answer
