@@ -22,7 +22,8 @@ from typing import Any
 from mortgagellm.config import Recipe
 
 DEMO_PER_EXPERT = 20
-DEMO_MAX_TOKENS = 48
+DEMO_MAX_TOKENS = 80
+"""A grounded answer's source line and first sentence, which states the figure."""
 DEMO_TASKS = (("decision", "answer", "structured"), ("qa", "chosen", "conversational"))
 """(held-out task, its reference field, the route it belongs to)."""
 DEMO_REQUESTS = (
