@@ -73,7 +73,8 @@ def question(answer="$2,702.68", value=2702.68, topic="payment"):
 def test_reference_answers_quote_their_figure_and_wrong_numbers_change_both_copies():
     q = question()
     chosen = grounded_answer(q, TABLE)
-    assert chosen.startswith("Source: “Monthly principal & interest: $2,702.68”\n")
+    assert chosen.startswith("Source for the monthly principal and interest: “Monthly principal & "
+                             "interest: $2,702.68”\n")
     wrong = rejected_answer("wrong_number", q | {"chosen": chosen}, random.Random(0))
     assert "$2,702.68" not in wrong and verbatim(parse_answer("qa", wrong)["source"], TABLE) \
         is False
@@ -111,3 +112,11 @@ def test_a_wrong_source_rejection_quotes_another_line_verbatim_and_states_its_fi
     assert verbatim(source, TABLE) and source != "Monthly principal & interest: $2,702.68"
     assert source.split(": ")[1] in wrong.split("\n")[1]  # the answer states that line's figure
     assert score("qa", parse_answer("qa", wrong), q["truth"]) == 0.0
+
+
+def test_resolve_keeps_what_the_source_line_says_it_looks_for():
+    wrote = grounded("It is $9.00.", "Monthly principal & interest: $9.00", "the P&I")
+    fixed, _ = resolve(wrote, TABLE)
+    assert fixed == ("Source for the P&I: “Monthly principal & interest: $2,702.68”\n"
+                     "It is $2,702.68.")
+    assert parse_answer("qa", fixed)["source"] == "Monthly principal & interest: $2,702.68"

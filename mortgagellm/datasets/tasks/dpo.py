@@ -30,7 +30,7 @@ from mortgagellm.datasets.tasks.format import (
     rounds_to,
     score,
 )
-from mortgagellm.datasets.tasks.grounding import grounded, kind_of, quotes, restate, value_of
+from mortgagellm.datasets.tasks.grounding import kind_of, quotes, restate, value_of, with_source
 from mortgagellm.datasets.tasks.qa import ask, context_for, grounded_answer, questions
 
 REJECTION_KINDS = ("wrong_number", "wrong_source", "wrong_fact", "invented_citation",
@@ -139,7 +139,7 @@ def _wrong_source(question: dict, rng: random.Random) -> str:
     """The answer as if read from another line: that line's quote and its figure."""
     other = rng.choice(_other_sources(question))
     _, answer = split_source(question["chosen"])
-    return grounded(restate(answer, value_of(other)), other)
+    return with_source(question["chosen"], other, restate(answer, value_of(other)))
 
 
 def _wrong_fact(question: dict, rng: random.Random) -> str:

@@ -6,7 +6,7 @@ Tasks and their answers:
 - ``decision`` / ``doc_kind`` / ``intent`` / ``route``: exactly one label of ``LABELS[task]``.
 - ``summary``: one ``field: value`` line per key field of the document (snake_case keys, the
   generator's order), then one ``summary: <sentence>`` line.
-- ``qa``: free conversational text, optionally opening with a ``Source: “…”`` line that quotes
+- ``qa``: free conversational text, optionally opening with a ``Source …: “…”`` line that quotes
   the document (``tasks.grounding``; the answer is read after it). A numeric answer is the first
   figure of the truth's kind in the text (first dollar amount for money, first percentage for
   a rate or ratio, first plain number otherwise), a decision answer the first decision word,
@@ -49,13 +49,15 @@ _CITATION = re.compile(
 )
 
 
-_SOURCE = re.compile(r"\s*Source:\s*[“\"](?P<quote>[^”\"\n]*)[”\"]\s*(?:\n|$)")
+SOURCE = re.compile(r"\s*(?P<head>Source(?: for (?P<topic>[^:“\"\n]*))?:\s*)[“\"]"
+                    r"(?P<quote>[^”\"\n]*)[”\"]\s*(?:\n|$)")
+"""A grounded answer's first line: ``Source for <what is asked>: “<quote>”`` (or ``Source:``)."""
 
 
 def split_source(text: str) -> tuple[str | None, str]:
-    """(quote, the answer after it) of a grounded answer that opens with a ``Source: “…”``
+    """(quote, the answer after it) of a grounded answer that opens with a ``Source …: “…”``
     line (``tasks.grounding``), or (None, text) without one."""
-    m = _SOURCE.match(text)
+    m = SOURCE.match(text)
     return (m["quote"], text[m.end():]) if m else (None, text)
 
 

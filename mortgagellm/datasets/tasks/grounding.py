@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 
-from mortgagellm.datasets.tasks.format import figures, normalise, split_source
+from mortgagellm.datasets.tasks.format import SOURCE, figures, normalise, split_source
 
 _DATE = re.compile(r"\b(?:January|February|March|April|May|June|July|August|September|October"
                    r"|November|December) \d{1,2}, \d{4}\b")
@@ -74,9 +74,16 @@ def quote_for(context: str, value: str) -> str | None:
     return None
 
 
-def grounded(answer: str, quote: str) -> str:
-    """The reference layout: the source line, then the answer."""
-    return f"Source: “{quote}”\n{answer}"
+def grounded(answer: str, quote: str, asked: str | None = None) -> str:
+    """The reference layout: the source line (naming what is asked, when given: the model
+    first says what it looks for, then which line states it), then the answer."""
+    return f"Source{f' for {asked}' if asked else ''}: “{quote}”\n{answer}"
+
+
+def with_source(text: str, quote: str, answer: str) -> str:
+    """``text``'s source line with ``quote`` in it, then ``answer``."""
+    m = SOURCE.match(text)
+    return f"{m['head']}“{quote}”\n{answer}"
 
 
 def _words(quote: str) -> set[str]:
@@ -114,7 +121,7 @@ def resolve(text: str, context: str) -> tuple[str, dict]:
     true = best and value_of(best)
     if best is None or score < MIN_OVERLAP or true is None:
         return text, {"source": True, "verbatim": False, "resolved": False, "changed": False}
-    fixed = grounded(restate(answer, true), best)
+    fixed = with_source(text, best, restate(answer, true))
     return fixed, {"source": True, "verbatim": False, "resolved": True, "changed": fixed != text}
 
 

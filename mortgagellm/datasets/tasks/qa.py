@@ -237,6 +237,22 @@ def questions(doc: dict) -> list[dict]:
     return out
 
 
+ASKED = {
+    "payment": "the monthly principal and interest", "housing": "the total monthly payment (PITI)",
+    "dti": "the debt-to-income ratio", "ltv": "the loan-to-value ratio",
+    "income": "the monthly income", "apr": "the APR", "cash": "the cash to close",
+    "closing_costs": "the total closing costs", "escrow": "the monthly escrow",
+    "appraised": "the appraised value", "comparable": "comparable 1's adjusted price",
+    "appraisal_gap": "the appraisal gap", "escrow_deposit": "the new escrow deposit",
+    "new_payment": "the new monthly payment", "per_diem": "the daily interest",
+    "payoff": "the payoff amount", "forbearance": "the deferred amount",
+    "lock_expiry": "the lock's expiry date", "lock_extension": "the lock extension's cost",
+    "late_fee": "the late fee", "lock_points": "the lock's points",
+}
+"""What a grounded answer's source line says it looks for, per topic: written from the question
+before the quote, so the line it then names is read with what was asked right before it."""
+
+
 def value_text(truth: dict) -> str | None:
     """The value an answer states, as printed: the date, or the answer's first figure."""
     if truth["unit"] == "date":
@@ -278,7 +294,8 @@ def grounded_answer(question: dict, context: str) -> str:
     difference, a rule) are as written."""
     value = value_text(question["truth"])
     quote = quote_for(context, value) if value and question["topic"] != "regulation" else None
-    return grounded(question["chosen"], quote) if quote else question["chosen"]
+    return grounded(question["chosen"], quote, ASKED.get(question["topic"])) if quote \
+        else question["chosen"]
 
 
 def ask(question: dict, context: str, rng: random.Random) -> str:
