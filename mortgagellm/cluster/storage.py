@@ -126,16 +126,6 @@ def download(uri: str, local: str | Path) -> Path:
     return local
 
 
-def upload_dir(local_dir: str | Path, uri: str) -> None:
-    """Copy a local directory tree to a path or URI (a no-op when they are the same place)."""
-    fs, path = filesystem(uri)
-    if isinstance(fs, pafs.LocalFileSystem) and Path(path).resolve() == Path(local_dir).resolve():
-        return
-    fs.create_dir(path, recursive=True)
-    pafs.copy_files(str(local_dir), path, source_filesystem=pafs.LocalFileSystem(),
-                    destination_filesystem=fs)
-
-
 def download_dir(uri: str, local_dir: str | Path) -> Path:
     """Copy a directory from a URI into local_dir; local paths are returned as they are."""
     if not is_remote(uri):

@@ -29,7 +29,7 @@ def test_upload_then_download_directory(tmp_path):
     src = tmp_path / "src"
     (src / "sub").mkdir(parents=True)
     (src / "sub" / "w.bin").write_bytes(b"\x01\x02")
-    storage.upload_dir(src, f"file://{tmp_path}/remote")
+    storage.upload(src, f"file://{tmp_path}/remote")
     assert (tmp_path / "remote" / "sub" / "w.bin").read_bytes() == b"\x01\x02"
     local = storage.download_dir(str(tmp_path / "remote"), tmp_path / "unused")
     assert local == tmp_path / "remote"
