@@ -10,6 +10,14 @@ A stage reads:  pending = begin(stage, out, config, inputs)
 A manifest's `fingerprint` hashes the stage name, its resolved config, its input hashes and the
 source of the project modules the stage runs (`code_hash`). A re-run with the same fingerprint
 whose recorded outputs still hash the same is "up to date"; otherwise the log says what changed.
+
+With run.output_dir a URI (s3://...) a stage writes into stage_dir, a local directory under
+run.cache_dir, and `finish` publishes its outputs to <output_dir>/<stage>/, manifest.json last;
+a stage that starts running removes its published manifest first, so an interrupted upload is
+never taken for a finished stage. The published manifest names the URIs. Later stages read an
+earlier one with `require_manifest` / `stage_manifest`, which download its outputs into the
+cache (checking their hashes) and return a manifest naming the local copies. Skipping needs
+only the published manifest and the outputs' presence: they are hashed when downloaded.
 """
 
 from __future__ import annotations
@@ -162,24 +170,50 @@ def _project_imports(module: str) -> list[str]:
 # ---- where stages write, and what they read ----------------------------------------------------
 
 def stage_dir(recipe: Recipe, stage: str) -> Path:
-    """Where a stage writes its output and manifest: <run.output_dir>/<stage>."""
-    return Path(recipe.run.output_dir) / stage
+    """Where a stage writes its output and manifest on this machine: <run.output_dir>/<stage>,
+    or <run.cache_dir>/<stage> when output_dir is a URI (`finish` publishes it there)."""
+    return recipe.run.local_dir / stage
+
+
+def stage_uri(recipe: Recipe, stage: str) -> str:
+    """Where a stage's output and manifest are kept: <run.output_dir>/<stage>, path or URI."""
+    if storage.is_remote(recipe.run.output_dir):
+        return f"{recipe.run.output_dir.rstrip('/')}/{stage}"
+    return str(stage_dir(recipe, stage))
+
+
+def published(recipe: Recipe, path: str | Path) -> str:
+    """Where `path`, under the run's local directory, is published: the same place under a
+    remote output_dir; the path itself with a local output_dir."""
+    if not storage.is_remote(recipe.run.output_dir):
+        return str(path)
+    return _rebase(str(path), str(recipe.run.local_dir), recipe.run.output_dir.rstrip("/"))
+
+
+def stage_manifest(recipe: Recipe, stage: str) -> Manifest | None:
+    """The manifest an earlier stage left, None when there is none; with a remote output_dir
+    its outputs are in the cache first and the manifest names those copies (see `fetch`)."""
+    uri = stage_uri(recipe, stage)
+    return fetch(uri, stage_dir(recipe, stage)) if storage.is_remote(uri) else read(uri)
 
 
 def require_manifest(recipe: Recipe, stage: str) -> Manifest:
     """The manifest an earlier stage left, or an error saying which stage to run."""
-    found = read(str(stage_dir(recipe, stage)))
+    found = stage_manifest(recipe, stage)
     if found is None:
         raise FileNotFoundError(
-            f"no {stage} output in {stage_dir(recipe, stage)}; run `mortgagellm {stage}` first")
+            f"no {stage} output in {stage_uri(recipe, stage)}; run `mortgagellm {stage}` first")
     return found
 
 
 def write(out_dir: str, manifest: Manifest) -> Manifest:
     """Write <out_dir>/manifest.json (atomically on local disk)."""
-    text = json.dumps(asdict(manifest), indent=2, sort_keys=True) + "\n"
-    storage.write_bytes(f"{out_dir}/{MANIFEST}", text.encode())
+    storage.write_bytes(f"{out_dir}/{MANIFEST}", _text(manifest).encode())
     return manifest
+
+
+def _text(manifest: Manifest) -> str:
+    return json.dumps(asdict(manifest), indent=2, sort_keys=True) + "\n"
 
 
 def read(out_dir: str) -> Manifest | None:
@@ -187,25 +221,96 @@ def read(out_dir: str) -> Manifest | None:
     uri = f"{out_dir}/{MANIFEST}"
     if not storage.exists(uri):
         return None
+    return _parse(storage.read_bytes(uri), uri)
+
+
+def _parse(data: bytes | str, uri: str) -> Manifest:
     try:
-        return Manifest(**json.loads(storage.read_bytes(uri)))
+        return Manifest(**json.loads(data))
     except (json.JSONDecodeError, TypeError) as err:
         raise ValueError(f"{uri}: corrupt manifest ({err}); delete it to re-run the stage") from err
 
 
 def reusable(out_dir: str, expected_fingerprint: str) -> tuple[Manifest | None, str]:
-    """(manifest, why) — the manifest when the stage can be skipped, else None and the reason."""
+    """(manifest, why) — the manifest when the stage can be skipped, else None and the reason.
+    Remote outputs must exist; they are hashed when a later stage downloads them (`fetch`)."""
     previous = read(out_dir)
     if previous is None:
         return None, "no previous manifest"
     if previous.fingerprint != expected_fingerprint:
         return None, "config or inputs changed since the last run"
     for name, entry in previous.outputs.items():
-        if not Path(entry["uri"]).exists():
+        remote = storage.is_remote(entry["uri"])
+        if not (storage.exists(entry["uri"]) if remote else Path(entry["uri"]).exists()):
             return None, f"output {name} is missing ({entry['uri']})"
-        if sha256_path(entry["uri"]) != entry["sha256"]:
+        if not remote and sha256_path(entry["uri"]) != entry["sha256"]:
             return None, f"output {name} was modified since it was written ({entry['uri']})"
     return previous, "inputs, config, code and outputs unchanged"
+
+
+# ---- a remote output_dir: publish and fetch ------------------------------------------------------
+
+def _rebase(uri: str, old: str, new: str) -> str:
+    """`uri` with the prefix `old` replaced by `new`; unchanged when it is not under `old`."""
+    if uri == old or uri.startswith(f"{old}/"):
+        return new + uri[len(old):]
+    return uri
+
+
+def _rebased(manifest: Manifest, old: str, new: str) -> Manifest:
+    """A copy whose input and output locations under `old` are under `new` instead."""
+    def move(entries: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+        return {k: v | {"uri": _rebase(v["uri"], old, new)} for k, v in entries.items()}
+
+    return Manifest(**asdict(manifest) | {"inputs": move(manifest.inputs),
+                                          "outputs": move(manifest.outputs)})
+
+
+def _roots(uri: str, local: Path) -> tuple[str, str]:
+    """(run URI, local run directory) of a stage's <root>/<stage> URI and local directory."""
+    return uri.rsplit("/", 1)[0], str(local.parent)
+
+
+def publish(manifest: Manifest, local: Path, uri: str) -> Manifest:
+    """Upload the outputs under `local` to the same places under `uri`, then the manifest
+    naming them there, last; the same manifest is kept in `local` (the cache is current).
+    Returns the published manifest."""
+    remote_root, local_root = _roots(uri, local)
+    for entry in manifest.outputs.values():
+        if (target := _rebase(entry["uri"], str(local), uri)) != entry["uri"]:
+            storage.upload(entry["uri"], target)
+    remote = _rebased(manifest, local_root, remote_root)
+    write(uri, remote)
+    storage.write_bytes(str(local / MANIFEST), _text(remote).encode())
+    return remote
+
+
+def fetch(uri: str, local: Path) -> Manifest | None:
+    """The manifest published at `uri` with its outputs copied into `local`, naming the copies;
+    None when nothing is published there. A copy whose manifest.json equals the published one
+    is used as it is; otherwise every output is downloaded and must hash as recorded."""
+    if not storage.exists(f"{uri}/{MANIFEST}"):
+        return None
+    text = storage.read_bytes(f"{uri}/{MANIFEST}").decode()
+    remote = _parse(text, f"{uri}/{MANIFEST}")
+    remote_root, local_root = _roots(uri, local)
+    found = _rebased(remote, remote_root, local_root)
+    cached = local / MANIFEST
+    if cached.is_file() and cached.read_text() == text and all(
+            storage.is_remote(e["uri"]) or Path(e["uri"]).exists() for e in found.outputs.values()):
+        return found
+    cached.unlink(missing_ok=True)
+    for name, entry in remote.outputs.items():
+        if (target := _rebase(entry["uri"], uri, str(local))) == entry["uri"]:
+            continue  # not in the stage's directory (a model the recipe names): read in place
+        storage.download(entry["uri"], target)
+        if sha256_path(target) != entry["sha256"]:
+            raise ValueError(f"{entry['uri']}: output {name} does not hash as {uri}/{MANIFEST} "
+                             "records (changed or partly written since); re-run the stage with "
+                             "--force")
+    storage.write_bytes(str(cached), text.encode())
+    log.info("fetched %s into %s", uri, local)
+    return found
 
 
 # ---- the stage preamble and ending ---------------------------------------------------------------
@@ -222,27 +327,40 @@ class Pending:
     fingerprint: str
     started_at: str = ""
     t0: float = 0.0
+    uri: str = ""
+    """Where the stage is kept (stage_uri): out_dir itself, or the URI `finish` publishes to."""
 
 
 def begin(stage: str, out_dir: Path, config: dict[str, Any],
-          inputs: dict[str, dict[str, str]] | None = None, module: str | None = None) -> Pending:
+          inputs: dict[str, dict[str, str]] | None = None, module: str | None = None,
+          uri: str | None = None) -> Pending:
     """The fingerprint of a stage run: its config, inputs and the code of `module` (default
-    mortgagellm.pipelines.<stage>) with everything it imports."""
+    mortgagellm.pipelines.<stage>) with everything it imports. `uri`, a remote stage_uri, is
+    checked writable now (a bad bucket, endpoint or credentials fail before any work)."""
     inputs = inputs or {}
+    uri = uri or str(out_dir)
+    if storage.is_remote(uri):
+        storage.check_writable(uri)
     code = code_hash(module or f"mortgagellm.pipelines.{stage}")
     return Pending(stage, Path(out_dir), config, inputs, code,
-                   fingerprint(stage, config, inputs, code))
+                   fingerprint(stage, config, inputs, code), uri=uri)
 
 
 def skip_if_current(pending: Pending, force: bool = False) -> Manifest | None:
-    """The earlier manifest when nothing changed (and not `force`), else None; logs which."""
-    previous, why = reusable(str(pending.out_dir), pending.fingerprint)
+    """The earlier manifest when nothing changed (and not `force`), else None; logs which.
+    A stage that runs against a remote uri first removes its published and cached manifests."""
+    previous, why = reusable(pending.uri, pending.fingerprint)
     if previous is not None and not force:
-        log.info("%s: up to date (%s); skipping. Manifest: %s", pending.stage, why,
-                 pending.out_dir / MANIFEST)
+        log.info("%s: up to date (%s); skipping. Manifest: %s/%s", pending.stage, why,
+                 pending.uri, MANIFEST)
         return previous
-    if previous is None and (earlier := read(str(pending.out_dir))) is not None:
+    earlier = previous or read(pending.uri)
+    if previous is None and earlier is not None:
         why = changed(earlier, pending) or why
+    if storage.is_remote(pending.uri):
+        if earlier is not None:
+            storage.delete(f"{pending.uri}/{MANIFEST}")
+        (pending.out_dir / MANIFEST).unlink(missing_ok=True)
     log.info("%s: running (%s)", pending.stage, "--force" if previous else why)
     pending.started_at, pending.t0 = now()
     return None
@@ -266,11 +384,14 @@ def changed(previous: Manifest, pending: Pending) -> str | None:
 def finish(pending: Pending, outputs: dict[str, dict[str, str]],
            metrics: dict[str, Any]) -> Manifest:
     """Write the stage's manifest: what it read, how it was configured, which code, what it
-    wrote and measured, when and for how long."""
-    return write(str(pending.out_dir), Manifest(
+    wrote and measured, when and for how long; to a remote uri, publish outputs and manifest."""
+    manifest = Manifest(
         stage=pending.stage, fingerprint=pending.fingerprint, config=pending.config,
         inputs=pending.inputs, outputs=outputs, metrics=metrics, started_at=pending.started_at,
-        duration_s=round(time.monotonic() - pending.t0, 2), code=pending.code))
+        duration_s=round(time.monotonic() - pending.t0, 2), code=pending.code)
+    if storage.is_remote(pending.uri):
+        return publish(manifest, pending.out_dir, pending.uri)
+    return write(str(pending.out_dir), manifest)
 
 
 def now() -> tuple[str, float]:

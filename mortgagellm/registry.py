@@ -40,7 +40,7 @@ EXPERTS = ("structured", "conversational")
 
 def registry_path(recipe: Recipe) -> Path:
     """The recipe's registry file: serve.registry, else <output_dir>/serve/registry.json."""
-    return Path(recipe.serve.registry or Path(recipe.run.output_dir) / "serve" / "registry.json")
+    return Path(recipe.serve.registry or recipe.run.local_dir / "serve" / "registry.json")
 
 
 def read(path: str | Path) -> dict[str, Any]:
@@ -204,7 +204,7 @@ def candidate(recipe: Recipe, expert: str, fallback: bool = False
     if wanted:  # a version (prefix) already registered
         version = resolve(registry_path(recipe), wanted)
         return version, read(registry_path(recipe))["versions"][version]["path"], wanted, {}
-    trained = manifest.read(str(manifest.stage_dir(recipe, stage)))
+    trained = manifest.stage_manifest(recipe, stage)
     if trained is not None:
         entry = trained.outputs["model"]
         metrics = {k: v for k, v in trained.metrics.items() if k != "history"}

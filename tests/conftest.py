@@ -100,3 +100,37 @@ def package_copy(tmp_path, monkeypatch):
     manifest._closure.cache_clear()
     yield copy
     manifest._closure.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A local S3 server (moto) on 127.0.0.1 for the session: its endpoint URL."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+          "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+"""Credentials and region for the local S3 server (moto accepts any)."""
+
+
+@pytest.fixture
+def s3_bucket(s3_server, monkeypatch):
+    """A new, empty bucket on the local S3 server, as s3://<name>, with the environment that
+    pyarrow reads (AWS_ENDPOINT_URL, credentials, region) pointing at the server."""
+    import uuid
+
+    from pyarrow import fs
+
+    for name, value in S3_ENV.items() | {("AWS_ENDPOINT_URL", s3_server)}:
+        monkeypatch.setenv(name, value)
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(name, raising=False)
+    bucket = f"mllm-{uuid.uuid4().hex[:12]}"
+    fs.S3FileSystem(endpoint_override=s3_server, allow_bucket_creation=True).create_dir(bucket)
+    return f"s3://{bucket}"

@@ -1,6 +1,7 @@
 """Manifests: fingerprints, hashing, and the skip / re-run decision."""
 
 import json
+import shutil
 
 import pytest
 
@@ -110,3 +111,107 @@ def test_a_code_change_reruns_the_stage_and_says_why(tmp_path, package_copy, cap
     again, done = attempt()
     assert done is None and "sft: running (code changed)" in caplog.text
     assert again.fingerprint != pending.fingerprint and again.config == pending.config
+
+
+# ---- a remote output_dir (s3:// on a local S3 server) ---------------------------------------
+
+def s3_recipe(bucket, cache):
+    from mortgagellm.config import Recipe
+
+    return Recipe.model_validate({"run": {"output_dir": f"{bucket}/run", "cache_dir": str(cache)}})
+
+
+def run_s3_stage(recipe, config, weights=b"\x00" * 10):
+    """One pass of the stage protocol for a stage 'sft' that writes model/ and maybe skips."""
+    out, uri = manifest.stage_dir(recipe, "sft"), manifest.stage_uri(recipe, "sft")
+    pending = manifest.begin("sft", out, config, {"data": {"uri": "/a", "sha256": "h1"}}, uri=uri)
+    if done := manifest.skip_if_current(pending):
+        return done
+    (out / "model").mkdir(parents=True, exist_ok=True)
+    (out / "model" / "weights.bin").write_bytes(weights)
+    return manifest.finish(pending, {"model": manifest.artifact(out / "model")}, {"loss": 1.0})
+
+
+def test_a_stage_on_s3_publishes_is_read_back_and_skipped_from_the_uri(s3_bucket, tmp_path,
+                                                                       monkeypatch):
+    from mortgagellm.cluster import storage
+
+    recipe = s3_recipe(s3_bucket, tmp_path / "cache")
+    uri = f"{s3_bucket}/run/sft"
+    assert manifest.stage_uri(recipe, "sft") == uri
+    assert manifest.stage_dir(recipe, "sft") == tmp_path / "cache" / "sft"
+    uploads = []
+
+    def upload(local, target):  # the manifest is never there while outputs are uploaded
+        uploads.append(target)
+        assert not storage.exists(f"{uri}/manifest.json")
+        real_upload(local, target)
+
+    real_upload = storage.upload
+    monkeypatch.setattr(storage, "upload", upload)
+    m = run_s3_stage(recipe, {"lr": 1})
+    assert uploads == [f"{uri}/model"]
+    assert m.output_path("model") == f"{uri}/model"  # the published manifest names the URI
+    assert manifest.read(uri) == m and not (tmp_path / "cache" / "s3:").exists()
+
+    # Another machine (an empty cache) reads it: the outputs are downloaded and hash as recorded.
+    shutil.rmtree(tmp_path / "cache")
+    got = manifest.require_manifest(recipe, "sft")
+    local_model = tmp_path / "cache" / "sft" / "model"
+    assert got.output_path("model") == str(local_model)
+    assert (local_model / "weights.bin").read_bytes() == b"\x00" * 10
+    assert got.outputs["model"]["sha256"] == m.outputs["model"]["sha256"]
+
+    # ... and skips the stage against the URI, without downloading anything.
+    shutil.rmtree(tmp_path / "cache")
+    again = run_s3_stage(recipe, {"lr": 1})
+    assert again == m and not local_model.exists()
+
+    # A changed config re-runs it: the published manifest goes first, the new one comes last.
+    uploads.clear()
+    rerun = run_s3_stage(recipe, {"lr": 2}, weights=b"\x01" * 10)
+    assert uploads == [f"{uri}/model"] and rerun.fingerprint != m.fingerprint
+    assert manifest.read(uri) == rerun
+
+
+def test_a_stage_on_s3_that_fails_midway_is_not_done(s3_bucket, tmp_path):
+    recipe = s3_recipe(s3_bucket, tmp_path / "cache")
+    run_s3_stage(recipe, {"lr": 1})
+    out, uri = manifest.stage_dir(recipe, "sft"), manifest.stage_uri(recipe, "sft")
+    pending = manifest.begin("sft", out, {"lr": 2}, {}, uri=uri)
+    assert manifest.skip_if_current(pending) is None  # running ... and then it fails
+    assert manifest.stage_manifest(recipe, "sft") is None
+    with pytest.raises(FileNotFoundError, match=f"no sft output in {uri}; run `mortgagellm sft"):
+        manifest.require_manifest(recipe, "sft")
+
+
+def test_changed_or_missing_outputs_on_s3_are_caught(s3_bucket, tmp_path, caplog):
+    from mortgagellm.cluster import storage
+
+    recipe = s3_recipe(s3_bucket, tmp_path / "cache")
+    run_s3_stage(recipe, {"lr": 1})
+    uri = manifest.stage_uri(recipe, "sft")
+    storage.write_bytes(f"{uri}/model/weights.bin", b"\x07" * 10)  # changed after publishing
+    shutil.rmtree(tmp_path / "cache")
+    with pytest.raises(ValueError, match=f"{uri}/model: output model does not hash as "
+                       f"{uri}/manifest.json records"):
+        manifest.require_manifest(recipe, "sft")
+    storage.delete(f"{uri}/model")
+    caplog.set_level("INFO", logger="mortgagellm.manifest")
+    assert run_s3_stage(recipe, {"lr": 1}).output_path("model") == f"{uri}/model"
+    assert f"sft: running (output model is missing ({uri}/model))" in caplog.text
+
+
+def test_a_cached_copy_is_reused_while_its_manifest_matches(s3_bucket, tmp_path, monkeypatch):
+    from mortgagellm.cluster import storage
+
+    recipe = s3_recipe(s3_bucket, tmp_path / "cache")
+    run_s3_stage(recipe, {"lr": 1})  # written here: the cache holds the published manifest
+    downloads = []
+    real_download = storage.download
+    monkeypatch.setattr(storage, "download", lambda *a: downloads.append(a) or real_download(*a))
+    manifest.require_manifest(recipe, "sft")
+    assert downloads == []
+    (tmp_path / "cache" / "sft" / "manifest.json").write_text("{}")  # not the published one
+    manifest.require_manifest(recipe, "sft")
+    assert [target for _, target in downloads] == [str(tmp_path / "cache" / "sft" / "model")]

@@ -1,15 +1,26 @@
 """Storage URIs: local paths and s3:// (or any pyarrow filesystem URI) behind one small API.
 
-Stages write locally and publish with `upload_dir`; inputs given as URIs are fetched with
-`download_dir` into the run's cache. Nothing here reaches a model hub.
+Stages write locally and publish with `upload`; inputs given as URIs are fetched with
+`download_dir` / `download` into the run's cache. Nothing here reaches a model hub.
+
+S3 settings come from the environment, as pyarrow reads them: credentials from
+AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or AWS_PROFILE, or the node's IAM role), the region
+from AWS_DEFAULT_REGION, and an S3-compatible server (MinIO, Ceph, moto) from AWS_ENDPOINT_URL,
+e.g. http://127.0.0.1:9000.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import uuid
 from pathlib import Path
 
 from pyarrow import fs as pafs
+
+
+class StorageError(OSError):
+    """A storage location that cannot be used; the message names the URI and what failed."""
 
 
 def is_remote(uri: str) -> bool:
@@ -50,14 +61,69 @@ def write_bytes(uri: str, data: bytes) -> None:
         stream.write(data)
 
 
-def upload_dir(local_dir: str | Path, uri: str) -> None:
-    """Copy a local directory tree to a path or URI (a no-op when they are the same place)."""
+def delete(uri: str) -> None:
+    """Remove the file or directory tree at the path or URI; nothing there is not an error."""
     fs, path = filesystem(uri)
-    if isinstance(fs, pafs.LocalFileSystem) and Path(path).resolve() == Path(local_dir).resolve():
-        return
-    fs.create_dir(path, recursive=True)
-    pafs.copy_files(str(local_dir), path, source_filesystem=pafs.LocalFileSystem(),
+    kind = fs.get_file_info(path).type
+    if kind == pafs.FileType.Directory:
+        fs.delete_dir(path)
+    elif kind == pafs.FileType.File:
+        fs.delete_file(path)
+
+
+def subdirs(uri: str) -> list[str]:
+    """Names of the directories directly under the path or URI (none when it does not exist)."""
+    fs, path = filesystem(uri)
+    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
+
+
+def check_writable(uri: str) -> None:
+    """Write and delete a marker file under `uri`: a missing bucket, an unreachable endpoint or
+    missing credentials fail here, naming the URI, instead of when a stage first publishes."""
+    marker = f"{uri.rstrip('/')}/.mortgagellm-write-check-{uuid.uuid4().hex[:12]}"
+    step = "opening the filesystem"
+    try:
+        fs, path = filesystem(marker)
+        step = f"writing the test file {marker}"
+        with fs.open_output_stream(path) as stream:
+            stream.write(b"")
+        step = f"deleting the test file {marker}"
+        fs.delete_file(path)
+    except (OSError, ValueError) as err:  # pyarrow: OSError from the store, ValueError: bad URI
+        raise StorageError(
+            f"{uri} is not usable as run.output_dir: {step} failed: {err}. Check that the bucket "
+            "exists, the endpoint (AWS_ENDPOINT_URL for an S3-compatible server) and the "
+            "credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE or the node's "
+            "IAM role).") from err
+
+
+def upload(local: str | Path, uri: str) -> None:
+    """Copy a local file or directory tree to `uri`, replacing whatever was there."""
+    fs, path = filesystem(uri)
+    delete(uri)
+    if Path(local).is_dir():
+        fs.create_dir(path, recursive=True)  # an empty directory exists there too
+    pafs.copy_files(str(local), path, source_filesystem=pafs.LocalFileSystem(),
                     destination_filesystem=fs)
+
+
+def download(uri: str, local: str | Path) -> Path:
+    """Copy the file or directory tree at `uri` to `local`, replacing whatever was there."""
+    fs, path = filesystem(uri)
+    kind = fs.get_file_info(path).type
+    if kind == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"{uri}: not found")
+    local = Path(local)
+    if local.is_dir():
+        shutil.rmtree(local)
+    local.unlink(missing_ok=True)
+    local.parent.mkdir(parents=True, exist_ok=True)
+    if kind == pafs.FileType.Directory:
+        local.mkdir()
+    pafs.copy_files(path, str(local), source_filesystem=fs,
+                    destination_filesystem=pafs.LocalFileSystem())
+    return local
 
 
 def download_dir(uri: str, local_dir: str | Path) -> Path:

@@ -16,6 +16,7 @@ from typing import Any
 
 from mortgagellm.cluster.data import rank_rows
 from mortgagellm.cluster.runtime import scaling_config
+from mortgagellm.cluster.storage import filesystem, is_remote
 from mortgagellm.config import ScalingSettings
 
 
@@ -140,7 +141,8 @@ def read_placement(directory: Path) -> list[dict]:
 
 def run_on_ray(train_fn: Callable[[dict, Any], Any], config: dict, scaling: ScalingSettings,
                storage: str, name: str, max_failures: int, keep: int) -> Any:
-    """Run `train_fn(config, RaySession)` on a TorchTrainer; returns Ray's Result.
+    """Run `train_fn(config, RaySession)` on a TorchTrainer; returns Ray's Result. `storage` is
+    Ray Train's storage_path: a local directory or a URI (s3://...) every node can reach.
 
     Re-running with the same storage and name resumes from the latest checkpoint there (a
     stopped job relaunched continues instead of starting over).
@@ -157,8 +159,12 @@ def run_on_ray(train_fn: Callable[[dict, Any], Any], config: dict, scaling: Scal
         record_placement(Path(cfg["scratch"]) / "placement", session.rank)
         train_fn(cfg, session)
 
+    # A URI is resolved here, with this process's settings (AWS_ENDPOINT_URL, region), and
+    # handed to Ray as a filesystem: Ray's controller and workers would resolve the URI again
+    # in their own environment. Credentials still come from each process's (IAM role, AWS_*).
+    fs, path = filesystem(storage) if is_remote(storage) else (None, os.path.abspath(storage))
     run_config = RunConfig(
-        storage_path=os.path.abspath(storage), name=name,
+        storage_path=path, storage_filesystem=fs, name=name,
         failure_config=FailureConfig(max_failures=max_failures),
         checkpoint_config=CheckpointConfig(num_to_keep=keep),
     )

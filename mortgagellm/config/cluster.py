@@ -3,9 +3,11 @@ topology and DeepSpeed knobs the training sections share (cluster/ turns them in
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from mortgagellm.config.base import Section
 
@@ -17,9 +19,43 @@ class RunConfig(Section):
     output_dir: str = Field(
         "runs/cpu-demo",
         description="Root of every stage's output (local path, relative to the working directory, "
-        "or s3:// URI); each stage writes <output_dir>/<stage>/ with a manifest.json.",
+        "or a URI such as s3://bucket/prefix); each stage's output and manifest.json end up in "
+        "<output_dir>/<stage>/. With a URI a stage writes into cache_dir and publishes there "
+        "when it finishes (manifest.json last). S3 credentials, region and endpoint come from "
+        "the environment (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or the node's IAM role, "
+        "AWS_DEFAULT_REGION, AWS_ENDPOINT_URL), never from the recipe.",
+    )
+    cache_dir: str | None = Field(
+        None,
+        description="Local directory used when output_dir is a URI: stages write "
+        "<cache_dir>/<stage>/ before publishing it, earlier stages' outputs are downloaded "
+        "there (a copy whose manifest.json equals the published one is reused), and the Ray "
+        "token and serve's registry, keys and audit log live there. Default: "
+        "$XDG_CACHE_HOME (else ~/.cache)/mortgagellm/<scheme>/<bucket>/<prefix>. Unused with "
+        "a local output_dir.",
     )
     seed: int = Field(0, ge=0, description="Global seed; stages derive their own seeds from it.")
+
+    @field_validator("output_dir")
+    @classmethod
+    def _no_query(cls, value: str) -> str:
+        if "://" in value and "?" in value:
+            raise ValueError(f"{value!r}: query parameters are not supported in output_dir; set "
+                             "the endpoint with AWS_ENDPOINT_URL and the region with "
+                             "AWS_DEFAULT_REGION")
+        return value
+
+    @property
+    def local_dir(self) -> Path:
+        """Where this machine writes the run: output_dir itself when it is a local path, else
+        cache_dir (absolute; see its description for the default)."""
+        if "://" not in self.output_dir or self.output_dir.startswith("file://"):
+            return Path(self.output_dir)
+        if self.cache_dir:
+            return Path(self.cache_dir).expanduser().absolute()
+        scheme, rest = self.output_dir.split("://", 1)
+        cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+        return (Path(cache) / "mortgagellm" / scheme / rest.strip("/")).absolute()
 
 
 class RayConfig(Section):

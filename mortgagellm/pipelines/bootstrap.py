@@ -82,7 +82,8 @@ def run(recipe: Recipe, force: bool = False) -> manifest.Manifest:
     plan = resolve_plan(cfg)
     config = {"seed": recipe.run.seed, "bootstrap": cfg.model_dump(mode="json"),
               "plan": asdict(plan)}
-    pending = manifest.begin("bootstrap", out_dir, config)
+    pending = manifest.begin("bootstrap", out_dir, config,
+                             uri=manifest.stage_uri(recipe, "bootstrap"))
     if done := manifest.skip_if_current(pending, force):
         return done
     log.info("bootstrap: building the '%s' preset", cfg.preset)
@@ -233,7 +234,8 @@ def _run_verify(recipe: Recipe, out_dir: Path, force: bool) -> manifest.Manifest
              for name, uri in (("base", cfg.base_model), ("instruct", cfg.instruct_model))}
     inputs = {name: manifest.artifact(path) for name, path in local.items()}
     config = {"seed": recipe.run.seed, "bootstrap": cfg.model_dump(mode="json")}
-    pending = manifest.begin("bootstrap", out_dir, config, inputs)
+    pending = manifest.begin("bootstrap", out_dir, config, inputs,
+                             uri=manifest.stage_uri(recipe, "bootstrap"))
     if done := manifest.skip_if_current(pending, force):
         return done
     metrics = model_files.verify_pair(local["base"], local["instruct"])

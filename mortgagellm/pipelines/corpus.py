@@ -84,7 +84,8 @@ def run(recipe: Recipe, force: bool = False) -> manifest.Manifest:
         inputs["tier1_train_set"] = manifest.artifact(router.train_set)
     if router.threshold_set:
         inputs["tier1_threshold_set"] = manifest.artifact(router.threshold_set)
-    pending = manifest.begin("corpus", out_dir, config, inputs)
+    pending = manifest.begin("corpus", out_dir, config, inputs,
+                             uri=manifest.stage_uri(recipe, "corpus"))
     if done := manifest.skip_if_current(pending, force):
         return done
     import ray
@@ -92,7 +93,7 @@ def run(recipe: Recipe, force: bool = False) -> manifest.Manifest:
     from mortgagellm.cluster.runtime import init_ray
 
     if not ray.is_initialized():
-        init_ray(recipe.ray, recipe.run.output_dir)
+        init_ray(recipe.ray, recipe.run.local_dir)
     metrics = build(cfg, recipe.run.seed, tokenizer_spec(base), out_dir)
     metrics["tasks"] = write_tasks(cfg, recipe.run.seed, out_dir / "tasks")
     metrics["tier1"] = write_tier1(recipe, out_dir / "tasks", out_dir / routing.TIER1_FILE)

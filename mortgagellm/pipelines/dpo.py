@@ -332,7 +332,7 @@ def training_pairs(recipe: Recipe, cfg: Any, start: Path, tasks: Path
     from mortgagellm.training.onpolicy import onpolicy_pairs
 
     if not ray.is_initialized():
-        init_ray(recipe.ray, recipe.run.output_dir)
+        init_ray(recipe.ray, recipe.run.local_dir)
     new, counts = onpolicy_pairs(pairs, str(start), cfg.onpolicy, cfg.max_seq_len,
                                  recipe.run.seed, cfg.threads)
     return pairs + new, counts
@@ -379,7 +379,8 @@ def run(recipe: Recipe, force: bool = False, *, on_ray: bool = True,
     source_config, inputs = task_source(recipe, cfg.task_source)
     inputs |= models
     config = {"seed": recipe.run.seed, "dpo": cfg.model_dump(mode="json"), **source_config}
-    pending = manifest.begin("dpo", out, config, inputs)
+    pending = manifest.begin("dpo", out, config, inputs,
+                             uri=manifest.stage_uri(recipe, "dpo"))
     if done := manifest.skip_if_current(pending, force):
         return done
     set_threads(cfg.threads)

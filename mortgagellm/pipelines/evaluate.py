@@ -52,10 +52,11 @@ def variant_models(recipe: Recipe) -> dict[str, dict[str, str]]:
     require_manifest(recipe, "bootstrap")
     found = {}
     for variant, (stage, output) in VARIANTS.items():
-        written = manifest.read(str(stage_dir(recipe, stage)))
+        written = manifest.stage_manifest(recipe, stage)
         if written is None:
             log.warning("evaluate: no %s output in %s, so no %s variant; run `mortgagellm %s "
-                        "CONFIG` to add it", stage, stage_dir(recipe, stage), variant, stage)
+                        "CONFIG` to add it", stage, manifest.stage_uri(recipe, stage), variant,
+                        stage)
             continue
         found[variant] = written.outputs[output]
     return found
@@ -70,7 +71,7 @@ def prepare(recipe: Recipe, out: Path) -> tuple[EvalSets, Scorer]:
 
     set_threads(recipe.evaluate.threads)
     if not ray.is_initialized():
-        init_ray(recipe.ray, recipe.run.output_dir)
+        init_ray(recipe.ray, recipe.run.local_dir)
     sets = eval_sets(recipe, task_dir(recipe, recipe.evaluate.task_source, out))
     return sets, make_scorer(recipe)
 
@@ -85,7 +86,8 @@ def run(recipe: Recipe, force: bool = False) -> manifest.Manifest:
     if all(e in models for e in EXPERTS):
         config["router"] = router_config(recipe)
         inputs["tier1"] = require_manifest(recipe, "corpus").outputs["tier1"]
-    pending = manifest.begin("evaluate", out, config, inputs)
+    pending = manifest.begin("evaluate", out, config, inputs,
+                             uri=manifest.stage_uri(recipe, "evaluate"))
     if done := manifest.skip_if_current(pending, force):
         return done
     sets, scorer = prepare(recipe, out)

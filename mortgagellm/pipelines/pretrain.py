@@ -79,7 +79,8 @@ def run(recipe: Recipe, force: bool = False, *, on_ray: bool = True,
     seq_len = validate(recipe, base, shards)
     inputs = {"base": boot.outputs["base"], "shards": corpus.outputs["shards"]}
     config = {"seed": recipe.run.seed, "pretrain": cfg.model_dump(mode="json")}
-    pending = manifest.begin("pretrain", out, config, inputs)
+    pending = manifest.begin("pretrain", out, config, inputs,
+                             uri=manifest.stage_uri(recipe, "pretrain"))
     if done := manifest.skip_if_current(pending, force):
         return done
     worker = worker_config(recipe, cfg, base, shards, out, seq_len=seq_len,

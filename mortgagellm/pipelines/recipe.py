@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import logging
 
+from mortgagellm.cluster import storage
 from mortgagellm.config import Recipe
 from mortgagellm.manifest import Manifest
 from mortgagellm.stages import STAGES, select
@@ -22,6 +23,8 @@ def run_stage(recipe: Recipe, stage: str, force: bool = False) -> Manifest:
     """Run one stage (imported on demand so unrelated heavy imports never happen)."""
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; stages are: {', '.join(STAGES)}")
+    if storage.is_remote(recipe.run.output_dir):  # before the stage reads earlier ones there
+        storage.check_writable(recipe.run.output_dir)
     module = importlib.import_module(f"mortgagellm.pipelines.{stage}")
     return module.run(recipe, force=force)
 

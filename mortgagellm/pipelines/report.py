@@ -20,9 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mortgagellm.cluster import storage
 from mortgagellm.config import Recipe
 from mortgagellm.evaluation import html_report, scoring
-from mortgagellm.manifest import Manifest, require_manifest, stage_dir
+from mortgagellm.manifest import Manifest, require_manifest, stage_dir, stage_uri
 from mortgagellm.stages import select
 
 VARIANTS = (*scoring.VARIANTS, scoring.ROUTED)
@@ -431,7 +432,7 @@ def results(metrics: dict[str, Any], seed: int) -> dict[str, Any]:
 
 def build(recipe: Recipe, recipe_file: str | Path, output: str | Path | None = None) -> Path:
     """Write report.md, results.json and the plots from the manifests of every stage up to
-    evaluate; returns report.md's path."""
+    evaluate (also to <output_dir>/report when that is a URI); returns report.md's path."""
     manifests = {s: require_manifest(recipe, s) for s in select(last="evaluate")}
     out = Path(output) if output else stage_dir(recipe, "report")
     out.mkdir(parents=True, exist_ok=True)
@@ -445,4 +446,6 @@ def build(recipe: Recipe, recipe_file: str | Path, output: str | Path | None = N
     path.write_text(text)
     (out / "report.html").write_text(
         html_report.render(text, out, f"MortgageLLM run report: {recipe.run.name}"))
+    if not output and storage.is_remote(stage_uri(recipe, "report")):
+        storage.upload(out, stage_uri(recipe, "report"))
     return path

@@ -53,7 +53,8 @@ def run(recipe: Recipe, force: bool = False) -> manifest.Manifest:
     out_dir = stage_dir(recipe, "residual")
     inputs = upstream_models(recipe)
     config = stage_config(recipe, "residual")
-    pending = manifest.begin("residual", out_dir, config, inputs)
+    pending = manifest.begin("residual", out_dir, config, inputs,
+                             uri=manifest.stage_uri(recipe, "residual"))
     if done := manifest.skip_if_current(pending, force):
         return done
     import torch
@@ -76,11 +77,11 @@ def upstream_models(recipe: Recipe) -> dict[str, dict[str, str]]:
     with the hashes those stages recorded."""
     found = {}
     for stage in ("bootstrap", "pretrain"):
-        found[stage] = manifest.read(str(stage_dir(recipe, stage)))
+        found[stage] = manifest.stage_manifest(recipe, stage)
         if found[stage] is None:
             raise FileNotFoundError(
                 f"residual needs the {stage} stage's output: no manifest in "
-                f"{stage_dir(recipe, stage)}; run `mortgagellm {stage} CONFIG` first")
+                f"{manifest.stage_uri(recipe, stage)}; run `mortgagellm {stage} CONFIG` first")
     return {"base": found["bootstrap"].outputs["base"],
             "instruct": found["bootstrap"].outputs["instruct"],
             "dapt": found["pretrain"].outputs["model"]}

@@ -145,7 +145,8 @@ def run(recipe: Recipe, force: bool = False, *, on_ray: bool = True,
     source_config, inputs = task_source(recipe, cfg.task_source)
     inputs |= models
     config = {"seed": recipe.run.seed, "sft": cfg.model_dump(mode="json"), **source_config}
-    pending = manifest.begin("sft", out, config, inputs)
+    pending = manifest.begin("sft", out, config, inputs,
+                             uri=manifest.stage_uri(recipe, "sft"))
     if done := manifest.skip_if_current(pending, force):
         return done
     set_threads(cfg.threads)

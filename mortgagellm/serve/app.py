@@ -43,7 +43,7 @@ def load(args: dict[str, Any]) -> Recipe:
 
 def serve_dir(recipe: Recipe) -> Path:
     """<output_dir>/serve: registry, tier-1 cache, audit log and demo key by default."""
-    return Path(recipe.run.output_dir) / "serve"
+    return recipe.run.local_dir / "serve"
 
 
 def audit_dir(recipe: Recipe) -> Path:

@@ -28,9 +28,11 @@ def app_args(config: str, overrides: list[str]) -> dict[str, str]:
     """build_app's args from the CLI: the recipe and its dotted overrides, with every path
     absolute (the app is built by the Serve controller, whose working directory may differ)."""
     args = {"config": str(Path(config).absolute())} | dict(o.split("=", 1) for o in overrides)
-    output_dir = args.get("run.output_dir") or load_recipe(config).run.output_dir
-    if "://" not in output_dir:
-        args["run.output_dir"] = str(Path(output_dir).absolute())
+    run = load_recipe(config, overrides).run
+    if "://" not in run.output_dir:
+        args["run.output_dir"] = str(Path(run.output_dir).absolute())
+    else:  # the cache holding the fetched outputs, registry and keys, wherever the app builds
+        args["run.cache_dir"] = str(run.local_dir)
     return args
 
 
@@ -128,7 +130,7 @@ def serve(recipe: Recipe, config: str, overrides: list[str], demo: bool = False)
 
     from mortgagellm.cluster.runtime import init_ray
 
-    context = init_ray(recipe.ray, recipe.run.output_dir)
+    context = init_ray(recipe.ray, recipe.run.local_dir)
     url = start(app_args(config, overrides))
     state = serve_app.serve_dir(recipe) / CLUSTER_FILE
     state.write_text(json.dumps({"address": context.address_info["gcs_address"],
@@ -208,12 +210,12 @@ def connect(recipe: Recipe) -> bool:
         return True
     state = serve_app.serve_dir(recipe) / CLUSTER_FILE
     if recipe.ray.address != "local":
-        init_ray(recipe.ray, recipe.run.output_dir)
+        init_ray(recipe.ray, recipe.run.local_dir)
         return True
     if not state.is_file():
         return False
     info = json.loads(state.read_text())
     if info["token"]:
         os.environ["RAY_AUTH_TOKEN_PATH"] = info["token"]
-    init_ray(recipe.ray.model_copy(update={"address": info["address"]}), recipe.run.output_dir)
+    init_ray(recipe.ray.model_copy(update={"address": info["address"]}), recipe.run.local_dir)
     return True

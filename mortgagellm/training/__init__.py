@@ -15,6 +15,9 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mortgagellm import manifest
+from mortgagellm.cluster import storage
+
 if TYPE_CHECKING:
     from mortgagellm.config import Recipe
     from mortgagellm.training.loop import Objective
@@ -33,7 +36,8 @@ def run(objective: Objective, worker: WorkerConfig, recipe: Recipe, cfg: Any, ou
     live under <out>/ray/<name>-<fingerprint[:12]> (or <out>/checkpoints/<fingerprint[:12]>
     in-process; `name` defaults to the objective's): a relaunch of the same stage, config and
     inputs resumes there; a changed config starts fresh, and the other runs' checkpoints are
-    removed (they could never be resumed).
+    removed (they could never be resumed). With a remote run.output_dir Ray Train keeps them
+    at the stage's URI (<output_dir>/<stage>/ray/...), which every node can reach.
     """
     from mortgagellm.cluster.training import read_placement
     from mortgagellm.training.loop import train_loop
@@ -45,7 +49,7 @@ def run(objective: Objective, worker: WorkerConfig, recipe: Recipe, cfg: Any, ou
     if not on_ray:
         from mortgagellm.cluster.training import LocalSession, init_single_process
 
-        _drop_other_runs(out / "checkpoints", key)
+        _drop_other_runs(str(out / "checkpoints"), key)
         init_single_process(cfg.scaling.use_gpu)
         session = LocalSession(worker.shards, out / "checkpoints" / key, cfg.keep_checkpoints,
                                worker.shuffle_seed)
@@ -57,9 +61,10 @@ def run(objective: Objective, worker: WorkerConfig, recipe: Recipe, cfg: Any, ou
     from mortgagellm.cluster.training import run_on_ray
 
     if not ray.is_initialized():
-        init_ray(recipe.ray, recipe.run.output_dir)
-    _drop_other_runs(out / "ray", f"{name}-{key}")
-    result = run_on_ray(train_fn, config, cfg.scaling, str(out / "ray"), f"{name}-{key}",
+        init_ray(recipe.ray, recipe.run.local_dir)
+    ray_storage = manifest.published(recipe, out / "ray")
+    _drop_other_runs(ray_storage, f"{name}-{key}")
+    result = run_on_ray(train_fn, config, cfg.scaling, ray_storage, f"{name}-{key}",
                         cfg.max_failures, cfg.keep_checkpoints)
     shutil.rmtree(out / "final_checkpoint", ignore_errors=True)
     final = Path(result.checkpoint.to_directory(str(out / "final_checkpoint")))
@@ -67,9 +72,10 @@ def run(objective: Objective, worker: WorkerConfig, recipe: Recipe, cfg: Any, ou
             read_placement(out / "scratch" / "placement"))
 
 
-def _drop_other_runs(parent: Path, keep: str) -> None:
-    """Remove every run directory under `parent` but `keep`: checkpoints of another config."""
-    for path in sorted(parent.glob("*")) if parent.is_dir() else []:
-        if path.is_dir() and path.name != keep:
-            log.info("removing checkpoints of an earlier, different run: %s", path)
-            shutil.rmtree(path)
+def _drop_other_runs(parent: str, keep: str) -> None:
+    """Remove every run directory under `parent` (path or URI) but `keep`: checkpoints of
+    another config."""
+    for name in storage.subdirs(parent):
+        if name != keep:
+            log.info("removing checkpoints of an earlier, different run: %s/%s", parent, name)
+            storage.delete(f"{parent}/{name}")

@@ -63,6 +63,25 @@ def test_first_start_serves_the_bootstrap_instruct_model(tmp_path, micro_model):
     assert entry["source"] == "bootstrap:instruct" and entry["metrics"] == {"fidelity": 1.0}
 
 
+def test_serve_reads_the_experts_from_an_s3_output_dir(s3_bucket, tmp_path, micro_model):
+    """The run published to s3:// elsewhere: serve downloads the stage's model into its own
+    cache and registers that copy; registry and keys stay in the cache."""
+    uri = f"{s3_bucket}/run/bootstrap"
+    instruct = bootstrap_run(tmp_path / "elsewhere" / "bootstrap", micro_model)
+    published = manifest.publish(manifest.read(str(tmp_path / "elsewhere" / "bootstrap")),
+                                 tmp_path / "elsewhere" / "bootstrap", uri)
+    assert published.output_path("instruct") == f"{uri}/instruct"
+    recipe = Recipe.model_validate({"run": {"output_dir": f"{s3_bucket}/run",
+                                            "cache_dir": str(tmp_path / "cache")}})
+    assert registry.sync(recipe) == {"structured": instruct["sha256"],
+                                     "conversational": instruct["sha256"]}
+    assert registry.registry_path(recipe) == tmp_path / "cache" / "serve" / "registry.json"
+    entry = registry.read(registry.registry_path(recipe))["versions"][instruct["sha256"]]
+    assert entry["copied_from"] == str(tmp_path / "cache" / "bootstrap" / "instruct")
+    assert manifest.sha256_path(entry["path"]) == instruct["sha256"]
+    assert app.served_model(recipe, "structured") == (instruct["sha256"], entry["path"])
+
+
 def test_trained_experts_go_live_and_a_rollback_stays(tmp_path, micro_model):
     run = tmp_path / "run"
     boot = run / "bootstrap"
