@@ -6,6 +6,7 @@ results into the registry), and the whole stage over every variant, routed inclu
 import json
 import math
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -20,6 +21,7 @@ from mortgagellm.metrics import wilson
 from mortgagellm.pipelines import evaluate as ev
 from mortgagellm.tier1 import write as write_tier1
 
+HANDSET = Path(__file__).resolve().parents[2] / "data/routing-handwritten/test.jsonl"
 SETS = ["corpus.tasks.sft_per_task=4", "corpus.tasks.dpo_pairs=4",
         "corpus.tasks.routing_requests=40", "corpus.tasks.eval_per_task=6",
         "corpus.tasks.eval_qa_pairs=4", "corpus.tasks.eval_routing=10"]
@@ -347,10 +349,11 @@ def test_one_model_through_ray_data_into_its_registry_entry(ray_cluster, tiny_pa
         stop_stub(server)
     sizes = result["sample_sizes"]
     assert sizes == {"decision": 3, "doc_kind": 3, "intent": 3, "summary": 3, "qa": 3,
-                     "instruction": 5, "domain": 3, "fairness": 3, "routing": 10}
+                     "instruction": 5, "domain": 3, "fairness": 3, "routing": 10,
+                     "routing_tier1": 10, "routing_hand": 0}
     tasks = result["tasks"]
     for task, names in scoring.TASK_METRICS.items():
-        if task == es.ROUTING:
+        if task in scoring.ROUTER_TASKS:
             assert task not in tasks
             continue
         judged = {scoring.JUDGE, scoring.JUDGE_UNPARSEABLE} if task in scoring.JUDGED else set()
@@ -406,7 +409,8 @@ def stop_stub(server):
 def test_stage_evaluates_every_variant_and_the_routed_system(ray_cluster, tiny_pair, tmp_path,
                                                             caplog):
     recipe = fake_run(tmp_path, tiny_pair, ("pretrain", "residual", "sft", "dpo"),
-                      ["serve.router.mode=hybrid", "serve.router.threshold=0.99"])
+                      ["serve.router.mode=hybrid", "serve.router.threshold=0.99",
+                       f"evaluate.routing_test_set={HANDSET}"])
     m = ev.run(recipe)
     variants = m.metrics["variants"]
     assert set(variants) == {*scoring.VARIANTS, scoring.ROUTED}
@@ -422,6 +426,14 @@ def test_stage_evaluates_every_variant_and_the_routed_system(ray_cluster, tiny_p
     assert as_json(routed[es.QA]) == as_json(same[es.QA])
     assert as_json(routed[es.FAIRNESS]) == as_json(same[es.FAIRNESS])
     assert routed[es.ROUTING][scoring.ACCURACY]["n"] == 10
+    # tier 1 alone on the generated and the hand-written sets, at the threshold in use
+    assert routed[es.ROUTING_TIER1][scoring.ACCURACY]["n"] == 10
+    assert routed[es.ROUTING_HAND][scoring.ECE]["n"] == 187
+    router = variants[scoring.ROUTED]["router"]
+    assert router["threshold_in_use"] == 0.99 and 0.5 <= router["threshold"] <= 1.0
+    assert sum(n for row in router["confusion"][es.ROUTING_HAND].values()
+               for n in row.values()) == 187
+    assert m.inputs["routing_test_set"]["sha256"] == manifest.sha256_path(HANDSET)
     latency = routed[es.ROUTING]
     assert 0 < latency[scoring.P50_MS]["value"] <= latency[scoring.P99_MS]["value"]
     lines = manifest.Path(m.output_path("predictions")).read_text().splitlines()
