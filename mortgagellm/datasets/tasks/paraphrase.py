@@ -1,12 +1,14 @@
 """Routing requests in many voices: the paraphrase side of the routing generator (issue 20).
 
 A classifier fitted on a few fixed templates learns the templates. Here a request is composed
-of parts drawn independently (banks in phrases.py): what it asks (one of the four structured
-tasks, or a conversational kind), how the ask is worded (imperative or question, terse or
-wordy, with or without a format instruction), what is pasted (a whole document, a few of its
-lines, a one-line quote, a loan file's numbers written out, a text that is no mortgage document,
-or nothing), where the ask sits around it, chit-chat before or after it, casual spelling and
-seeded typos. The labelling rule is tasks/routing.py's: the ask decides, never the words.
+of parts drawn independently (asks in phrases.py, pasted texts other than the generator's
+documents in pastes.py): what it asks (one of the four structured tasks, or a conversational
+kind), how the ask is worded (imperative or question, terse or wordy, with or without a format
+instruction), what is pasted (a whole document, a few of its lines, a one-line quote, a loan
+file's numbers written out, a customer's message, a piece of paperwork, a text that is no
+mortgage document, or nothing), where the ask sits around it, chit-chat before or after it,
+casual spelling and seeded typos. The labelling rule is tasks/routing.py's: the ask decides,
+never the words.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import re
 from collections.abc import Callable
 
 from mortgagellm.datasets.mortgage import DOC_KINDS
-from mortgagellm.datasets.tasks import phrases
+from mortgagellm.datasets.tasks import pastes, phrases
 from mortgagellm.datasets.tasks.sft import DECISION_KINDS, INTENT_KINDS
 
 Take = Callable[[tuple[str, ...]], dict]
@@ -169,7 +171,7 @@ def fill(template: str, rng: random.Random, noun: str = "document", task: str = 
         noun=noun, labels=labels, product=product, product2=product2, doc_name=doc_name,
         doc_name2=doc_name2, regulation=regulation, regulation2=regulation2, action=action,
         action2=action2, term=term, term2=term2, figure=rng.choice(phrases.FIGURES),
-        topic=rng.choice(phrases.TOPICS), message=rng.choice(phrases.CUSTOMER_MESSAGES),
+        topic=rng.choice(phrases.TOPICS), message=rng.choice(pastes.CUSTOMER_MESSAGES),
         money=money, money2=money2, pct=pct, pct2=pct2, score=rng.randint(560, 820))
 
 
@@ -202,7 +204,9 @@ def structured(ambiguous: bool, take: Take, rng: random.Random) -> tuple[str, st
     if task == "decision" and u < 0.6:
         body, short = (file_facts(doc, rng) if u < 0.3 else hand_file(rng)), True
     elif task in ("intent", "summary") and u < (0.4 if task == "intent" else 0.1):
-        body, short, noun = rng.choice(phrases.CUSTOMER_MESSAGES), True, "customer"
+        body, short, noun = rng.choice(pastes.CUSTOMER_MESSAGES), True, "customer"
+    elif task in ("doc_kind", "summary") and u < 0.35:
+        body, short = rng.choice(pastes.SNIPPETS), True
     else:
         body, short = pasted(doc, rng)
     return compose(ask, body, short, noun, rng), "summary" if task == "summary" else "label", doc
@@ -215,13 +219,14 @@ def conversational(ambiguous: bool, take: Take, rng: random.Random) -> tuple[str
                                            if t[2] == ambiguous])
     doc, body, short = {}, "", False
     if group == "other":
-        body, short = rng.choice(phrases.OTHER_TEXTS), True
+        body, short = rng.choice(pastes.OTHER_TEXTS), True
     elif group == "file":
         doc = take(DECISION_KINDS)
         body, short = file_facts(doc, rng), True
     elif group is not None:
         doc = take(DOC_GROUPS[group])
-        body, short = pasted(doc, rng)
+        body, short = (rng.choice(pastes.SNIPPETS), True) if rng.random() < 0.25 else pasted(
+            doc, rng)
     noun = NOUNS.get(doc.get("kind"), "text")
     return compose(fill(template, rng, noun), body, short, noun, rng), asks, doc
 

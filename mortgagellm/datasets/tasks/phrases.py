@@ -185,8 +185,9 @@ TOPICS = ("buying a first home", "refinancing", "the closing process", "getting 
 # ---- conversational requests: (template, asks, ambiguous, pasted). pasted: None (no document),
 # a document group of tasks/paraphrase.py ("any", "application", "email", "loan": a mortgage
 # document or some of its lines), "file" (a loan file's numbers written out) or "other" (a text
-# that is not a mortgage document). Ambiguous: the surface names labels, document types or a
-# summary, or a text is pasted and something other than a label or summary is asked of it.
+# that is not a mortgage document, pastes.py). Ambiguous: the surface names labels, document
+# types or a summary, or a text is pasted and something other than a label or summary is asked
+# of it.
 _DEFINITIONS = (
     "What is {term}?", "what's {term}", "Explain {term} simply.", "ELI5: {term}",
     "What does {term} mean on my paperwork?", "Define {term}.", "{term}? never heard of it",
@@ -275,6 +276,21 @@ _ON_DOCS = (
     ("How much more income would this borrower need to get under 43% DTI?", "figure", "file"),
     ("Which program fits this borrower best?", "advice", "file"),
     ("What could this borrower do to improve the file?", "advice", "file"),
+    ("Is the rate on this fixed or adjustable?", "fact", "loan"),
+    ("When is the first payment due?", "fact", "loan"),
+    ("Does this include mortgage insurance?", "fact", "loan"),
+    ("why is the APR higher than the rate here?", "explanation", "loan"),
+    ("Which of these fees can I shop around for?", "advice", "loan"),
+    ("List every fee over $500 in this.", "fact", "loan"),
+    ("what does 'prepaids' mean in this {noun}?", "definition", "any"),
+    ("How many days do I have to respond to this?", "fact", "any"),
+    ("Is this legit or a scam?", "advice", "any"), ("Do I need to do anything about this?",
+                                                     "advice", "any"),
+    ("What's the lowest rate on this sheet for a 740 score?", "figure", "any"),
+    ("How much reserves does this borrower have?", "figure", "file"),
+    ("Could this borrower afford a bigger loan?", "advice", "file"),
+    ("What's the housing ratio if taxes are $400 a month?", "figure", "file"),
+    ("Does this meet the 43% rule?", "fact", "file"),
 )
 _AMBIGUOUS = (
     ("Why would a file get referred instead of approved?", "explanation", None),
@@ -288,6 +304,13 @@ _AMBIGUOUS = (
     ("What kinds of requests does a servicing desk get most?", "explanation", None),
     ("Is an approval with conditions a real approval?", "explanation", None),
     ("How should I classify my debts when applying?", "advice", None),
+    ("If a file is referred, who looks at it next?", "explanation", None),
+    ("How long does it take to hear back after a refer?", "fact", None),
+    ("Our loan got denied because of DTI. How do we fix that?", "advice", None),
+    ("What's the usual reason an escrow request gets escalated?", "explanation", None),
+    ("How do I write a good summary of a loan file for underwriting?", "advice", None),
+    ("Why do lenders categorize requests by intent?", "explanation", None),
+    ("Which documents count as proof of income?", "fact", None),
     ("What's the difference between {doc_name} and {doc_name2}?", "explanation", None),
     ("When will I get {doc_name}?", "fact", None),
     ("What should I double-check on {doc_name}?", "advice", None),
@@ -314,38 +337,6 @@ _AMBIGUOUS = (
     ("spam or not spam?", "instruction", "other"),
     ("What kind of text is this?", "instruction", "other"),
     ("Classify the sentiment.", "instruction", "other"),
-)
-# A customer's own words: quoted with a label or summary ask, structured; sent to the assistant
-# as they are, conversational (the writer wants help, not a label).
-CUSTOMER_MESSAGES = (
-    "I sent my payment on the 1st and it still shows as unpaid. Can you check?",
-    "How do I get a copy of my 1098 for taxes?",
-    "My homeowner's insurance changed carriers, where do I send the new declarations page?",
-    "I'd like to know my payoff amount as of next Friday.",
-    "We both lost our jobs and can't pay for a few months. Is there any help?",
-    "Why did my escrow payment go up by $150?",
-    "I was charged a late fee even though I paid on time. Please remove it.",
-    "Can I extend my rate lock? Closing got pushed.",
-    "I think I'm below 80% LTV now. How do I cancel my mortgage insurance?",
-    "Your online portal keeps logging me out and I can't make a payment.",
-    "I'm selling the house next month, what do I need from you?",
-    "Is my loan assumable by a family member?",
-    "I'd like to refinance to a lower rate, what are my options?",
-    "I got a letter saying my loan was transferred. Who do I pay now?",
-    "The insurance check for the roof damage is made out to both of us and you. What now?",
-    "Please stop calling me at work.", "I want to make an extra principal payment, how?",
-    "I've been on hold for an hour, this is ridiculous.",
-    "My property taxes were paid twice this year.", "Can I switch my payment date to the 15th?",
-    "My husband passed away and I need to know what happens with the mortgage.",
-    "Please send me my loan's current interest rate and balance.",
-    "is it possible to lock today at the rate I was quoted yesterday?",
-    "I got an escrow shortage notice. Can I pay it all at once?",
-    "I need to pause payments, I was in a car accident and can't work.",
-    "Where do I mail my payment? The address on my statement is different.",
-    "Can you waive the late charge this once? It was a bank error.",
-    "I want to dispute the amount on my last statement.",
-    "We're thinking about a HELOC, do you offer those?",
-    "What's my remaining balance? I want to pay it off this year.",
 )
 # Questions that carry their own figures ({money}, {pct}, {score}) but ask no label.
 NUMBER_QUESTIONS = (
@@ -378,20 +369,4 @@ CONVERSATIONAL = (
     ("{message}", "advice", False, None), ("Hi, {message}", "advice", False, None),
     ("{message} What should I do?", "advice", False, None),
     ("Quick question: {message}", "advice", False, None),
-)
-OTHER_TEXTS = (
-    "The pasta was cold and the waiter forgot our drinks twice. Never again.",
-    "Best concert of my life!!! The encore alone was worth the ticket.",
-    "The city council voted 7-2 on Tuesday to extend the downtown bike lanes through Elm Street.",
-    "Preheat the oven to 375F. Mix flour, sugar and butter, then bake for 25 minutes.",
-    "The home team came back from 10 points down to win in overtime.",
-    "CONGRATULATIONS! You have won a free cruise. Click here to claim your prize now.",
-    "Photosynthesis turns light, water and carbon dioxide into glucose and oxygen in the "
-    "chloroplasts of plant cells.",
-    "Shares of the chipmaker rose 4% after it raised its full-year revenue forecast.",
-    "My phone battery dies by noon every day since the last update. Anyone else?",
-    "The novel follows two sisters who reunite after twenty years to run their late father's "
-    "vineyard.", "Meeting moved to Thursday 3pm, same room. Bring the Q3 slides.",
-    "The hotel was spotless and the staff went out of their way to help us.",
-    "Volcanoes form where tectonic plates pull apart or one slides beneath another.",
 )
