@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from mortgagellm.config import TaskSetsConfig
-from mortgagellm.datasets.tasks import _documents, build_task_sets, paraphrase, phrases
+from mortgagellm.datasets.tasks import _documents, build_task_sets, paraphrase, pastes, phrases
 from mortgagellm.datasets.tasks.routing import ROUTE_OF_ASK, routing_requests
 
 HANDSET = Path(__file__).resolve().parents[2] / "data" / "routing-handwritten"
@@ -42,12 +42,16 @@ def test_composed_requests_vary_in_length_form_and_paste(composed):
     conversational = [r for r in composed if r["route"] == "conversational"]
     # terse structured asks with a one-line paste, and whole documents pasted
     assert sum(len(r["request"]) < 160 for r in structured) >= 20
-    assert sum(r["document"] and r["document"] in r["request"] for r in structured) >= 40
+    assert sum(bool(r["document"]) and r["document"] in r["request"] for r in structured) >= 30
     # a part of a document: its text is not all there, but some of its lines are
     partial = [r for r in structured if r["document"] and r["document"] not in r["request"]
                and any(line.strip() and line in r["request"]
                        for line in r["document"].splitlines())]
     assert len(partial) >= 20
+    # pasted texts that are no generator document: a customer's message, a piece of paperwork
+    own = [r for r in structured if not r["document"]]
+    assert len(own) >= 20 and all(r["doc_kind"] == "" for r in own)
+    assert any(m in r["request"] for r in own for m in pastes.CUSTOMER_MESSAGES)
     questions = [r for r in structured if r["request"].rstrip().endswith("?")]
     assert len(questions) >= 10
     # conversational requests with and without a pasted document, some naming loan products

@@ -191,24 +191,28 @@ def compose(ask: str, body: str, short: bool, noun: str, rng: random.Random) -> 
 
 
 def structured(ambiguous: bool, take: Take, rng: random.Random) -> tuple[str, str, dict]:
-    """(request, asks, document) of a structured task; ambiguous: an ask that names neither
-    the task nor its labels."""
+    """(request, asks, document or {}) of a structured task; ambiguous: an ask that names
+    neither the task nor its labels. The document is the generator's one the request pastes
+    (whole, in part, or its loan file's numbers); {} when it pastes a text of pastes.py."""
     task = rng.choice(tuple(TASK_ASKS))
     ask = rng.choice([a for a, explicit in TASK_ASKS[task] if explicit != ambiguous])
-    doc = take(TASK_DOCS[task])
-    noun = NOUNS[doc["kind"]]
-    ask = fill(ask, rng, noun, task)
-    if rng.random() < 0.2:
-        ask += rng.choice(phrases.FORMAT_TAILS["summary" if task == "summary" else "label"])
-    u = rng.random()
-    if task == "decision" and u < 0.6:
-        body, short = (file_facts(doc, rng) if u < 0.3 else hand_file(rng)), True
+    u, doc, noun = rng.random(), {}, "document"
+    if task == "decision" and u < 0.3:
+        doc = take(TASK_DOCS[task])
+        body, short = file_facts(doc, rng), True
+    elif task == "decision" and u < 0.6:
+        body, short, noun = hand_file(rng), True, "file"
     elif task in ("intent", "summary") and u < (0.4 if task == "intent" else 0.1):
-        body, short, noun = rng.choice(pastes.CUSTOMER_MESSAGES), True, "customer"
+        body, short, noun = rng.choice(pastes.CUSTOMER_MESSAGES), True, "message"
     elif task in ("doc_kind", "summary") and u < 0.35:
         body, short = rng.choice(pastes.SNIPPETS), True
     else:
+        doc = take(TASK_DOCS[task])
         body, short = pasted(doc, rng)
+    noun = NOUNS[doc["kind"]] if doc else noun
+    ask = fill(ask, rng, noun, task)
+    if rng.random() < 0.2:
+        ask += rng.choice(phrases.FORMAT_TAILS["summary" if task == "summary" else "label"])
     return compose(ask, body, short, noun, rng), "summary" if task == "summary" else "label", doc
 
 
@@ -223,11 +227,12 @@ def conversational(ambiguous: bool, take: Take, rng: random.Random) -> tuple[str
     elif group == "file":
         doc = take(DECISION_KINDS)
         body, short = file_facts(doc, rng), True
+    elif group is not None and rng.random() < 0.25:
+        body, short = rng.choice(pastes.SNIPPETS), True
     elif group is not None:
         doc = take(DOC_GROUPS[group])
-        body, short = (rng.choice(pastes.SNIPPETS), True) if rng.random() < 0.25 else pasted(
-            doc, rng)
-    noun = NOUNS.get(doc.get("kind"), "text")
+        body, short = pasted(doc, rng)
+    noun = NOUNS[doc["kind"]] if doc else "text" if group in (None, "other") else "document"
     return compose(fill(template, rng, noun), body, short, noun, rng), asks, doc
 
 
