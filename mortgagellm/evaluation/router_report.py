@@ -62,8 +62,8 @@ def section(metrics: dict[str, Any]) -> list[str]:
              f"Tier 1 `{found['kind']}`; tier-2 threshold fitted on {found['threshold_fitted_on']}"
              f": {found['threshold']:.3f}; in use: "
              + (f"{in_use:.3f} (hybrid mode)." if in_use is not None else "none (not hybrid).")
-             + f" A decision below the threshold goes to tier 2; one at confidence ≥ {CONFIDENT:g}"
-             " never does, so a mistake there is a confident mistake (share of all requests).", "",
+             + " A decision below the threshold also goes to tier 2. Confident mistakes: wrong "
+             f"at confidence ≥ {CONFIDENT:g}, as a share of all requests.", "",
              "| set | n | accuracy [95% CI] | confident mistakes [95% CI] | ECE [95% CI] | "
              "to tier 2 | of its mistakes to tier 2 |", "|---|---|---|---|---|---|---|"]
     for task, name in SETS.items():
