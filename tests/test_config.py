@@ -27,7 +27,8 @@ def test_every_shipped_recipe_loads_and_starts_with_its_command(name):
 
 
 # Recipe keys that name inputs a run reads (models, corpora, key files), wherever they sit.
-INPUT_KEYS = {"base_model", "instruct_model", "model", "regulations", "user_corpora", "keys_file"}
+INPUT_KEYS = {"base_model", "instruct_model", "model", "regulations", "user_corpora", "keys_file",
+              "routing_test_set"}
 
 
 def repo_copy(dest: Path) -> Path:
@@ -62,6 +63,7 @@ def test_embedded_default_needs_nothing_outside_the_repo(tmp_path):
     assert out.returncode == 0, out.stderr
     inputs = [p for p in named_inputs(yaml.safe_load(out.stdout)) if "://" not in p]
     assert "data/cfpb-regulations" in inputs
+    assert "data/routing-handwritten/test.jsonl" in inputs  # the hand-written routing test set
     missing = [p for p in inputs if not (repo / p).exists()]
     assert missing == [], f"cpu-demo names paths a clone does not have: {missing}"
     regulations = sorted(f.name for f in (repo / "data/cfpb-regulations").glob("*.xml"))

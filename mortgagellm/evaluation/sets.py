@@ -6,6 +6,7 @@ pairs; and the unique generation requests a model answers for them.
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ from mortgagellm.datasets.fairness import swap_record
 from mortgagellm.datasets.instructions import Instruction, instructions
 from mortgagellm.datasets.splits import heldout_domain_texts
 from mortgagellm.datasets.tasks import read_task_set
+from mortgagellm.datasets.tasks.format import ROUTES
 from mortgagellm.modeling import FIDELITY_TOKENS
 
 LABEL_TOKENS = 24
@@ -25,6 +27,8 @@ DECISION, DOC_KIND, INTENT, SUMMARY, QA = "decision", "doc_kind", "intent", "sum
 CLASSIFICATION = (DECISION, DOC_KIND, INTENT)
 INSTRUCTION, DOMAIN, ROUTING, FAIRNESS = "instruction", "domain", "routing", "fairness"
 CHAT, NLL = "chat", "nll"
+ROUTING_TIER1, ROUTING_HAND = "routing_tier1", "routing_hand"
+"""Tier 1 alone on the generated eval_routing and on the hand-written routing test set."""
 FAIR_ORIGINAL, FAIR_SWAPPED = "fairness:original", "fairness:swapped"
 
 
@@ -50,6 +54,8 @@ class EvalSets:
     routing: list[dict]
     fewshot: dict[str, str] = field(default_factory=dict)
     """Task -> the few-shot prefix its questions are also asked after (evaluate.fewshot)."""
+    routing_hand: list[dict] = field(default_factory=list)
+    """Hand-written {request, route} requests (evaluate.routing_test_set), empty without one."""
 
 
 FEWSHOT_TASKS = (*CLASSIFICATION, QA)
@@ -84,6 +90,30 @@ def fewshot_examples(train: list[dict], task: str, k: int) -> list[tuple[str, st
     return [(r["prompt"], r["document"], r["answer"]) for r in picked]
 
 
+def read_routing_set(path: str | Path) -> list[dict]:
+    """{request, route} records of a hand-written routing set: JSONL, one {text (or request),
+    route} object per line. A line that is not one fails naming the file and the line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"evaluate.routing_test_set: no file {path}")
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{number}: not a JSON object ({e.msg})") from None
+        text = row.get("request", row.get("text")) if isinstance(row, dict) else None
+        if not isinstance(text, str) or not text.strip() or row.get("route") not in ROUTES:
+            raise ValueError(f"{path}:{number}: a routing request needs a non-empty 'text' (or "
+                             f"'request') and a 'route' of {' | '.join(ROUTES)}")
+        records.append({"request": text, "route": row["route"]})
+    if not records:
+        raise ValueError(f"{path}: no routing requests in it")
+    return records
+
+
 def eval_sets(recipe: Recipe, tasks: Path) -> EvalSets:
     """Seeded samples of the eval sets in `tasks`, the format instructions and the held-out
     domain documents; fairness pairs whose swap changed nothing are left out."""
@@ -105,7 +135,9 @@ def eval_sets(recipe: Recipe, tasks: Path) -> EvalSets:
     return EvalSets(records, list(instructions("eval", seed, cfg.eval_instructions)),
                     heldout_domain_texts(seed, cfg.domain_docs),
                     [(a, b) for a, b in pairs if a["prompt"] != b["prompt"]],
-                    read("routing", cfg.routing_requests), fewshot)
+                    read("routing", cfg.routing_requests), fewshot=fewshot,
+                    routing_hand=read_routing_set(cfg.routing_test_set)
+                    if cfg.routing_test_set else [])
 
 
 def probes(sets: EvalSets, cfg: Any) -> dict[str, list[tuple[str, str, int]]]:

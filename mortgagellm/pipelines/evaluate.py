@@ -38,7 +38,7 @@ from mortgagellm.evaluation.scoring import (
     sample_sizes,
     score_variant,
 )
-from mortgagellm.evaluation.sets import EvalSets, eval_sets
+from mortgagellm.evaluation.sets import EvalSets, eval_sets, read_routing_set
 from mortgagellm.manifest import require_manifest, stage_dir
 from mortgagellm.modeling import set_threads
 from mortgagellm.training.inputs import task_dir, task_source
@@ -86,6 +86,9 @@ def run(recipe: Recipe, force: bool = False) -> manifest.Manifest:
     if all(e in models for e in EXPERTS):
         config["router"] = router_config(recipe)
         inputs["tier1"] = require_manifest(recipe, "corpus").outputs["tier1"]
+        if cfg.routing_test_set:  # checked now; its content, not only its path, is an input
+            read_routing_set(cfg.routing_test_set)
+            inputs["routing_test_set"] = manifest.artifact(cfg.routing_test_set)
     pending = manifest.begin("evaluate", out, config, inputs,
                              uri=manifest.stage_uri(recipe, "evaluate"))
     if done := manifest.skip_if_current(pending, force):

@@ -22,7 +22,7 @@ from typing import Any
 
 from mortgagellm.cluster import storage
 from mortgagellm.config import Recipe
-from mortgagellm.evaluation import html_report, scoring
+from mortgagellm.evaluation import html_report, router_report, scoring
 from mortgagellm.manifest import Manifest, require_manifest, stage_dir, stage_uri
 from mortgagellm.stages import select
 
@@ -32,11 +32,12 @@ TASK_METRICS: dict[str, tuple[str, ...]] = scoring.TASK_METRICS
 JUDGE_METRICS = scoring.JUDGE_METRICS  # any task may have them, after its own metrics
 # The one place a metric's direction is decided; every other metric is higher-is-better.
 LOWER_IS_BETTER = frozenset({"perplexity", "unparseable", "judge_unparseable", "p50_ms",
-                             "p99_ms", "flip_rate"})
+                             "p99_ms", "flip_rate", "confident_mistakes", "ece"})
 TASK_GROUPS = {"classification": ("decision", "doc_kind", "intent", "fewshot_decision",
                                   "fewshot_doc_kind", "fewshot_intent"), "summary": ("summary",),
                "qa": ("qa", "fewshot_qa"), "instruction": ("instruction",), "domain": ("domain",),
-               "routing": ("routing",), "fairness": ("fairness",)}
+               "routing": ("routing", "routing_tier1", "routing_hand"),
+               "fairness": ("fairness",)}
 TRAINING_STAGES = ("pretrain", "sft", "dpo")
 # (claim, variant, compared with, task, metric): the paper's effects, judged on their CIs.
 EFFECTS = (
@@ -288,15 +289,12 @@ def fewshot_prompts(metrics: dict[str, Any]) -> list[str]:
     """What the fewshot_<task> rows asked: each task's solved examples, verbatim, before the
     same question every variant answers zero-shot in the <task> row."""
     prompts = metrics.get("fewshot_prompts") or {}
-    if not prompts:
-        return []
-    lines = ["", "fewshot_<task> rows: the <task> questions asked after solved training examples "
-             "of the task (evaluate.fewshot), each document cut to evaluate.fewshot_chars, as one "
-             "prompts an instruct model. The prefix, before the question:", ""]
-    for task, prefix in prompts.items():
-        lines += [f"<details><summary>{task}</summary>", "", "```text", prefix.rstrip(), "```",
-                  "", "</details>"]
-    return lines
+    return ["", "fewshot_<task> rows: the <task> questions asked after solved training examples "
+            "of the task (evaluate.fewshot), each document cut to evaluate.fewshot_chars, as one "
+            "prompts an instruct model. The prefix, before the question:", ""] + [
+        line for task, prefix in prompts.items() for line in (
+            f"<details><summary>{task}</summary>", "", "```text", prefix.rstrip(), "```", "",
+            "</details>")] if prompts else []
 
 
 def render_markdown(manifests: dict[str, Manifest], name: str, recipe_file: str, date: str,
@@ -310,6 +308,7 @@ def render_markdown(manifests: dict[str, Manifest], name: str, recipe_file: str,
     lines += fewshot_prompts(metrics)
     lines += [""] + [f"![{key[6:]}]({path})" for key, path in plots.items()
                      if key.startswith("tasks:")] + [""]
+    lines += router_report.section(metrics)
     lines += training(manifests, plots)
     lines += ["## What this run shows", "", "Shown: the 95% confidence intervals separate in "
               "the claimed direction and the difference is at least the minimum effect "
@@ -425,7 +424,7 @@ def results(metrics: dict[str, Any], seed: int) -> dict[str, Any]:
     return {"seed": seed, "lower_is_better": sorted(LOWER_IS_BETTER),
             "min_effect": {"absolute": MIN_EFFECT_ABSOLUTE, **MIN_EFFECT_BY_METRIC,
                            "relative": MIN_EFFECT_RELATIVE},
-            "cells": cells,
+            "cells": cells, "router": router_report.data(metrics),
             "effects": [{"claim": e.claim, "verdict": e.verdict, "detail": e.detail}
                         for e in effects(metrics)]}
 

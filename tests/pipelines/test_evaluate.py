@@ -6,6 +6,7 @@ results into the registry), and the whole stage over every variant, routed inclu
 import json
 import math
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -20,6 +21,7 @@ from mortgagellm.metrics import wilson
 from mortgagellm.pipelines import evaluate as ev
 from mortgagellm.tier1 import write as write_tier1
 
+HANDSET = Path(__file__).resolve().parents[2] / "data/routing-handwritten/test.jsonl"
 SETS = ["corpus.tasks.sft_per_task=4", "corpus.tasks.dpo_pairs=4",
         "corpus.tasks.routing_requests=40", "corpus.tasks.eval_per_task=6",
         "corpus.tasks.eval_qa_pairs=4", "corpus.tasks.eval_routing=10"]
@@ -130,6 +132,81 @@ def test_perplexity_flips_and_routing_by_hand():
     assert m[scoring.P50_MS]["value"] == 2.5 and m[scoring.P99_MS]["value"] == pytest.approx(3.97)
 
 
+def test_tier1_accuracy_confident_mistakes_ece_and_confusion_by_hand():
+    records = [{"route": r} for r in ("structured", "conversational", "conversational",
+                                      "conversational")]
+    ps = [0.95, 0.92, 0.3, 0.6]  # right (0.95), wrong (0.92), right (0.7), wrong (0.6)
+    m = scoring.tier1_metrics(records, ps, 200, 0)
+    assert m[scoring.ACCURACY]["value"] == 0.5 and m[scoring.ACCURACY]["n"] == 4
+    assert m[scoring.CONFIDENT_MISTAKES]["value"] == 0.25  # only the 0.92 one is >= 0.9
+    # ten 0.05-wide bins of [0.5, 1], one request in each used: |confidence - correct|
+    assert m[scoring.ECE]["value"] == pytest.approx((0.05 + 0.92 + 0.3 + 0.6) / 4)
+    assert 0 <= m[scoring.ECE]["ci95"][0] <= m[scoring.ECE]["ci95"][1] <= 1
+    assert scoring.confusion(records, ps) == {
+        "structured": {"structured": 1, "conversational": 0},
+        "conversational": {"structured": 2, "conversational": 1}}
+
+
+def test_read_routing_set_takes_text_or_request_and_names_a_bad_line(tmp_path):
+    path = tmp_path / "hand.jsonl"
+    path.write_text('{"id": "a", "text": "decision? FICO 700", "route": "structured"}\n\n'
+                    '{"request": "what is PMI?", "route": "conversational"}\n')
+    assert es.read_routing_set(path) == [
+        {"request": "decision? FICO 700", "route": "structured"},
+        {"request": "what is PMI?", "route": "conversational"}]
+    path.write_text('{"text": "hi", "route": "structured"}\n{"text": "yo", "route": "chat"}\n')
+    with pytest.raises(ValueError, match=r"hand.jsonl:2: .*'route' of structured"):
+        es.read_routing_set(path)
+    path.write_text('{"text": "hi", "route": "structured"}\nnot json\n')
+    with pytest.raises(ValueError, match=r"hand.jsonl:2: not a JSON object"):
+        es.read_routing_set(path)
+    with pytest.raises(FileNotFoundError, match="evaluate.routing_test_set"):
+        es.read_routing_set(tmp_path / "nope.jsonl")
+
+
+class FixedTier1:
+    """Stand-in tier 1: a fixed P(structured) per request and a fitted threshold of 0.8."""
+
+    threshold = 0.8
+
+    def __init__(self, ps):
+        self.ps = ps
+
+    def probabilities(self, requests):
+        return [self.ps[r] for r in requests]
+
+
+def test_tier1_report_measures_both_sets_at_the_threshold_in_use():
+    from mortgagellm.config import Recipe
+    from mortgagellm.evaluation import routed
+
+    sets = hand_sets()
+    sets.routing = [{"request": "a", "route": "structured"},
+                    {"request": "b", "route": "conversational"}]
+    sets.routing_hand = [{"request": "c", "route": "structured"},
+                         {"request": "d", "route": "conversational"},
+                         {"request": "e", "route": "conversational"}]
+    model = FixedTier1({"a": 0.99, "b": 0.1, "c": 0.3, "d": 0.95, "e": 0.25})
+    scorer = scoring.Scorer(100, 0, None, None, 1)
+    tasks, info = routed.tier1_report(Recipe(), model, sets, scorer)
+    assert tasks[es.ROUTING_TIER1][scoring.ACCURACY]["value"] == 1.0
+    hand = tasks[es.ROUTING_HAND]
+    assert hand[scoring.ACCURACY]["value"] == pytest.approx(1 / 3)  # e right; c, d wrong
+    assert hand[scoring.CONFIDENT_MISTAKES]["value"] == pytest.approx(1 / 3)  # d at 0.95
+    assert info["kind"] == "ngram" and info["threshold"] == info["threshold_in_use"] == 0.8
+    assert info["threshold_fitted_on"] == "20% of routing_train"
+    # below 0.8: c (0.7, wrong) and e (0.75, right); d is a mistake tier 2 never sees
+    assert info["to_tier2"] == {es.ROUTING_TIER1: 0.0, es.ROUTING_HAND: pytest.approx(2 / 3)}
+    assert info["mistakes_to_tier2"] == {es.ROUTING_TIER1: None, es.ROUTING_HAND: 0.5}
+    assert info["confusion"][es.ROUTING_HAND]["conversational"] == {"structured": 1,
+                                                                     "conversational": 1}
+    sets.routing_hand = []
+    recipe = Recipe.model_validate({"serve": {"router": {"mode": "tier1"}}})
+    tasks, info = routed.tier1_report(recipe, model, sets, scorer)
+    assert set(tasks) == {es.ROUTING_TIER1} and info["threshold_in_use"] is None
+    assert info["to_tier2"] == {} and info["threshold"] == 0.8
+
+
 # ---- unit: the shape of a variant's results ------------------------------------------------------
 
 class GradingJudge:
@@ -176,7 +253,7 @@ def test_every_task_and_metric_is_reported_with_value_n_and_interval():
     tasks = scoring.score_variant(sets, answered(sets), scorer)
     judged = set(scoring.JUDGE_METRICS)
     expected = {t: set(m) | (judged if t in scoring.JUDGED else set())
-                for t, m in scoring.TASK_METRICS.items() if t != es.ROUTING}
+                for t, m in scoring.TASK_METRICS.items() if t not in scoring.ROUTER_TASKS}
     assert {t: set(m) for t, m in tasks.items()} == expected
     sizes = scoring.sample_sizes(sets)
     for task, metrics in tasks.items():
@@ -303,10 +380,11 @@ def test_one_model_through_ray_data_into_its_registry_entry(ray_cluster, tiny_pa
         stop_stub(server)
     sizes = result["sample_sizes"]
     assert sizes == {"decision": 3, "doc_kind": 3, "intent": 3, "summary": 3, "qa": 3,
-                     "instruction": 5, "domain": 3, "fairness": 3, "routing": 10}
+                     "instruction": 5, "domain": 3, "fairness": 3, "routing": 10,
+                     "routing_tier1": 10, "routing_hand": 0}
     tasks = result["tasks"]
     for task, names in scoring.TASK_METRICS.items():
-        if task == es.ROUTING:
+        if task in scoring.ROUTER_TASKS:
             assert task not in tasks
             continue
         judged = {scoring.JUDGE, scoring.JUDGE_UNPARSEABLE} if task in scoring.JUDGED else set()
@@ -362,7 +440,8 @@ def stop_stub(server):
 def test_stage_evaluates_every_variant_and_the_routed_system(ray_cluster, tiny_pair, tmp_path,
                                                             caplog):
     recipe = fake_run(tmp_path, tiny_pair, ("pretrain", "residual", "sft", "dpo"),
-                      ["serve.router.mode=hybrid", "serve.router.threshold=0.99"])
+                      ["serve.router.mode=hybrid", "serve.router.threshold=0.99",
+                       f"evaluate.routing_test_set={HANDSET}"])
     m = ev.run(recipe)
     variants = m.metrics["variants"]
     assert set(variants) == {*scoring.VARIANTS, scoring.ROUTED}
@@ -378,6 +457,14 @@ def test_stage_evaluates_every_variant_and_the_routed_system(ray_cluster, tiny_p
     assert as_json(routed[es.QA]) == as_json(same[es.QA])
     assert as_json(routed[es.FAIRNESS]) == as_json(same[es.FAIRNESS])
     assert routed[es.ROUTING][scoring.ACCURACY]["n"] == 10
+    # tier 1 alone on the generated and the hand-written sets, at the threshold in use
+    assert routed[es.ROUTING_TIER1][scoring.ACCURACY]["n"] == 10
+    assert routed[es.ROUTING_HAND][scoring.ECE]["n"] == 187
+    router = variants[scoring.ROUTED]["router"]
+    assert router["threshold_in_use"] == 0.99 and 0.5 <= router["threshold"] <= 1.0
+    assert sum(n for row in router["confusion"][es.ROUTING_HAND].values()
+               for n in row.values()) == 187
+    assert m.inputs["routing_test_set"]["sha256"] == manifest.sha256_path(HANDSET)
     latency = routed[es.ROUTING]
     assert 0 < latency[scoring.P50_MS]["value"] <= latency[scoring.P99_MS]["value"]
     lines = manifest.Path(m.output_path("predictions")).read_text().splitlines()

@@ -253,3 +253,69 @@ def test_the_fewshot_prompts_are_stated_verbatim_beside_their_rows():
     text = "\n".join(lines)
     assert "fewshot_<task> rows" in text and "<summary>decision</summary>" in text
     assert "```text\nExample 1:\nDecide.\nAnswer: deny\n\nNow this one:\n```" in text
+
+
+# ---- the router section (issue 20) -----------------------------------------------------------
+
+ROUTER = {"kind": "ngram", "threshold": 0.83, "threshold_in_use": 0.83,
+          "threshold_fitted_on": "20% of routing_train",
+          "confusion": {"routing_tier1": {"structured": {"structured": 296, "conversational": 4},
+                                          "conversational": {"structured": 5,
+                                                             "conversational": 295}},
+                        "routing_hand": {"structured": {"structured": 85, "conversational": 6},
+                                         "conversational": {"structured": 31,
+                                                            "conversational": 65}}},
+          "to_tier2": {"routing_tier1": 0.05, "routing_hand": 0.3},
+          "mistakes_to_tier2": {"routing_tier1": 0.8, "routing_hand": 0.5}}
+
+
+def routed_metrics():
+    metrics = evaluate_metrics()
+    metrics["variants"]["routed"] = {"model": "-", "version": "f" * 64, "router": ROUTER, "tasks": {
+        "routing": {"accuracy": m(0.97, 0.95, 0.98, n=600)},
+        "routing_tier1": {"accuracy": m(0.985, 0.972, 0.992, n=600),
+                          "confident_mistakes": m(0.005, 0.002, 0.015, n=600),
+                          "ece": m(0.02, 0.01, 0.03, n=600)},
+        "routing_hand": {"accuracy": m(0.802, 0.74, 0.85, n=187),
+                         "confident_mistakes": m(0.05, 0.03, 0.09, n=187),
+                         "ece": m(0.12, 0.08, 0.17, n=187)}}}
+    return metrics
+
+
+def test_router_section_shows_both_sets_threshold_confusion_and_goals(run_dir):
+    import json
+
+    manifest.write(str(manifest.stage_dir(run_dir, "evaluate")), manifest.Manifest(
+        stage="evaluate", fingerprint="evaluate-fingerprint", config={},
+        metrics=routed_metrics(), started_at="2025-01-01T00:00:00Z", duration_s=1.0))
+    path = report.build(run_dir, "configs/fixture.yaml")
+    text = path.read_text()
+    assert "## Router: tier 1 alone" in text
+    assert "fitted on 20% of routing_train: 0.830; in use: 0.830 (hybrid mode)" in text
+    assert ("| hand-written | 187 | 0.802 [0.740, 0.850] | 0.050 [0.030, 0.090] | "
+            "0.120 [0.080, 0.170] | 0.300 | 0.500 |") in text
+    assert "| generated (eval_routing) | 600 | 0.985 [0.972, 0.992] |" in text
+    assert "| hand-written | 85 | 6 | 31 | 65 |" in text  # s→s, s→c, c→s, c→c
+    assert "- generated (eval_routing) accuracy >= 0.98: **met** (0.985)" in text
+    assert "- hand-written accuracy >= 0.95: **not met** (0.802)" in text
+    assert "- hand-written confident mistakes <= 0.01: **not met** (0.050)" in text
+    rows = table(text)  # the tier-1 rows are in the results table too, lower ECE better
+    assert rows[("routing_hand", "ece")]["better"] == "↓"
+    assert rows[("routing_hand", "accuracy")]["routed"] == "0.80 [0.74, 0.85]"
+    data = json.loads((path.parent / "results.json").read_text())
+    assert data["router"]["threshold"] == 0.83
+    assert data["router"]["confusion"]["routing_hand"]["conversational"]["structured"] == 31
+    assert [g["met"] for g in data["router"]["goals"]] == [True, False, False]
+    cells = {(c["task"], c["metric"], c["variant"]) for c in data["cells"]}
+    assert ("routing_hand", "confident_mistakes", "routed") in cells
+    page = (path.parent / "report.html").read_text()
+    assert "Router: tier 1 alone</h2>" in page and "<td>hand-written</td>" in page
+    assert (path.parent / "tasks-routing.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_no_router_section_without_a_routed_variant(run_dir):
+    import json
+
+    path = report.build(run_dir, "configs/fixture.yaml")
+    assert "Router: tier 1 alone" not in path.read_text()
+    assert json.loads((path.parent / "results.json").read_text())["router"] is None

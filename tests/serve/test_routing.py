@@ -9,8 +9,10 @@ import pytest
 from mortgagellm import modeling, routing
 from mortgagellm.routing import Decision, Tier1, UnknownModel, clip, route
 
-ACCURACY_FLOOR = 0.985
-"""Measured 0.9917 on eval_routing (seed 0); goal >= 0.98. 600 requests: one error = 0.17 %."""
+ACCURACY_FLOOR = 0.98
+"""The goal on eval_routing. Measured 0.9867 (seed 0) since issue 20 gave the routing sets
+paraphrase variety (typos, terse asks, partial pastes; 0.9917 on the template-only set before).
+600 requests: one error = 0.17 %."""
 
 
 def confusion(records, tier1):
@@ -197,7 +199,7 @@ def test_hybrid_with_an_uninformed_tier2_keeps_the_floor(routing_sets, tier1, mi
                              routing.fewshot_probabilities(scores, prior))
             assert decision.decided_by == "hybrid"
         correct += decision.route == r["route"]
-    assert asked <= 0.05 * len(routing_sets["eval"])
+    assert asked <= 0.08 * len(routing_sets["eval"])  # 35 of 600 (typos, terse asks)
     assert correct / len(routing_sets["eval"]) >= ACCURACY_FLOOR
 
 

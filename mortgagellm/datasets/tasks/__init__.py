@@ -100,7 +100,7 @@ def build_task_sets(cfg: TaskSetsConfig, seed: int) -> dict[str, list[dict]]:
                                 cfg.eval_qa_pairs, _rng(seed, "eval_qa"), KNOWLEDGE_SHARE)
     sets["eval_routing"] = routing_requests(
         _documents(eval_seed, EVAL_SHARDS["eval_routing"], max_chars), cfg.eval_routing,
-        cfg.ambiguous_fraction, _rng(seed, "eval_routing"))
+        cfg.ambiguous_fraction, _rng(seed, "eval_routing"), variety=cfg.routing_variety)
     held = held_out_texts(sets)
     sets["sft_train"] = sft_records(
         _documents(purpose_seed(seed, "sft"), 0, max_chars, held), SFT_TASKS, cfg.sft_per_task,
@@ -109,7 +109,8 @@ def build_task_sets(cfg: TaskSetsConfig, seed: int) -> dict[str, list[dict]]:
                                   cfg.dpo_pairs, _rng(seed, "dpo_train"))
     sets["routing_train"] = routing_requests(
         _documents(purpose_seed(seed, "routing"), 0, max_chars, held), cfg.routing_requests,
-        cfg.ambiguous_fraction, _rng(seed, "routing_train"), exclude=held)
+        cfg.ambiguous_fraction, _rng(seed, "routing_train"), exclude=held,
+        variety=cfg.routing_variety)
     return {name: [{"id": f"{name}-{i:05d}", **r} for i, r in enumerate(sets[name])]
             for name in SCHEMAS}
 

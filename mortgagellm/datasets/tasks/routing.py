@@ -14,6 +14,12 @@ chatty voice without the label list, "extract the DTI", "summarise what escrow m
 "explain why this file was denied"); their label still follows the rule. Unambiguous requests
 reuse the experts' own prompts (``tasks.sft``, ``tasks.qa``), so the router sees what the
 experts are trained on, plus general questions and small talk without a document.
+
+``variety`` is the share of requests composed by ``tasks.paraphrase`` instead (issue 20):
+imperative and question forms, terse and wordy asks, whole or partial pasted documents, chit-chat,
+typos, explanations that name products or servicing actions, and requests that are neither a
+label nor a summary (writing, format, translation: ``asks`` = instruction). With 0 the set is
+the templates' alone, as before issue 20.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from collections import defaultdict, deque
 from collections.abc import Iterator
 
 from mortgagellm.datasets.mortgage import DOC_KINDS
+from mortgagellm.datasets.tasks import paraphrase
 from mortgagellm.datasets.tasks import qa as tasks_qa
 from mortgagellm.datasets.tasks import sft as tasks_sft
 from mortgagellm.datasets.tasks.format import NUMERIC_MODES, ROUTES
@@ -30,18 +37,13 @@ from mortgagellm.datasets.tasks.format import NUMERIC_MODES, ROUTES
 ROUTE_OF_ASK = {
     "label": "structured", "summary": "structured", "figure": "conversational",
     "fact": "conversational", "explanation": "conversational", "advice": "conversational",
-    "definition": "conversational", "chat": "conversational",
+    "definition": "conversational", "chat": "conversational", "instruction": "conversational",
 }
 """The labelling rule as a table: what a request asks for -> its route."""
 
 _LOAN_KINDS = ("loan_application", "underwriting_note", "loan_estimate", "closing_disclosure")
 _GROUPS = {"any": DOC_KINDS, "application": tasks_sft.DECISION_KINDS,
            "email": tasks_sft.INTENT_KINDS, "loan": _LOAN_KINDS, None: ()}
-_NOUNS = {"loan_application": "application", "underwriting_note": "underwriting note",
-          "rate_sheet": "rate sheet", "loan_estimate": "Loan Estimate",
-          "closing_disclosure": "Closing Disclosure", "appraisal_summary": "appraisal",
-          "servicing_email": "letter", "customer_email": "email",
-          "regulatory_explanation": "explainer"}
 _TERMS = ("escrow", "PMI", "an APR", "discount points", "a rate lock", "forbearance",
           "a debt-to-income ratio", "loan-to-value", "a Loan Estimate", "a Closing Disclosure",
           "an FHA loan", "a VA loan", "a jumbo loan", "underwriting", "a payoff quote",
@@ -136,7 +138,8 @@ def _from_template(template: tuple, pool: _Pool, rng: random.Random) -> tuple[st
     text, asks, group = template
     doc = pool.take(_GROUPS[group]) if group else {}
     head, sep, tail = text.partition("{doc}")
-    head = head.format(noun=_NOUNS.get(doc.get("kind"), "document"), term=rng.choice(_TERMS),
+    head = head.format(noun=paraphrase.NOUNS.get(doc.get("kind"), "document"),
+                       term=rng.choice(_TERMS),
                        figure=rng.choice(_FIGURES), price=rng.randint(150, 900),
                        salary=rng.randint(40, 250))
     return _vary(head, rng) + (doc["text"] + tail if sep else ""), asks, doc
@@ -161,8 +164,12 @@ def _expert_prompt(route: str, pool: _Pool, rng: random.Random) -> tuple[str, st
             return tasks_qa.ask(question, context, rng), asks, doc
 
 
-def _request(route: str, ambiguous: bool, pool: _Pool, rng: random.Random) -> tuple:
-    """One (request, asks, document) for the cell (route, ambiguous)."""
+def _request(route: str, ambiguous: bool, pool: _Pool, rng: random.Random,
+             variety: float = 0.0) -> tuple:
+    """One (request, asks, document) for the cell (route, ambiguous): composed by
+    tasks.paraphrase with probability `variety`, else from the templates and expert prompts."""
+    if variety and rng.random() < variety:
+        return paraphrase.request(route, ambiguous, pool.take, rng)
     if ambiguous:
         if route == "conversational" and rng.random() < 0.3:
             doc = pool.take(tasks_sft.DECISION_KINDS)
@@ -177,20 +184,24 @@ def _request(route: str, ambiguous: bool, pool: _Pool, rng: random.Random) -> tu
 
 
 def routing_requests(docs: Iterator[dict], n: int, ambiguous_fraction: float,
-                     rng: random.Random, exclude: frozenset[str] = frozenset()) -> list[dict]:
-    """n requests, half of each route, ``round(n * ambiguous_fraction)`` of them ambiguous.
+                     rng: random.Random, exclude: frozenset[str] = frozenset(),
+                     variety: float = 0.0) -> list[dict]:
+    """n requests, half of each route, ``round(n * ambiguous_fraction)`` of them ambiguous,
+    ``variety`` of them (in expectation) composed by tasks.paraphrase.
 
     Each: {request, route, ambiguous, asks, document ('' without one), doc_kind ('' without
     one)}. Requests in ``exclude`` (the eval set's, when building train) and repeats are drawn
     again.
     """
+    if not 0.0 <= variety <= 1.0:
+        raise ValueError(f"routing variety {variety} is a share: give a number in [0, 1]")
     n_ambiguous = round(n * ambiguous_fraction)
     cells = [(ROUTES[i % 2], i < n_ambiguous) for i in range(n)]
     rng.shuffle(cells)
     pool, seen, out = _Pool(iter(docs)), set(exclude), []
     for route, ambiguous in cells:
         for _ in range(1000):
-            request, asks, doc = _request(route, ambiguous, pool, rng)
+            request, asks, doc = _request(route, ambiguous, pool, rng, variety)
             if request not in seen:
                 break
         else:
