@@ -373,7 +373,7 @@ def test_one_model_through_ray_data_into_its_registry_entry(ray_cluster, tiny_pa
         recipe = fake_run(tmp_path, tiny_pair, (), [
             f"evaluate.judge.base_url=http://127.0.0.1:{server.server_port}/v1",
             "evaluate.judge.model=grader", "evaluate.judge.api_key_env=null",
-            "evaluate.judge.max_items=2", "evaluate.judge.max_retries=0"])
+            "evaluate.judge.max_items=2", "evaluate.judge.max_retries=0", "evaluate.fewshot=1"])
         model = str(tmp_path / "run" / "bootstrap" / "instruct")
         result = ev.evaluate_registered(recipe, model)
     finally:
@@ -381,7 +381,8 @@ def test_one_model_through_ray_data_into_its_registry_entry(ray_cluster, tiny_pa
     sizes = result["sample_sizes"]
     assert sizes == {"decision": 3, "doc_kind": 3, "intent": 3, "summary": 3, "qa": 3,
                      "instruction": 5, "domain": 3, "fairness": 3, "routing": 10,
-                     "routing_tier1": 10, "routing_hand": 0}
+                     "routing_tier1": 10, "routing_hand": 0, "fewshot_decision": 3,
+                     "fewshot_doc_kind": 3, "fewshot_intent": 3, "fewshot_qa": 3}
     tasks = result["tasks"]
     for task, names in scoring.TASK_METRICS.items():
         if task in scoring.ROUTER_TASKS:
@@ -390,8 +391,9 @@ def test_one_model_through_ray_data_into_its_registry_entry(ray_cluster, tiny_pa
         judged = {scoring.JUDGE, scoring.JUDGE_UNPARSEABLE} if task in scoring.JUDGED else set()
         assert set(tasks[task]) == set(names) | judged, task
         for name in names:
-            if (task, name) in ((es.QA, scoring.NUMERIC), (es.FAIRNESS, scoring.FLIP_RATE)):
-                # figures only; pairs whose two decisions parse only
+            if name in (scoring.NUMERIC, scoring.NUMERIC_GROUNDED, scoring.KNOWLEDGE,
+                        scoring.FLIP_RATE):
+                # figures with a context; closed-book questions; pairs whose decisions parse
                 assert tasks[task][name]["n"] <= sizes[task], (task, name)
             else:
                 assert tasks[task][name]["n"] == sizes[task], (task, name)
@@ -452,7 +454,8 @@ def test_stage_evaluates_every_variant_and_the_routed_system(ray_cluster, tiny_p
         assert as_json(variants[name]["tasks"]) == as_json(same)
         assert variants[name]["version"] == m.inputs[name]["sha256"]
     routed = variants[scoring.ROUTED]["tasks"]
-    assert set(routed) == set(scoring.TASK_METRICS) - {es.DOMAIN}
+    fewshot = {es.fewshot_task(t) for t in es.FEWSHOT_TASKS}  # evaluate.fewshot is 0 here
+    assert set(routed) == set(scoring.TASK_METRICS) - {es.DOMAIN} - fewshot
     # both experts are the same model, so routing changes no answer
     assert as_json(routed[es.QA]) == as_json(same[es.QA])
     assert as_json(routed[es.FAIRNESS]) == as_json(same[es.FAIRNESS])
