@@ -85,9 +85,10 @@ def ask(url: str, key: str, text: str, max_tokens: int = DEMO_MAX_TOKENS) -> dic
         return {"status": err.code, **json.loads(err.read() or b"{}")}
 
 
-def demo_line(url: str, key: str, text: str, expected: str | None = None) -> str:
+def demo_line(url: str, key: str, text: str, expected: str | None = None,
+              max_tokens: int = DEMO_MAX_TOKENS) -> str:
     """Send one routed request and describe the answer (and the expected one) in lines."""
-    return describe(text, ask(url, key, text), expected)
+    return describe(text, ask(url, key, text, max_tokens), expected)
 
 
 def describe(text: str, answer: dict[str, Any], expected: str | None = None,
@@ -137,5 +138,6 @@ def run(url: str, key: str, recipe: Recipe, concurrency: int = 4) -> list[str]:
     """Send the demo requests (a few at a time, so the experts batch them) and tally them."""
     records = demo_requests(recipe, fits_limits(recipe))
     with ThreadPoolExecutor(concurrency) as pool:
-        answers = list(pool.map(lambda r: ask(url, key, r["prompt"]), records))
+        budget = min(DEMO_MAX_TOKENS, recipe.serve.limits.max_tokens)  # never over the door's
+        answers = list(pool.map(lambda r: ask(url, key, r["prompt"], budget), records))
     return tally(records, answers)

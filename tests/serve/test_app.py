@@ -121,10 +121,11 @@ def test_routed_answers_from_both_experts_carry_route_and_version(app, client):
 def test_demo_lines_show_route_version_answer_and_expectation(app):
     """What `make demo` ends with: one line per request naming its route and expert version."""
     version = registry.current(registry_path(app.recipe), "structured")[0]
-    line = demo.demo_line(app.url, app.key, STRUCTURED, expected="approve")
+    line = demo.demo_line(app.url, app.key, STRUCTURED, expected="approve", max_tokens=48)
     assert line.startswith("[structured ") and f"expert {version[:12]}]" in line
     assert line.endswith("expected: 'approve'")
-    assert demo.demo_line(app.url, app.key, CONVERSATIONAL).startswith("[conversational ")
+    assert demo.demo_line(app.url, app.key, CONVERSATIONAL, max_tokens=48).startswith(
+        "[conversational ")
 
 
 def test_the_judge_can_be_the_served_app_itself(app, monkeypatch):
