@@ -1,9 +1,11 @@
 """Grounded answers: an answer opens with the document's own words for the figure it gives, and
 the figure it states can be checked against (and resolved to) the request's context.
 
-A grounded reference answer is ``Source: “<quote>”`` on its first line, then the answer. The
-quote is the few words before one value (a figure or a date) on one line of the context, and the
-value: ``Source: “Monthly principal & interest: $2,702.68”``. Lines are read as text: table pipes
+A grounded reference answer is ``Source for <what is asked>: “<quote>”`` on its first line, then
+the answer. The quote is the few words before one value (a figure or a date) on one line of the
+context, and the value: ``Source for the monthly principal and interest: “Monthly principal &
+interest: $2,702.68”``. Saying what it looks for first, the model names the line right after the
+topic it was asked about (PITI vs P&I were confused without). Lines are read as text: table pipes
 and dot leaders become ``: `` (``line_text``), so the quote reads the same in a Markdown table, a
 dotted form or prose.
 
