@@ -24,8 +24,10 @@ from mortgagellm.config import Recipe
 DEMO_PER_EXPERT = 20
 DEMO_MAX_TOKENS = 80
 """A grounded answer's source line and first sentence, which states the figure."""
-DEMO_TASKS = (("decision", "answer", "structured"), ("qa", "chosen", "conversational"))
-"""(held-out task, its reference field, the route it belongs to)."""
+DEMO_TASKS = (("decision", "answer", "structured", 48),
+              ("qa", "chosen", "conversational", DEMO_MAX_TOKENS))
+"""(held-out task, its reference field, the route it belongs to, answer tokens asked for): a
+label needs few, so the long loan files still fit the prompt limit."""
 DEMO_REQUESTS = (
     ("Classify the underwriting decision of this loan file as approve, refer or deny.\n\n"
      "Borrower: Alex Kim. Credit score 742. DTI 31%. LTV 78%. Employment: 6 years, salaried.",
@@ -35,29 +37,29 @@ DEMO_REQUESTS = (
 """Sample requests for a served app without held-out sets (a registry-only deployment)."""
 
 
-def demo_requests(recipe: Recipe, fits: Callable[[str], bool] = lambda text: True
-                  ) -> list[dict]:
+def demo_requests(recipe: Recipe,
+                  fits: Callable[[str, int], bool] = lambda text, tokens: True) -> list[dict]:
     """DEMO_PER_EXPERT records of each DEMO_TASKS set, sampled with the run's seed from those
-    whose prompt `fits` the served limits: {prompt, expected, task, route, truth}. Raises
-    SystemExit naming the missing file."""
+    whose prompt `fits` the served limits with its answer tokens: {prompt, expected, task,
+    route, truth, max_tokens}. Raises SystemExit naming the missing file."""
     from mortgagellm.datasets.tasks import read_task_set
     from mortgagellm.manifest import stage_dir
 
     rng, picked = random.Random(recipe.run.seed), []
-    for task, field, route in DEMO_TASKS:
+    for task, field, route, tokens in DEMO_TASKS:
         path = stage_dir(recipe, "corpus") / "tasks" / f"eval_{task}.parquet"
         if not path.is_file():
             raise SystemExit(f"--demo needs the corpus stage's held-out set {path}: run "
                              "`mortgagellm run` with this recipe first")
-        records = [r for r in read_task_set(path) if fits(r["prompt"])]
+        records = [r for r in read_task_set(path) if fits(r["prompt"], tokens)]
         picked += [{"prompt": r["prompt"], "expected": r[field], "task": task, "route": route,
-                    "truth": r["truth"]}
+                    "truth": r["truth"], "max_tokens": tokens}
                    for r in rng.sample(records, min(DEMO_PER_EXPERT, len(records)))]
     return picked
 
 
-def fits_limits(recipe: Recipe) -> Callable[[str], bool]:
-    """Whether a request's chat prompt plus the demo's answer budget is within
+def fits_limits(recipe: Recipe) -> Callable[[str, int], bool]:
+    """Whether a request's chat prompt plus its answer tokens is within
     serve.limits.max_prompt_tokens, counted with the models' tokenizer as the experts count it
     (longer held-out prompts would be refused with a 400, which is the door working, not a
     demo)."""
@@ -67,8 +69,9 @@ def fits_limits(recipe: Recipe) -> Callable[[str], bool]:
     from mortgagellm.modeling import chat_ids
 
     tokenizer = AutoTokenizer.from_pretrained(stage_dir(recipe, "bootstrap") / "instruct")
-    budget = recipe.serve.limits.max_prompt_tokens - DEMO_MAX_TOKENS
-    return lambda text: len(chat_ids(tokenizer, [{"role": "user", "content": text}])) <= budget
+    limit = recipe.serve.limits.max_prompt_tokens
+    return lambda text, tokens: len(chat_ids(tokenizer, [{"role": "user", "content": text}])
+                                    ) <= limit - tokens
 
 
 def ask(url: str, key: str, text: str, max_tokens: int = DEMO_MAX_TOKENS) -> dict[str, Any]:
@@ -117,7 +120,7 @@ def right(record: dict, answer: dict[str, Any]) -> bool:
 def tally(records: list[dict], answers: list[dict[str, Any]]) -> list[str]:
     """Per expert: one example, then routed-right and answered-right counts."""
     lines = []
-    for _, _, route in DEMO_TASKS:
+    for _, _, route, _ in DEMO_TASKS:
         mine = [(r, a) for r, a in zip(records, answers) if r["route"] == route]
         if not mine:
             continue
@@ -138,6 +141,7 @@ def run(url: str, key: str, recipe: Recipe, concurrency: int = 4) -> list[str]:
     """Send the demo requests (a few at a time, so the experts batch them) and tally them."""
     records = demo_requests(recipe, fits_limits(recipe))
     with ThreadPoolExecutor(concurrency) as pool:
-        budget = min(DEMO_MAX_TOKENS, recipe.serve.limits.max_tokens)  # never over the door's
-        answers = list(pool.map(lambda r: ask(url, key, r["prompt"], budget), records))
+        cap = recipe.serve.limits.max_tokens  # never over the door's
+        answers = list(pool.map(lambda r: ask(url, key, r["prompt"], min(r["max_tokens"], cap)),
+                                records))
     return tally(records, answers)

@@ -31,8 +31,14 @@ def test_demo_draws_held_out_records_with_the_run_seed(recipe, tmp_path):
     qa = {r["prompt"]: r["chosen"] for r in read_task_set(tasks / "eval_qa.parquet")}
     assert all(qa[r["prompt"]] == r["expected"] for r in picked[20:])
     assert picked == demo.demo_requests(recipe)  # the same seed, the same requests
-    short = demo.demo_requests(recipe, fits=lambda text: len(text) < 900)
+    short = demo.demo_requests(recipe, fits=lambda text, tokens: len(text) < 900)
     assert short and all(len(r["prompt"]) < 900 for r in short)  # only what the door admits
+    # a label asks for fewer answer tokens than a grounded answer, so long loan files still fit
+    budgets = {r["route"]: r["max_tokens"] for r in picked}
+    assert budgets == {"structured": 48, "conversational": demo.DEMO_MAX_TOKENS} and 48 < 80
+    asked = []
+    demo.demo_requests(recipe, fits=lambda text, tokens: asked.append(tokens) or True)
+    assert set(asked) == {48, 80}
 
 
 def answer(route, content):
