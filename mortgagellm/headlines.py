@@ -63,7 +63,8 @@ def _dpo(m: dict) -> str:
     return (f"held-out reward margin {_num(_get(m, 'heldout.expert.reward_margin'))}, "
             f"QA figures right {_num(_get(m, 'heldout.expert.qa_numeric_correct'))} as written, "
             f"{_num(_get(m, 'heldout.expert.qa_numeric_grounded'))} grounded, vs instruct "
-            f"{_num(_get(m, 'heldout.instruct.qa_numeric_correct'))}")
+            f"{_num(_get(m, 'heldout.instruct.qa_numeric_correct'))}; answers with no made-up "
+            f"figure {_num(_get(m, 'heldout.expert.qa_supported'))}")
 
 
 def _evaluate(m: dict) -> str:

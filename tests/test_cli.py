@@ -84,11 +84,11 @@ def test_headlines_pick_each_stages_numbers_from_its_manifest():
     assert "decision 0.80 vs 0.00, doc_kind ? vs ?" in headlines.headline(
         stage_manifest("sft", sft))  # a number the manifest lacks prints as ?, never crashes
     dpo = {"heldout": {"expert": {"reward_margin": 4.2, "qa_numeric_correct": 0.05,
-                                  "qa_numeric_grounded": 0.81},
+                                  "qa_numeric_grounded": 0.81, "qa_supported": 0.4},
                        "instruct": {"qa_numeric_correct": 0.02}}}
     assert headlines.headline(stage_manifest("dpo", dpo)) == (
         "held-out reward margin 4.20, QA figures right 0.05 as written, 0.81 grounded, vs "
-        "instruct 0.02")
+        "instruct 0.02; answers with no made-up figure 0.40")
 
 
 def test_run_prints_a_line_per_stage_then_the_table_and_dumps_metrics_to_the_log(

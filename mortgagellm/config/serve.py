@@ -82,6 +82,11 @@ class ExpertSettings(Section):
         "the user's message before it is sent: the quote the answer names is put in verbatim, "
         "with its figure in the answer (datasets/tasks/grounding.py). A streamed answer is then "
         "sent whole once checked. For an expert trained on grounded answers (dpo).")
+    flag_unsupported: bool = Field(
+        True, description="With ground: an answer that states figures or dates the user's "
+        "message neither states nor derives (a sum, difference or share of its figures; "
+        "grounding.support) ends with a line naming them, 'Not found in your document: …'. "
+        "They are audited either way (grounding.unsupported).")
     max_batch_size: int = Field(
         4, ge=1, description="Most requests decoded together: in one forward pass "
         "(continuous; more wait for a place) or in one @serve.batch (static).")

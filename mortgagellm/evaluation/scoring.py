@@ -12,7 +12,7 @@ from mortgagellm.config import Recipe
 from mortgagellm.datasets.instructions import Instruction
 from mortgagellm.datasets.tasks import parse_answer, score
 from mortgagellm.datasets.tasks.format import NUMERIC_MODES, ROUTES
-from mortgagellm.datasets.tasks.grounding import resolve
+from mortgagellm.datasets.tasks.grounding import resolve, support
 from mortgagellm.evaluation.sets import (
     CLASSIFICATION,
     DECISION,
@@ -53,6 +53,7 @@ EXPERTS = ("structured", "conversational")
 ACCURACY, MACRO_F1, UNPARSEABLE = "accuracy", "macro_f1", "unparseable"
 ROUGE_L, BERTSCORE_F1, FIELD_ACCURACY = "rouge_l", "bertscore_f1", "field_accuracy"
 TOKEN_F1, NUMERIC, NUMERIC_GROUNDED = "token_f1", "numeric", "numeric_grounded"
+SUPPORTED = "supported"
 KNOWLEDGE = "knowledge"
 JUDGE, JUDGE_UNPARSEABLE = "judge", "judge_unparseable"
 FIDELITY, PERPLEXITY = "fidelity", "perplexity"
@@ -64,7 +65,8 @@ CONFIDENT = 0.9
 TASK_METRICS = {
     DECISION: (ACCURACY, MACRO_F1, UNPARSEABLE), DOC_KIND: (ACCURACY, MACRO_F1, UNPARSEABLE),
     INTENT: (ACCURACY, MACRO_F1, UNPARSEABLE), SUMMARY: (ROUGE_L, BERTSCORE_F1, FIELD_ACCURACY),
-    QA: (TOKEN_F1, BERTSCORE_F1, NUMERIC, NUMERIC_GROUNDED, KNOWLEDGE), INSTRUCTION: (FIDELITY,),
+    QA: (TOKEN_F1, BERTSCORE_F1, NUMERIC, NUMERIC_GROUNDED, SUPPORTED, KNOWLEDGE),
+    INSTRUCTION: (FIDELITY,),
     DOMAIN: (PERPLEXITY,),
     ROUTING: (ACCURACY, P50_MS, P99_MS), FAIRNESS: (FLIP_RATE, UNPARSEABLE),
     ROUTING_TIER1: (ACCURACY, CONFIDENT_MISTAKES, ECE),
@@ -110,17 +112,22 @@ def qa_metrics(records: list[dict], texts: list[str], bert: Any, resamples: int,
     """Token F1 and BERTScore F1 against the reference answer; numeric correctness of the
     questions with a context whose answer is a figure (tasks/format.score), as the model wrote
     it and after its source quote is resolved against the request (tasks/grounding.resolve, as
-    serving does with ``ground: true``); and correctness on the knowledge questions, asked with
-    no context (tasks/qa.context_for)."""
+    serving does with ``ground: true``); the share of answers to questions with a context (but
+    decisions, which cite program limits) that state no figure the context neither states nor
+    derives, once resolved (tasks/grounding.support); and correctness on the knowledge
+    questions, asked with no context (tasks/qa.context_for)."""
     refs = [r["chosen"] for r in records]
     numeric = [bool(r["document"]) and r["truth"]["mode"] in NUMERIC_MODES for r in records]
     right = [score(QA, parse_answer(QA, t), r["truth"]) == 1.0 for t, r in zip(texts, records)]
-    resolved = [score(QA, parse_answer(QA, resolve(t, r["prompt"])[0]), r["truth"]) == 1.0
-                for t, r in zip(texts, records)]
+    served = [resolve(t, r["prompt"])[0] for t, r in zip(texts, records)]
+    resolved = [score(QA, parse_answer(QA, t), r["truth"]) == 1.0 for t, r in zip(served, records)]
+    supported = [not support(t, r["prompt"])["unsupported"] for t, r in zip(served, records)
+                 if r["document"] and r["truth"]["mode"] != "decision"]
     return {TOKEN_F1: mean([token_f1(t, ref) for t, ref in zip(texts, refs)], resamples, seed),
             BERTSCORE_F1: mean(bert.f1(texts, refs), resamples, seed),
             NUMERIC: proportion([ok for ok, n in zip(right, numeric) if n]),
             NUMERIC_GROUNDED: proportion([ok for ok, n in zip(resolved, numeric) if n]),
+            SUPPORTED: proportion(supported),
             KNOWLEDGE: proportion([ok for ok, r in zip(right, records) if not r["document"]])}
 
 

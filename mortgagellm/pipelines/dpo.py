@@ -273,17 +273,20 @@ def qa_metrics(model: Any, tokenizer: Any, questions: list[tuple[dict, str]],
     """Greedy answers to the held-out questions scored against the truth: overall correctness,
     numeric correctness (questions with a context whose answer is a figure) as written and with
     the answer's source resolved against the prompt (tasks/grounding.py), correctness on the
-    knowledge questions (no context), and invented citations."""
+    knowledge questions (no context), the share of context answers (but decisions) stating no
+    figure their context does not support (tasks/grounding.support), and invented citations."""
     from mortgagellm.datasets.tasks import invented_citations
-    from mortgagellm.datasets.tasks.grounding import resolve
+    from mortgagellm.datasets.tasks.grounding import resolve, support
     from mortgagellm.modeling import chat_generate
 
     outputs = chat_generate(model, tokenizer, [text for _, text in questions], max_new_tokens)
     texts = [text for text, _ in outputs]
     pairs = [p for p, _ in questions]
     scores = [score("qa", parse_answer("qa", t), p["truth"]) for p, t in zip(pairs, texts)]
-    grounded = [score("qa", parse_answer("qa", resolve(t, q)[0]), p["truth"])
-                for (p, q), t in zip(questions, texts)]
+    served = [resolve(t, q)[0] for (_, q), t in zip(questions, texts)]
+    grounded = [score("qa", parse_answer("qa", t), p["truth"]) for p, t in zip(pairs, served)]
+    checked = [not support(t, q)["unsupported"] for (p, q), t in zip(questions, served)
+               if p["document"] and p["truth"]["mode"] != "decision"]
     numeric = [bool(p["document"]) and p["truth"]["mode"] in NUMERIC_MODES for p in pairs]
     known = [s for p, s in zip(pairs, scores) if not p["document"]]
     invented = sum(bool(invented_citations(t, p["document"])) for p, t in zip(pairs, texts))
@@ -295,6 +298,7 @@ def qa_metrics(model: Any, tokenizer: Any, questions: list[tuple[dict, str]],
     return {"qa_correct": round(sum(scores) / len(scores), 4),
             "qa_numeric_correct": share(scores), "qa_numeric_grounded": share(grounded),
             "qa_knowledge": round(sum(known) / max(1, len(known)), 4), "n_knowledge": len(known),
+            "qa_supported": round(sum(checked) / max(1, len(checked)), 4),
             "n_numeric": sum(numeric), "invented_citation_rate": round(invented / len(texts), 4),
             "n": len(texts), "example": texts[0][:300]}
 

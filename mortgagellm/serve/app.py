@@ -178,7 +178,8 @@ def build_app(args: dict[str, Any]) -> Any:
         experts[expert] = deployment.bind(expert, s.threads, s.max_batch_size,
                                           s.batch_wait_timeout_s, cfg.limits.max_prompt_tokens,
                                           s.health_check_timeout_s, s.engine,
-                                          s.kv_cache.model_dump(), s.ground)
+                                          s.kv_cache.model_dump(), s.ground,
+                                          s.flag_unsupported)
     shared = (RateLimits.options(name=RATE_LIMITS, **options[RATE_LIMITS]).bind(
         cfg.limits.strategy) if RATE_LIMITS in options else None)
     api_keys(recipe, args)  # read now, so a bad keys file fails the build and names its line

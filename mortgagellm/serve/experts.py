@@ -23,7 +23,7 @@ from ray import serve
 
 from mortgagellm import modeling, registry, routing
 from mortgagellm.datasets.tasks.format import ROUTES
-from mortgagellm.datasets.tasks.grounding import resolve
+from mortgagellm.datasets.tasks.grounding import resolve, support
 from mortgagellm.serve import batching, engine
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,17 @@ def grounding_context(request: Mapping[str, Any]) -> str | None:
                      if m.get("role") == "user")
 
 
+def checked_answer(text: str, context: str, flag: bool) -> tuple[str, dict[str, Any]]:
+    """A grounded answer as sent, and its audit: the source quote resolved against the context
+    (grounding.resolve), then every figure or date the context neither states nor derives
+    (grounding.support), named on a last line when ``flag``."""
+    text, checked = resolve(text, context)
+    unsupported = support(text, context)["unsupported"]
+    if flag and unsupported:
+        text += f"\n\nNot found in your document: {', '.join(unsupported)}."
+    return text, checked | {"unsupported": unsupported}
+
+
 def seed_error(seed: int | None) -> str | None:
     """Why `seed` cannot seed the sampler, else None. Checked per request before it joins a
     batch: a seed that raised inside the batch would fail every request decoded with it."""
@@ -71,9 +82,9 @@ class Expert:
     def __init__(self, role: str, threads: int, max_batch_size: int,
                  batch_wait_timeout_s: float, max_prompt_tokens: int,
                  health_check_timeout_s: float, engine_kind: str, kv_cache: Mapping[str, int],
-                 ground: bool = False):
+                 ground: bool = False, flag_unsupported: bool = False):
         self.role, self.threads, self.max_prompt_tokens = role, threads, max_prompt_tokens
-        self.ground = ground
+        self.ground, self.flag_unsupported = ground, flag_unsupported
         self.model = self.tokenizer = self.version = self.model_dir = None
         self.engine_kind, self.kv_cache, self.max_batch_size = engine_kind, kv_cache, max_batch_size
         self.engine: batching.ContinuousEngine | None = None  # engine_kind "continuous"
@@ -211,7 +222,7 @@ class Expert:
             async for last in deltas:
                 text += last.text
             if last is not None:
-                text, checked = resolve(text, context)
+                text, checked = checked_answer(text, context, self.flag_unsupported)
                 yield {"text": text, "finish_reason": last.finish_reason,
                        "completion_tokens": last.completion_tokens, "grounding": checked}
 

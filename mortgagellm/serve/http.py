@@ -242,7 +242,8 @@ def expert_version(first: dict[str, Any]) -> str:
 
 def grounding(last: dict[str, Any]) -> dict[str, Any]:
     """The audit fields of an expert's grounding check (serve.<expert>.ground), if it ran:
-    whether the answer named a source, was verbatim, was resolved, and was changed."""
+    whether the answer named a source, was verbatim, was resolved, and was changed, and the
+    figures it states that the request does not (unsupported)."""
     return {"grounding": last["grounding"]} if "grounding" in last else {}
 
 

@@ -6,8 +6,15 @@ import random
 from mortgagellm.datasets.tasks import parse_answer, score
 from mortgagellm.datasets.tasks.dpo import rejected_answer
 from mortgagellm.datasets.tasks.format import qa_truth
-from mortgagellm.datasets.tasks.grounding import grounded, quote_for, quotes, resolve, verbatim
-from mortgagellm.datasets.tasks.qa import excerpt, grounded_answer
+from mortgagellm.datasets.tasks.grounding import (
+    grounded,
+    quote_for,
+    quotes,
+    resolve,
+    support,
+    verbatim,
+)
+from mortgagellm.datasets.tasks.qa import excerpt, explained, grounded_answer
 
 TABLE = """## Loan Terms and Payments
 | Item | Value |
@@ -120,3 +127,30 @@ def test_resolve_keeps_what_the_source_line_says_it_looks_for():
     assert fixed == ("Source for the P&I: “Monthly principal & interest: $2,702.68”\n"
                      "It is $2,702.68.")
     assert parse_answer("qa", fixed)["source"] == "Monthly principal & interest: $2,702.68"
+
+
+def test_support_finds_the_figures_the_context_neither_states_nor_derives():
+    answer = grounded("The monthly principal and interest payment is $2,702.68, for a $476,000 "
+                      "loan at 5.500% over 360 months, plus $627.50 escrow.",
+                      "Monthly principal & interest: $2,702.68")
+    # $627.50 = $3,330.18 - $2,702.68; the rate and term are not in the table
+    assert support(answer, TABLE) == {"figures": 5, "stated": 2, "derived": 1,
+                                      "unsupported": ["5.500%", "360"]}
+    ltv = "Loan amount: $400,000\nPurchase price: $500,000\nDeposit: -$9,500.00"
+    assert support("LTV is 80.0% on $500,000, after the $9,500.00 deposit.", ltv)["unsupported"] \
+        == []  # a share of two figures; a credit stated as its amount
+    assert support("LTV is 81.0% and income $4,000.00 a month.", ltv)["unsupported"] == [
+        "81.0%", "$4,000.00"]
+    assert support("It was locked on March 3, 2025.", "Locked: March 3, 2025")["derived"] == 0
+    assert support("It expires March 4, 2025.", "Locked: March 3, 2025")["unsupported"] == [
+        "March 4, 2025"]
+    assert support("Monthly income is $4,000.00.", "Annual income: $48,000.00")["derived"] == 1
+
+
+def test_an_explanation_whose_figures_the_document_lacks_is_the_answer_alone():
+    ctx = {"loan_amount": "$476,000", "rate": "5.500%", "term": "360"}
+    assert explained("payment", "$2,702.68", ctx, TABLE + "\nTerm: 360 months\nRate: 5.500%") \
+        == "The monthly principal and interest payment is $2,702.68, for a $476,000 loan at " \
+           "5.500% over 360 months."
+    assert explained("payment", "$2,702.68", ctx, TABLE) == \
+        "The monthly principal and interest is $2,702.68."

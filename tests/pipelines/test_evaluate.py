@@ -97,6 +97,12 @@ def test_qa_numeric_counts_only_questions_with_a_figure():
     m3 = scoring.qa_metrics([closed, closed], ["It is $1,842.10.", "No idea."], FixedBert(), 100, 0)
     assert (m3[scoring.KNOWLEDGE]["value"], m3[scoring.KNOWLEDGE]["n"]) == (0.5, 2)
     assert m3[scoring.NUMERIC]["n"] == 0  # figures read from a context only
+    # after the source is resolved, $1,942.10 reads $1,842.10, which the context states; an
+    # explanation's made-up figure is not supported; the closed-book questions are not counted
+    made_up = "Source: “Monthly principal & interest: $1,842.10”\nIt is $1,842.10 on $9.00."
+    m4 = scoring.qa_metrics([grounded, grounded, closed], [miscopied, made_up, "$5.00"],
+                            FixedBert(), 100, 0)
+    assert (m4[scoring.SUPPORTED]["value"], m4[scoring.SUPPORTED]["n"]) == (0.5, 2)
     # q1: [your payment is 184210 month] vs [payment is 184210]: 3 shared -> 2*3/(5+3) = 0.75;
     # q2: nothing shared -> 0
     assert m[scoring.TOKEN_F1]["value"] == pytest.approx((0.75 + 0.0) / 2)
@@ -261,7 +267,8 @@ def test_every_task_and_metric_is_reported_with_value_n_and_interval():
             assert set(m) == {"value", "n", "ci95"} and len(m["ci95"]) == 2
             if name.startswith("judge"):
                 assert m["n"] == 1  # judge.max_items of the task's records
-            elif task.endswith(es.QA) and name in (scoring.NUMERIC, scoring.NUMERIC_GROUNDED):
+            elif task.endswith(es.QA) and name in (scoring.NUMERIC, scoring.NUMERIC_GROUNDED,
+                                                   scoring.SUPPORTED):
                 assert m["n"] == 1
             elif task.endswith(es.QA) and name == scoring.KNOWLEDGE:
                 assert m["n"] == 0  # no closed-book question among the hand sets
@@ -391,8 +398,8 @@ def test_one_model_through_ray_data_into_its_registry_entry(ray_cluster, tiny_pa
         judged = {scoring.JUDGE, scoring.JUDGE_UNPARSEABLE} if task in scoring.JUDGED else set()
         assert set(tasks[task]) == set(names) | judged, task
         for name in names:
-            if name in (scoring.NUMERIC, scoring.NUMERIC_GROUNDED, scoring.KNOWLEDGE,
-                        scoring.FLIP_RATE):
+            if name in (scoring.NUMERIC, scoring.NUMERIC_GROUNDED, scoring.SUPPORTED,
+                        scoring.KNOWLEDGE, scoring.FLIP_RATE):
                 # figures with a context; closed-book questions; pairs whose decisions parse
                 assert tasks[task][name]["n"] <= sizes[task], (task, name)
             else:

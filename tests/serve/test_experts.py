@@ -214,7 +214,15 @@ def test_a_grounded_expert_sends_the_answer_once_its_source_is_checked(expert, m
     assert items[1:] == [{
         "text": "Source: “Monthly principal & interest: $2,702.68”\nIt is $2,702.68.",
         "finish_reason": "stop", "completion_tokens": 2,
-        "grounding": {"source": True, "verbatim": False, "resolved": True, "changed": True}}]
+        "grounding": {"source": True, "verbatim": False, "resolved": True, "changed": True,
+                      "unsupported": []}}]
+    # a figure the document neither states nor derives is audited, and named when flagged
+    pieces[1] = "9.68”\nIt is $2,709.68 on a $480,000 loan."
+    expert.flag_unsupported = True
+    items = asyncio.run(expert.complete(chat))
+    assert items[1]["text"].endswith("It is $2,702.68 on a $480,000 loan.\n\n"
+                                     "Not found in your document: $480,000.")
+    assert items[1]["grounding"]["unsupported"] == ["$480,000"]
     plain = asyncio.run(expert.complete({k: v for k, v in chat.items() if k != "messages"}
                                         | {"prompt": document}))
     assert [i["text"] for i in plain[1:]] == pieces

@@ -18,9 +18,11 @@ as it wrote and reported ungrounded. Scores are reported both ways.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import re
 
-from mortgagellm.datasets.tasks.format import SOURCE, figures, normalise, split_source
+from mortgagellm.datasets.tasks.format import SOURCE, figures, normalise, rounds_to, split_source
 
 _DATE = re.compile(r"\b(?:January|February|March|April|May|June|July|August|September|October"
                    r"|November|December) \d{1,2}, \d{4}\b")
@@ -141,3 +143,49 @@ def restate(answer: str, true: str) -> str:
         if kind_of(answer[a:b].strip()) == kind:
             return answer[:a] + true + answer[b:]
     return answer
+
+
+def _derived(kind: str, value: float, decimals: int, given: dict[str, list[float]]) -> bool:
+    """Whether ``value`` (printed to ``decimals`` places) is arithmetic on the context's figures
+    that the reference explanations do: a sum or difference of two of its kind, a twelfth or
+    twelve times one (monthly from annual), or, for a percentage, one money figure as a share
+    of another or of the sum of two (LTV, DTI)."""
+    same = given.get(kind, [])
+    near = functools.partial(rounds_to, figure=value, decimals=decimals)
+    if any(near(a / 12) or near(a * 12) for a in same):
+        return True
+    if any(near(a + b) or near(abs(a - b)) for a, b in itertools.combinations(same, 2)):
+        return True
+    money = [m for m in given.get("money", []) if m]
+    if kind != "percent" or not money:
+        return False
+    shares = money + [a + b for a, b in itertools.combinations(money, 2)]
+    return any(near(100 * s / c) for s in shares for c in money)
+
+
+def support(answer: str, context: str) -> dict:
+    """Which values of an answer (after its source line) the context supports: ``stated`` there
+    (a date as printed; a figure of the same kind and value), ``derived`` from its figures
+    (``_derived``), else ``unsupported``, listed as printed. ``resolve`` checks the one figure
+    the source names; a small model's explanation invents others, and this finds them.
+    {figures, stated, derived, unsupported: [...]}."""
+    _, body = split_source(answer)
+    dates = {context[a:b] for a, b in values(context) if _DATE.fullmatch(context[a:b])}
+    given: dict[str, list[float]] = {}
+    for kind, value, _, _ in figures(context):
+        given.setdefault(kind, []).append(abs(round(value, 2)))  # a credit as its amount
+    counts, unsupported = {"stated": 0, "derived": 0}, []
+    for a, b in values(body):
+        text = body[a:b].strip()
+        if _DATE.fullmatch(text):
+            verdict = "stated" if text in dates else None
+        else:
+            kind, value, decimals, _ = figures(text)[0]
+            verdict = ("stated" if abs(round(value, 2)) in given.get(kind, []) else
+                       "derived" if _derived(kind, value, decimals, given) else None)
+        if verdict:
+            counts[verdict] += 1
+        else:
+            unsupported.append(text)
+    return {"figures": counts["stated"] + counts["derived"] + len(unsupported), **counts,
+            "unsupported": unsupported}

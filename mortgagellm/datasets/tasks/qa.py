@@ -18,7 +18,7 @@ import re
 from mortgagellm.datasets.finance import dollars, money, round_half_up
 from mortgagellm.datasets.mortgage import QUESTIONS
 from mortgagellm.datasets.tasks.format import NUMERIC_MODES, figures, qa_truth
-from mortgagellm.datasets.tasks.grounding import grounded, quote_for
+from mortgagellm.datasets.tasks.grounding import grounded, quote_for, support
 from mortgagellm.datasets.tasks.sft import DECISION_KINDS
 from mortgagellm.datasets.underwriting import PROGRAM_RULES
 
@@ -174,6 +174,22 @@ def _context(doc: dict) -> dict[str, str]:
     return ctx
 
 
+def explained(topic: str, answer: str, ctx: dict[str, str], text: str) -> str:
+    """The topic's reference answer (``CHOSEN``) when the document supports every figure it
+    explains the answer with (``grounding.support``: printed there, or a sum, difference or
+    share of what is); else the answer alone, so no reference teaches a figure the request
+    does not carry (an underwriting note prints no monthly debts, an estimate no term)."""
+    chosen = CHOSEN[topic].format(answer=answer, **ctx)
+    if not support(chosen, text)["unsupported"]:
+        return chosen
+    short = _SHORT.get(topic) or f"{ASKED[topic][0].upper()}{ASKED[topic][1:]} is {{answer}}."
+    return short.format(answer=answer)
+
+
+_SHORT = {"payment_increase": "The monthly payment went up by {answer}."}
+"""The answer alone, where ``ASKED`` does not read as its subject."""
+
+
 def _topic(doc: dict, question: str) -> str | None:
     if doc["kind"] == "regulatory_explanation":
         return "regulation"
@@ -230,7 +246,7 @@ def questions(doc: dict) -> list[dict]:
             if chosen is None:
                 raise ValueError(f"{doc['doc_id']}: no sentence states {fact['answer']!r}")
         else:
-            chosen = CHOSEN[topic].format(answer=fact["answer"], **ctx)
+            chosen = explained(topic, fact["answer"], ctx, doc["text"])
         truth = qa_truth(topic, fact["question"], fact["answer"], fact["value"], fact["unit"])
         out.append({"topic": topic, "slots": ctx, "chosen": chosen, "truth": truth,
                     "phrasings": PHRASINGS.get(topic, ("{question}",))})
@@ -276,15 +292,25 @@ def context_for(question: dict, text: str, rng: random.Random, knowledge_share: 
 
 def excerpt(question: dict, text: str, rng: random.Random) -> str:
     """The context a request carries: the document's section (blank-line block) that states
-    the answer and one other section, in document order, as a borrower pastes the relevant
-    part of a Loan Estimate; the whole document for a decision, or when no section states it."""
+    the answer, the first section stating each other figure the reference answer explains it
+    with (the loan amount, rate and term behind a payment), and one other section, in document
+    order, as a borrower pastes the relevant part of a Loan Estimate; the whole document for a
+    decision, or when no section states the answer. So an explanation's figures can be checked
+    against the request (``grounding.support``) and are not taught as made up."""
     truth = question["truth"]
     blocks = [b for b in re.split(r"\n\s*\n", text) if b.strip()]
     needle = value_text(truth) or truth["answer"]
     hits = [i for i, b in enumerate(blocks) if needle.casefold() in b.casefold()]
     if truth["mode"] == "decision" or not hits or len(blocks) < 3:
         return text
-    keep = {hits[0], rng.choice([i for i in range(len(blocks)) if i != hits[0]])}
+    printed = [{(kind, abs(round(value, 2))) for kind, value, _, _ in figures(b)} for b in blocks]
+    keep = {hits[0]}
+    for kind, value, _, _ in figures(question["chosen"]):
+        stating = [i for i, p in enumerate(printed) if (kind, abs(round(value, 2))) in p]
+        if stating and keep.isdisjoint(stating):
+            keep.add(stating[0])
+    others = [i for i in range(len(blocks)) if i not in keep]
+    keep |= {rng.choice(others)} if others else set()
     return "\n\n".join(blocks[i] for i in sorted(keep))
 
 
