@@ -125,7 +125,26 @@ def output_to(path: Path) -> Iterator[None]:
 
 
 def serve(recipe: Recipe, config: str, overrides: list[str], demo: bool = False) -> int:
-    """`mortgagellm serve`: start Ray as the recipe says, serve the app, wait for Ctrl-C."""
+    """`mortgagellm serve`: start Ray as the recipe says, serve the app, wait for Ctrl-C. With
+    `demo`, ask it held-out questions and stop: Ray's and Serve's own lines (replica starts,
+    request logs, shutdown) go to <output_dir>/serve/demo.log, and the terminal shows the
+    answers and the tally only."""
+    if not demo:
+        return _serve(recipe, config, overrides, None)
+    lines: list[str] = []
+    log_file = serve_app.serve_dir(recipe) / "demo.log"
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    print(f"mortgagellm serve --demo: starting the app and asking it held-out questions "
+          f"(Ray and Serve log to {log_file})", flush=True)
+    try:
+        with output_to(log_file):
+            return _serve(recipe, config, overrides, lines)
+    finally:
+        print("\n".join(lines), flush=True)
+
+
+def _serve(recipe: Recipe, config: str, overrides: list[str], lines: list[str] | None) -> int:
+    """serve()'s work; with `lines` (the demo) its answers and tally are added to them."""
     import ray
 
     from mortgagellm.cluster.runtime import init_ray
@@ -138,14 +157,13 @@ def serve(recipe: Recipe, config: str, overrides: list[str], demo: bool = False)
     key = Path(f"{serve_app.keys_file(recipe, {})}.secret")
     print(f"mortgagellm: OpenAI API on {url}/v1 (Ctrl-C stops)"
           + (f"; the demo API key is in {key}" if key.is_file() else ""), flush=True)
-    lines: list[str] = []
     try:
-        if demo:
+        if lines is not None:
             if not key.is_file():
                 raise SystemExit(f"--demo needs the demo key {key}: set serve.auth.create_demo_key")
             from mortgagellm.serve import demo as serve_demo
 
-            lines = serve_demo.run(url, key.read_text().strip(), recipe)
+            lines += serve_demo.run(url, key.read_text().strip(), recipe)
             return 0
         while True:
             time.sleep(3600)
@@ -159,7 +177,6 @@ def serve(recipe: Recipe, config: str, overrides: list[str], demo: bool = False)
         with output_to(serve_app.serve_dir(recipe) / "shutdown.log"):
             ray_serve.shutdown()
             ray.shutdown()
-        print("\n".join(lines), flush=True)
         state.unlink(missing_ok=True)
 
 

@@ -87,3 +87,24 @@ def test_output_to_sends_fd_level_writes_to_the_file_then_restores(tmp_path, cap
     out, err = capfd.readouterr()
     assert out == "the tally\n" and err == ""
     assert log.read_text() == "controller says\ngraceful_shutdown failed\na child process\n"
+
+
+def test_serve_demo_sends_ray_and_serve_output_to_its_log_and_shows_the_tally(
+        recipe, tmp_path, monkeypatch, capfd):
+    import os
+
+    from mortgagellm.serve import ops
+
+    def fake_serve(recipe, config, overrides, lines):  # stands in for Ray, Serve and the app
+        os.write(1, b"(ServeController pid=1) Deploying new app\n")  # as Ray's C++ side writes
+        os.write(2, b"(ProxyActor pid=2) POST /v1/chat/completions 200\n")
+        lines += ["structured expert: 17/20 held-out decision requests answered right"]
+        return 0
+
+    monkeypatch.setattr(ops, "_serve", fake_serve)
+    assert ops.serve(recipe, "cpu-demo.yaml", [], demo=True) == 0
+    shown = capfd.readouterr()
+    log = (tmp_path / "serve" / "demo.log").read_text()
+    assert "ServeController" in log and "ProxyActor" in log
+    assert "Serve" not in shown.out.replace("Ray and Serve log to", "") and not shown.err
+    assert shown.out.strip().endswith("17/20 held-out decision requests answered right")
