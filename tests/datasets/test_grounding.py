@@ -154,3 +154,26 @@ def test_an_explanation_whose_figures_the_document_lacks_is_the_answer_alone():
            "5.500% over 360 months."
     assert explained("payment", "$2,702.68", ctx, TABLE) == \
         "The monthly principal and interest is $2,702.68."
+
+
+SHEET_CSV = "fico,≤90,90.01-95\n660-679,5.875%,6.000%\n700-719,5.875%,6.000%"
+SHEET_PIPES = ("| FICO | ≤90 | 90.01-95 |\n|---|---|---|\n| 660-679 | 5.875% | 6.000% |\n"
+               "| 700-719 | 5.875% | 6.000% |")
+SHEET_LINES = ("FICO 660-679: LTV ≤90 5.875% / LTV 90.01-95 6.000%\n"
+               "FICO 700-719: LTV ≤90 5.875% / LTV 90.01-95 6.000%")
+
+
+def test_a_rate_sheet_cell_is_quoted_by_its_row_and_column_and_the_asked_one_is_chosen():
+    asked = "What is the 30-day rate for FICO 700-719 at LTV 90.01-95?"
+    assert quote_for(SHEET_CSV, "6.000%", asked) == "700-719, 90.01-95: 6.000%"
+    assert quote_for(SHEET_PIPES, "6.000%", asked) == "700-719, 90.01-95: 6.000%"
+    assert quote_for(SHEET_LINES, "6.000%", asked) == "FICO 700-719: LTV 90.01-95 6.000%"
+    assert quote_for(SHEET_CSV, "6.000%") == "660-679, 90.01-95: 6.000%"  # no question: first
+    assert quotes(SHEET_CSV) == ["660-679, ≤90: 5.875%", "660-679, 90.01-95: 6.000%",
+                                 "700-719, ≤90: 5.875%", "700-719, 90.01-95: 6.000%"]
+    # a model naming the right cell with a miscopied rate gets the sheet's
+    fixed, info = resolve(grounded("The rate is 6.125%.", "700-719, 90.01-95: 6.125%"),
+                          SHEET_PIPES)
+    assert fixed.endswith("“700-719, 90.01-95: 6.000%”\nThe rate is 6.000%.") and info["changed"]
+    # two-column tables (label | value) and figures with thousands commas are not grids
+    assert quote_for(TABLE, "$2,702.68") == "Monthly principal & interest: $2,702.68"

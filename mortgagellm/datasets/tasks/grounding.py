@@ -57,25 +57,75 @@ def _quote(line: str, start: int, end: int) -> str:
     return " ".join(head.split()[-_WORDS:] + [line[start:end].strip()])
 
 
-def quotes(context: str) -> list[str]:
-    """Every quote the context offers: one per value on each line, in reading order."""
-    out = []
-    for raw in context.splitlines():
-        line = line_text(raw)
-        out += [_quote(line, a, b) for a, b in values(line)]
+def _cells(line: str) -> list[str]:
+    """A table line's cells (pipes, else commas outside figures), [] for a Markdown rule."""
+    line = line.strip()
+    if "|" in line:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+    else:
+        cells = [c.strip() for c in re.split(r",(?!\d{3}\b)", line)]
+    return [] if all(re.fullmatch(r"[-: ]*", c) for c in cells) else cells
+
+
+def _grid(lines: list[str], start: int) -> list[list[str]]:
+    """The grid that starts at ``start``: a header of 3 or more short cells, then rows with as
+    many cells, each stating values (a rate sheet's FICO rows by LTV columns, in pipes or
+    commas; a Markdown rule skipped), header first; [] when none starts there."""
+    header = _cells(lines[start])
+    if len(header) < 3 or max(map(len, header)) > 24:
+        return []
+    grid, end = [header], start + 1
+    while end < len(lines) and (len(cells := _cells(lines[end])) == len(header) or not cells):
+        if cells and not all(values(c) for c in cells[1:]):
+            break
+        grid += [cells] if cells else []
+        end += 1
+    return grid if len(grid) >= 2 else []
+
+
+def _quoted(context: str) -> list[tuple[str, str]]:
+    """(quote, value) of every value the context states, in reading order. A line's quote is
+    the words before the value (``_quote``); a grid cell's names its row and column,
+    ``700-719, 90.01-95: 6.000%``; a cell of a ``label: a x / b y`` line, the label and its
+    own part, ``FICO 700-719: LTV 90.01-95 6.000%``: the words before either are other cells."""
+    lines, out, i = context.splitlines(), [], 0
+    while i < len(lines):
+        if grid := _grid(lines, i):
+            for label, *cells in grid[1:]:
+                out += [(f"{label}, {column}: {cell}", cell)
+                        for column, cell in zip(grid[0][1:], cells)]
+            i += len(grid) + sum(not _cells(line) for line in lines[i:i + len(grid) + 1])
+            continue
+        line = line_text(lines[i])
+        label, _, rest = line.partition(": ")
+        for part in rest.split(" / ") if " / " in rest else [line]:
+            head = f"{label}: " if part is not line else ""
+            out += [(head + _quote(part, a, b), part[a:b].strip()) for a, b in values(part)]
+        i += 1
     return out
 
 
-def quote_for(context: str, value: str) -> str | None:
-    """The quote of the first line that states ``value`` (a figure or date as printed), None
-    when no line does or the value has no words before it to name it."""
-    for raw in context.splitlines():
-        line = line_text(raw)
-        for a, b in values(line):
-            if line[a:b].strip() == value:
-                quote = _quote(line, a, b)
-                return quote if _words(quote) else None
-    return None
+def quotes(context: str) -> list[str]:
+    """Every quote the context offers: one per value on each line (per cell of a grid), in
+    reading order."""
+    return [quote for quote, _ in _quoted(context)]
+
+
+def quote_for(context: str, value: str, asked: str = "") -> str | None:
+    """The quote that states ``value`` (a figure or date as printed): of several, the one
+    sharing most words with ``asked`` (the question: a rate sheet states 6.000% in many
+    cells), else the first; None when no line states it or its quote has no words to name it."""
+    stating = [quote for quote, v in _quoted(context) if v == value]
+    if not stating:
+        return None
+    want = _labels(asked)
+    quote = max(stating, key=lambda q: len(_labels(q) & want)) if want else stating[0]
+    return quote if _words(quote) else None
+
+
+def _labels(text: str) -> set[str]:
+    """Words and labels as written, numbers and ranges included (``700-719``, ``≤90``)."""
+    return {w.rstrip(".") for w in re.findall(r"[^\s,:;?!“”\"()|]+", normalise(text))}
 
 
 def grounded(answer: str, quote: str, asked: str | None = None) -> str:

@@ -264,6 +264,7 @@ ASKED = {
     "payoff": "the payoff amount", "forbearance": "the deferred amount",
     "lock_expiry": "the lock's expiry date", "lock_extension": "the lock extension's cost",
     "late_fee": "the late fee", "lock_points": "the lock's points",
+    "sheet_rate": "the 30-day rate for that FICO and LTV",
 }
 """What a grounded answer's source line says it looks for, per topic: written from the question
 before the quote, so the line it then names is read with what was asked right before it."""
@@ -319,7 +320,8 @@ def grounded_answer(question: dict, context: str) -> str:
     (``tasks.grounding``); answers without a value in the context (a decision, a computed
     difference, a rule) are as written."""
     value = value_text(question["truth"])
-    quote = quote_for(context, value) if value and question["topic"] != "regulation" else None
+    quote = (quote_for(context, value, question["truth"]["question"])
+             if value and question["topic"] != "regulation" else None)
     return grounded(question["chosen"], quote, ASKED.get(question["topic"])) if quote \
         else question["chosen"]
 
