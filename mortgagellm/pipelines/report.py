@@ -22,7 +22,7 @@ from typing import Any
 
 from mortgagellm.cluster import storage
 from mortgagellm.config import Recipe
-from mortgagellm.evaluation import html_report, router_report, scoring
+from mortgagellm.evaluation import html_report, routed_report, router_report, scoring
 from mortgagellm.manifest import Manifest, require_manifest, stage_dir, stage_uri
 from mortgagellm.stages import select
 
@@ -103,7 +103,6 @@ def variants(metrics: dict[str, Any]) -> list[str]:
 
 def _known_then_sorted(known: tuple[str, ...], found: set[str]) -> list[str]:
     return [k for k in known if k in found] + sorted(found - set(known))
-
 
 def table_rows(metrics: dict[str, Any]) -> list[Row]:
     """A row per (task, metric) any variant has; known tasks and metrics first, in the paper's
@@ -308,7 +307,7 @@ def render_markdown(manifests: dict[str, Manifest], name: str, recipe_file: str,
     lines += fewshot_prompts(metrics)
     lines += [""] + [f"![{key[6:]}]({path})" for key, path in plots.items()
                      if key.startswith("tasks:")] + [""]
-    lines += router_report.section(metrics)
+    lines += routed_report.section(metrics, LOWER_IS_BETTER) + router_report.section(metrics)
     lines += training(manifests, plots)
     lines += ["## What this run shows", "", "Shown: the 95% confidence intervals separate in "
               "the claimed direction and the difference is at least the minimum effect "
@@ -425,6 +424,7 @@ def results(metrics: dict[str, Any], seed: int) -> dict[str, Any]:
             "min_effect": {"absolute": MIN_EFFECT_ABSOLUTE, **MIN_EFFECT_BY_METRIC,
                            "relative": MIN_EFFECT_RELATIVE},
             "cells": cells, "router": router_report.data(metrics),
+            "routed_vs_parts": routed_report.compare(metrics, LOWER_IS_BETTER),
             "effects": [{"claim": e.claim, "verdict": e.verdict, "detail": e.detail}
                         for e in effects(metrics)]}
 

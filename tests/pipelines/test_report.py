@@ -319,3 +319,31 @@ def test_no_router_section_without_a_routed_variant(run_dir):
     path = report.build(run_dir, "configs/fixture.yaml")
     assert "Router: tier 1 alone" not in path.read_text()
     assert json.loads((path.parent / "results.json").read_text())["router"] is None
+
+
+def test_routed_is_compared_with_its_best_part_on_every_task_it_shares():
+    from mortgagellm.evaluation import routed_report
+
+    metrics = evaluate_metrics()
+    metrics["variants"]["routed"] = {"model": "router", "version": "r" * 64, "tasks": {
+        "decision": {"accuracy": m(0.70, 0.60, 0.80)},  # best: structured 0.75 [0.66, 0.84]
+        "intent": {"accuracy": m(0.50, 0.40, 0.60)},  # best: instruct 0.7 [0.6, 0.8]
+        "domain": {"perplexity": m(6.3, 5.9, 6.7)},  # lower is better: best dapt 6.0
+        "routing": {"accuracy": m(0.9, 0.8, 0.95)}}}  # no other variant has it: no row
+    rows = {(r["task"], r["metric"]): r for r in routed_report.compare(
+        metrics, report.LOWER_IS_BETTER)}
+    assert set(rows) == {("decision", "accuracy"), ("intent", "accuracy"),
+                         ("domain", "perplexity")}
+    assert (rows["decision", "accuracy"]["best"], rows["decision", "accuracy"]["met"]) == (
+        "structured", True)  # 0.70 is inside [0.66, 0.84]
+    assert (rows["intent", "accuracy"]["best"], rows["intent", "accuracy"]["met"]) == (
+        "instruct", False)  # 0.50 is below [0.6, 0.8]
+    assert rows["intent", "accuracy"]["delta"] == pytest.approx(-0.2)
+    assert rows["domain", "perplexity"]["best"] == "dapt"
+    assert rows["domain", "perplexity"]["met"]  # 6.3 is inside [5.5, 6.5]
+    text = "\n".join(routed_report.section(metrics, report.LOWER_IS_BETTER))
+    assert "| intent | accuracy | 0.50 [0.40, 0.60] | instruct | 0.70 [0.60, 0.80] | -0.20 | " \
+           "missed |" in text
+    assert "Met on 2 of 3; missed on intent accuracy." in text
+    assert report.results(metrics, 0)["routed_vs_parts"][0]["task"] == "decision"
+    assert routed_report.section(evaluate_metrics(), report.LOWER_IS_BETTER) == []
