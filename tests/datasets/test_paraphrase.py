@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from mortgagellm.config import TaskSetsConfig
+from mortgagellm.datasets.instructions import JSON_KEY, NUMBERED, ONE_WORD
 from mortgagellm.datasets.tasks import _documents, build_task_sets, paraphrase, pastes, phrases
 from mortgagellm.datasets.tasks.routing import ROUTE_OF_ASK, routing_requests
 
@@ -92,6 +93,12 @@ def test_excerpt_file_facts_and_hand_file():
     assert len(set(files)) == 50 and all(len(f) < 400 for f in files)
 
 
+BOOTSTRAP_FORMATS = "|".join(
+    re.escape(t).replace(r"\{\{", "{").replace(r"\}\}", "}")
+    .replace(r"\{q\}", ".+").replace(r"\{key\}", ".+").replace(r"\{n\}", ".+")
+    .replace(r"\{cat\}", ".+") for t in (*ONE_WORD, *JSON_KEY, *NUMBERED))
+
+
 def test_recipe_variety_reaches_train_and_eval_which_stay_disjoint():
     cfg = TaskSetsConfig(sft_per_task=1, dpo_pairs=1, eval_per_task=1, eval_qa_pairs=1,
                          routing_requests=300, eval_routing=200)
@@ -99,7 +106,10 @@ def test_recipe_variety_reaches_train_and_eval_which_stay_disjoint():
     sets = build_task_sets(cfg, seed=3)
     old = build_task_sets(cfg.model_copy(update={"routing_variety": 0.0}), seed=3)
     for name in ("routing_train", "eval_routing"):
-        assert {r["asks"] for r in old[name]} <= set(ROUTE_OF_ASK) - {"instruction"}
+        # without variety, the only instructions are bootstrap's format ones (train split)
+        assert {r["asks"] for r in old[name]} <= set(ROUTE_OF_ASK)
+        assert all(re.fullmatch(BOOTSTRAP_FORMATS, r["request"]) for r in old[name]
+                   if r["asks"] == "instruction")
         assert "instruction" in {r["asks"] for r in sets[name]}
         fresh = {r["request"] for r in sets[name]} - {r["request"] for r in old[name]}
         assert len(fresh) >= 0.3 * len(sets[name])

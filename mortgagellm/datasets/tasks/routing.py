@@ -28,6 +28,7 @@ import random
 from collections import defaultdict, deque
 from collections.abc import Iterator
 
+from mortgagellm.datasets import instructions
 from mortgagellm.datasets.mortgage import DOC_KINDS
 from mortgagellm.datasets.tasks import paraphrase
 from mortgagellm.datasets.tasks import qa as tasks_qa
@@ -145,9 +146,21 @@ def _from_template(template: tuple, pool: _Pool, rng: random.Random) -> tuple[st
     return _vary(head, rng) + (doc["text"] + tail if sep else ""), asks, doc
 
 
+INSTRUCTION_SHARE = 0.25
+"""Share of the conversational expert prompts that are general format instructions (a one-word
+answer, a JSON object, a numbered list; bootstrap's train split): the conversational expert is
+trained to keep following them (dpo.sft.replay_instructions), and without them the router sent
+28 of the 60 held-out ones to the structured expert ('Answer in JSON with the key ...')."""
+
+
 def _expert_prompt(route: str, pool: _Pool, rng: random.Random) -> tuple[str, str, dict]:
     """A prompt the experts train on: an SFT prompt, or a DPO question (no decision topic,
-    whose 'approved, referred or denied' wording makes it ambiguous)."""
+    whose 'approved, referred or denied' wording makes it ambiguous), or a general format
+    instruction the conversational expert replays (``INSTRUCTION_SHARE``)."""
+    if route == "conversational" and rng.random() < INSTRUCTION_SHARE:
+        drawn = list(instructions.instructions("train", rng.randrange(1 << 30),
+                                               len(instructions.FORMATS)))
+        return rng.choice(drawn).prompt, "instruction", {}
     if route == "structured":
         task = rng.choice(tuple(tasks_sft.PROMPTS))
         group = {"decision": "application", "intent": "email"}.get(task, "any")
