@@ -141,3 +141,26 @@ def test_bertscore_uses_the_packaged_encoder_offline(tmp_path):
     assert 1.0 > paraphrase > unrelated > 0.0
     assert empty == 0.0
     assert not (tmp_path / "hf").exists() or not any((tmp_path / "hf").rglob("*.safetensors"))
+
+
+def test_bertscore_scores_each_pair_once_and_all_primed_pairs_in_one_call():
+    import torch
+
+    from mortgagellm.metrics import BertScore
+
+    class Counting:  # bert-score's BERTScorer.score: (P, R, F) tensors
+        def __init__(self):
+            self.calls = []
+
+        def score(self, cands, refs):
+            self.calls.append((list(cands), list(refs)))
+            return None, None, torch.tensor([len(c) / 100 for c in cands])
+
+    bert = BertScore.__new__(BertScore)  # no encoder: the scorer is the stand-in
+    bert.scorer, bert.scores = Counting(), {}
+    bert.prime(["a", "bb", "a", "", "ccc"], ["r", "r", "r", "r", "s"])
+    assert bert.scorer.calls == [(["a", "bb", "ccc"], ["r", "r", "s"])]  # repeats, empty: none
+    assert bert.f1(["bb", "", "a"], ["r", "r", "r"]) == pytest.approx([0.02, 0.0, 0.01])
+    assert len(bert.scorer.calls) == 1  # all cached
+    assert bert.f1(["dddd", "a"], ["r", "r"]) == pytest.approx([0.04, 0.01])
+    assert bert.scorer.calls[1] == (["dddd"], ["r"])  # only the new pair
