@@ -12,14 +12,16 @@ Run: DS_ACCELERATOR=cpu .venv/bin/python benchmarks/serve_topology.py [--hidden 
 The models: a random Llama (benchmarks/serve_routing.random_model) as the merged model, two
 random LoRA adapters of rank --rank on q_proj / v_proj (the recipes' default targets), and the
 two merged experts the separate topology serves. Each replica runs in a process of its own, as
-Serve runs it: the deployment's own class (Expert) answering JSON lines, with the engine and
-torch threads of its setting. The same CPU budget for both topologies: separate runs two
-replicas of one torch thread each, adapters one replica of two (--adapters-threads). Separate
-is measured with both engines: static (the adapters topology's engine: the topology's own
-cost) and continuous (the default: what switching topology costs; its paged KV cache,
-serve.py's KV_CACHE, counts in its memory). c asyncio clients send 4 x c requests (at least
-16), the routes alternating: the separate topology's to their expert's replica, the adapters
-topology's to its one replica naming the route's adapter. A warm-up round per setting and
+Serve runs it: the deployment's own class (Expert) answering JSON lines, one torch thread each
+(--adapters-threads for the adapters replicas: on a busy 2-core machine two threads per
+process made a decode step 50-100x slower). Settings: separate with both engines, static (the
+adapters topology's engine: the topology's own cost) and continuous (the default: what
+switching topology costs; its paged KV cache, serve.py's KV_CACHE, counts in its memory);
+adapters with one replica (the weights held once: the memory saved, on half the CPUs) and
+adapters-x2, two replicas each serving both routes (as many replicas and CPUs as separate: the
+throughput cost of the adapters alone). c asyncio clients send 4 x c requests (at least 16),
+the routes alternating: the separate topology's to their expert's replica, the adapters
+topology's to a replica naming the route's adapter. A warm-up round per setting and
 concurrency is left out; the repeats alternate the settings; medians and spread (min-max).
 Memory: each replica's RSS and PSS (psutil) after the runs, its peak RSS, and its RSS before
 the model was loaded (Python, torch, transformers, Ray Serve imported).
@@ -45,8 +47,12 @@ from serve import KV_CACHE, QUESTIONS  # noqa: E402  (benchmarks/serve.py, the e
 
 ROUTES = ("structured", "conversational")
 CONCURRENCY = (1, 4, 16)
-SETTINGS = ("separate-static", "separate-continuous", "adapters")
+SETTINGS = ("separate-static", "separate-continuous", "adapters", "adapters-x2")
 METRICS = ("requests_per_s", "tokens_per_s", "p50_s", "p99_s")
+RATIOS = (("adapters", "separate-static"), ("adapters", "separate-continuous"),
+          ("adapters-x2", "separate-static"), ("adapters-x2", "separate-continuous"))
+"""adapters: one replica (the memory saved); adapters-x2: as many replicas and CPUs as
+separate (the throughput cost of the adapters alone)."""
 
 
 def build_models(work: Path, hidden: int, layers: int, rank: int) -> dict:
@@ -205,9 +211,12 @@ class Topology:
 
     async def complete(self, i: int, max_tokens: int) -> list[dict]:
         route = ROUTES[i % 2]
-        if "adapters" in self.replicas:
-            return await self.replicas["adapters"].complete(payload(i, max_tokens, route))
-        return await self.replicas[route].complete(payload(i, max_tokens, None))
+        if route in self.replicas:
+            return await self.replicas[route].complete(payload(i, max_tokens, None))
+        # Adapters: any replica takes either route (pairs of requests in turn, so each
+        # replica gets both routes).
+        replica = list(self.replicas.values())[i // 2 % len(self.replicas)]
+        return await replica.complete(payload(i, max_tokens, route))
 
 
 def topologies(dirs: dict, batch: int, adapters_threads: int) -> dict[str, dict[str, Replica]]:
@@ -215,7 +224,9 @@ def topologies(dirs: dict, batch: int, adapters_threads: int) -> dict[str, dict[
     return {"separate-static": {r: Replica(r, dirs, "static", 1, batch) for r in ROUTES},
             "separate-continuous": {r: Replica(r, dirs, "continuous", 1, batch) for r in ROUTES},
             "adapters": {"adapters": Replica("adapters", dirs, "static", adapters_threads,
-                                             batch)}}
+                                             batch)},
+            "adapters-x2": {f"adapters-{k}": Replica("adapters", dirs, "static",
+                                                     adapters_threads, batch) for k in (0, 1)}}
 
 
 async def load(topology: Topology, concurrency: int, requests: int, max_tokens: list[int]
@@ -293,10 +304,10 @@ def summary(runs: dict) -> dict:
             out["median"][key] = {m: statistics.median(r[m] for r in results) for m in METRICS}
             out["spread"][key] = {m: [min(r[m] for r in results), max(r[m] for r in results)]
                                   for m in METRICS}
-    for base in SETTINGS[:2]:
+    for new_name, base in RATIOS:
         for c in CONCURRENCY:
-            new, old = out["median"][f"adapters/c{c}"], out["median"][f"{base}/c{c}"]
-            out["ratio"][f"adapters/{base}/c{c}"] = {m: new[m] / old[m] for m in METRICS}
+            new, old = out["median"][f"{new_name}/c{c}"], out["median"][f"{base}/c{c}"]
+            out["ratio"][f"{new_name}/{base}/c{c}"] = {m: new[m] / old[m] for m in METRICS}
     return out
 
 
@@ -324,14 +335,13 @@ def report(result: dict) -> None:
             print(f"{name:>20} c={c:<3}" + "".join(cells))
     print("\ngreedy answers equal to separate-static's: "
           + ", ".join(f"{k} {v:.0%}" for k, v in result["agreement"].items()))
-    ada = mem["topologies"]["adapters"]
-    for base in SETTINGS[:2]:
-        sep = mem["topologies"][base]
-        print(f"\nadapters / {base}: memory of all replicas RSS x"
+    for new_name, base in RATIOS:
+        ada, sep = mem["topologies"][new_name], mem["topologies"][base]
+        print(f"\n{new_name} / {base}: memory of all replicas RSS x"
               f"{ada['rss_mb'] / sep['rss_mb']:.2f}  PSS x{ada['pss_mb'] / sep['pss_mb']:.2f}"
               "  (throughput: higher is better; latency: lower is better)")
         for c in CONCURRENCY:
-            r = s["ratio"][f"adapters/{base}/c{c}"]
+            r = s["ratio"][f"{new_name}/{base}/c{c}"]
             print(f"  concurrency {c:>2}: requests/s x{r['requests_per_s']:.2f}  tokens/s "
                   f"x{r['tokens_per_s']:.2f}  p50 x{r['p50_s']:.2f}  p99 x{r['p99_s']:.2f}")
 
@@ -345,8 +355,8 @@ def main() -> None:
     parser.add_argument("--max-tokens", default="16,32,64",
                         help="the requests' max_tokens, taken in turn")
     parser.add_argument("--batch", type=int, default=16, help="max_batch_size of every replica")
-    parser.add_argument("--adapters-threads", type=int, default=2,
-                        help="torch threads of the adapters replica (separate: 2 x 1)")
+    parser.add_argument("--adapters-threads", type=int, default=1,
+                        help="torch threads of each adapters replica (separate: 1 each)")
     parser.add_argument("--out", help="JSON file (default "
                         "benchmarks/results/serve-topology-<date>.json)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
