@@ -3,6 +3,9 @@ takes its deployment options from), so the options exist once.
 
 Run: python k8s/serve_config.py --write     rewrite every serveConfigV2 block listed in TARGETS
      python k8s/serve_config.py a100        print one variant
+     python k8s/serve_config.py a100-adapters   serve.topology adapters: one AdapterExperts
+                                            deployment (both experts as LoRA adapters on the
+                                            merged model); printed only, no manifest embeds it
 
 The app is configured only through build_app(args) (STYLE 9): args name the recipe inside the
 image, the file the API-key Secret is mounted as, and, as dotted recipe overrides, what only the
@@ -34,10 +37,13 @@ SERVING = {"serve.host": "0.0.0.0", "serve.port": 8000}
 
 
 def expert_placement(cpus: float, gpus: float, replicas: tuple[int, int], target: float,
-                     max_ongoing: int, accelerator: str | None = None) -> dict[str, Any]:
-    """Both experts' overrides: resources, autoscaling bounds and concurrency."""
+                     max_ongoing: int, accelerator: str | None = None,
+                     experts: tuple[str, ...] = ("structured", "conversational")
+                     ) -> dict[str, Any]:
+    """The expert deployments' overrides (both experts', or serve.adapters' for topology
+    adapters): resources, autoscaling bounds and concurrency."""
     out = {}
-    for expert in ("structured", "conversational"):
+    for expert in experts:
         out |= {f"serve.{expert}.num_cpus": cpus, f"serve.{expert}.num_gpus": gpus,
                 f"serve.{expert}.max_ongoing_requests": max_ongoing,
                 f"serve.{expert}.autoscaling": {
@@ -61,6 +67,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # One A100 per expert replica, up to 4 of each = the 8 single-GPU pods of the a100 group.
     "a100": {"recipe": "configs/llama3-8b-a100.yaml",
              "overrides": expert_placement(4, 1, (1, 4), 8, 32, "A100") | router_placement((2, 8))},
+    # Topology adapters on the same 8 A100 pods: one deployment, both experts as LoRA adapters
+    # (the recipe trains sft and dpo with method lora); each replica holds the 8B weights once.
+    "a100-adapters": {"recipe": "configs/llama3-8b-a100.yaml",
+                      "overrides": expert_placement(4, 1, (1, 8), 8, 32, "A100", ("adapters",))
+                      | router_placement((2, 8)) | {"serve.topology": "adapters"}},
     # CPU only: small models, 1-2 replicas each, for a laptop-sized Kubernetes (kind, minikube).
     "cpu": {"recipe": "configs/cpu-demo.yaml",
             # The cpu-dev RayJobs write the run to the shared volume: serve that run, not the

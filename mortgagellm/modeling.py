@@ -178,6 +178,20 @@ def load_for_inference(path: str, threads: int) -> tuple[Any, Any]:
     return model, tokenizer
 
 
+def load_adapters(base: str, adapters: Mapping[str, str], threads: int) -> tuple[Any, Any]:
+    """(PeftModel, tokenizer): the base model once, each LoRA adapter directory loaded under
+    its name (PeftModel.from_pretrained, then load_adapter). A forward pass with
+    adapter_names=[name per row] runs each row with its own adapter ("__base__": none)."""
+    from peft import PeftModel
+
+    model, tokenizer = load_for_inference(base, threads)
+    (first, path), *others = adapters.items()
+    model = PeftModel.from_pretrained(model, path, adapter_name=first)
+    for name, path in others:
+        model.load_adapter(path, adapter_name=name)
+    return model.eval(), tokenizer
+
+
 def context_length(model: Any) -> int:
     """Longest sequence (prompt + completion) the model accepts."""
     return int(model.config.max_position_embeddings)
@@ -191,8 +205,9 @@ def chat_ids(tokenizer: Any, messages: Sequence[Mapping[str, str]]) -> list[int]
 
 
 def label_logprobs(model: Any, tokenizer: Any, messages: Sequence[Mapping[str, str]],
-                   labels: Sequence[str]) -> dict[str, float]:
-    """log P(label + end of turn | prompt) for each label, all labels in one forward pass.
+                   labels: Sequence[str], adapter: str | None = None) -> dict[str, float]:
+    """log P(label + end of turn | prompt) for each label, all labels in one forward pass
+    (with a PeftModel of load_adapters: through `adapter`).
 
     The prompt loses tokens from its start when it would not fit the model's context with the
     longest label: small CPU models have a few hundred positions, and the request is at the end.
@@ -209,7 +224,9 @@ def label_logprobs(model: Any, tokenizer: Any, messages: Sequence[Mapping[str, s
     ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=model.device)
     mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=model.device)
     with torch.inference_mode():
-        logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), -1)
+        named = {"adapter_names": [adapter] * len(rows)} if adapter else {}
+        logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask, **named).logits.float(),
+                                 -1)
     scores = {}
     for i, (label, answer) in enumerate(zip(labels, answers)):
         positions = range(len(prompt) - 1, len(prompt) - 1 + len(answer))

@@ -39,8 +39,12 @@ EXPERTS = ("structured", "conversational")
 
 
 def registry_path(recipe: Recipe) -> Path:
-    """The recipe's registry file: serve.registry, else <output_dir>/serve/registry.json."""
-    return Path(recipe.serve.registry or recipe.run.local_dir / "serve" / "registry.json")
+    """The recipe's registry file: serve.registry, else <output_dir>/serve/registry.json;
+    with serve.topology adapters, registry.adapters.json beside it. The adapters topology
+    deploys LoRA adapter versions and the separate one full models: each keeps its own history,
+    so switching topology never serves one kind where the other is expected."""
+    path = Path(recipe.serve.registry or recipe.run.local_dir / "serve" / "registry.json")
+    return path.with_suffix(".adapters.json") if recipe.serve.topology == "adapters" else path
 
 
 def read(path: str | Path) -> dict[str, Any]:
@@ -198,6 +202,8 @@ def candidate(recipe: Recipe, expert: str, fallback: bool = False
     manifests only."""
     from mortgagellm import manifest
 
+    if recipe.serve.topology == "adapters":
+        return adapter_candidate(recipe, expert)
     wanted, stage = getattr(recipe.serve, expert).model, EXPERT_STAGES[expert]
     if wanted and Path(wanted).is_dir():
         return sha256_path(wanted), wanted, f"serve.{expert}.model", {}
@@ -214,6 +220,47 @@ def candidate(recipe: Recipe, expert: str, fallback: bool = False
     boot = manifest.require_manifest(recipe, "bootstrap")
     entry = boot.outputs["instruct"]
     return entry["sha256"], entry["uri"], "bootstrap:instruct", boot.metrics.get("instruct", {})
+
+
+def adapter_candidate(recipe: Recipe, expert: str) -> tuple[str, str, str, dict[str, Any]]:
+    """candidate() under serve.topology adapters: serve.<expert>.model (an adapter directory
+    or a registered version), else the expert stage's 'adapter' output, which sft and dpo
+    write when trained with method lora. A stage trained full-parameter has none: the error
+    names the expert and the fix. No bootstrap stand-in: it is no adapter."""
+    from mortgagellm import manifest
+
+    wanted, stage = getattr(recipe.serve, expert).model, EXPERT_STAGES[expert]
+    if wanted and Path(wanted).is_dir():
+        return sha256_path(wanted), wanted, f"serve.{expert}.model", {}
+    if wanted:
+        version = resolve(registry_path(recipe), wanted)
+        return version, read(registry_path(recipe))["versions"][version]["path"], wanted, {}
+    trained = manifest.stage_manifest(recipe, stage)
+    if trained is None:
+        raise FileNotFoundError(
+            f"serve.topology adapters: the {expert} expert has no LoRA adapter yet; run "
+            f"`mortgagellm {stage}` with {stage}.method: lora (or serve with serve.topology: "
+            "separate, where the bootstrap instruct model stands in for it)")
+    if "adapter" not in trained.outputs:
+        raise ValueError(
+            f"serve.topology adapters: the {expert} expert ({stage}) was trained full-parameter, "
+            f"so it has no LoRA adapter to serve. Set {stage}.method: lora and rerun "
+            f"`mortgagellm {stage}`, or serve it with serve.topology: separate")
+    entry = trained.outputs["adapter"]
+    metrics = {k: v for k, v in trained.metrics.items() if k != "history"}
+    return entry["sha256"], entry["uri"], f"{stage}:adapter", metrics
+
+
+def adapter_base(recipe: Recipe) -> tuple[str, str]:
+    """(version, directory) of the model AdapterExperts loads the adapters on:
+    serve.adapters.model, else the residual stage's merged model (the one sft and dpo start
+    from)."""
+    from mortgagellm import manifest
+
+    if wanted := recipe.serve.adapters.model:
+        return sha256_path(wanted), wanted
+    entry = manifest.require_manifest(recipe, "residual").outputs["model"]
+    return entry["sha256"], entry["uri"]
 
 
 def sync(recipe: Recipe) -> dict[str, str]:

@@ -20,6 +20,7 @@ from mortgagellm.config.recipe import (
     validate_recipe,
 )
 from mortgagellm.config.serve import (
+    AdapterSettings,
     ApiKeySettings,
     AuditSettings,
     AutoscalingSettings,
@@ -40,6 +41,7 @@ from mortgagellm.config.training import (
 )
 
 __all__ = [
+    "AdapterSettings",
     "ApiKeySettings",
     "AuditSettings",
     "AutoscalingSettings",

@@ -100,6 +100,33 @@ class ExpertSettings(Section):
         "step, half of it.")
 
 
+class AdapterSettings(ExpertSettings):
+    """The one deployment of serve.topology `adapters`: the merged model with both experts'
+    LoRA adapters loaded (PEFT), each request decoded with its route's adapter (a batch mixes
+    them: PEFT's per-row adapter_names). Its resources, scaling, queue and batching are these
+    fields; serve.<expert>.model names each adapter and serve.<expert>.ground applies per
+    adapter, while the experts' other settings are not read in this topology."""
+
+    model: str | None = Field(
+        None, description="Base model directory both adapters apply to. None: the residual "
+        "stage's merged model, which the sft and dpo adapters are trained on.")
+    engine: Literal["continuous", "static"] = Field(
+        "static", description="static only: transformers' continuous batching "
+        "(ContinuousBatchingManager) takes no per-request adapter, so the adapters are "
+        "served by the static engine (engine.Decoder with adapter_names).")
+
+    @model_validator(mode="after")
+    def _static_and_per_adapter(self) -> AdapterSettings:
+        if self.engine == "continuous":
+            raise ValueError("serve.adapters.engine continuous cannot serve LoRA adapters: "
+                             "transformers' continuous batching takes no per-request adapter; "
+                             "set serve.adapters.engine: static (or serve.topology: separate)")
+        if self.ground:
+            raise ValueError("serve.adapters.ground: grounding is per adapter; set "
+                             "serve.<expert>.ground (e.g. serve.conversational.ground) instead")
+        return self
+
+
 class RouterSettings(Section):
     """How requests to model `mortgagellm` are routed, and the router deployment itself."""
 
@@ -287,6 +314,17 @@ class ServeConfig(Section):
     registry: str | None = Field(
         None, description="Model registry file. None: <output_dir>/serve/registry.json.")
     router: RouterSettings = Field(default_factory=RouterSettings, description="Routing.")
+    topology: Literal["separate", "adapters"] = Field(
+        "separate", description="separate: each expert is its own deployment with its own "
+        "full model (StructuredExpert, ConversationalExpert); adapters: one deployment "
+        "(AdapterExperts, `adapters` below) holds the merged model once with both experts as "
+        "LoRA adapters, and each request selects its route's adapter. adapters needs sft and "
+        "dpo trained with method: lora on the merged model; it saves one copy of the weights "
+        "and costs decode speed (static engine, adapter math per token: "
+        "benchmarks/serve_topology.py).")
+    adapters: AdapterSettings = Field(
+        default_factory=AdapterSettings, description="The AdapterExperts deployment "
+        "(topology adapters only).")
     structured: ExpertSettings = Field(
         default_factory=ExpertSettings, description="StructuredExpert (SFT tasks).")
     conversational: ExpertSettings = Field(

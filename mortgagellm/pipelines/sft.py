@@ -171,11 +171,18 @@ def run(recipe: Recipe, force: bool = False, *, on_ray: bool = True,
     history, checkpoint, placement = training.run(SFT, worker, recipe, cfg, out, on_ray,
                                                   pending.fingerprint)
     shutil.rmtree(out / "model", ignore_errors=True)
+    shutil.rmtree(out / "adapter", ignore_errors=True)
     model_dir = export_model(checkpoint, start, out / "model", cfg.method, cfg.lora.model_dump(),
-                             cfg.deepspeed.zero_stage, merge=cfg.export == "merged")
+                             cfg.deepspeed.zero_stage, merge=cfg.export == "merged",
+                             adapter_out=out / "adapter")
+    # LoRA: the adapter too (serve.topology adapters), and the hash of the model it applies to.
+    adapter = None if cfg.method != "lora" else out / "adapter" if cfg.export == "merged" \
+        else model_dir
+    adapters = {"adapter": manifest.artifact(adapter)} if adapter else {}
     measured = measure_once(models | {"expert": manifest.artifact(model_dir)}, lambda path:
                             structured_metrics(path, heldout, cfg.max_new_tokens))
     metrics = {"records": counts | {"steps": steps, "epochs": cfg.epochs}, "train": history[-1],
                "history": history, "heldout": measured, "export": cfg.export,
-               "placement": placement}
-    return manifest.finish(pending, {"model": manifest.artifact(model_dir)}, metrics)
+               "placement": placement,
+               "adapter_base": models["start"]["sha256"] if adapter else None}
+    return manifest.finish(pending, {"model": manifest.artifact(model_dir)} | adapters, metrics)

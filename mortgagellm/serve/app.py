@@ -6,7 +6,8 @@ Run: mortgagellm serve configs/cpu-demo.yaml
 
 args: `config` (recipe YAML, required), `api_keys_file` (overrides serve.auth.keys_file), and any
 dotted recipe override (`serve.router.mode=tier1`). Everything else comes from the recipe's
-`serve` section: a Router (ingress) bound to StructuredExpert and ConversationalExpert, and to
+`serve` section: a Router (ingress) bound to StructuredExpert and ConversationalExpert (with
+serve.topology adapters: to AdapterExperts, both experts as LoRA adapters on one model), and to
 RateLimits (the per-key counts all router replicas share) unless serve.limits.storage_uri names
 a store of its own.
 """
@@ -22,6 +23,8 @@ from mortgagellm.config import AuditSettings, ExpertSettings, Recipe, load_recip
 
 log = logging.getLogger(__name__)
 DEPLOYMENTS = {"structured": "StructuredExpert", "conversational": "ConversationalExpert"}
+ADAPTERS = "AdapterExperts"
+"""serve.topology adapters: the one deployment serving both experts as adapters."""
 ROUTER = "Router"
 RATE_LIMITS = "RateLimits"
 IMPORT_PATH = "mortgagellm.serve.app:build_app"
@@ -85,16 +88,59 @@ def api_keys(recipe: Recipe, args: dict[str, Any]) -> dict[str, Any]:
 def served_model(recipe: Recipe, expert: str) -> tuple[str, str]:
     """(version, model directory) the expert serves: the registry's current version; before
     anything was deployed, what registry.candidate finds (read, not registered: `mortgagellm
-    serve` and `deploy` register and deploy first, a RayService reads what they left)."""
+    serve` and `deploy` register and deploy first, a RayService reads what they left). Under
+    serve.topology adapters: the expert's LoRA adapter."""
+    return served(recipe, expert)[:2]
+
+
+def served(recipe: Recipe, expert: str) -> tuple[str, str, dict[str, Any]]:
+    """served_model with the version's metrics (the registry's, or the stage manifest's)."""
     from mortgagellm import registry
 
     found = registry.current(registry.registry_path(recipe), expert)
     if found is not None:
-        return found[0], found[1]["path"]
-    version, model_dir, source, _ = registry.candidate(recipe, expert, fallback=True)
+        return found[0], found[1]["path"], found[1]["metrics"]
+    version, model_dir, source, metrics = registry.candidate(recipe, expert, fallback=True)
     log.warning("%s expert: nothing deployed in %s yet; serving %s (%s) unregistered",
                 expert, registry.registry_path(recipe), model_dir, source)
-    return version, model_dir
+    return version, model_dir, metrics
+
+
+def adapters_config(recipe: Recipe) -> dict[str, Any]:
+    """AdapterExperts' user_config: the base model and each expert's adapter, with versions.
+    Each served version must be a LoRA adapter trained on this base (the stages record the
+    hash of the model an adapter was trained on, `adapter_base`): an adapter only fits that
+    model, and a full-parameter expert has no adapter at all."""
+    from mortgagellm import registry
+
+    base_version, base_dir = registry.adapter_base(recipe)
+    adapters = {}
+    for expert, stage in registry.EXPERT_STAGES.items():
+        version, model_dir, metrics = served(recipe, expert)
+        if not (Path(model_dir) / "adapter_config.json").is_file():
+            raise ValueError(
+                f"serve.topology adapters: the {expert} expert's version {version[:12]} "
+                f"({model_dir}) is a full model, not a LoRA adapter (no adapter_config.json). "
+                f"Set {stage}.method: lora and rerun `mortgagellm {stage}`, deploy its adapter, "
+                "or use serve.topology: separate")
+        if metrics.get("adapter_base") not in (None, base_version):
+            raise ValueError(
+                f"serve.topology adapters: the {expert} adapter {version[:12]} was trained on "
+                f"model {metrics['adapter_base'][:12]}, not on the base served here ({base_dir}, "
+                f"{base_version[:12]}); an adapter fits only the model it was trained on. Rerun "
+                f"`mortgagellm {stage}` on this base (dpo.sft.epochs > 0 trains DPO's adapter on "
+                "its SFT model: set it to 0), set serve.adapters.model to its base, or use "
+                "serve.topology: separate")
+        adapters[expert] = {"model": model_dir, "version": version}
+    return {"model": base_dir, "version": base_version, "adapters": adapters}
+
+
+def expert_deployments(recipe: Recipe) -> dict[str, ExpertSettings]:
+    """{deployment name: its settings}: the two experts (topology separate) or AdapterExperts."""
+    cfg = recipe.serve
+    if cfg.topology == "adapters":
+        return {ADAPTERS: cfg.adapters}
+    return {name: getattr(cfg, expert) for expert, name in DEPLOYMENTS.items()}
 
 
 def deployment_options(recipe: Recipe) -> dict[str, dict[str, Any]]:
@@ -110,8 +156,7 @@ def deployment_options(recipe: Recipe) -> dict[str, dict[str, Any]]:
         "max_queued_requests": cfg.router.max_queued_requests,
         "ray_actor_options": {"num_cpus": cfg.router.num_cpus}
         | ({"resources": cfg.router.resources} if cfg.router.resources else {})}}
-    for expert, name in DEPLOYMENTS.items():
-        s: ExpertSettings = getattr(cfg, expert)
+    for name, s in expert_deployments(recipe).items():
         options[name] = {
             "autoscaling_config": s.autoscaling.model_dump(),
             "max_ongoing_requests": s.max_ongoing_requests,
@@ -145,7 +190,9 @@ def serve_config(recipe: Recipe, args: dict[str, Any], versions: bool = True) ->
     """
     cfg = recipe.serve
     options = deployment_options(recipe)
-    if versions:
+    if versions and cfg.topology == "adapters":
+        options[ADAPTERS]["user_config"] = adapters_config(recipe)
+    elif versions:
         for expert, name in DEPLOYMENTS.items():
             options[name]["user_config"] = user_config(recipe, expert)
     return {
@@ -159,9 +206,10 @@ def serve_config(recipe: Recipe, args: dict[str, Any], versions: bool = True) ->
 
 def build_app(args: dict[str, Any]) -> Any:
     """The serving Application: Router(StructuredExpert, ConversationalExpert, RateLimits or
-    None). It only reads: the recipe, the registry (or the stage outputs, before any deploy),
-    the corpus stage's tier-1 router and the key file (the Router re-reads it). Nothing is
-    registered, deployed, trained or written here."""
+    None); with serve.topology adapters, AdapterExperts in both experts' places. It only
+    reads: the recipe, the registry (or the stage outputs, before any deploy), the corpus
+    stage's tier-1 router and the key file (the Router re-reads it). Nothing is registered,
+    deployed, trained or written here."""
     from mortgagellm.serve import door
     from mortgagellm.serve.experts import Expert
     from mortgagellm.serve.ratelimit import RateLimits
@@ -171,15 +219,24 @@ def build_app(args: dict[str, Any]) -> Any:
     cfg = recipe.serve
     options = deployment_options(recipe)
     experts = {}
-    for expert, name in DEPLOYMENTS.items():
-        s: ExpertSettings = getattr(cfg, expert)
-        deployment = Expert.options(name=name, user_config=user_config(recipe, expert),
-                                    **options[name])
-        experts[expert] = deployment.bind(expert, s.threads, s.max_batch_size,
-                                          s.batch_wait_timeout_s, cfg.limits.max_prompt_tokens,
-                                          s.health_check_timeout_s, s.engine,
-                                          s.kv_cache.model_dump(), s.ground,
-                                          s.flag_unsupported)
+    if cfg.topology == "adapters":  # one deployment in both places; requests name an adapter
+        s = cfg.adapters
+        deployment = Expert.options(name=ADAPTERS, user_config=adapters_config(recipe),
+                                    **options[ADAPTERS])
+        experts = dict.fromkeys(DEPLOYMENTS, deployment.bind(
+            "adapters", s.threads, s.max_batch_size, s.batch_wait_timeout_s,
+            cfg.limits.max_prompt_tokens, s.health_check_timeout_s, s.engine,
+            s.kv_cache.model_dump(), {e: getattr(cfg, e).ground for e in DEPLOYMENTS},
+            {e: getattr(cfg, e).flag_unsupported for e in DEPLOYMENTS}))
+    else:
+        for expert, name in DEPLOYMENTS.items():
+            s = getattr(cfg, expert)
+            deployment = Expert.options(name=name, user_config=user_config(recipe, expert),
+                                        **options[name])
+            experts[expert] = deployment.bind(
+                expert, s.threads, s.max_batch_size, s.batch_wait_timeout_s,
+                cfg.limits.max_prompt_tokens, s.health_check_timeout_s, s.engine,
+                s.kv_cache.model_dump(), s.ground, s.flag_unsupported)
     shared = (RateLimits.options(name=RATE_LIMITS, **options[RATE_LIMITS]).bind(
         cfg.limits.strategy) if RATE_LIMITS in options else None)
     api_keys(recipe, args)  # read now, so a bad keys file fails the build and names its line

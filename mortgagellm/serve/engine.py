@@ -26,6 +26,7 @@ class GenRequest:
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    adapter: str | None = None  # the LoRA adapter it is decoded with (serve.topology adapters)
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,8 @@ class TextStream:
 class Decoder:
     """The static engine: decodes a batch of requests together, one token per row per `step()`,
     over a KV cache, until the last row ends (serve.<expert>.engine: static; the batch is made
-    by @serve.batch in experts.py). Kept to compare with the continuous engine (batching.py).
+    by @serve.batch in experts.py). Kept to compare with the continuous engine (batching.py),
+    and the engine of serve.topology adapters: rows with different adapters share a batch.
 
     Prompts are left-padded so every row's next token sits in the last column; rows that have
     finished keep a pad token in the batch (their output is ignored) until all are done.
@@ -136,6 +138,9 @@ class Decoder:
                                   for r in requests], device=device)
         self.positions = (self.mask.cumsum(-1) - 1).clamp(min=0)
         self.cache = None
+        # One batch may mix adapters: PEFT runs each row through its own (adapter_names).
+        names = [r.adapter or "__base__" for r in requests]
+        self.adapters = {"adapter_names": names} if any(r.adapter for r in requests) else {}
 
     @property
     def done(self) -> bool:
@@ -149,7 +154,7 @@ class Decoder:
         with torch.inference_mode():
             out = self.model(input_ids=self.input_ids, attention_mask=self.mask,
                              position_ids=self.positions, past_key_values=self.cache,
-                             use_cache=True)
+                             use_cache=True, **self.adapters)
         self.cache = out.past_key_values
         logits = out.logits[:, -1, :].float()
         deltas, next_ids = [], []

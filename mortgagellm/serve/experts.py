@@ -1,11 +1,14 @@
 """The expert deployment: one class, deployed twice by build_app (StructuredExpert and
-ConversationalExpert). It holds a model and runs it with one of two engines
-(serve.<expert>.engine): continuous (batching.py, the default) or static (engine.Decoder, batched
-by @serve.batch); nothing else.
+ConversationalExpert), or once (AdapterExperts) with serve.topology `adapters`. It holds a model
+and runs it with one of two engines (serve.<expert>.engine): continuous (batching.py, the
+default) or static (engine.Decoder, batched by @serve.batch); nothing else.
 
 The model comes in through `user_config` ({"model": directory, "version": registry hash}), so
 `mortgagellm deploy` / `rollback` swap weights in place through `reconfigure`, replica by replica,
-without a restart.
+without a restart. AdapterExperts' user_config also names its LoRA adapters ({"adapters":
+{route: {"model", "version"}}}): the base model is loaded once, each adapter on it (PEFT), and a
+request's `adapter` picks the one it is decoded with, in a batch that mixes them (static engine:
+transformers' continuous batching takes no per-request adapter).
 """
 
 from __future__ import annotations
@@ -82,39 +85,51 @@ class Expert:
     def __init__(self, role: str, threads: int, max_batch_size: int,
                  batch_wait_timeout_s: float, max_prompt_tokens: int,
                  health_check_timeout_s: float, engine_kind: str, kv_cache: Mapping[str, int],
-                 ground: bool = False, flag_unsupported: bool = False):
+                 ground: bool | Mapping[str, bool] = False,
+                 flag_unsupported: bool | Mapping[str, bool] = False):
         self.role, self.threads, self.max_prompt_tokens = role, threads, max_prompt_tokens
+        # one flag each, or one per adapter ({route: flag}, AdapterExperts)
         self.ground, self.flag_unsupported = ground, flag_unsupported
         self.model = self.tokenizer = self.version = self.model_dir = None
+        self.adapters: dict[str, str] = {}  # {adapter name: its version} (AdapterExperts)
         self.engine_kind, self.kv_cache, self.max_batch_size = engine_kind, kv_cache, max_batch_size
         self.engine: batching.ContinuousEngine | None = None  # engine_kind "continuous"
-        self.prior: dict[str, float] | None = None
+        self.priors: dict[str | None, dict[str, float]] = {}  # by adapter (None: the model)
         # Half of Serve's patience: a stuck check says why in the log while Serve still waits.
         self.probe_timeout_s = health_check_timeout_s / 2
         self._probe: asyncio.Future | None = None
         self._step_started: float | None = None  # when the running batch step began
+        self._forward = threading.Lock()  # AdapterExperts: one forward pass at a time
         self._decode.set_max_batch_size(max_batch_size)
         self._decode.set_batch_wait_timeout_s(batch_wait_timeout_s)
 
-    def reconfigure(self, config: Mapping[str, str]) -> None:
-        """Load the model named by user_config when its version changed."""
-        if config["version"] == self.version:
+    def reconfigure(self, config: Mapping[str, Any]) -> None:
+        """Load the model (and adapters) named by user_config when a version changed."""
+        adapters = {name: a["version"] for name, a in config.get("adapters", {}).items()}
+        if (config["version"], adapters) == (self.version, self.adapters):
             return
         # Rehashed at every load: a registered version's files changed since are refused.
         model_dir = registry.verified(config["model"], config["version"])
-        model, tokenizer = modeling.load_for_inference(model_dir, self.threads)
+        if adapters:
+            model, tokenizer = modeling.load_adapters(model_dir, {
+                name: registry.verified(a["model"], a["version"])
+                for name, a in config["adapters"].items()}, self.threads)
+        else:
+            model, tokenizer = modeling.load_for_inference(model_dir, self.threads)
         # Tier 2's content-free prior (routing.fewshot_probabilities) belongs to the model.
-        prior = modeling.label_logprobs(
-            model, tokenizer, routing.fewshot_messages(routing.CONTENT_FREE, 16), ROUTES)
+        priors = {name: modeling.label_logprobs(
+            model, tokenizer, routing.fewshot_messages(routing.CONTENT_FREE, 16), ROUTES, name)
+            for name in (list(adapters) or [None])}
         old = self.engine
         if self.engine_kind == "continuous":
             self.engine = batching.ContinuousEngine(model, tokenizer, **self.kv_cache,
                                                     max_requests=self.max_batch_size)
-        self.model, self.tokenizer, self.prior = model, tokenizer, prior
-        self.version, self.model_dir = config["version"], config["model"]
+        self.model, self.tokenizer, self.priors = model, tokenizer, priors
+        self.version, self.model_dir, self.adapters = config["version"], config["model"], adapters
         if old is not None:  # its requests end on the weights they began with, then it stops
             threading.Thread(target=old.close, name="engine-close", daemon=True).start()
-        log.info("%s expert serves version %s from %s", self.role, self.version, self.model_dir)
+        log.info("%s expert serves version %s from %s%s", self.role, self.version,
+                 self.model_dir, f" with adapters {adapters}" if adapters else "")
 
     def __del__(self) -> None:
         """Serve's graceful shutdown (its requests drained): the continuous engine's loop
@@ -173,27 +188,45 @@ class Expert:
         if self.engine is not None:
             self.engine.complete(request)
         else:
-            engine.Decoder(self.model, self.tokenizer, [request]).step()
+            self.exclusive(engine.Decoder(self.model, self.tokenizer, [request]).step)
+
+    def exclusive(self, call: Any, *args: Any) -> Any:
+        """call(*args); on AdapterExperts alone. PEFT applies a batch's adapter_names through
+        forward hooks on the shared layers for the length of its forward pass, so two passes at
+        once (a batch step, tier 2, the health probe) would apply each other's adapters."""
+        if not self.adapters:
+            return call(*args)
+        with self._forward:
+            return call(*args)
 
     def info(self) -> dict[str, Any]:
-        """Role, model version and directory, context length, and the replica's process id
-        (which shows that deploy / rollback reconfigured it rather than replacing it)."""
+        """Role, model version and directory, {adapter: version} (AdapterExperts), context
+        length, and the replica's process id (which shows that deploy / rollback reconfigured
+        it rather than replacing it)."""
         return {"role": self.role, "version": self.version, "model": self.model_dir,
-                "context": modeling.context_length(self.model), "pid": os.getpid()}
+                "adapters": self.adapters, "context": modeling.context_length(self.model),
+                "pid": os.getpid()}
 
-    async def classify(self, request: str, clip_chars: int) -> dict[str, float]:
-        """Tier-2 route probabilities of a request (one forward pass, off the event loop)."""
+    async def classify(self, request: str, clip_chars: int,
+                       adapter: str | None = None) -> dict[str, float]:
+        """Tier-2 route probabilities of a request (one forward pass, off the event loop),
+        through `adapter` on AdapterExperts."""
         logprobs = await asyncio.to_thread(
-            modeling.label_logprobs, self.model, self.tokenizer,
-            routing.fewshot_messages(request, clip_chars), ROUTES)
-        return routing.fewshot_probabilities(logprobs, self.prior)
+            self.exclusive, modeling.label_logprobs, self.model, self.tokenizer,
+            routing.fewshot_messages(request, clip_chars), ROUTES, adapter)
+        return routing.fewshot_probabilities(logprobs, self.priors[adapter])
 
     async def generate(self, request: Mapping[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """Stream one completion: first {prompt_tokens, version} (or {error}), then deltas.
 
         `request` has `messages` (chat) or `prompt` (completion), and max_tokens, temperature,
-        top_p, seed, stop.
+        top_p, seed, stop; on AdapterExperts also `adapter`, whose name and version (and the
+        base model's) the first item then carries.
         """
+        adapter = request.get("adapter")
+        if (adapter is not None or self.adapters) and adapter not in self.adapters:
+            raise ValueError(f"{self.role}: request for adapter {adapter!r}; this replica "
+                             f"serves {sorted(self.adapters) or 'no adapters'}")
         # Tokenizing a long prompt takes long enough to stall the replica's event loop (and
         # with it every other stream and the health check): it runs in a thread.
         ids = await asyncio.to_thread(self.prompt_ids, request)
@@ -205,13 +238,18 @@ class Expert:
         if error := seed_error(request["seed"]):
             yield {"error": error, "code": "invalid_value"}
             return
-        yield {"prompt_tokens": len(ids), "version": self.version}
+        yield {"prompt_tokens": len(ids), "version": self.version} if adapter is None else {
+            "prompt_tokens": len(ids), "version": self.adapters[adapter], "adapter": adapter,
+            "base_version": self.version}
         job = engine.GenRequest(tuple(ids), request["max_tokens"], request["temperature"],
-                                request["top_p"], request["seed"], tuple(request["stop"]))
+                                request["top_p"], request["seed"], tuple(request["stop"]),
+                                adapter)
         # aclosing: a caller that stops early (cancelled, client gone) cancels the request in
         # the continuous engine now, not when the generator is garbage-collected.
         deltas = self.engine.stream(job) if self.engine is not None else self._decode(job)
-        context = grounding_context(request) if self.ground else None
+        ground, flag = (f[adapter] if isinstance(f, Mapping) else f
+                        for f in (self.ground, self.flag_unsupported))
+        context = grounding_context(request) if ground else None
         async with aclosing(deltas):
             if context is None:
                 async for delta in deltas:
@@ -222,7 +260,7 @@ class Expert:
             async for last in deltas:
                 text += last.text
             if last is not None:
-                text, checked = checked_answer(text, context, self.flag_unsupported)
+                text, checked = checked_answer(text, context, flag)
                 yield {"text": text, "finish_reason": last.finish_reason,
                        "completion_tokens": last.completion_tokens, "grounding": checked}
 
@@ -249,7 +287,7 @@ class Expert:
         while not decoder.done:
             self._step_started = time.monotonic()  # check_health times the step
             try:
-                deltas = await asyncio.to_thread(decoder.step)
+                deltas = await asyncio.to_thread(self.exclusive, decoder.step)
             finally:
                 self._step_started = None
             yield [StopIteration if d is None else d for d in deltas]

@@ -190,12 +190,12 @@ async def complete(router: Any, endpoint: str, body: Any, key: ApiKey) -> Any:
         meta |= {"router_mode": decision.mode, "request_id": request_id}
         if body.stream:
             first, stream = await deadline.within(router.open_stream(decision.route, payload))
-            meta["expert_version"] = expert_version(first)
+            meta |= served_by(first)
             return StreamingResponse(
                 stream_events(router, endpoint, stream, first, meta, event, started, deadline),
                 media_type="text/event-stream", headers=limited)
         items = await deadline.within(router.answer(decision.route, payload))
-        meta["expert_version"] = expert_version(items[0])
+        meta |= served_by(items[0])
     except Exception as err:  # noqa: BLE001 - every failure is answered in JSON and audited
         return failed(router, endpoint, started, event, as_api_error(err, request_id))
     answer = "".join(i["text"] for i in items[1:])
@@ -209,7 +209,7 @@ async def complete(router: Any, endpoint: str, body: Any, key: ApiKey) -> Any:
     router.metrics.generation_ms.observe((time.perf_counter() - started) * 1e3,
                                          tags={"route": meta["route"]})
     if not router.record(endpoint, 200, started, event | grounding(last) | {
-            "output": answer, "expert_version": meta["expert_version"],
+            "output": answer, **served_fields(meta),
             "finish_reason": last["finish_reason"], **usage}):
         return error_response(ApiError(503, "the answer could not be audited; retry shortly",
                                        "audit_unavailable"))
@@ -238,6 +238,23 @@ def expert_version(first: dict[str, Any]) -> str:
     if "error" in first:
         raise ApiError(400, first["error"], first["code"])
     return first["version"]
+
+
+SERVED = ("expert_version", "adapter", "base_version")
+"""What served an answer, in its `mortgagellm` field and its audit record: the expert's model
+version; under serve.topology adapters that is the adapter's version, with the adapter's name
+and the base model's version."""
+
+
+def served_by(first: dict[str, Any]) -> dict[str, str]:
+    """The SERVED fields of an expert's first item; its error becomes a 400."""
+    version = expert_version(first)
+    return {"expert_version": version} | {k: first[k] for k in SERVED[1:] if k in first}
+
+
+def served_fields(meta: dict[str, Any]) -> dict[str, str]:
+    """The SERVED fields of a response's meta, for its audit record."""
+    return {k: meta[k] for k in SERVED if k in meta}
 
 
 def grounding(last: dict[str, Any]) -> dict[str, Any]:
@@ -291,6 +308,6 @@ async def stream_events(router: Any, endpoint: str, stream: Any, first: dict,
     finally:
         stream.cancel()
         router.record(endpoint, status, started, event | error | grounding(last) | {
-            "output": "".join(texts), "expert_version": meta["expert_version"],
+            "output": "".join(texts), **served_fields(meta),
             "finish_reason": last["finish_reason"],
             **oa.usage(first["prompt_tokens"], last["completion_tokens"])})

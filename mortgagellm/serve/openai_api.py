@@ -11,7 +11,10 @@ and every response and chunk carries an extra field `mortgagellm` (ROUTING_FIELD
                    no fallback_route: tier 1's guess),
      "router_mode": the recipe's serve.router.mode,
      "tier1_confidence": tier 1's own confidence, or null when tier 1 did not run,
-     "expert_version": registry version (manifest content hash) of the expert's model,
+     "expert_version": registry version (manifest content hash) of the expert's model
+                       (serve.topology adapters: of the route's LoRA adapter),
+     "adapter", "base_version": under serve.topology adapters only: the adapter that answered
+                       (its route's name) and the version of the base model it runs on,
      "request_id": the id also written to the audit log}
 
 The `openai` client exposes it as `response.model_extra["mortgagellm"]`.

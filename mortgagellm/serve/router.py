@@ -62,11 +62,24 @@ def abandon(response: Any, err: BaseException) -> None:
         response.cancel()
 
 
+def adapter_of(cfg: ServeConfig, route: str) -> str | None:
+    """The LoRA adapter an expert call for `route` names: the route itself under
+    serve.topology adapters (one AdapterExperts deployment serves both routes), else None."""
+    return route if cfg.topology == "adapters" else None
+
+
+def with_adapter(cfg: ServeConfig, route: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """The payload of an expert call: naming the route's adapter under topology adapters."""
+    adapter = adapter_of(cfg, route)
+    return payload if adapter is None else payload | {"adapter": adapter}
+
+
 @serve.deployment
 @serve.ingress()
 class Router:
     """Ingress: holds the two experts' handles, the tier-1 classifier, the keys (re-read when
-    their file changes), the rate limiter and the audit writer.
+    their file changes), the rate limiter and the audit writer. With serve.topology adapters
+    both handles are AdapterExperts', and each call names its route's adapter.
 
     `rate_limits` is the RateLimits deployment's handle, or None when serve.limits.storage_uri
     names a `limits` storage this replica talks to itself. `env_keys` are the environment
@@ -112,9 +125,11 @@ class Router:
         return build_api(self)
 
     async def versions(self) -> dict[str, str]:
-        """{route: model version} as the experts report it."""
+        """{route: model version (adapters: the route's adapter version)} as the experts
+        report it."""
         infos = await asyncio.gather(*(h.info.remote() for h in self.experts.values()))
-        return {route: info["version"] for route, info in zip(self.experts, infos)}
+        return {route: info["adapters"][route] if adapter_of(self.cfg, route) else
+                info["version"] for route, info in zip(self.experts, infos)}
 
     async def decide(self, text: str, model: str) -> routing.Decision:
         """Route a request (routing.decide); the structured expert is asked for tier 2 only
@@ -122,7 +137,8 @@ class Router:
         started = time.perf_counter()
 
         async def tier2(request: str, clip_chars: int) -> dict[str, float]:
-            response = self.experts["structured"].classify.remote(request, clip_chars)
+            response = self.experts["structured"].classify.remote(
+                request, clip_chars, adapter_of(self.cfg, "structured"))
             try:
                 return await self._expert_call(response)
             except BaseException as err:
@@ -137,7 +153,7 @@ class Router:
     async def answer(self, route: str, payload: dict[str, Any]) -> list[dict[str, Any]]:
         """All items of an expert's answer in one reply; asked once more if a replica dies."""
         for attempt in (0, 1):
-            response = self.experts[route].complete.remote(payload)
+            response = self.experts[route].complete.remote(with_adapter(self.cfg, route, payload))
             try:
                 return await self._expert_call(response)
             except BaseException as err:
@@ -153,7 +169,8 @@ class Router:
     async def open_stream(self, route: str, payload: dict[str, Any]) -> tuple[dict, Any]:
         """(first item, the rest) of a streamed answer; retried once until the first item."""
         for attempt in (0, 1):
-            stream = self.experts[route].options(stream=True).generate.remote(payload)
+            stream = self.experts[route].options(stream=True).generate.remote(
+                with_adapter(self.cfg, route, payload))
             try:
                 return await self._expert_call(stream.__anext__()), stream
             except BaseException as err:

@@ -33,12 +33,14 @@ def load_trainable(base_model: str, method: str, lora: dict,
 
 
 def export_model(checkpoint: Path, base: Path, out: Path, method: str, lora: dict,
-                 zero_stage: int, merge: bool = True) -> Path:
+                 zero_stage: int, merge: bool = True, adapter_out: Path | None = None) -> Path:
     """Consolidate the DeepSpeed checkpoint into a Hugging Face safetensors model (+ tokenizer).
 
     ZeRO partitions are gathered into one fp32 state dict; LoRA adapters are merged into the
     base weights, so the next stage always receives a full model — unless `merge` is False,
-    which writes the adapter alone (peft's adapter_config.json + adapter_model.safetensors)."""
+    which writes the adapter alone (peft's adapter_config.json + adapter_model.safetensors).
+    `adapter_out` (LoRA, merged): the adapter is also written there, before the merge, so
+    serve.topology `adapters` can serve it on the base beside the other expert's."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -57,6 +59,8 @@ def export_model(checkpoint: Path, base: Path, out: Path, method: str, lora: dic
         raise ValueError(f"export of {checkpoint}: the checkpoint does not match the model "
                          f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
     if method == "lora" and merge:
+        if adapter_out is not None:
+            model.save_pretrained(adapter_out)
         model = model.merge_and_unload()
     model.save_pretrained(out)
     AutoTokenizer.from_pretrained(base).save_pretrained(out)

@@ -52,6 +52,18 @@ def test_generated_config_routes_to_gpu_experts_and_a_cpu_router():
     assert all("autoscaling_config" in d for d in scaled)
 
 
+def test_adapters_variant_serves_both_experts_from_one_gpu_deployment():
+    """serve.topology adapters renders one AdapterExperts deployment in the experts' place,
+    valid for Ray Serve's schemas; the RayServices keep the separate topology."""
+    config = GENERATOR.serve_config("a100-adapters")
+    assert m.serve_config_errors(yaml.safe_dump(config)) == []
+    app = config["applications"][0]
+    placement = {d["name"]: d["ray_actor_options"].get("num_gpus", 0) for d in app["deployments"]}
+    assert placement == {"Router": 0, "AdapterExperts": 1, "RateLimits": 0}
+    assert app["args"]["serve.topology"] == "adapters"
+    assert "a100-adapters" not in GENERATOR.TARGETS
+
+
 def test_rewrite_replaces_only_the_block(tmp_path):
     path = tmp_path / "rayservice.yaml"
     path.write_text("# keep me\nspec:\n  serveConfigV2: |\n    stale: 1\n\n    more: 2\n"

@@ -134,6 +134,9 @@ def test_lora_dpo_on_ray_raises_the_heldout_reward_margin(ray_cluster, tiny_pair
     assert heldout["start"]["reward_margin"] == 0.0  # the reference against itself
     assert heldout["expert"]["reward_margin"] > 0.0
     assert heldout["expert"]["reward_accuracy"] > 0.5
+    # serve.topology adapters reads the 'adapter' output and the model it was trained on.
+    assert m.outputs["adapter"] == m.outputs["model"]
+    assert m.metrics["adapter_base"] == m.inputs["start"]["sha256"]
     model = AutoPeftModelForCausalLM.from_pretrained(m.output_path("model"))
     adapters = {k: v for k, v in model.state_dict().items() if "lora_B" in k}
     assert adapters and any(v.abs().sum() > 0 for v in adapters.values())  # B starts at zero

@@ -224,11 +224,17 @@ def test_lora_adapter_export_equals_merged_export_and_resumes(tiny_pair, tmp_pat
     assert m.metrics["history"][-1]["start_step"] == 2
     adapter_dir = manifest.Path(m.output_path("model"))
     assert (adapter_dir / "adapter_config.json").exists()
+    # serve.topology adapters reads the 'adapter' output and the model it was trained on.
+    assert m.outputs["adapter"] == m.outputs["model"]
+    assert m.metrics["adapter_base"] == m.inputs["start"]["sha256"]
     out = manifest.Path(recipe.run.output_dir) / "sft"
     checkpoint = sorted((out / "checkpoints").glob("*/step_*"))[-1]
     start_dir = out.parent / "residual" / "merged"
     merged_dir = export.export_model(checkpoint, start_dir, tmp_path / "merged", "lora",
-                                  recipe.sft.lora.model_dump(), 2, merge=True)
+                                  recipe.sft.lora.model_dump(), 2, merge=True,
+                                  adapter_out=tmp_path / "kept")
+    kept = tmp_path / "kept" / "adapter_model.safetensors"  # the merged export keeps the adapter
+    assert kept.read_bytes() == (adapter_dir / "adapter_model.safetensors").read_bytes()
     ids = torch.tensor([[1, 40, 41, 300, 12, 7, 99, 5]])
     with torch.no_grad():
         a = AutoPeftModelForCausalLM.from_pretrained(adapter_dir).eval()(input_ids=ids).logits

@@ -66,3 +66,22 @@ def micro_model(tmp_path_factory):
     tokenizer.eos_token = EOT
     tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def micro_adapters(micro_model, tmp_path_factory):
+    """{route: LoRA adapter directory} on the micro model, as sft and dpo export them with
+    method lora: two random adapters (peft's init_lora_weights=False; B is not zero) on every
+    projection, scaled up (alpha 32 over r 4), so each changes the greedy answers."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path_factory.mktemp("adapters")
+    for seed, route in enumerate(("structured", "conversational")):
+        torch.manual_seed(seed)
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(micro_model), LoraConfig(
+            r=4, lora_alpha=32, init_lora_weights=False, task_type="CAUSAL_LM",
+            target_modules=["q_proj", "v_proj", "o_proj", "up_proj", "down_proj"]))
+        model.save_pretrained(out / route)
+    return {"structured": out / "structured", "conversational": out / "conversational"}
