@@ -204,6 +204,23 @@ class CorpusConfig(Section):
         0.75, gt=0, le=1, description="Near dedupe: a candidate pair is a duplicate when this "
         "share of its MinHash values agree (estimated Jaccard similarity of shingles)."
     )
+    dedupe_mode: Literal["auto", "driver", "distributed"] = Field(
+        "auto", description="Where duplicates are decided. 'driver' gathers every valid "
+        "document's hash and signature into the driver (16 + 2 x bands x rows bytes each: "
+        "about 320 MB per 1M documents); 'distributed' makes the same decision as Ray Data "
+        "groupbys (by content hash, by LSH band key, then candidate pairs by each side), with "
+        "nothing per document on the driver; 'auto' is 'driver' below dedupe_distributed_from "
+        "documents read."
+    )
+    dedupe_distributed_from: int = Field(
+        500_000, ge=0, description="With dedupe_mode 'auto', corpora of at least this many "
+        "records are deduplicated distributed (benchmarks/dedupe.py measures both)."
+    )
+    dedupe_docs_per_partition: int = Field(
+        100_000, ge=1_000, description="Distributed dedupe: documents per hash partition of "
+        "each groupby (a partition's signatures, about 300 B per document, and its 25 band "
+        "rows per document are in one task's memory at once)."
+    )
     seq_len: int = Field(
         512, ge=16, description="Tokens per packed row; at most the base model's "
         "max_position_embeddings."
