@@ -1,10 +1,13 @@
 """Corpus pass 2 (dedupe, counts, quarantine) on the driver vs distributed: peak driver memory
 and time at growing corpus sizes, and the 10 M figure extrapolated from the measured growth.
 
-Run: .venv/bin/python benchmarks/dedupe.py [--docs 100000 1000000] [--num-cpus 4]
+Run: .venv/bin/python benchmarks/dedupe.py [--docs 100000] [--copies 1 3 10] [--num-cpus 4]
 
-For each size, pass 1 of the corpus stage (clean_pass) writes the staging files once; then the
-same staging files go through
+Pass 1 of the corpus stage (clean_pass) writes the staging files of --docs documents once (about
+3.5 min per 100k documents on 2 cores); each --copies size is that corpus copied c times, each
+copy a new corpus with the same duplicate structure (its own unit numbers, content hashes xored
+and signature values mapped through a bijection of its own, so copies agree only by chance).
+Each size's staging files go through
   - main: the pass as main had it (a79c3f1..01531b6): every document's counted columns and
     signature read into the driver, `find_duplicates`, counts and quarantine from that table;
   - driver: corpus.dedupe_mode=driver (signatures and hashes gathered, bookkeeping per unit);
@@ -76,6 +79,36 @@ def main_pass(cfg: CorpusConfig, staging: Path, units: list[dict], documents: in
     return metrics
 
 
+def replicate(staging: Path, units: list[dict], copies: int, out: Path
+              ) -> tuple[Path, list[dict]]:
+    """`copies` copies of a staging folder as one corpus (see the module docstring)."""
+    out.mkdir(exist_ok=True)
+    rng = np.random.default_rng(copies)
+    all_units = []
+    for k in range(copies):
+        a, b = rng.integers(0, 1 << 16, 2, dtype=np.uint32)
+        a |= 1  # odd: v -> a * v + b (mod 2^16) is a bijection
+        salt = np.uint64(rng.integers(0, 1 << 63)) if k else np.uint64(0)
+        for unit in units:
+            number = unit["unit"] + k * len(units)
+            all_units.append(unit | {"unit": number, "uri": f"copy{k}:{unit['uri']}"})
+            target = accounting.unit_file(out, number)
+            if target.exists():
+                continue
+            table = pq.read_table(accounting.unit_file(staging, unit["unit"]))
+            sig = table["minhash"].combine_chunks()
+            values = sig.values.to_numpy().astype(np.uint32) if k else None
+            columns = {
+                "order": pa.array(table["order"].to_numpy() + (k * len(units) << 32)),
+                "content_hash": pa.array(table["content_hash"].to_numpy() ^ salt),
+                "minhash": sig if not k else pa.ListArray.from_arrays(
+                    sig.offsets, pa.array(((values * a + b) & 0xFFFF).astype(np.uint16)))}
+            for name, column in columns.items():
+                table = table.set_column(table.schema.get_field_index(name), name, column)
+            pq.write_table(table, target)
+    return out, all_units
+
+
 def new_pass(mode: str):
     def run(cfg: CorpusConfig, staging: Path, units: list[dict], documents: int, out: Path
             ) -> dict:
@@ -106,7 +139,9 @@ def measure(name: str, fn, cfg, staging, units, documents, work: Path) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--docs", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--docs", type=int, default=100_000, help="documents pass 1 makes")
+    parser.add_argument("--copies", type=int, nargs="+", default=[1, 3, 10],
+                        help="corpus sizes as copies of those documents")
     parser.add_argument("--num-cpus", type=int, default=4, help="logical CPUs of local Ray")
     parser.add_argument("--docs-per-shard", type=int, default=5000, help="generator shard size")
     parser.add_argument("--modes", nargs="+", default=["distributed", "driver", "main"])
@@ -121,7 +156,8 @@ def main() -> None:
     runs = {"main": main_pass, "driver": new_pass("driver"),
             "distributed": new_pass("distributed")}
     results = []
-    for docs in [2000, *args.docs]:  # the first size warms Ray's workers up, not reported
+    for copies in [0, *args.copies]:  # 0: 2,000 documents that warm Ray's workers up
+        docs = 2000 if copies == 0 else args.docs
         cfg = CorpusConfig(synthetic_docs=docs, regulations=[str(REGULATIONS)],
                            synthetic_shards=max(2, docs // args.docs_per_shard),
                            cpus_per_task=args.num_cpus / (os.cpu_count() or 1))
@@ -129,15 +165,20 @@ def main() -> None:
                                    purpose_seed(SEED, "corpus"), cfg.regulations,
                                    cfg.user_corpora, cfg.synthetic_noise)
         staging = work / f"staging-{docs}"
-        t = time.monotonic()
-        documents = corpus.clean_pass(cfg, SEED, units, staging).sum("rows")
-        print(f"{documents:,} records, pass 1 in {time.monotonic() - t:.0f} s", flush=True)
+        if not staging.is_dir():
+            t = time.monotonic()
+            corpus.clean_pass(cfg, SEED, units, staging).materialize()
+            print(f"{docs:,} documents: pass 1 in {time.monotonic() - t:.0f} s", flush=True)
+        if copies > 1:
+            staging, units = replicate(staging, units, copies, work / f"staging-{docs}x{copies}")
+        documents = sum(pq.ParquetFile(accounting.unit_file(staging, u["unit"])).metadata.num_rows
+                        for u in units)
         found = {}
         for mode in args.modes:
             result = measure(mode, runs[mode], cfg, staging, units, documents,
-                             work / f"out-{docs}")
+                             work / f"out-{documents}")
             found[mode] = result.pop("duplicates")
-            if docs != 2000:
+            if copies:
                 results.append(result)
         assert len({tuple(f) for f in found.values()}) == 1, found
     print(f"\n{'mode':>12} {'docs':>10} {'seconds':>8} {'driver growth MB':>17} "

@@ -202,6 +202,16 @@ def bucket_pairs(order: np.ndarray, band: np.ndarray, key: np.ndarray, neighbour
     return {name: np.concatenate(parts) for name, parts in out.items()}
 
 
+def first_per_pair(later: np.ndarray, earlier: np.ndarray, band: np.ndarray, d: np.ndarray
+                   ) -> np.ndarray:
+    """Positions of the pairs to keep: of the pairs joining the same two documents (in several
+    bands), the one with the smallest (band, d), the only one `confirm_pairs` can pick."""
+    idx = np.lexsort((d, band, earlier, later))
+    first = np.ones(len(idx), bool)
+    first[1:] = (later[idx][1:] != later[idx][:-1]) | (earlier[idx][1:] != earlier[idx][:-1])
+    return idx[first]
+
+
 def lookup(wanted: np.ndarray, keys: np.ndarray, values: np.ndarray) -> np.ndarray:
     """values[i] for the i with keys[i] == w, for each w in wanted (all must be there)."""
     idx = np.argsort(keys, kind="stable")
@@ -242,7 +252,9 @@ def distributed_duplicates(docs: Any, bands: int, rows: int, threshold: float, n
                            partitions: int, num_cpus: float = 1.0) -> Any:
     """`find_duplicates` as a Ray Dataset of DUP_SCHEMA rows, from a Dataset of the documents
     taking part (columns order, content_hash, minhash): four hash-partitioned groupbys (by
-    content hash; by band key; pairs by their earlier, then by their later document).
+    content hash; by band key; pairs by their earlier document, where the pairs joining the
+    same two documents in several bands are cut to one and the earlier's signature attached;
+    then by their later document, where they are confirmed).
     A partition holds about 1/partitions of the rows of its step."""
     from mortgagellm.cluster.shuffle import by_partition
 
@@ -324,6 +336,8 @@ def _split(table: pa.Table, side: str) -> tuple[pa.Table, np.ndarray, np.ndarray
 
 def _attach_block(table: pa.Table) -> pa.Table:
     pairs, orders, sig = _split(table, "earlier")
+    pairs = pairs.take(first_per_pair(*(pairs[c].to_numpy() for c in ("later", "earlier",
+                                                                    "band", "d"))))
     found = lookup(pairs["earlier"].to_numpy(), orders, sig)
     return pairs.set_column(pairs.schema.get_field_index("minhash"), "minhash",
                             _sig_array(found))

@@ -127,6 +127,9 @@ def _pieces(order, hashes, sig, bands, rows, threshold, partitions):
         for name in pairs:
             pairs[name].append(found[name])
     pairs = {name: np.concatenate(v) for name, v in pairs.items()}
+    keep = [at[dedupe.first_per_pair(*(pairs[n][at] for n in ("later", "earlier", "band", "d")))]
+            for at in parts(pairs["earlier"])]
+    pairs = {name: v[np.concatenate(keep)] for name, v in pairs.items()}
     sig_of = {o: s for o, s in zip(order[alive].tolist(), sig[alive])}
     for at in parts(pairs["later"]):
         later, earlier = pairs["later"][at], pairs["earlier"][at]
@@ -192,6 +195,12 @@ def test_pieces_on_hash_partitions_equal_find_duplicates_on_a_planted_corpus():
     assert any(kept in {o for o, _, _ in expected} for _, _, kept in expected)  # a chain
     for partitions in (1, 4, 13):
         assert _pieces(order, hashes, sig, 25, 6, 0.75, partitions) == expected
+
+
+def test_first_per_pair_keeps_the_smallest_band_then_distance_of_each_pair():
+    later, earlier = np.array([5, 5, 5, 5, 6]), np.array([2, 2, 3, 2, 2])
+    band, d = np.array([3, 1, 0, 1, 1]), np.array([1, 4, 2, 2, 1])
+    assert sorted(dedupe.first_per_pair(later, earlier, band, d).tolist()) == [2, 3, 4]
 
 
 def test_band_rows_refuse_too_short_signatures():
