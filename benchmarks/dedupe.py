@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -120,6 +121,7 @@ def new_pass(mode: str):
 
 def measure(name: str, fn, cfg, staging, units, documents, work: Path) -> dict:
     out = work / name
+    shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
     start = _status("VmRSS")

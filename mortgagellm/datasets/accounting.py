@@ -40,8 +40,8 @@ def driver_duplicates(staging: Path, bands: int, rows: int, threshold: float) ->
     hash and signature in the staging files."""
     import pyarrow.dataset as pads
 
-    table = valid_only(pads.dataset(str(staging), format="parquet").to_table(
-        columns=["order", "reject", "content_hash", "minhash"]))
+    table = pads.dataset(str(staging), format="parquet").to_table(
+        columns=["order", "content_hash", "minhash"], filter=pc.field("reject") == "")
     order = table["order"].to_numpy()
     sig = np.concatenate([c.flatten().to_numpy() for c in table["minhash"].chunks]
                          or [np.zeros(0, np.uint16)]).reshape(len(table), -1)

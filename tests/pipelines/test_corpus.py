@@ -248,6 +248,12 @@ def test_corpus_stage_end_to_end(ray_cluster, tiny_recipe_path, tmp_path, caplog
     assert again.started_at == rebuilt.started_at and "up to date" in caplog.text
 
 
+def test_dedupe_mode_auto_decides_on_the_driver_below_the_threshold():
+    cfg = CorpusConfig(dedupe_distributed_from=1000)
+    assert [corpus.dedupe_mode(cfg, n) for n in (999, 1000)] == ["driver", "distributed"]
+    assert corpus.dedupe_mode(cfg.model_copy(update={"dedupe_mode": "driver"}), 10**9) == "driver"
+
+
 @pytest.mark.integration
 def test_distributed_dedupe_pass_writes_what_the_driver_pass_writes(ray_cluster, tmp_path):
     # Pass 1 once; pass 2 decided on the driver and by Ray Data groupbys: the same duplicates
