@@ -5,9 +5,11 @@ Run: mortgagellm corpus configs/cpu-demo.yaml
 Three passes, because deciding which copy of a duplicate stays needs the whole corpus:
   1. clean (Ray Data, streaming): read -> validate -> normalise -> redact PII -> content hash +
      MinHash signature -> quality flag, written to <out>/staging/ (one row per record read).
-  2. dedupe (driver, numpy): (order, hash, signature) of every valid document -> duplicates,
-     about 320 MB for 1M documents; then counts, quarantine and duplicate list are written, and
-     the stage stops here if too many records were malformed.
+  2. dedupe: (order, hash, signature) of every valid document -> duplicates, decided on the
+     driver (numpy, about 320 MB for 1M documents) or by Ray Data groupbys holding nothing per
+     document on the driver (corpus.dedupe_mode); then one Ray task per read unit writes its
+     quarantine rows, duplicate list and drop list and counts them, and the stage stops here if
+     too many records were malformed.
   3. pack (Ray Data, streaming): drop rejected, duplicate and low-quality documents -> tokenize
      (fast tokenizer, one batched call) -> mixture weights -> pack into seq_len rows -> one
      Parquet shard (PACKED_SCHEMA) per docs_per_shard documents, named by its place in corpus
@@ -37,7 +39,7 @@ import pyarrow.parquet as pq
 from mortgagellm import manifest, routing, tier1
 from mortgagellm.cluster import storage
 from mortgagellm.config import CorpusConfig, Recipe
-from mortgagellm.datasets import batches, dedupe, pii, readers, transforms
+from mortgagellm.datasets import accounting, batches, dedupe, pii, readers, transforms
 from mortgagellm.datasets.schemas import (
     DUPLICATES_SCHEMA,
     PACKED_ROW_GROUP_ROWS,
@@ -152,19 +154,20 @@ def build(cfg: CorpusConfig, seed: int, tokenizer: dict[str, Any], out_dir: Path
                                cfg.synthetic_noise)
     log.info("corpus pass 1/3 (clean): %d read units -> %s", len(units), staging)
     t = time.monotonic()
-    clean_pass(cfg, seed, units, staging).materialize()
+    documents = clean_pass(cfg, seed, units, staging).sum("rows")
     timings = {"clean_s": time.monotonic() - t}
 
     t = time.monotonic()
-    drop, metrics = dedupe_pass(cfg, _staging_columns(staging), units, out_dir)
+    drops, metrics = dedupe_pass(cfg, staging, units, documents, out_dir)
     timings["dedupe_s"] = time.monotonic() - t
     check_rejects(metrics, cfg.max_reject_fraction, out_dir / "quarantine.parquet")
 
     log.info("corpus pass 3/3 (pack): %d documents -> %s", metrics["documents"]["kept"], shards)
     t = time.monotonic()
-    stats = pack_pass(cfg, seed, staging, drop, tokenizer, shards).to_pandas()
+    stats = pack_pass(cfg, seed, staging, drops, tokenizer, shards).to_pandas()
     timings["pack_s"] = time.monotonic() - t
     shutil.rmtree(staging)
+    shutil.rmtree(drops.parent)
     for source in SOURCES:
         metrics["by_source"][source]["tokens"] = int(stats[f"{source}_tokens"].sum())
     metrics["tokens_kept_documents"] = sum(int(stats[f"{s}_tokens"].sum()) for s in SOURCES)
@@ -263,85 +266,72 @@ def pii_salt(seed: int) -> str:
 
 # --- pass 2: dedupe, counts, quarantine ------------------------------------------------------
 
-_COUNT_COLUMNS = ["order", "source", "location", "doc_id", "reject", "quality", "content_hash",
-                  "minhash", "mojibake_repaired", "html_stripped"] + \
-    [f"pii_{kind}" for kind in pii.KINDS]
 
+def dedupe_pass(cfg: CorpusConfig, staging: Path, units: list[dict], documents: int,
+                out_dir: Path) -> tuple[Path, dict[str, Any]]:
+    """Find duplicates, write quarantine + duplicate list; (folder of the units' drop lists,
+    metrics). Each unit's bookkeeping is a Ray task (datasets/accounting.py)."""
+    import ray
 
-def _staging_columns(staging: Path) -> pa.Table:
-    """Every per-document column of the staging files except text, meta and snippets."""
-    import pyarrow.dataset as pads
-
-    return pads.dataset(str(staging), format="parquet").to_table(columns=_COUNT_COLUMNS)
-
-
-def dedupe_pass(cfg: CorpusConfig, table: pa.Table, units: list[dict], out_dir: Path
-                ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Find duplicates, write quarantine + duplicate list; (orders to drop, metrics)."""
-    import pyarrow.compute as pc
-    order = table["order"].to_numpy()
-    valid = pc.equal(table["reject"], "").to_numpy(zero_copy_only=False)
-    sig = np.concatenate([c.flatten().to_numpy() for c in table["minhash"].chunks]
-                         or [np.zeros(0, np.uint16)]).reshape(len(table), -1)
-    table = table.drop_columns(["minhash"])  # the one large column; numpy holds it now
-    pos, kind, kept = dedupe.find_duplicates(
-        order, table["content_hash"].to_numpy(), sig, cfg.minhash_bands, cfg.minhash_rows,
-        cfg.near_dup_threshold, members=np.flatnonzero(valid))
-    del sig
-    pq.write_table(pa.table({
-        "location": table["location"].take(pos), "doc_id": table["doc_id"].take(pos),
-        "kind": np.where(kind == 0, "exact", "near"),
-        "kept_location": table["location"].take(kept)}, schema=DUPLICATES_SCHEMA),
-        out_dir / "duplicates.parquet")
-
-    is_dup = np.zeros(len(table), bool)
-    is_dup[pos] = True
-    low = valid & ~is_dup & pc.not_equal(table["quality"], "").to_numpy(zero_copy_only=False)
-    kept_mask = valid & ~is_dup & ~low
-    _write_quarantine(out_dir / "staging", ~valid | low, order, out_dir / "quarantine.parquet")
-    metrics = _counts(table, units, valid, is_dup, kind, low, kept_mask)
+    work = out_dir / "dedupe"
+    shutil.rmtree(work, ignore_errors=True)
+    found, parts = work / "found", work / "units"
+    parts.mkdir(parents=True)
+    mode = dedupe_mode(cfg, documents)
+    t = time.monotonic()
+    if mode == "driver":
+        accounting.write_found(accounting.driver_duplicates(
+            staging, cfg.minhash_bands, cfg.minhash_rows, cfg.near_dup_threshold), found)
+    else:
+        distributed(cfg, staging, documents).write_parquet(str(found), partition_cols=["unit"])
+    log.info("corpus pass 2/3 (dedupe): %s, %d documents, %.1f s", mode, documents,
+             time.monotonic() - t)
+    uris = [u["uri"] for u in units]
+    numbers = [u["unit"] for u in units]
+    counted = ray.data.from_items([{"unit": n} for n in numbers],
+                                  override_num_blocks=len(numbers)).map_batches(
+        _account, batch_format="pyarrow", num_cpus=cfg.cpus_per_task, fn_kwargs={
+            "staging": str(staging), "found": str(found), "parts": str(parts), "uris": uris})
+    metrics: dict[str, Any] = {}
+    for row in sorted(counted.iter_rows(), key=lambda row: row["unit"]):  # one per unit
+        metrics = accounting.add(metrics, json.loads(row["counts"]))
+    sources = Counter(metrics.get("rejects_by_source", {})).most_common(20)
+    metrics["rejects_by_source"] = dict(sources)
+    for part, schema, file in (("quarantine", QUARANTINE_SCHEMA, "quarantine.parquet"),
+                               ("duplicates", DUPLICATES_SCHEMA, "duplicates.parquet")):
+        accounting.concat(parts, numbers, part, schema, out_dir / file)
     log.info("corpus pass 2/3 (dedupe): %s", json.dumps(metrics["documents"]))
-    return np.sort(order[~kept_mask]), metrics
+    return parts, metrics
 
 
-def _write_quarantine(staging: Path, mask: np.ndarray, order: np.ndarray, path: Path) -> None:
-    """Rejected and low-quality rows of the staging files, in corpus order, into one Parquet
-    file (they are few: at most max_reject_fraction plus the low-quality share)."""
-    import pyarrow.compute as pc
-    import pyarrow.dataset as pads
-    rows = pads.dataset(str(staging), format="parquet").to_table(
-        columns=["order", "location", "source", "doc_id", "reject", "quality", "snippet"],
-        filter=pc.field("order").isin(pa.array(order[mask]))).sort_by("order")
-    reason = [r or f"quality:{q}" for r, q in zip(rows["reject"].to_pylist(),
-                                                    rows["quality"].to_pylist(), strict=True)]
-    pq.write_table(pa.table({"location": rows["location"], "source": rows["source"],
-                             "doc_id": rows["doc_id"], "reason": reason,
-                             "snippet": rows["snippet"]}, schema=QUARANTINE_SCHEMA), path)
+def dedupe_mode(cfg: CorpusConfig, documents: int) -> str:
+    """'driver' or 'distributed': corpus.dedupe_mode, or with 'auto' by corpus size."""
+    if cfg.dedupe_mode != "auto":
+        return cfg.dedupe_mode
+    return "distributed" if documents >= cfg.dedupe_distributed_from else "driver"
 
 
-def _counts(table: pa.Table, units: list[dict], valid: np.ndarray, is_dup: np.ndarray,
-            dup_kind: np.ndarray, low: np.ndarray, kept: np.ndarray) -> dict[str, Any]:
-    """The manifest's per-step counts; read = rejected + duplicates + low_quality + kept.
-    rejects_by_source names the 20 files or shards with the most malformed records."""
-    source = table["source"].to_numpy(False)
-    reject, quality = table["reject"].to_numpy(False), table["quality"].to_numpy(False)
-    unit_uri = np.array([u["uri"] for u in units], dtype=object)
-    origin = unit_uri[table["order"].to_numpy() >> 32]
-    return {
-        "documents": {"read": len(table), "rejected": int((~valid).sum()),
-                      "exact_duplicates": int((dup_kind == 0).sum()),
-                      "near_duplicates": int((dup_kind == 1).sum()),
-                      "low_quality": int(low.sum()), "kept": int(kept.sum())},
-        "rejects_by_reason": dict(Counter(reject[~valid].tolist())),
-        "rejects_by_source": dict(Counter(origin[~valid].tolist()).most_common(20)),
-        "low_quality_by_reason": dict(Counter(quality[low].tolist())),
-        "by_source": {s: {"read": int((source == s).sum()),
-                          "kept": int((kept & (source == s)).sum())} for s in SOURCES},
-        "normalised": {"mojibake_repaired": int(table["mojibake_repaired"].to_numpy().sum()),
-                       "html_stripped": int(table["html_stripped"].to_numpy().sum())},
-        "pii_redacted": {k: int(table[f"pii_{k}"].to_numpy()[valid & ~is_dup].sum())
-                         for k in pii.KINDS},
-    }
+def distributed(cfg: CorpusConfig, staging: Path, documents: int):
+    """The Ray Dataset of DUP_SCHEMA rows plus `unit`, decided by Ray Data groupbys."""
+    import ray
+
+    docs = ray.data.read_parquet(str(staging)).select_columns(
+        ["order", "reject", "content_hash", "minhash"])
+    cpus = cfg.cpus_per_task
+    docs = docs.map_batches(accounting.valid_only, batch_format="pyarrow", num_cpus=cpus)
+    partitions = max(2, -(-documents // cfg.dedupe_docs_per_partition))
+    dups = dedupe.distributed_duplicates(
+        docs, cfg.minhash_bands, cfg.minhash_rows, cfg.near_dup_threshold,
+        dedupe.NEIGHBOURS, partitions, cpus)
+    return dups.map_batches(accounting.with_unit, batch_format="pyarrow", num_cpus=cpus)
+
+
+def _account(units: pa.Table, staging: str, found: str, parts: str, uris: list[str]
+             ) -> pa.Table:
+    numbers = units["unit"].to_pylist()
+    counts = [json.dumps(accounting.account_unit(unit, Path(staging), Path(found), Path(parts),
+                                                 uris)) for unit in numbers]
+    return pa.table({"unit": numbers, "counts": counts})
 
 
 def check_rejects(metrics: dict[str, Any], max_fraction: float, quarantine: Path) -> None:
@@ -361,10 +351,11 @@ def check_rejects(metrics: dict[str, Any], max_fraction: float, quarantine: Path
 # --- pass 3: pack ----------------------------------------------------------------------------
 
 
-def pack_pass(cfg: CorpusConfig, seed: int, staging: Path, drop: np.ndarray,
+def pack_pass(cfg: CorpusConfig, seed: int, staging: Path, drops: Path,
               tokenizer: dict[str, Any], shards: Path):
     """The Ray Data dataset of pass 3: one task per staging file (one per read unit), each
-    writing a shard per docs_per_shard documents and yielding its SHARD_STATS row.
+    leaving out its unit's drop list (in `drops`), writing a shard per docs_per_shard documents
+    and yielding its SHARD_STATS row.
 
     Not read_parquet: Ray 2.60 read this pass's few small files in one task and packed them in
     one more, leaving a core idle.
@@ -373,18 +364,20 @@ def pack_pass(cfg: CorpusConfig, seed: int, staging: Path, drop: np.ndarray,
 
     files = sorted(str(p) for p in staging.glob("*.parquet"))
     ds = ray.data.from_items([{"file": f} for f in files], override_num_blocks=len(files))
-    kwargs = {"drop": drop, "weights": dict(cfg.mixture), "salt": purpose_seed(seed, "corpus"),
-              "seq_len": cfg.seq_len, "docs_per_shard": cfg.docs_per_shard,
-              "tokenizer": tokenizer, "out_dir": str(shards)}
+    kwargs = {"drops": str(drops), "weights": dict(cfg.mixture),
+              "salt": purpose_seed(seed, "corpus"), "seq_len": cfg.seq_len,
+              "docs_per_shard": cfg.docs_per_shard, "tokenizer": tokenizer, "out_dir": str(shards)}
     return ds.map_batches(_pack_file, batch_size=1, batch_format="pyarrow",
                           num_cpus=cfg.cpus_per_task, fn_kwargs=kwargs)
 
 
-def _pack_file(files: pa.Table, docs_per_shard: int, **kwargs: Any):
+def _pack_file(files: pa.Table, docs_per_shard: int, drops: str, **kwargs: Any):
     for file in files["file"].to_pylist():
+        unit = int(Path(file).stem.split("-")[1])
+        drop = pq.read_table(accounting.unit_file(drops, unit, "drop"))["order"].to_numpy()
         for batch in pq.ParquetFile(file).iter_batches(docs_per_shard,
                                                        columns=["order", "source", "text"]):
-            yield _pack_shard(pa.Table.from_batches([batch]), **kwargs)
+            yield _pack_shard(pa.Table.from_batches([batch]), drop, **kwargs)
 
 
 def pack_shard(batch: dict, drop: np.ndarray, weights: dict, salt: int, seq_len: int,

@@ -246,3 +246,37 @@ def test_corpus_stage_end_to_end(ray_cluster, tiny_recipe_path, tmp_path, caplog
     with caplog.at_level(logging.INFO, logger="mortgagellm"):
         again = corpus.run(recipe)
     assert again.started_at == rebuilt.started_at and "up to date" in caplog.text
+
+
+def test_dedupe_mode_auto_decides_on_the_driver_below_the_threshold():
+    cfg = CorpusConfig(dedupe_distributed_from=1000)
+    assert [corpus.dedupe_mode(cfg, n) for n in (999, 1000)] == ["driver", "distributed"]
+    assert corpus.dedupe_mode(cfg.model_copy(update={"dedupe_mode": "driver"}), 10**9) == "driver"
+
+
+@pytest.mark.integration
+def test_distributed_dedupe_pass_writes_what_the_driver_pass_writes(ray_cluster, tmp_path):
+    # Pass 1 once; pass 2 decided on the driver and by Ray Data groupbys: the same duplicates
+    # (with the kept copy named), quarantine, drop lists and counts.
+    cfg = CorpusConfig(synthetic_docs=1500, synthetic_shards=3, batch_docs=250,
+                       regulations=[str(REGULATION)], dedupe_docs_per_partition=1000)
+    units = readers.plan_units(cfg.synthetic_docs, cfg.synthetic_shards, 5, cfg.regulations,
+                               cfg.user_corpora, cfg.synthetic_noise)
+    staging = tmp_path / "staging"
+    documents = corpus.clean_pass(cfg, 0, units, staging).sum("rows")
+    written = {}
+    for mode in ("driver", "distributed"):
+        out = tmp_path / mode
+        out.mkdir()
+        drops, metrics = corpus.dedupe_pass(cfg.model_copy(update={"dedupe_mode": mode}),
+                                            staging, units, documents, out)
+        written[mode] = {"metrics": metrics, **{
+            name: pq.read_table(out / f"{name}.parquet").to_pylist()
+            for name in ("duplicates", "quarantine")}, "drop": {
+            p.name: pq.read_table(p)["order"].to_pylist() for p in drops.glob("*.drop.parquet")}}
+    assert written["driver"] == written["distributed"]
+    docs = written["driver"]["metrics"]["documents"]
+    assert docs["exact_duplicates"] > 0 and docs["near_duplicates"] > 0
+    assert len(written["driver"]["drop"]) == len(units)
+    kinds = {d["kind"] for d in written["driver"]["duplicates"]}
+    assert kinds == {"exact", "near"}
