@@ -1,10 +1,11 @@
 """Serving latency: the routed HTTP path (proxy -> Router -> expert) against a direct handle call
 to the same expert, with one plain Serve hop (GET /healthz: proxy -> Router) as the yardstick;
 tier-1 routing latency; requests/s at a few concurrencies. Prints the ratio last:
-(routed - direct) / one hop, goal <= ~1 (the router adds at most one Serve hop).
+(routed - direct) / one hop, goal <= ~1 (the router adds at most one Serve hop), median and
+spread over the --repeats rounds (each times direct, routed and the hop in turn).
 
 Run: DS_ACCELERATOR=cpu .venv/bin/python benchmarks/serve_routing.py [--model HF_DIR]
-                                                                     [--requests 100]
+         [--requests 100] [--repeats 3] [--concurrency 1,4,8] [--json OUT]
 
 Without --model a random 2-layer Llama with a trained tokenizer is built (seconds), so the expert
 itself is cheap and the hops dominate. Starts its own Ray on 127.0.0.1 and stops only it.
@@ -13,6 +14,7 @@ itself is cheap and the hops dominate. Starts its own Ray on 127.0.0.1 and stops
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import socket
@@ -87,6 +89,10 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=100, help="requests per measurement")
     parser.add_argument("--max-tokens", type=int, default=4)
     parser.add_argument("--no-audit", action="store_true", help="router without the audit log")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="rounds of the three latency measurements")
+    parser.add_argument("--concurrency", default="1,4,8", help="routed requests/s at these")
+    parser.add_argument("--json", type=Path, help="write each round's p50s here")
     args = parser.parse_args()
 
     import ray
@@ -138,21 +144,33 @@ def main() -> None:
         def hop():
             assert session.get(f"{url}/healthz", timeout=60).status_code == 200
 
-        n = args.requests
-        results = {"direct": timed(direct, n), "routed": timed(routed, n), "hop": timed(hop, n)}
+        n, repeats = args.requests, []
+        for repeat in range(args.repeats):
+            results = {"direct": timed(direct, n), "routed": timed(routed, n),
+                       "hop": timed(hop, n)}
+            repeats.append({f"{k}_p50_s": statistics.median(v) for k, v in results.items()})
+            print(f"repeat {repeat + 1}/{args.repeats}", flush=True)
+            print(f"expert, direct    {percentiles(results['direct'])}   "
+                  "(handle -> expert.complete)")
+            print(f"routed over HTTP  {percentiles(results['routed'])}   "
+                  "(proxy -> Router -> expert)")
+            print(f"one Serve hop     {percentiles(results['hop'])}   "
+                  "(GET /healthz: proxy -> Router)", flush=True)
         print(f"tier-1 routing    {percentiles(routing_times)}   ({len(routing_times)} requests)")
-        print(f"expert, direct    {percentiles(results['direct'])}   (handle -> expert.complete)")
-        print(f"routed over HTTP  {percentiles(results['routed'])}   (proxy -> Router -> expert)")
-        print(f"one Serve hop     {percentiles(results['hop'])}   (GET /healthz: proxy -> Router)")
-        for workers in (1, 4, 8):
+        throughput = {}
+        for workers in (int(c) for c in args.concurrency.split(",")):
             start = time.perf_counter()
             with ThreadPoolExecutor(workers) as pool:
                 list(pool.map(lambda _: routed(), range(n)))
-            print(f"concurrency {workers}     {n / (time.perf_counter() - start):7.1f} requests/s")
-        extra = statistics.median(results["routed"]) - statistics.median(results["direct"])
-        ratio = extra / statistics.median(results["hop"])
-        print(f"router overhead (p50 routed - direct) / one hop = {ratio:.2f} "
-              f"(goal <= ~1; {extra * 1e3:.1f} ms extra)")
+            throughput[workers] = n / (time.perf_counter() - start)
+            print(f"concurrency {workers}     {throughput[workers]:7.1f} requests/s")
+        ratios = [(r["routed_p50_s"] - r["direct_p50_s"]) / r["hop_p50_s"] for r in repeats]
+        extra = statistics.median(r["routed_p50_s"] - r["direct_p50_s"] for r in repeats)
+        print(f"router overhead (p50 routed - direct) / one hop = {statistics.median(ratios):.2f} "
+              f"[{min(ratios):.2f}-{max(ratios):.2f}] (goal <= ~1; {extra * 1e3:.1f} ms extra)")
+        if args.json:
+            args.json.write_text(json.dumps({"repeats": repeats, "ratios": ratios,
+                                             "requests_per_s": throughput}, indent=1))
     finally:
         serve.shutdown()
         ray.shutdown()
