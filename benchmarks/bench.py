@@ -45,7 +45,7 @@ class Spec:
     script: str
     full: list[str]
     quick: list[str]
-    timeout_s: dict[str, int] = field(default_factory=lambda: {"full": 7200, "quick": 240})
+    timeout_s: dict[str, int] = field(default_factory=lambda: {"full": 7200, "quick": 600})
     json_flag: str = "--json"
 
 
@@ -192,12 +192,12 @@ def _num(x: float | None) -> str:
 
 def table(results: dict[str, dict]) -> str:
     """One table: metric, ours, baseline (medians, with units), ratio median [min-max], goal,
-    met?; a failed benchmark is one row with its error."""
+    met?; a failed benchmark is one FAILED row, its error under the table."""
     head = ("metric", "ours", "baseline", "ratio median [min-max]", "goal", "met?")
     lines = []
     for name, result in results.items():
         if result["status"] != "ok":
-            lines.append((f"{name}: FAILED", result["error"][:100], "", "", "", "FAILED"))
+            lines.append((f"{name}: FAILED (below)", "", "", "", "", "FAILED"))
             continue
         for r in result["rows"]:
             unit = f" {r['unit']}" if r["unit"] else ""
@@ -214,7 +214,10 @@ def table(results: dict[str, dict]) -> str:
             lines.append((r["metric"], ours, base, ratio, goal, met))
     widths = [max(len(str(c)) for c in col) for col in zip(head, *lines)]
     fmt = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
-    return "\n".join([fmt(head), fmt(["-" * w for w in widths]), *map(fmt, lines)])
+    errors = [f"{name} FAILED: {r['error']}" for name, r in results.items()
+              if r["status"] != "ok"]
+    return "\n".join([fmt(head), fmt(["-" * w for w in widths]), *map(fmt, lines),
+                      *([""] + errors if errors else [])])
 
 
 # ---- running the children -----------------------------------------------------------------------

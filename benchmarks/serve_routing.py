@@ -66,19 +66,27 @@ def timed(call, n: int) -> list[float]:
 
 
 def tier1_latency(recipe) -> list[float]:
-    """Wall seconds of tier-1 route() on every held-out routing request."""
-    from mortgagellm import routing
+    """Wall seconds of tier-1 route() on every held-out routing request. Writes tier 1 where
+    the app reads it: the corpus stage's 'tier1' output (as tests/serve/conftest.py does)."""
+    from mortgagellm import manifest, routing, tier1
     from mortgagellm.datasets.tasks import build_task_sets
 
     sets = build_task_sets(recipe.corpus.tasks, recipe.run.seed)
     train = sets["routing_train"]
-    tier1 = routing.train_tier1([r["request"] for r in train], [r["route"] for r in train],
-                                recipe.serve.router.clip_chars, seed=recipe.run.seed)
+    corpus = Path(recipe.run.output_dir) / "corpus"
+    metrics = tier1.write("ngram", train, sets["eval_routing"],
+                          recipe.serve.router.clip_chars, recipe.run.seed,
+                          corpus / routing.TIER1_FILE)
+    manifest.write(str(corpus), manifest.Manifest(
+        stage="corpus", fingerprint="bench", config={},
+        outputs={"tier1": manifest.artifact(corpus / routing.TIER1_FILE)},
+        metrics={"tier1": metrics}))
+    model = tier1.load((corpus / routing.TIER1_FILE).read_text())  # what the app loads
     requests_ = [r["request"] for r in sets["eval_routing"]]
     out = []
     for text in requests_:
         start = time.perf_counter()
-        routing.route(text, "mortgagellm", "tier1", tier1, 0.9)
+        routing.route(text, "mortgagellm", "tier1", model, 0.9)
         out.append(time.perf_counter() - start)
     return out
 
