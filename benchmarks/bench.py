@@ -88,7 +88,7 @@ def rows_corpus(raw: dict) -> list[dict]:
 def rows_train(raw: dict) -> list[dict]:
     head = raw["headline"]
     zero, threads = head["variant"]["zero"], head["variant"]["threads"]
-    return [row(f"train: Ray Train + DeepSpeed (ZeRO-{zero}, {threads} threads) / plain torch",
+    return [row(f"train: Ray Train + DeepSpeed (ZeRO-{zero}, {threads} thread(s)) / plain torch",
                 "tokens/s", head["tokens_per_s"], head["baseline_tokens_per_s"],
                 goal=("ratio", ">=", 0.9)),
             row("train: Ray Train + DeepSpeed data-wait fraction", "", head["data_wait_fraction"],

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import shutil
 import socket
 import statistics
@@ -117,6 +118,10 @@ def main() -> None:
         random_model(Path(model))
     key, line = door.new_key("bench")
     (work / "keys").write_text(line + "\n")
+    audit_key = work / "run" / "serve" / "audit.key"  # the Router signs its audit log with it
+    audit_key.parent.mkdir(parents=True)
+    audit_key.write_text(secrets.token_hex(32))
+    audit_key.chmod(0o600)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
