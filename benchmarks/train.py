@@ -261,6 +261,7 @@ def summarise(runs: dict[Variant, list[dict]]) -> list[dict]:
                      "baseline_tokens_per_s": [b["tokens_per_s"] for b in base],
                      "data_wait_fraction": [r["data_wait_fraction"] for r in results],
                      "cpu_s_per_1k_tokens": [r["cpu_s_per_1k_tokens"] for r in results],
+                     "baseline_cpu_s_per_1k_tokens": [b["cpu_s_per_1k_tokens"] for b in base],
                      "cpu_ratio": [b["cpu_s_per_1k_tokens"] / r["cpu_s_per_1k_tokens"]
                                    for r, b in zip(results, base)],
                      "ratio": ratios, "ratio_median": statistics.median(ratios),

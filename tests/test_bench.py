@@ -26,7 +26,9 @@ def train_raw(ours, base, wait):
     """What benchmarks/train.py --json writes, as far as the table reads it."""
     return {"headline": {"variant": {"kind": "ray", "zero": 0, "threads": 2},
                          "tokens_per_s": ours, "baseline_tokens_per_s": base,
-                         "data_wait_fraction": wait}}
+                         "cpu_s_per_1k_tokens": [0.2, 0.1, 0.25],
+                         "baseline_cpu_s_per_1k_tokens": [0.1, 0.1, 0.1],
+                         "cpu_ratio": [0.5, 1.0, 0.4], "data_wait_fraction": wait}}
 
 
 def test_ratio_median_spread_and_goal(bench):
@@ -83,6 +85,8 @@ def test_a_failed_benchmark_is_a_row_and_the_rest_still_run(bench, tmp_path):
     train = next(line for line in lines if line.startswith("train: Ray Train"))
     assert "80 tokens/s" in train and "100 tokens/s" in train
     assert "0.80 [0.70-0.90]" in train and "ratio >= 0.9" in train and train.endswith("no")
+    cpu = next(line for line in lines if "per CPU-second" in line)
+    assert "0.50 [0.40-1.00]" in cpu and cpu.endswith("-")  # informational: no goal
     wait = next(line for line in lines if "data-wait" in line)
     assert "0.02 [0.01-0.03]" in wait and wait.endswith("yes")
     failed = next(line for line in lines if line.startswith("serve: FAILED"))
