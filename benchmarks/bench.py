@@ -52,8 +52,9 @@ class Spec:
 SPECS = [
     Spec("corpus", "corpus.py", ["--no-threaded"],
          ["--docs", "3000", "--docs-per-shard", "1000", "--no-threaded"]),
-    Spec("train", "train.py", [],
-         ["--hidden", "128", "--layers", "2", "--seq-len", "128", "--micro", "4", "--steps", "12"]),
+    Spec("train", "train.py", [],  # quick: the demo's model shape (bootstrap's small preset)
+         ["--hidden", "128", "--layers", "4", "--vocab", "1024", "--seq-len", "256", "--micro",
+          "8", "--steps", "12"]),
     Spec("residual", "residual.py", ["--sizes", "0.5,2", "--work-dir", "{work}"],
          ["--sizes", "0.5", "--cache", "warm", "--work-dir", "{work}"]),
     Spec("serve_routing", "serve_routing.py", [], ["--requests", "20", "--concurrency", "1"]),
