@@ -1,15 +1,16 @@
-# make demo | make test — see README.md. Both create .venv when missing and install into it once
+# make demo | make test | make bench — see README.md. Both create .venv when missing and install into it once
 # (again only when pyproject.toml or constraints/cpu.txt change).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 # DeepSpeed cannot detect an accelerator on a CPU-only machine without being told.
 export DS_ACCELERATOR ?= cpu
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install comm-op browser lint demo test test-all clean
+.PHONY: install comm-op browser lint demo test test-all bench bench-quick clean
 
 install: $(STAMP) comm-op
 
@@ -55,6 +56,15 @@ test: lint browser
 
 test-all: lint browser
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Every benchmark in one run, each goal as a ratio to a baseline measured in the same run,
+# repeated (median and spread): one table, and benchmarks/results/<date>-<host>.json. Full sizes
+# want an idle machine (tens of minutes); bench-quick runs small sizes in under 5 minutes.
+bench: install
+	$(PY) benchmarks/bench.py $(BENCH_ARGS)
+
+bench-quick: install
+	$(PY) benchmarks/bench.py --quick $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

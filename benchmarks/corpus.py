@@ -2,7 +2,8 @@
 loop and (b) as the corpus stage's Ray Data pipeline. Prints docs/s, tokens/s, peak memory and the
 packed non-pad fraction of each, and the ratio last (goal >= 1.6 on 2 cores).
 
-Run: .venv/bin/python benchmarks/corpus.py [--docs 100000] [--num-cpus 4]
+Run: .venv/bin/python benchmarks/corpus.py [--docs 100000] [--num-cpus 4] [--repeats 3]
+         [--no-threaded] [--json OUT]
      .venv/bin/python benchmarks/corpus.py --scale 1000000   # Ray pipeline only, end to end
                                                              # (goal <= 20 min, peak <= 6 GB)
 
@@ -175,6 +176,11 @@ def main() -> None:
     parser.add_argument("--num-cpus", type=int, default=4, help="logical CPUs of local Ray")
     parser.add_argument("--docs-per-shard", type=int, default=5000, help="generator shard size")
     parser.add_argument("--work-dir", default=None, help="scratch directory (default: a temp dir)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="timed runs of each path (plain loops first, then Ray's)")
+    parser.add_argument("--no-threaded", action="store_true",
+                        help="leave out the plain loop with tokenizer threads")
+    parser.add_argument("--json", type=Path, help="write every timed run here")
     args = parser.parse_args()
 
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="corpus-bench-"))
@@ -189,9 +195,11 @@ def main() -> None:
           f"{cfg.cpus_per_task} per task", flush=True)
 
     if not args.scale:  # plain loops first, so no idle Ray process counts in their memory
-        plain = measure("plain loop", plain_loop, cfg, spec, work / "out-plain")
-        threaded = measure("plain + threads", functools.partial(plain_loop, threads=True), cfg,
-                           spec, work / "out-plain-t")
+        plain = [measure("plain loop", plain_loop, cfg, spec, work / "out-plain")
+                 for _ in range(args.repeats)]
+        threaded = [] if args.no_threaded else [
+            measure("plain + threads", functools.partial(plain_loop, threads=True), cfg, spec,
+                    work / "out-plain-t") for _ in range(args.repeats)]
 
     from mortgagellm.cluster.runtime import init_ray
 
@@ -200,15 +208,23 @@ def main() -> None:
     # Warm-up on 1,000 documents: Ray's worker processes start and import here, as the plain
     # loop's imports happened before its clock started.
     ray_pipeline(cfg.model_copy(update={"synthetic_docs": 1000}), spec, work / "warm-up")
-    ray_result = measure("ray data", ray_pipeline, cfg, spec, work / "out-ray")
+    ray_results = [measure("ray data", ray_pipeline, cfg, spec, work / "out-ray")
+                   for _ in range(args.repeats)]
     if args.scale:
+        ray_result = ray_results[-1]
         print(f"scale: {docs:,} docs in {ray_result['seconds'] / 60:.1f} min, peak "
               f"{ray_result['peak_pss_gb']:.2f} GB, non-pad {ray_result['non_pad_fraction']}")
         return
-    assert plain["tokens"] == ray_result["tokens"], "the two paths must produce the same tokens"
-    for name, base in (("plain loop", plain), ("plain loop with tokenizer threads", threaded)):
-        print(f"ray data / {name}: docs/s {ray_result['docs_per_s'] / base['docs_per_s']:.2f}x, "
-              f"docs per CPU-s {ray_result['docs_per_cpu_s'] / base['docs_per_cpu_s']:.2f}x")
+    assert all(p["tokens"] == r["tokens"] for p in plain for r in ray_results), \
+        "the two paths must produce the same tokens"
+    for name, bases in (("plain loop", plain), ("plain loop with tokenizer threads", threaded)):
+        for i, (base, ray_result) in enumerate(zip(bases, ray_results)):
+            print(f"ray data / {name} (repeat {i + 1}): docs/s "
+                  f"{ray_result['docs_per_s'] / base['docs_per_s']:.2f}x, docs per CPU-s "
+                  f"{ray_result['docs_per_cpu_s'] / base['docs_per_cpu_s']:.2f}x")
+    if args.json:
+        args.json.write_text(json.dumps({"docs": docs, "plain": plain, "threaded": threaded,
+                                         "ray": ray_results}, indent=1))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Benchmark: the streaming residual merge against a raw read of the same three checkpoints.
 
 Run: .venv/bin/python benchmarks/residual.py [--sizes 0.5,2] [--cache warm,cold] [--repeats 3]
-         [--work-dir DIR] [--out-dir /dev/shm/mllm-merged]
+         [--work-dir DIR] [--out-dir /dev/shm/mllm-merged] [--json OUT]
 
 For each size (GB per model) it writes synthetic bf16 Llama-shaped base / instruct / dapt
 checkpoints (hidden 2048, MLP 5632, vocabulary 32000; the layer count sets the size), then times,
@@ -9,7 +9,8 @@ in fresh child processes, (a) reading every byte of the three models and (b) the
 compute, write the sharded output), best of --repeats each, with the inputs in the page cache
 (warm: the merge's compute against memcpy) and evicted from it (cold: both read the disk).
 Prints the read/merge time ratio (goal >= 0.7) and the merge's peak RSS above the interpreter's
-(goal: flat as the model grows, bounded by a few tensors).
+(goal: flat as the model grows, bounded by a few tensors); --json keeps every timed run (the
+n-th read and the n-th merge ran one after the other).
 """
 
 from __future__ import annotations
@@ -152,6 +153,9 @@ def bench_size(size_gb: float, work: Path, out: Path, cache: str, repeats: int
     return {"model_gb": sum(_numel(s) for s in shapes.values()) * 2 / 1e9, "cache": cache,
             "read_s": read, "merge_s": merge, "ratio": read / merge,
             "merge_rss_mb": max(m["rss_above_start_mb"] for m in merges),
+            "read_runs_s": [r["seconds"] for r in reads],
+            "merge_runs_s": [m["seconds"] for m in merges],
+            "merge_rss_runs_mb": [m["rss_above_start_mb"] for m in merges],
             "largest_tensor_mb": max(_numel(s) for s in shapes.values()) * 2 / 2**20}
 
 
@@ -168,6 +172,7 @@ def main() -> int:
                         help="where the merged model goes (default WORK_DIR/merged); a tmpfs "
                         "such as /dev/shm/mllm-merged takes the disk's write speed out")
     parser.add_argument("--keep", action="store_true", help="keep the checkpoints afterwards")
+    parser.add_argument("--json", type=Path, help="write every timed run here")
     parser.add_argument("--child", choices=("read", "merge"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     root = Path(args.work_dir)
@@ -184,6 +189,8 @@ def main() -> int:
                   f"{r['merge_s']:.2f} s, merge peak RSS +{r['merge_rss_mb']:.0f} MB", flush=True)
     if not args.keep:
         shutil.rmtree(root, ignore_errors=True)
+    if args.json:
+        args.json.write_text(json.dumps({"results": results}, indent=1))
     print("\nmodel GB  cache  read s  merge s  ratio read/merge (goal >= 0.7)  "
           "merge peak RSS MB (goal: flat)  largest tensor MB")
     for r in results:

@@ -1,10 +1,11 @@
 """Serving latency: the routed HTTP path (proxy -> Router -> expert) against a direct handle call
 to the same expert, with one plain Serve hop (GET /healthz: proxy -> Router) as the yardstick;
 tier-1 routing latency; requests/s at a few concurrencies. Prints the ratio last:
-(routed - direct) / one hop, goal <= ~1 (the router adds at most one Serve hop).
+(routed - direct) / one hop, goal <= ~1 (the router adds at most one Serve hop), median and
+spread over the --repeats rounds (each times direct, routed and the hop in turn).
 
 Run: DS_ACCELERATOR=cpu .venv/bin/python benchmarks/serve_routing.py [--model HF_DIR]
-                                                                     [--requests 100]
+         [--requests 100] [--repeats 3] [--concurrency 1,4,8] [--json OUT]
 
 Without --model a random 2-layer Llama with a trained tokenizer is built (seconds), so the expert
 itself is cheap and the hops dominate. Starts its own Ray on 127.0.0.1 and stops only it.
@@ -13,7 +14,9 @@ itself is cheap and the hops dominate. Starts its own Ray on 127.0.0.1 and stops
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import secrets
 import shutil
 import socket
 import statistics
@@ -64,19 +67,27 @@ def timed(call, n: int) -> list[float]:
 
 
 def tier1_latency(recipe) -> list[float]:
-    """Wall seconds of tier-1 route() on every held-out routing request."""
-    from mortgagellm import routing
+    """Wall seconds of tier-1 route() on every held-out routing request. Writes tier 1 where
+    the app reads it: the corpus stage's 'tier1' output (as tests/serve/conftest.py does)."""
+    from mortgagellm import manifest, routing, tier1
     from mortgagellm.datasets.tasks import build_task_sets
 
     sets = build_task_sets(recipe.corpus.tasks, recipe.run.seed)
     train = sets["routing_train"]
-    tier1 = routing.train_tier1([r["request"] for r in train], [r["route"] for r in train],
-                                recipe.serve.router.clip_chars, seed=recipe.run.seed)
+    corpus = Path(recipe.run.output_dir) / "corpus"
+    metrics = tier1.write("ngram", train, sets["eval_routing"],
+                          recipe.serve.router.clip_chars, recipe.run.seed,
+                          corpus / routing.TIER1_FILE)
+    manifest.write(str(corpus), manifest.Manifest(
+        stage="corpus", fingerprint="bench", config={},
+        outputs={"tier1": manifest.artifact(corpus / routing.TIER1_FILE)},
+        metrics={"tier1": metrics}))
+    model = tier1.load((corpus / routing.TIER1_FILE).read_text())  # what the app loads
     requests_ = [r["request"] for r in sets["eval_routing"]]
     out = []
     for text in requests_:
         start = time.perf_counter()
-        routing.route(text, "mortgagellm", "tier1", tier1, 0.9)
+        routing.route(text, "mortgagellm", "tier1", model, 0.9)
         out.append(time.perf_counter() - start)
     return out
 
@@ -87,6 +98,10 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=100, help="requests per measurement")
     parser.add_argument("--max-tokens", type=int, default=4)
     parser.add_argument("--no-audit", action="store_true", help="router without the audit log")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="rounds of the three latency measurements")
+    parser.add_argument("--concurrency", default="1,4,8", help="routed requests/s at these")
+    parser.add_argument("--json", type=Path, help="write each round's p50s here")
     args = parser.parse_args()
 
     import ray
@@ -103,6 +118,10 @@ def main() -> None:
         random_model(Path(model))
     key, line = door.new_key("bench")
     (work / "keys").write_text(line + "\n")
+    audit_key = work / "run" / "serve" / "audit.key"  # the Router signs its audit log with it
+    audit_key.parent.mkdir(parents=True)
+    audit_key.write_text(secrets.token_hex(32))
+    audit_key.chmod(0o600)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -138,21 +157,33 @@ def main() -> None:
         def hop():
             assert session.get(f"{url}/healthz", timeout=60).status_code == 200
 
-        n = args.requests
-        results = {"direct": timed(direct, n), "routed": timed(routed, n), "hop": timed(hop, n)}
+        n, repeats = args.requests, []
+        for repeat in range(args.repeats):
+            results = {"direct": timed(direct, n), "routed": timed(routed, n),
+                       "hop": timed(hop, n)}
+            repeats.append({f"{k}_p50_s": statistics.median(v) for k, v in results.items()})
+            print(f"repeat {repeat + 1}/{args.repeats}", flush=True)
+            print(f"expert, direct    {percentiles(results['direct'])}   "
+                  "(handle -> expert.complete)")
+            print(f"routed over HTTP  {percentiles(results['routed'])}   "
+                  "(proxy -> Router -> expert)")
+            print(f"one Serve hop     {percentiles(results['hop'])}   "
+                  "(GET /healthz: proxy -> Router)", flush=True)
         print(f"tier-1 routing    {percentiles(routing_times)}   ({len(routing_times)} requests)")
-        print(f"expert, direct    {percentiles(results['direct'])}   (handle -> expert.complete)")
-        print(f"routed over HTTP  {percentiles(results['routed'])}   (proxy -> Router -> expert)")
-        print(f"one Serve hop     {percentiles(results['hop'])}   (GET /healthz: proxy -> Router)")
-        for workers in (1, 4, 8):
+        throughput = {}
+        for workers in (int(c) for c in args.concurrency.split(",")):
             start = time.perf_counter()
             with ThreadPoolExecutor(workers) as pool:
                 list(pool.map(lambda _: routed(), range(n)))
-            print(f"concurrency {workers}     {n / (time.perf_counter() - start):7.1f} requests/s")
-        extra = statistics.median(results["routed"]) - statistics.median(results["direct"])
-        ratio = extra / statistics.median(results["hop"])
-        print(f"router overhead (p50 routed - direct) / one hop = {ratio:.2f} "
-              f"(goal <= ~1; {extra * 1e3:.1f} ms extra)")
+            throughput[workers] = n / (time.perf_counter() - start)
+            print(f"concurrency {workers}     {throughput[workers]:7.1f} requests/s")
+        ratios = [(r["routed_p50_s"] - r["direct_p50_s"]) / r["hop_p50_s"] for r in repeats]
+        extra = statistics.median(r["routed_p50_s"] - r["direct_p50_s"] for r in repeats)
+        print(f"router overhead (p50 routed - direct) / one hop = {statistics.median(ratios):.2f} "
+              f"[{min(ratios):.2f}-{max(ratios):.2f}] (goal <= ~1; {extra * 1e3:.1f} ms extra)")
+        if args.json:
+            args.json.write_text(json.dumps({"repeats": repeats, "ratios": ratios,
+                                             "requests_per_s": throughput}, indent=1))
     finally:
         serve.shutdown()
         ray.shutdown()

@@ -88,6 +88,23 @@ def test_worker_failure_resumes_to_the_uninterrupted_weights(uninterrupted, tiny
 
 @pytest.mark.integration
 @pytest.mark.timeout(600)
+def test_zero_0_resumes_and_trains_the_weights_zero_2_trains(uninterrupted, tiny_pair, tmp_path):
+    """ZeRO 0 (the CPU recipes' stage: no flat fp32 copy of the weights, no gradient buckets)
+    is the same optimisation: after a failure at step 11 it resumes from its step-8 checkpoint
+    and exports the weights the uninterrupted ZeRO-2 run exports."""
+    _, clean = uninterrupted
+    recipe = make_run(tmp_path, tiny_pair, extra=["pretrain.deepspeed.zero_stage=0"])
+    m = pretrain.run(recipe, fail_at_step=11)
+    assert m.config["pretrain"]["deepspeed"]["zero_stage"] == 0
+    assert m.metrics["history"][-1]["start_step"] == 8
+    a = weights(manifest.Path(clean.output_path("model")))
+    b = weights(manifest.Path(m.output_path("model")))
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], atol=1e-5, rtol=0)
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(600)
 def test_relaunched_stage_continues_from_the_latest_checkpoint(uninterrupted, tiny_pair, tmp_path):
     _, clean = uninterrupted
     recipe = make_run(tmp_path, tiny_pair, extra=["pretrain.max_failures=0"])

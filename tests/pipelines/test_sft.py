@@ -206,17 +206,20 @@ def test_rerun_is_skipped(trained, caplog):
 
 
 @pytest.mark.timeout(900)
-def test_lora_adapter_export_equals_merged_export_and_resumes(tiny_pair, tmp_path):
+@pytest.mark.parametrize("zero", [2, 0])  # 0: the CPU recipes' stage
+def test_lora_adapter_export_equals_merged_export_and_resumes(tiny_pair, tmp_path, zero):
     """In one process (no Ray), LoRA with the adapter exported; the same checkpoint exported
     merged gives the same logits, only q/v projections change; a run that failed at step 3
-    continues from its step-2 checkpoint."""
+    continues from its step-2 checkpoint. At ZeRO 2 and at ZeRO 0 (the export reads ZeRO 0's
+    module state as saved, ZeRO 2's through zero_to_fp32)."""
     from peft import AutoPeftModelForCausalLM
     from transformers import AutoModelForCausalLM
 
     lora = ["sft.method=lora", "sft.export=adapter", "sft.epochs=1", "sft.checkpoint_every=2",
             "sft.deepspeed.micro_batch_size=2",
             "sft.log_every=2", "sft.eval_per_task=1", "sft.max_new_tokens=8",
-            "corpus.tasks.sft_per_task=6", "sft.lora.dropout=0.0"]
+            "corpus.tasks.sft_per_task=6", "sft.lora.dropout=0.0",
+            f"sft.deepspeed.zero_stage={zero}"]
     recipe = make_run(tmp_path / "a", tiny_pair, [*SFT_SMALL, *lora])
     with pytest.raises(RuntimeError, match="injected failure at step 3"):
         sft.run(recipe, on_ray=False, fail_at_step=3)
@@ -231,7 +234,7 @@ def test_lora_adapter_export_equals_merged_export_and_resumes(tiny_pair, tmp_pat
     checkpoint = sorted((out / "checkpoints").glob("*/step_*"))[-1]
     start_dir = out.parent / "residual" / "merged"
     merged_dir = export.export_model(checkpoint, start_dir, tmp_path / "merged", "lora",
-                                  recipe.sft.lora.model_dump(), 2, merge=True,
+                                  recipe.sft.lora.model_dump(), zero, merge=True,
                                   adapter_out=tmp_path / "kept")
     kept = tmp_path / "kept" / "adapter_model.safetensors"  # the merged export keeps the adapter
     assert kept.read_bytes() == (adapter_dir / "adapter_model.safetensors").read_bytes()

@@ -1,0 +1,120 @@
+"""benchmarks/bench.py (`make bench`) on fake results: rows with their medians, spreads and goals,
+one table with a failed benchmark as a failed row, the JSON, and child processes that write
+their JSON, crash or hang. No real benchmark runs here."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench", ROOT / "benchmarks" / "bench.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench"] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules["bench"]
+
+
+def train_raw(ours, base, wait):
+    """What benchmarks/train.py --json writes, as far as the table reads it."""
+    return {"headline": {"variant": {"kind": "ray", "zero": 0, "threads": 2},
+                         "tokens_per_s": ours, "baseline_tokens_per_s": base,
+                         "cpu_s_per_1k_tokens": [0.2, 0.1, 0.25],
+                         "baseline_cpu_s_per_1k_tokens": [0.1, 0.1, 0.1],
+                         "cpu_ratio": [0.5, 1.0, 0.4], "data_wait_fraction": wait}}
+
+
+def test_ratio_median_spread_and_goal(bench):
+    r = bench.summarise(bench.row("x", "docs/s", [3.0, 1.0, 2.0], [2.0, 1.0, 1.0],
+                                  goal=("ratio", ">=", 1.6)))
+    assert r["ratio"] == [1.5, 1.0, 2.0]
+    assert r["ratio_median"] == 1.5 and r["ratio_spread"] == [1.0, 2.0]
+    assert r["ours_median"] == 2.0 and r["baseline_median"] == 1.0
+    assert r["met"] is False  # the median ratio decides, not the best repeat
+    lower = bench.summarise(bench.row("hops", "ms", [2.0, 4.0, 3.0], [4.0, 4.0, 4.0],
+                                      goal=("ratio", "<=", 1.0)))
+    assert lower["ratio_median"] == 0.75 and lower["met"] is True
+
+
+def test_goal_on_ours_without_baseline(bench):
+    r = bench.summarise(bench.row("wait", "", [0.01, 0.2, 0.03], goal=("ours", "<=", 0.05)))
+    assert r["ratio"] is None and r["ratio_median"] is None
+    assert r["ours_median"] == 0.03 and r["ours_spread"] == [0.01, 0.2] and r["met"] is True
+    assert bench.summarise(bench.row("info", "MB", [5.0, 7.0, 6.0]))["met"] is None
+
+
+def test_rows_of_the_serving_benchmarks(bench):
+    serve = {"runs": {e: {c: [{"requests_per_s": v * k, "p99_s": 0.1 * k} for v in (1, 2, 3)]
+                          for c in ("c1", "c16")}
+                      for e, k in (("static", 1.0), ("continuous", 2.5))}}
+    throughput, p99 = map(bench.summarise, bench.rows_serve(serve))
+    assert throughput["ratio"] == pytest.approx([2.5] * 3) and throughput["met"] is True
+    assert p99["ratio_median"] == pytest.approx(2.5) and p99["met"] is False
+    routing = {"repeats": [{"routed_p50_s": 0.030, "direct_p50_s": 0.010, "hop_p50_s": 0.010},
+                           {"routed_p50_s": 0.025, "direct_p50_s": 0.010, "hop_p50_s": 0.010},
+                           {"routed_p50_s": 0.040, "direct_p50_s": 0.010, "hop_p50_s": 0.020}]}
+    (hops,) = map(bench.summarise, bench.rows_serve_routing(routing))
+    assert hops["ratio"] == pytest.approx([2.0, 1.5, 1.5])
+    assert hops["ratio_spread"] == pytest.approx([1.5, 2.0]) and hops["met"] is False
+
+
+def test_a_failed_benchmark_is_a_row_and_the_rest_still_run(bench, tmp_path):
+    def runner(spec):
+        if spec.name == "serve":
+            raise RuntimeError("exit 1: ValueError: the engines' greedy answers differ")
+        if spec.name == "corpus":
+            return {"plain": []}  # no "ray": reading it fails
+        return train_raw([70.0, 90.0, 80.0], [100.0, 100.0, 100.0], [0.01, 0.02, 0.03])
+
+    specs = [s for s in bench.SPECS if s.name in ("serve", "train", "corpus")]
+    results = bench.run_all(specs, runner)
+    assert [results[n]["status"] for n in ("corpus", "train", "serve")] == \
+        ["failed", "ok", "failed"]
+    assert results["corpus"]["error"] == "KeyError: 'ray'"
+    text = bench.table(results)
+    lines = text.splitlines()
+    assert lines[0].split() == ["metric", "ours", "baseline", "ratio", "median", "[min-max]",
+                                "goal", "met?"]
+    train = next(line for line in lines if line.startswith("train: Ray Train"))
+    assert "80 tokens/s" in train and "100 tokens/s" in train
+    assert "0.80 [0.70-0.90]" in train and "ratio >= 0.9" in train and train.endswith("no")
+    cpu = next(line for line in lines if "per CPU-second" in line)
+    assert "0.50 [0.40-1.00]" in cpu and cpu.endswith("-")  # informational: no goal
+    wait = next(line for line in lines if "data-wait" in line)
+    assert "0.02 [0.01-0.03]" in wait and wait.endswith("yes")
+    failed = next(line for line in lines if line.startswith("serve: FAILED"))
+    assert failed.endswith("FAILED")
+    assert "serve FAILED: RuntimeError: exit 1: ValueError: the engines' greedy answers " \
+        "differ" in lines
+    out = tmp_path / "results" / "run.json"
+    bench.write_report(results, out, {"mode": "quick"})
+    saved = json.loads(out.read_text())
+    assert saved["mode"] == "quick" and saved["benchmarks"]["serve"]["status"] == "failed"
+    assert saved["benchmarks"]["train"]["rows"][0]["ratio_median"] == pytest.approx(0.8)
+
+
+def test_children_write_crash_or_hang(bench, tmp_path):
+    script = tmp_path / "fake.py"
+    script.write_text(
+        "import json, sys, time\n"
+        "args = sys.argv[1:]\n"
+        "if 'crash' in args: raise SystemExit('ValueError: bad size 0')\n"
+        "if 'hang' in args: time.sleep(60)\n"
+        "runs = [{'routed_p50_s': 0.02, 'direct_p50_s': 0.01, 'hop_p50_s': 0.01}] * 3\n"
+        "open(args[args.index('--json') + 1], 'w').write(json.dumps({'repeats': runs}))\n")
+    specs = [bench.Spec("serve_routing", str(script), [], [what], {"quick": 20})
+             for what in ("ok", "crash", "hang")]
+    specs[2] = bench.Spec("serve_routing", str(script), [], ["hang"], {"quick": 1})
+    runner = bench.subprocess_runner("quick", 3, tmp_path)
+    results = [bench.run_all([spec], runner)["serve_routing"] for spec in specs]
+    assert results[0]["status"] == "ok"
+    assert results[0]["rows"][0]["ratio"] == pytest.approx([1.0] * 3)
+    assert results[1]["status"] == "failed" and "bad size 0" in results[1]["error"]
+    assert results[2]["status"] == "failed" and results[2]["error"].startswith("TimeoutError")
