@@ -216,14 +216,17 @@ def run(recipe: Any, config: str, stages: list[str], force: bool) -> int:
 
     dump = _metrics_log(recipe.run.output_dir)
     rows = []
-    for stage in stages:
-        started, t0 = now()
-        manifest = pipeline.run_stage(recipe, stage, force=force)
+    started, t0 = now()
+
+    def done(manifest: Any, seconds: float) -> None:
         skipped = manifest.started_at < started
-        rows.append((manifest, skipped, time.monotonic() - t0))
+        rows.append((manifest, skipped, seconds))
         print(headlines.stage_line(manifest, skipped), flush=True)
         dump.info("%s", summary(manifest))
-    print(headlines.table(rows))
+
+    pipeline.run_recipe(recipe, stages[0], stages[-1], force, on_done=done)
+    rows.sort(key=lambda row: stages.index(row[0].stage))
+    print(headlines.table(rows, time.monotonic() - t0))
     print(f"\nFull metrics: each stage's manifest.json, and {recipe.run.output_dir}/run.log."
           f"\nNext: mortgagellm serve {config}          # the OpenAI-compatible API on "
           f"{recipe.serve.host}:{recipe.serve.port}"

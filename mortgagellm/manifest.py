@@ -28,6 +28,7 @@ import hashlib
 import json
 import logging
 import platform
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
+_FETCH_LOCK = threading.Lock()
 PACKAGE = Path(__file__).resolve().parent
 
 
@@ -194,7 +196,10 @@ def stage_manifest(recipe: Recipe, stage: str) -> Manifest | None:
     """The manifest an earlier stage left, None when there is none; with a remote output_dir
     its outputs are in the cache first and the manifest names those copies (see `fetch`)."""
     uri = stage_uri(recipe, stage)
-    return fetch(uri, stage_dir(recipe, stage)) if storage.is_remote(uri) else read(uri)
+    if not storage.is_remote(uri):
+        return read(uri)
+    with _FETCH_LOCK:  # stages side by side (the experts) read the same earlier stages
+        return fetch(uri, stage_dir(recipe, stage))
 
 
 def require_manifest(recipe: Recipe, stage: str) -> Manifest:

@@ -156,11 +156,17 @@ def document_nlls(model: Any, tokenizer: PreTrainedTokenizerBase, texts: Sequenc
     return out
 
 
+_DEFAULT_THREADS: list[int] = []  # torch's own count, read before the first change
+
+
 def set_threads(threads: int | None) -> None:
-    """torch threads of this process (None keeps torch's default, all physical cores)."""
+    """torch threads of this process; None: torch's default (all physical cores), also after
+    an earlier call set fewer."""
     import torch
 
-    torch.set_num_threads(threads or torch.get_num_threads())
+    if not _DEFAULT_THREADS:
+        _DEFAULT_THREADS.append(torch.get_num_threads())
+    torch.set_num_threads(threads or _DEFAULT_THREADS[0])
 
 
 # ---- inference: loading, chat ids, label scoring (serving and evaluation) -------------------

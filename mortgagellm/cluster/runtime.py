@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 LOOPBACK = "127.0.0.1"
+_INIT_LOCK = threading.Lock()
 
 
 def logical_cpus(cfg: RayConfig) -> int:
@@ -91,6 +93,17 @@ def init_ray(cfg: RayConfig, run_dir: str | Path) -> dict:
         raise ValueError("ray.address is 'auto' but RAY_ADDRESS is not set")
     log.info("connecting to Ray at %s", address)
     return ray.init(address=address, log_to_driver=True)
+
+
+def ensure_ray(cfg: RayConfig, run_dir: str | Path) -> None:
+    """Ray as the recipe says, once per process: the first caller starts or joins it (init_ray),
+    later ones use it. Locked, so stages running side by side in threads (`mortgagellm run`'s
+    expert wave) never both start a cluster."""
+    import ray
+
+    with _INIT_LOCK:
+        if not ray.is_initialized():
+            init_ray(cfg, run_dir)
 
 
 def _start_local(cfg: RayConfig) -> dict:

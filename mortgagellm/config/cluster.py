@@ -35,6 +35,13 @@ class RunConfig(Section):
         "a local output_dir.",
     )
     seed: int = Field(0, ge=0, description="Global seed; stages derive their own seeds from it.")
+    parallel_stages: bool = Field(
+        True,
+        description="`mortgagellm run` runs stages that read nothing of each other side by side "
+        "(the sft and dpo experts, both from the merged model), each in its own thread with its "
+        "own Ray Train job: on a 2-core laptop each trains on one core, on a cluster each gets "
+        "its own workers. false: one stage after the other.",
+    )
 
     @field_validator("output_dir")
     @classmethod

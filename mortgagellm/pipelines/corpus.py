@@ -90,12 +90,10 @@ def run(recipe: Recipe, force: bool = False) -> manifest.Manifest:
                              uri=manifest.stage_uri(recipe, "corpus"))
     if done := manifest.skip_if_current(pending, force):
         return done
-    import ray
 
-    from mortgagellm.cluster.runtime import init_ray
+    from mortgagellm.cluster.runtime import ensure_ray
 
-    if not ray.is_initialized():
-        init_ray(recipe.ray, recipe.run.local_dir)
+    ensure_ray(recipe.ray, recipe.run.local_dir)
     metrics = build(cfg, recipe.run.seed, tokenizer_spec(base), out_dir)
     metrics["tasks"] = write_tasks(cfg, recipe.run.seed, out_dir / "tasks")
     metrics["tier1"] = write_tier1(recipe, out_dir / "tasks", out_dir / routing.TIER1_FILE)

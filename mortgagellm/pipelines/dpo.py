@@ -330,13 +330,11 @@ def training_pairs(recipe: Recipe, cfg: Any, start: Path, tasks: Path
     pairs = read_task_set(tasks / "dpo_train.parquet")
     if not cfg.onpolicy.enabled:
         return pairs, None
-    import ray
 
-    from mortgagellm.cluster.runtime import init_ray
+    from mortgagellm.cluster.runtime import ensure_ray
     from mortgagellm.training.onpolicy import onpolicy_pairs
 
-    if not ray.is_initialized():
-        init_ray(recipe.ray, recipe.run.local_dir)
+    ensure_ray(recipe.ray, recipe.run.local_dir)
     new, counts = onpolicy_pairs(pairs, str(start), cfg.onpolicy, cfg.max_seq_len,
                                  recipe.run.seed, cfg.threads)
     return pairs + new, counts

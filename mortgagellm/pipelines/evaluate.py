@@ -65,13 +65,11 @@ def variant_models(recipe: Recipe) -> dict[str, dict[str, str]]:
 def prepare(recipe: Recipe, out: Path) -> tuple[EvalSets, Scorer]:
     """Threads, Ray (started as the recipe says if this process has none), the sets, the
     scorer."""
-    import ray
 
-    from mortgagellm.cluster.runtime import init_ray
+    from mortgagellm.cluster.runtime import ensure_ray
 
     set_threads(recipe.evaluate.threads)
-    if not ray.is_initialized():
-        init_ray(recipe.ray, recipe.run.local_dir)
+    ensure_ray(recipe.ray, recipe.run.local_dir)
     sets = eval_sets(recipe, task_dir(recipe, recipe.evaluate.task_source, out))
     return sets, make_scorer(recipe)
 
@@ -95,6 +93,7 @@ def run(recipe: Recipe, force: bool = False) -> manifest.Manifest:
         return done
     sets, scorer = prepare(recipe, out)
     generated = measure_once(models, lambda path: generate(recipe, path, sets))
+    set_threads(cfg.score_threads)  # the actors are done: scoring has the cores
     variants = {name: {"model": entry["uri"], "version": entry["sha256"],
                        "tasks": score_variant(sets, generated[name], scorer)}
                 for name, entry in models.items()}
@@ -126,7 +125,9 @@ def evaluate_model(recipe: Recipe, model_dir: str | Path, name: str,
     "tasks", "sample_sizes", "judge"}; nothing is written but the built sets."""
     sets, scorer = prepare(recipe, stage_dir(recipe, "evaluate"))
     log.info("evaluate: %s (%s)", name, model_dir)
-    tasks = score_variant(sets, generate(recipe, str(model_dir), sets), scorer)
+    generated = generate(recipe, str(model_dir), sets)
+    set_threads(recipe.evaluate.score_threads)
+    tasks = score_variant(sets, generated, scorer)
     return {"model": str(model_dir), "version": version or manifest.sha256_path(model_dir),
             "tasks": tasks, "sample_sizes": sample_sizes(sets),
             "judge": scorer.judge.describe() if scorer.judge else None}

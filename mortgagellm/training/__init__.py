@@ -55,13 +55,10 @@ def run(objective: Objective, worker: WorkerConfig, recipe: Recipe, cfg: Any, ou
                                worker.shuffle_seed)
         history = train_fn(config, session)
         return history, session.latest_checkpoint(), []
-    import ray
-
-    from mortgagellm.cluster.runtime import init_ray
+    from mortgagellm.cluster.runtime import ensure_ray
     from mortgagellm.cluster.training import run_on_ray
 
-    if not ray.is_initialized():
-        init_ray(recipe.ray, recipe.run.local_dir)
+    ensure_ray(recipe.ray, recipe.run.local_dir)
     ray_storage = manifest.published(recipe, out / "ray")
     _drop_other_runs(ray_storage, f"{name}-{key}")
     result = run_on_ray(train_fn, config, cfg.scaling, ray_storage, f"{name}-{key}",
