@@ -89,61 +89,76 @@ def test_waves_put_the_two_experts_side_by_side_and_everything_else_in_flow_orde
 
 
 def fake_recipe(parallel: bool = True):
-    return SimpleNamespace(run=SimpleNamespace(parallel_stages=parallel, output_dir="/x"))
+    return SimpleNamespace(run=SimpleNamespace(parallel_stages=parallel, output_dir="/x",
+                                               local_dir="/x"), ray=None)
 
 
-def test_run_recipe_runs_the_experts_at_the_same_time_and_returns_flow_order(monkeypatch):
-    from mortgagellm.pipelines import recipe as pipeline
-
-    both = threading.Barrier(2, timeout=20)  # broken unless sft and dpo wait here together
-    threads, ended = {}, []
+def stand_in(log_dir, fail: str | None = None, seconds: float = 1.0):
+    """A run_stage that notes where and when each stage ran (in files: the experts run in other
+    processes) and fails for `fail`."""
 
     def run_stage(recipe, stage, force=False):
-        threads[stage] = threading.current_thread().name
-        if stage in ("sft", "dpo"):
-            both.wait()
+        import os
+        import time
+
+        start = time.time()
+        if stage == fail:
+            raise ValueError(f"{stage}: bad task set")
+        time.sleep(seconds)
+        (log_dir / stage).write_text(f"{os.getpid()} {start} {time.time()} {os.getcwd()}")
         return SimpleNamespace(stage=stage)
 
-    monkeypatch.setattr(pipeline, "run_stage", run_stage)
+    return run_stage
+
+
+def ran(log_dir, stage):
+    pid, start, end, cwd = (log_dir / stage).read_text().split()
+    return int(pid), float(start), float(end), cwd
+
+
+def test_run_recipe_runs_the_experts_at_once_in_their_own_processes(
+        ray_cluster, monkeypatch, tmp_path):
+    import os
+
+    from mortgagellm.pipelines import recipe as pipeline
+
+    monkeypatch.setattr(pipeline, "run_stage", stand_in(tmp_path))
+    ended = []
     out = pipeline.run_recipe(fake_recipe(), first="residual",
                               on_done=lambda m, s: ended.append(m.stage))
     assert [m.stage for m in out] == ["residual", "sft", "dpo", "evaluate"]
-    assert threads["sft"] != threads["dpo"] and ended[0] == "residual" and ended[-1] == "evaluate"
+    assert ended[0] == "residual" and ended[-1] == "evaluate"
+    sft, dpo = ran(tmp_path, "sft"), ran(tmp_path, "dpo")
+    assert sft[0] != dpo[0] != os.getpid() != sft[0]  # each in a process of its own
+    assert max(sft[1], dpo[1]) < min(sft[2], dpo[2])  # at the same time
+    assert sft[3] == dpo[3] == os.getcwd()  # where relative run paths mean the same
+    assert ran(tmp_path, "residual")[2] <= min(sft[1], dpo[1])
+    assert ran(tmp_path, "evaluate")[1] >= max(sft[2], dpo[2])
 
 
-def test_with_parallel_stages_off_the_experts_run_one_after_the_other(monkeypatch):
+def test_with_parallel_stages_off_the_experts_run_one_after_the_other(monkeypatch, tmp_path):
+    import os
+
     from mortgagellm.pipelines import recipe as pipeline
 
-    running, overlap = [], []
-
-    def run_stage(recipe, stage, force=False):
-        running.append(stage)
-        overlap.append(len(running))
-        threading.Event().wait(0.05)
-        running.remove(stage)
-        return SimpleNamespace(stage=stage)
-
-    monkeypatch.setattr(pipeline, "run_stage", run_stage)
+    monkeypatch.setattr(pipeline, "run_stage", stand_in(tmp_path, seconds=0.05))
     out = pipeline.run_recipe(fake_recipe(parallel=False), first="sft", last="dpo")
-    assert [m.stage for m in out] == ["sft", "dpo"] and max(overlap) == 1
+    assert [m.stage for m in out] == ["sft", "dpo"]
+    assert ran(tmp_path, "sft")[2] <= ran(tmp_path, "dpo")[1]
+    assert ran(tmp_path, "sft")[0] == os.getpid()
 
 
-def test_a_failed_expert_lets_the_other_finish_then_its_error_is_raised(monkeypatch, caplog):
+def test_a_failed_expert_lets_the_other_finish_then_its_error_is_raised(
+        ray_cluster, monkeypatch, tmp_path):
     from mortgagellm.pipelines import recipe as pipeline
 
+    monkeypatch.setattr(pipeline, "run_stage", stand_in(tmp_path, fail="sft"))
     ended = []
-
-    def run_stage(recipe, stage, force=False):
-        if stage == "sft":
-            raise ValueError("sft: bad task set")
-        threading.Event().wait(0.2)  # ends after sft failed
-        return SimpleNamespace(stage=stage)
-
-    monkeypatch.setattr(pipeline, "run_stage", run_stage)
     with pytest.raises(ValueError, match="sft: bad task set"):
         pipeline.run_recipe(fake_recipe(), first="sft",
                             on_done=lambda m, s: ended.append(m.stage))
-    assert ended == ["dpo"]  # dpo finished (its manifest stands); evaluate never started
+    assert ended == ["dpo"] and (tmp_path / "dpo").exists()  # dpo finished, its output stands
+    assert not (tmp_path / "evaluate").exists()  # and nothing after the wave started
 
 
 def test_concurrent_ray_starts_make_one_cluster(monkeypatch):

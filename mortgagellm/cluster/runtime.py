@@ -11,7 +11,8 @@ import os
 import secrets
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from mortgagellm.config import RayConfig, ScalingSettings
 
@@ -104,6 +105,42 @@ def ensure_ray(cfg: RayConfig, run_dir: str | Path) -> None:
     with _INIT_LOCK:
         if not ray.is_initialized():
             init_ray(cfg, run_dir)
+
+
+def side_by_side(calls: dict[str, tuple[Callable[..., Any], tuple]]
+                 ) -> Iterator[tuple[str, Any, BaseException | None]]:
+    """Run each fn(*args) of `calls` at the same time, each a Ray task in a process of its own
+    (its own interpreter: transformers' lazy imports are not thread-safe, and no GIL is shared)
+    on this node, so it reads and writes the files this process does, in this process's working
+    directory and with its log lines at INFO (Ray shows them prefixed with the task's pid).
+    Yields (name, result, None) or (name, None, error) as each ends; error is the call's own
+    exception. Ray must be running (ensure_ray).
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    task = ray.remote(num_cpus=0, max_calls=1, max_retries=0,
+                      scheduling_strategy=here)(_in_own_process)
+    refs = {task.remote(fn, args, os.getcwd()): name for name, (fn, args) in calls.items()}
+    pending = list(refs)
+    while pending:
+        (ready,), pending = ray.wait(pending, num_returns=1)
+        try:
+            yield refs[ready], ray.get(ready), None
+        except ray.exceptions.RayTaskError as err:
+            yield refs[ready], None, err.cause if isinstance(err.cause, BaseException) else err
+
+
+def _in_own_process(fn: Callable[..., Any], args: tuple, cwd: str) -> Any:
+    os.chdir(cwd)
+    logging.basicConfig(level=logging.INFO, force=True,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return fn(*args)
+    except BaseException:
+        logging.getLogger(__name__).exception("%s failed", getattr(fn, "__name__", fn))
+        raise
 
 
 def _start_local(cfg: RayConfig) -> dict:

@@ -38,9 +38,9 @@ class RunConfig(Section):
     parallel_stages: bool = Field(
         True,
         description="`mortgagellm run` runs stages that read nothing of each other side by side "
-        "(the sft and dpo experts, both from the merged model), each in its own thread with its "
-        "own Ray Train job: on a 2-core laptop each trains on one core, on a cluster each gets "
-        "its own workers. false: one stage after the other.",
+        "(the sft and dpo experts, both from the merged model), each a Ray task in a process of "
+        "its own on the driver's node with its own Ray Train job: on a 2-core laptop each trains "
+        "on one core, on a cluster each gets its own workers. false: one after the other.",
     )
 
     @field_validator("output_dir")
