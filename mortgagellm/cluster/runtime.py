@@ -112,7 +112,7 @@ def side_by_side(calls: dict[str, tuple[Callable[..., Any], tuple]]
     """Run each fn(*args) of `calls` at the same time, each a Ray task in a process of its own
     (its own interpreter: transformers' lazy imports are not thread-safe, and no GIL is shared)
     on this node, so it reads and writes the files this process does, in this process's working
-    directory and with its log lines at INFO (Ray shows them prefixed with the task's pid).
+    directory and with its log lines at INFO (Ray shows them prefixed "(name pid=...)").
     Yields (name, result, None) or (name, None, error) as each ends; error is the call's own
     exception. Ray must be running (ensure_ray).
     """
@@ -122,7 +122,8 @@ def side_by_side(calls: dict[str, tuple[Callable[..., Any], tuple]]
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     task = ray.remote(num_cpus=0, max_calls=1, max_retries=0,
                       scheduling_strategy=here)(_in_own_process)
-    refs = {task.remote(fn, args, os.getcwd()): name for name, (fn, args) in calls.items()}
+    refs = {task.options(name=name).remote(fn, args, os.getcwd()): name  # '(name pid=..)'
+            for name, (fn, args) in calls.items()}
     pending = list(refs)
     while pending:
         (ready,), pending = ray.wait(pending, num_returns=1)
