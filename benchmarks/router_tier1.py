@@ -1,7 +1,7 @@
 """Benchmark: the router's tier-1 kinds (ngram, encoder, both) on generated and hand-written
 requests: accuracy, calibration, the fitted tier-2 threshold, latency, load cost (issue 20).
 
-Run: .venv/bin/python benchmarks/router_tier1.py [--tasks /tmp/demo-before/corpus/tasks]
+Run: .venv/bin/python benchmarks/router_tier1.py [--tasks runs/cpu-demo/corpus/tasks]
          [--handset data/routing-handwritten] [--kinds ngram encoder both] [--latency 200]
          [--repeats 3]
 
@@ -138,7 +138,8 @@ def load_cost(model: tier1.Classifier, repeats: int = 2) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", type=Path, default=Path("/tmp/demo-before/corpus/tasks"))
+    parser.add_argument("--tasks", type=Path, default=None,
+                        help="a corpus run's tasks folder (default: the generator at demo sizes)")
     parser.add_argument("--handset", type=Path, default=ROOT / "data/routing-handwritten")
     parser.add_argument("--kinds", nargs="+", default=list(tier1.KINDS))
     parser.add_argument("--latency", type=int, default=200, help="eval requests timed")

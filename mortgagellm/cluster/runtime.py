@@ -160,6 +160,8 @@ def _start_local(cfg: RayConfig) -> dict:
         _node_ip_address=LOOPBACK,
         _temp_dir=cfg.temp_dir,
         log_to_driver=True,
+        runtime_env=None if cfg.include_dashboard else {
+            "worker_process_setup_hook": "mortgagellm.cluster.worker_setup.quiet_worker_logs"},
     )
     log.info("embedded Ray on %s with %d logical CPUs", LOOPBACK, logical_cpus(cfg))
     return context

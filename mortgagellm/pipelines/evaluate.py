@@ -27,7 +27,7 @@ from typing import Any
 
 from mortgagellm import manifest
 from mortgagellm.config import Recipe
-from mortgagellm.evaluation.generate import generate, measure_once
+from mortgagellm.evaluation.generate import generate, generate_models
 from mortgagellm.evaluation.routed import routed_variant, router_config
 from mortgagellm.evaluation.scoring import (
     EXPERTS,
@@ -92,7 +92,7 @@ def run(recipe: Recipe, force: bool = False) -> manifest.Manifest:
     if done := manifest.skip_if_current(pending, force):
         return done
     sets, scorer = prepare(recipe, out)
-    generated = measure_once(models, lambda path: generate(recipe, path, sets))
+    generated = generate_models(recipe, models, sets)
     set_threads(cfg.score_threads)  # the actors are done: scoring has the cores
     variants = {name: {"model": entry["uri"], "version": entry["sha256"],
                        "tasks": score_variant(sets, generated[name], scorer)}

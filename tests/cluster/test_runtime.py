@@ -102,3 +102,22 @@ def test_train_worker_and_ray_data_run_together(ray_cluster, tmp_path):
         datasets={"train": ds}, run_config=RunConfig(storage_path=str(tmp_path), name="coexist"))
     trainer.fit()
     assert int((tmp_path / "total").read_text()) == 2 * sum(range(200))
+
+
+def test_workers_of_the_embedded_cluster_drop_the_placement_group_cleaners_warnings(ray_cluster):
+    """Without a dashboard the cleaner's State API asks fail every second; each was a warning
+    line on the terminal (638 of a demo's 1,046). Its errors still show; other loggers keep
+    their levels."""
+    import logging
+
+    import ray
+
+    from mortgagellm.cluster.worker_setup import PLACEMENT_GROUP_CLEANER
+
+    @ray.remote(num_cpus=0)
+    def levels() -> tuple[int, int]:
+        return (logging.getLogger(PLACEMENT_GROUP_CLEANER).getEffectiveLevel(),
+                logging.getLogger("mortgagellm.training.loop").getEffectiveLevel())
+
+    cleaner, ours = ray.get(levels.remote())
+    assert cleaner == logging.ERROR and ours < logging.ERROR

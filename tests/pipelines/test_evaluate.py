@@ -500,3 +500,46 @@ def test_cli_evaluates_one_model_and_prints_the_table(tmp_path, monkeypatch, cap
     assert asked == [(7, "abcdef0123")]
     assert capsys.readouterr().out.splitlines()[1].split() == [
         "qa", "token_f1", "0.2500", "[0.0000,", "0.5000]", "3"]
+
+
+def test_a_batch_mixing_two_models_answers_each_row_with_its_own_model(tiny_pair):
+    """The shared pipeline's actors get batches that straddle two models: each row is answered
+    by its own model, as a batch of that model alone answers it."""
+    from mortgagellm.evaluation.generate import Generator
+
+    base, instruct = (str(tiny_pair.output_path(n)) for n in ("base", "instruct"))
+
+    def rows(model, texts):
+        return [{"model": model, "key": f"{model}:{t}", "kind": es.CHAT, "prompt": t,
+                 "document": "", "budget": 12} for t in texts]
+
+    def batch(rows):
+        return {k: [r[k] for r in rows] for k in rows[0]}
+
+    texts = ["What is escrow?", "Define APR in one line."]
+    alone = {m: Generator(256, 1)(batch(rows(m, texts))) for m in (base, instruct)}
+    a, b = rows(base, texts), rows(instruct, texts)
+    generator = Generator(256, 1)
+    mixed = generator(batch([a[0], b[0], a[1], b[1]]))
+    assert mixed["model"] == [base, instruct, base, instruct]
+    assert mixed["text"] == [alone[base]["text"][0], alone[instruct]["text"][0],
+                             alone[base]["text"][1], alone[instruct]["text"][1]]
+    assert alone[base]["text"] != alone[instruct]["text"]
+    assert generator.path == instruct  # one model held at a time: the last one asked for
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(300)
+def test_all_models_share_one_pipeline_and_each_gets_its_own_answers(ray_cluster, tiny_pair,
+                                                                      tmp_path):
+    from mortgagellm.evaluation.generate import generate, generate_models
+
+    recipe = fake_run(tmp_path, tiny_pair, (), ["evaluate.batch_size=1"])
+    sets, _ = ev.prepare(recipe, tmp_path / "run" / "evaluate")
+    base, instruct = (str(tiny_pair.output_path(n)) for n in ("base", "instruct"))
+    together = generate_models(recipe, {"base": {"uri": base, "sha256": "b"},
+                                        "instruct": {"uri": instruct, "sha256": "i"},
+                                        "same": {"uri": instruct, "sha256": "i"}}, sets)
+    assert together["base"] == generate(recipe, base, sets)
+    assert together["instruct"] == together["same"] == generate(recipe, instruct, sets)
+    assert together["base"]["answers"] != together["instruct"]["answers"]
