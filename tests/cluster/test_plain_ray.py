@@ -177,7 +177,8 @@ def test_plain_ray_cli_runs_every_stage_then_serve_deploy_answers(tmp_path):
         key, config = serve_deploy(recipe, url, token)
         deployments = config["applications"][0]["deployments"]
         assert {d["name"]: d.get("user_config", {}).get("version") for d in deployments} == {
-            serve_app.ROUTER: None} | {serve_app.DEPLOYMENTS[e]: v for e, v in trained.items()}
+            serve_app.ROUTER: None, serve_app.RATE_LIMITS: None} | {
+            serve_app.DEPLOYMENTS[e]: v for e, v in trained.items()}  # limits: the shared counts
         status = wait_healthy(url, token, "mortgagellm")
         experts = status["applications"]["mortgagellm"]["deployments"]
         assert {experts[n]["status"] for n in serve_app.DEPLOYMENTS.values()} == {"HEALTHY"}
