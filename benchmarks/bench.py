@@ -58,6 +58,8 @@ SPECS = [
     Spec("residual", "residual.py", ["--sizes", "0.5,2", "--work-dir", "{work}"],
          ["--sizes", "0.5", "--cache", "warm", "--work-dir", "{work}"]),
     Spec("serve_routing", "serve_routing.py", [], ["--requests", "20", "--concurrency", "1"]),
+    Spec("serve_routing_direct", "serve_routing.py", ["--direct-ingress"],
+         ["--requests", "20", "--concurrency", "1", "--direct-ingress"]),
     Spec("serve", "serve.py", ["--model", "random"],
          ["--model", "random", "--max-tokens", "8,16,32"], json_flag="--out"),
     Spec("router_tier1", "router_tier1.py", [], ["--kinds", "ngram", "--latency", "60"],
@@ -116,7 +118,28 @@ def rows_residual(raw: dict) -> list[dict]:
 
 def rows_serve_routing(raw: dict) -> list[dict]:
     runs = raw["repeats"]
-    return [row("router: extra Serve hops, (routed - direct) / one hop, p50", "ms",
+    rows = [row("router: extra Serve hops, (routed - direct) / one hop, p50", "ms",
+                [1e3 * (r["routed_p50_s"] - r["direct_p50_s"]) for r in runs],
+                [1e3 * r["hop_p50_s"] for r in runs], goal=("ratio", "<=", 1.0))]
+    if "floor_p50_s" not in runs[0]:  # a run from before the floor was measured
+        return rows
+    return rows + [
+        row("router: Serve's floor, plainest ingress -> same expert, hops", "ms",
+            [1e3 * (r["floor_p50_s"] - r["direct_p50_s"]) for r in runs],
+            [1e3 * r["hop_p50_s"] for r in runs]),
+        row("router: our Router over the floor, (routed - floor) / one hop", "ms",
+            [1e3 * (r["routed_p50_s"] - r["floor_p50_s"]) for r in runs],
+            [1e3 * r["hop_p50_s"] for r in runs]),
+        row("router: request-body fetch, (POST echo - GET) / one hop", "ms",
+            [1e3 * (r["floor_echo_p50_s"] - r["floor_get_p50_s"]) for r in runs],
+            [1e3 * r["hop_p50_s"] for r in runs])]
+
+
+def rows_serve_routing_direct(raw: dict) -> list[dict]:
+    """The routed path straight to the Router replica's own HTTP server (Ray 2.60's
+    experimental direct ingress), against the same proxied hop."""
+    runs = raw["repeats"]
+    return [row("router, direct ingress: (routed - direct) / one proxied hop, p50", "ms",
                 [1e3 * (r["routed_p50_s"] - r["direct_p50_s"]) for r in runs],
                 [1e3 * r["hop_p50_s"] for r in runs], goal=("ratio", "<=", 1.0))]
 
@@ -147,7 +170,8 @@ def rows_router_tier1(raw: dict) -> list[dict]:
 
 ROWS: dict[str, Callable[[dict], list[dict]]] = {
     "corpus": rows_corpus, "train": rows_train, "residual": rows_residual,
-    "serve_routing": rows_serve_routing, "serve": rows_serve, "router_tier1": rows_router_tier1}
+    "serve_routing": rows_serve_routing, "serve_routing_direct": rows_serve_routing_direct,
+    "serve": rows_serve, "router_tier1": rows_router_tier1}
 
 
 # ---- the summary and the table ------------------------------------------------------------------

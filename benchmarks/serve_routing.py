@@ -2,10 +2,22 @@
 to the same expert, with one plain Serve hop (GET /healthz: proxy -> Router) as the yardstick;
 tier-1 routing latency; requests/s at a few concurrencies. Prints the ratio last:
 (routed - direct) / one hop, goal <= ~1 (the router adds at most one Serve hop), median and
-spread over the --repeats rounds (each times direct, routed and the hop in turn).
+spread over the --repeats rounds (each times direct, routed, the hop and the floor in turn).
+
+The floor is what any Serve HTTP ingress costs on the same path: Serve's plainest ingress
+(second application, /floor: a deployment's __call__, no FastAPI) that reads the same JSON body
+and awaits the same expert call, nothing else. (floor - direct) / hop is Serve's own share of
+the ratio; (routed - floor) is our Router's (door, limits, routing, metrics, audit).
+POST /floor/echo reads the body and answers at once: (echo - GET /floor/healthz) is the round
+trip the replica makes back to the proxy to fetch a request body (Serve's ASGIReceiveProxy),
+which no GET pays.
+
+--direct-ingress sends the routed requests straight to the Router replica's own HTTP server
+(Ray 2.60's experimental RAY_SERVE_ENABLE_DIRECT_INGRESS: no proxy, no body round trip); the
+hop and the floor still go through the proxy, so the yardstick is the same.
 
 Run: DS_ACCELERATOR=cpu .venv/bin/python benchmarks/serve_routing.py [--model HF_DIR]
-         [--requests 100] [--repeats 3] [--concurrency 1,4,8] [--json OUT]
+         [--requests 100] [--repeats 3] [--concurrency 1,4,8] [--direct-ingress] [--json OUT]
 
 Without --model a random 2-layer Llama with a trained tokenizer is built (seconds), so the expert
 itself is cheap and the hops dominate. Starts its own Ray on 127.0.0.1 and stops only it.
@@ -66,6 +78,44 @@ def timed(call, n: int) -> list[float]:
     return out
 
 
+def deploy_floor(expert: str, app_name: str) -> None:
+    """The floor application at /floor: Serve's plainest HTTP ingress (a deployment's
+    __call__ gets the Starlette request; no FastAPI, no middleware) -> the app's expert."""
+    from ray import serve
+    from starlette.responses import Response
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0.1})
+    class Floor:
+        def __init__(self) -> None:
+            self.expert = serve.get_deployment_handle(expert, app_name)
+
+        async def __call__(self, request) -> Response:  # noqa: ANN001 - Starlette's Request
+            if request.method == "GET":  # /floor/healthz
+                return Response(b'{"status": "ok"}', media_type="application/json")
+            body = await request.json()
+            if request.url.path.endswith("/echo"):  # the body read, no expert call
+                return Response(b'{}', media_type="application/json")
+            items = await self.expert.complete.remote(body)
+            return Response(json.dumps({"items": items}), media_type="application/json")
+
+    serve.run(Floor.bind(), name="floor", route_prefix="/floor")
+
+
+def router_port_url(session) -> str:  # noqa: ANN001 - a requests.Session with the key
+    """The Router replica's own HTTP server under direct ingress: the first port of Ray's
+    direct-ingress range (30000 up) on 127.0.0.1 that answers the Router's /v1/models."""
+    import requests
+
+    for port in range(30000, 30010):
+        url = f"http://127.0.0.1:{port}"
+        try:
+            if session.get(f"{url}/v1/models", timeout=5).status_code == 200:
+                return url
+        except requests.ConnectionError:
+            continue
+    raise RuntimeError("no Router replica answers on ports 30000-30009 (direct ingress)")
+
+
 def tier1_latency(recipe) -> list[float]:
     """Wall seconds of tier-1 route() on every held-out routing request. Writes tier 1 where
     the app reads it: the corpus stage's 'tier1' output (as tests/serve/conftest.py does)."""
@@ -98,6 +148,10 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=100, help="requests per measurement")
     parser.add_argument("--max-tokens", type=int, default=4)
     parser.add_argument("--no-audit", action="store_true", help="router without the audit log")
+    parser.add_argument("--direct-ingress", action="store_true",
+                        help="routed requests go straight to the Router replica's own HTTP "
+                        "server (Ray 2.60's experimental RAY_SERVE_ENABLE_DIRECT_INGRESS), not "
+                        "through the proxy; the hop and the floor still go through the proxy")
     parser.add_argument("--repeats", type=int, default=1,
                         help="rounds of the three latency measurements")
     parser.add_argument("--concurrency", default="1,4,8", help="routed requests/s at these")
@@ -136,19 +190,23 @@ def main() -> None:
     recipe = load_recipe(config)
     routing_times = tier1_latency(recipe)
     ray_dir = tempfile.mkdtemp(prefix="mllm-bs-", dir="/tmp")  # short: socket path limit
+    if args.direct_ingress:  # read by the Serve controller and replicas this Ray starts
+        os.environ["RAY_SERVE_ENABLE_DIRECT_INGRESS"] = "1"
     init_ray(RayConfig(num_cpus=4, object_store_mb=128, temp_dir=ray_dir), work / "run")
     try:
         url = ops.start(ops.app_args(str(config), []))
-        expert = serve.get_deployment_handle("ConversationalExpert", recipe.serve.app_name)
-        payload = {"messages": [{"role": "user", "content": TEXT}], "max_tokens": args.max_tokens,
-                   "temperature": 0.0, "top_p": 1.0, "seed": None, "stop": []}
         session = requests.Session()
         session.headers["Authorization"] = f"Bearer {key}"
+        routed_url = router_port_url(session) if args.direct_ingress else url
+        expert = serve.get_deployment_handle("ConversationalExpert", recipe.serve.app_name)
+        deploy_floor("ConversationalExpert", recipe.serve.app_name)
+        payload = {"messages": [{"role": "user", "content": TEXT}], "max_tokens": args.max_tokens,
+                   "temperature": 0.0, "top_p": 1.0, "seed": None, "stop": []}
         body = {"model": "mortgagellm", "max_tokens": args.max_tokens,
                 "messages": [{"role": "user", "content": TEXT}]}
 
         def routed():
-            response = session.post(f"{url}/v1/chat/completions", json=body, timeout=60)
+            response = session.post(f"{routed_url}/v1/chat/completions", json=body, timeout=60)
             assert response.status_code == 200, response.text
 
         def direct():
@@ -157,10 +215,21 @@ def main() -> None:
         def hop():
             assert session.get(f"{url}/healthz", timeout=60).status_code == 200
 
+        def floor():
+            response = session.post(f"{url}/floor/call", json=payload, timeout=60)
+            assert response.status_code == 200, response.text
+
+        def floor_echo():
+            assert session.post(f"{url}/floor/echo", json=payload, timeout=60).ok
+
+        def floor_get():
+            assert session.get(f"{url}/floor/healthz", timeout=60).ok
+
         n, repeats = args.requests, []
         for repeat in range(args.repeats):
             results = {"direct": timed(direct, n), "routed": timed(routed, n),
-                       "hop": timed(hop, n)}
+                       "hop": timed(hop, n), "floor": timed(floor, n),
+                       "floor_echo": timed(floor_echo, n), "floor_get": timed(floor_get, n)}
             repeats.append({f"{k}_p50_s": statistics.median(v) for k, v in results.items()})
             print(f"repeat {repeat + 1}/{args.repeats}", flush=True)
             print(f"expert, direct    {percentiles(results['direct'])}   "
@@ -168,7 +237,12 @@ def main() -> None:
             print(f"routed over HTTP  {percentiles(results['routed'])}   "
                   "(proxy -> Router -> expert)")
             print(f"one Serve hop     {percentiles(results['hop'])}   "
-                  "(GET /healthz: proxy -> Router)", flush=True)
+                  "(GET /healthz: proxy -> Router)")
+            print(f"floor             {percentiles(results['floor'])}   "
+                  "(proxy -> plainest Serve ingress -> expert)")
+            print(f"body fetch        {percentiles(results['floor_echo'])}   "
+                  f"(POST /floor/echo; GET /floor/healthz "
+                  f"{statistics.median(results['floor_get']) * 1e3:.2f} ms)", flush=True)
         print(f"tier-1 routing    {percentiles(routing_times)}   ({len(routing_times)} requests)")
         throughput = {}
         for workers in (int(c) for c in args.concurrency.split(",")):
@@ -179,8 +253,13 @@ def main() -> None:
             print(f"concurrency {workers}     {throughput[workers]:7.1f} requests/s")
         ratios = [(r["routed_p50_s"] - r["direct_p50_s"]) / r["hop_p50_s"] for r in repeats]
         extra = statistics.median(r["routed_p50_s"] - r["direct_p50_s"] for r in repeats)
+        floors = [(r["floor_p50_s"] - r["direct_p50_s"]) / r["hop_p50_s"] for r in repeats]
+        over = statistics.median(r["routed_p50_s"] - r["floor_p50_s"] for r in repeats)
         print(f"router overhead (p50 routed - direct) / one hop = {statistics.median(ratios):.2f} "
               f"[{min(ratios):.2f}-{max(ratios):.2f}] (goal <= ~1; {extra * 1e3:.1f} ms extra)")
+        print(f"Serve's floor   (p50 floor - direct) / one hop  = {statistics.median(floors):.2f} "
+              f"[{min(floors):.2f}-{max(floors):.2f}]; the Router over the floor "
+              f"{over * 1e3:.1f} ms")
         if args.json:
             args.json.write_text(json.dumps({"repeats": repeats, "ratios": ratios,
                                              "requests_per_s": throughput}, indent=1))

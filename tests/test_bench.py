@@ -63,6 +63,14 @@ def test_rows_of_the_serving_benchmarks(bench):
     (hops,) = map(bench.summarise, bench.rows_serve_routing(routing))
     assert hops["ratio"] == pytest.approx([2.0, 1.5, 1.5])
     assert hops["ratio_spread"] == pytest.approx([1.5, 2.0]) and hops["met"] is False
+    floors = {"floor_p50_s": 0.022, "floor_echo_p50_s": 0.016, "floor_get_p50_s": 0.012}
+    routing["repeats"] = [r | floors for r in routing["repeats"]]
+    hops, floor, ours, body = map(bench.summarise, bench.rows_serve_routing(routing))
+    assert hops["ratio"] == pytest.approx([2.0, 1.5, 1.5])  # the same headline
+    assert floor["ratio"] == pytest.approx([1.2, 1.2, 0.6]) and floor["met"] is None
+    assert ours["ours"] == pytest.approx([8.0, 3.0, 18.0])  # ms of routed - floor
+    assert ours["ratio"] == pytest.approx([0.8, 0.3, 0.9])
+    assert body["ratio"] == pytest.approx([0.4, 0.4, 0.2])
 
 
 def test_a_failed_benchmark_is_a_row_and_the_rest_still_run(bench, tmp_path):
