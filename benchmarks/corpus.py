@@ -6,6 +6,9 @@ Run: .venv/bin/python benchmarks/corpus.py [--docs 100000] [--num-cpus 4] [--rep
          [--no-threaded] [--json OUT]
      .venv/bin/python benchmarks/corpus.py --scale 1000000   # Ray pipeline only, end to end
                                                              # (goal <= 20 min, peak <= 6 GB)
+     .venv/bin/python benchmarks/corpus.py --scale 10000,100000,1000000 --plot scaling.png
+         # the scaling picture: each size in one Ray session, time and memory against size with
+         # the fitted growth (time ~ docs^k; MB per 1M documents) and the 10M figures from it
 
 Memory is the proportional set size (PSS) summed over this process and every process it started
 (the Ray head, raylet and workers), sampled every second: shared object-store pages are counted
@@ -169,10 +172,64 @@ def measure(name: str, fn, cfg: CorpusConfig, spec: dict, out_dir: Path) -> dict
     return result
 
 
+def fit_growth(runs: list[dict]) -> dict:
+    """Growth with corpus size, fitted over the runs (at least two sizes): the exponent k of
+    seconds ~ docs^k (least squares in log-log; 1 is linear), seconds per 1M documents from
+    the two largest sizes, and memory per 1M documents (least-squares slope in MB) for the
+    tree's peak PSS and the driver's peak RSS, each extrapolated to 10M documents."""
+    docs = np.array([r["read"] for r in runs], float)
+    secs = np.array([r["seconds"] for r in runs], float)
+    k = float(np.polyfit(np.log(docs), np.log(secs), 1)[0])
+    big = np.argsort(docs)[-2:]
+    per_m = float((secs[big[1]] - secs[big[0]]) / (docs[big[1]] - docs[big[0]]) * 1e6)
+    out = {"time_exponent": round(k, 3), "seconds_per_1m_docs": round(per_m, 1),
+           "minutes_at_10m_docs": round((secs[big[1]] + per_m * (1e7 - docs[big[1]]) / 1e6)
+                                        / 60, 1)}
+    for key in ("peak_pss_gb", "driver_peak_rss_gb"):
+        gb = np.array([r[key] for r in runs], float)
+        slope = float(np.polyfit(docs, gb, 1)[0]) * 1e6 * 1024  # MB per 1M documents
+        out[f"{key.removesuffix('_gb')}_mb_per_1m_docs"] = round(slope, 1)
+        out[f"{key}_at_10m_docs"] = round(float(gb[big[1]] + slope / 1024 * (1e7 - docs[big[1]])
+                                                / 1e6), 2)
+    return out
+
+
+def plot_scaling(runs: list[dict], growth: dict, path: Path) -> None:
+    """Time and peak memory against documents, log-log, with the fitted growth stated."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    docs = [r["read"] for r in runs]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.loglog(docs, [r["seconds"] for r in runs], "o-", label="corpus stage (Ray Data)")
+    ref = runs[0]["seconds"] / docs[0]
+    left.loglog(docs, [ref * d for d in docs], ":", color="grey", label="linear from the first")
+    left.set(xlabel="documents", ylabel="seconds")
+    left.set_title(f"time ~ docs^{growth['time_exponent']:.2f}", fontsize=10)
+    left.legend()
+    right.semilogx(docs, [r["peak_pss_gb"] for r in runs], "o-", label="peak PSS, whole tree")
+    right.semilogx(docs, [r["driver_peak_rss_gb"] for r in runs], "s-",
+                   label="peak RSS, driver")
+    right.set(xlabel="documents", ylabel="GB", ylim=(0, None))
+    right.set_title(f"memory: +{growth['peak_pss_mb_per_1m_docs']:.0f} MB (tree), "
+                    f"+{growth['driver_peak_rss_mb_per_1m_docs']:.0f} MB (driver) per 1M docs",
+                    fontsize=10)
+    right.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--docs", type=int, default=100_000, help="documents for the comparison")
-    parser.add_argument("--scale", type=int, help="run only the Ray pipeline on this many docs")
+    parser.add_argument("--scale", help="run only the Ray pipeline on this many docs; several "
+                        "comma-separated sizes fit the growth (the scaling picture)")
+    parser.add_argument("--plot", type=Path, help="with several --scale sizes: the PNG")
+    parser.add_argument("--dedupe-mode", default="auto", choices=("auto", "driver", "distributed"),
+                        help="corpus.dedupe_mode of the Ray pipeline")
     parser.add_argument("--num-cpus", type=int, default=4, help="logical CPUs of local Ray")
     parser.add_argument("--docs-per-shard", type=int, default=5000, help="generator shard size")
     parser.add_argument("--work-dir", default=None, help="scratch directory (default: a temp dir)")
@@ -186,9 +243,11 @@ def main() -> None:
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="corpus-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     spec = corpus.tokenizer_spec(make_tokenizer(work / "tokenizer"))
-    docs = args.scale or args.docs
+    sizes = [int(s) for s in args.scale.split(",")] if args.scale else [args.docs]
+    docs = sizes[-1]
     cfg = CorpusConfig(synthetic_docs=docs, synthetic_shards=max(2, docs // args.docs_per_shard),
                        regulations=[str(REGULATIONS)], seq_len=512,
+                       dedupe_mode=args.dedupe_mode,
                        cpus_per_task=args.num_cpus / (os.cpu_count() or 1))  # a task per core
     print(f"{docs:,} generated documents + 3 regulations, {cfg.synthetic_shards + 3} read units, "
           f"{os.cpu_count()} cores, Ray with {args.num_cpus} logical CPUs, "
@@ -208,13 +267,33 @@ def main() -> None:
     # Warm-up on 1,000 documents: Ray's worker processes start and import here, as the plain
     # loop's imports happened before its clock started.
     ray_pipeline(cfg.model_copy(update={"synthetic_docs": 1000}), spec, work / "warm-up")
+    if args.scale:
+        runs = []
+        for size in sizes:  # one Ray session; each size sampled on its own (Usage)
+            sized = cfg.model_copy(update={"synthetic_docs": size, "synthetic_shards": max(
+                2, size // args.docs_per_shard)})
+            runs.append(r := measure(f"ray data {size:,}", ray_pipeline, sized, spec,
+                                     work / "out-ray"))
+            print(f"scale: {size:,} docs in {r['seconds'] / 60:.1f} min, peak "
+                  f"{r['peak_pss_gb']:.2f} GB, non-pad {r['non_pad_fraction']}", flush=True)
+        growth = fit_growth(runs) if len(runs) > 1 else {}
+        if growth:
+            print(f"growth: time ~ docs^{growth['time_exponent']}, "
+                  f"{growth['seconds_per_1m_docs']} s per 1M documents "
+                  f"(10M: ~{growth['minutes_at_10m_docs']} min); peak PSS "
+                  f"+{growth['peak_pss_mb_per_1m_docs']} MB per 1M (10M: "
+                  f"~{growth['peak_pss_gb_at_10m_docs']} GB); driver peak RSS "
+                  f"+{growth['driver_peak_rss_mb_per_1m_docs']} MB per 1M (10M: "
+                  f"~{growth['driver_peak_rss_gb_at_10m_docs']} GB)")
+            if args.plot:
+                plot_scaling(runs, growth, args.plot)
+                print(f"plot: {args.plot}")
+        if args.json:
+            args.json.write_text(json.dumps({"sizes": sizes, "dedupe_mode": args.dedupe_mode,
+                                             "scale": runs, "growth": growth}, indent=1))
+        return
     ray_results = [measure("ray data", ray_pipeline, cfg, spec, work / "out-ray")
                    for _ in range(args.repeats)]
-    if args.scale:
-        ray_result = ray_results[-1]
-        print(f"scale: {docs:,} docs in {ray_result['seconds'] / 60:.1f} min, peak "
-              f"{ray_result['peak_pss_gb']:.2f} GB, non-pad {ray_result['non_pad_fraction']}")
-        return
     assert all(p["tokens"] == r["tokens"] for p in plain for r in ray_results), \
         "the two paths must produce the same tokens"
     for name, bases in (("plain loop", plain), ("plain loop with tokenizer threads", threaded)):
