@@ -52,6 +52,10 @@ class Spec:
 SPECS = [
     Spec("corpus", "corpus.py", ["--no-threaded"],
          ["--docs", "3000", "--docs-per-shard", "1000", "--no-threaded"]),
+    # The scaling picture: one run per size (its --repeats is ignored), the PNG beside the JSON.
+    Spec("corpus_scaling", "corpus.py",
+         ["--scale", "10000,100000,1000000", "--plot", "{results}-corpus-scaling.png"],
+         ["--scale", "2000,6000", "--plot", "{results}-corpus-scaling.png"]),
     Spec("train", "train.py", [],  # quick: the demo's model shape (bootstrap's small preset)
          ["--hidden", "128", "--layers", "4", "--vocab", "1024", "--seq-len", "256", "--micro",
           "8", "--steps", "12"]),
@@ -86,6 +90,19 @@ def rows_corpus(raw: dict) -> list[dict]:
                 goal=("ratio", ">=", 1.6)),
             row("corpus: Ray Data / plain loop, docs per CPU-s", "docs/CPU-s",
                 [r["docs_per_cpu_s"] for r in ray], [p["docs_per_cpu_s"] for p in plain])]
+
+
+def rows_corpus_scaling(raw: dict) -> list[dict]:
+    growth, runs = raw["growth"], raw["scale"]
+    span = f"{runs[0]['read']:,}-{runs[-1]['read']:,} docs"
+    return [row(f"corpus scaling: time exponent k, seconds ~ docs^k ({span})", "",
+                [growth["time_exponent"]], goal=("ours", "<=", 1.1)),
+            row(f"corpus scaling: minutes for the largest ({runs[-1]['read']:,} docs)", "min",
+                [runs[-1]["seconds"] / 60]),
+            row("corpus scaling: driver peak RSS growth per 1M docs", "MB",
+                [growth["driver_peak_rss_mb_per_1m_docs"]]),
+            row("corpus scaling: peak PSS (whole tree) growth per 1M docs", "MB",
+                [growth["peak_pss_mb_per_1m_docs"]])]
 
 
 def rows_train(raw: dict) -> list[dict]:
@@ -176,7 +193,8 @@ def rows_router_tier1(raw: dict) -> list[dict]:
 
 
 ROWS: dict[str, Callable[[dict], list[dict]]] = {
-    "corpus": rows_corpus, "train": rows_train, "residual": rows_residual,
+    "corpus": rows_corpus, "corpus_scaling": rows_corpus_scaling, "train": rows_train,
+    "residual": rows_residual,
     "serve_routing": rows_serve_routing, "serve_routing_direct": rows_serve_routing_direct,
     "serve": rows_serve, "router_tier1": rows_router_tier1}
 
@@ -259,10 +277,13 @@ def table(results: dict[str, dict]) -> str:
 
 # ---- running the children -----------------------------------------------------------------------
 
-def subprocess_runner(mode: str, repeats: int, work: Path) -> Callable[[Spec], dict]:
+def subprocess_runner(mode: str, repeats: int, work: Path, results: Path | None = None
+                      ) -> Callable[[Spec], dict]:
     """Runs a Spec's script in a child process and returns the JSON it wrote. The child's
     output goes to work/<name>.log; it runs in its own session, so on a timeout its whole
-    process group (its Ray included) is killed."""
+    process group (its Ray included) is killed. "{results}" in its arguments is the run's
+    report path without its suffix (files kept beside the JSON; work/results without one)."""
+    stem = str(results.with_suffix("") if results else work / "results")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
     env.setdefault("DS_ACCELERATOR", "cpu")
@@ -270,7 +291,7 @@ def subprocess_runner(mode: str, repeats: int, work: Path) -> Callable[[Spec], d
     def run(spec: Spec) -> dict:
         out, log = work / f"{spec.name}.json", work / f"{spec.name}.log"
         command = [sys.executable, str(ROOT / "benchmarks" / spec.script),
-                   *(a.replace("{work}", str(work / spec.name))
+                   *(a.replace("{work}", str(work / spec.name)).replace("{results}", stem)
                      for a in (spec.quick if mode == "quick" else spec.full)),
                    "--repeats", str(repeats), spec.json_flag, str(out)]
         print(f"[bench] {spec.name}: {' '.join(command[1:])}  (log {log})", flush=True)
@@ -325,13 +346,14 @@ def main() -> int:
     meta = {"date": started.isoformat(timespec="seconds"), "host": socket.gethostname(),
             "mode": mode, "repeats": args.repeats, "cpus": os.cpu_count(),
             "commit": git_commit(), "load_avg_1m_start": round(os.getloadavg()[0], 2)}
+    out = args.out or RESULTS / (f"{started.date().isoformat()}-{meta['host']}"
+                                 f"{'-quick' if args.quick else ''}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
     results = run_all([s for s in SPECS if s.name in names],
-                      subprocess_runner(mode, args.repeats, work))
+                      subprocess_runner(mode, args.repeats, work, out))
     meta |= {"load_avg_1m_end": round(os.getloadavg()[0], 2),
              "minutes": round((datetime.datetime.now(datetime.timezone.utc) - started)
                               .total_seconds() / 60, 1)}
-    out = args.out or RESULTS / (f"{started.date().isoformat()}-{meta['host']}"
-                                 f"{'-quick' if args.quick else ''}.json")
     write_report(results, out, meta)
     print(f"\n{mode} run, {args.repeats} repeats, {meta['cpus']} CPUs, load average "
           f"{meta['load_avg_1m_start']} -> {meta['load_avg_1m_end']}, {meta['minutes']} min; "

@@ -126,3 +126,57 @@ def test_children_write_crash_or_hang(bench, tmp_path):
     assert results[0]["rows"][0]["ratio"] == pytest.approx([1.0] * 3)
     assert results[1]["status"] == "failed" and "bad size 0" in results[1]["error"]
     assert results[2]["status"] == "failed" and results[2]["error"].startswith("TimeoutError")
+
+
+def test_rows_of_the_merge_show_where_it_wrote_and_the_read_plus_write_floor(bench):
+    raw = {"results": [{"model_gb": 0.47, "cache": "warm", "output": "tmpfs",
+                        "read_runs_s": [0.3, 0.3, 0.4], "write_runs_s": [0.3, 0.2, 0.4],
+                        "merge_runs_s": [0.6, 0.5, 1.0], "merge_rss_runs_mb": [600, 610, 620]}]}
+    merge, floor, rss = map(bench.summarise, bench.rows_residual(raw))
+    assert "output on tmpfs" in merge["metric"] and merge["ratio"] == pytest.approx(
+        [0.5, 0.6, 0.4]) and merge["met"] is False
+    assert "read + raw write" in floor["metric"] and floor["met"] is None
+    assert floor["ratio"] == pytest.approx([1.0, 1.0, 0.8])  # (read + write) / merge
+    assert rss["ours_median"] == 610
+
+
+@pytest.fixture(scope="module")
+def corpus_bench():
+    spec = importlib.util.spec_from_file_location("corpus_bench",
+                                                  ROOT / "benchmarks" / "corpus.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_scaling_fit_by_hand(corpus_bench, bench, tmp_path):
+    docs = [10_000, 100_000, 1_000_000]
+    runs = [{"read": d, "seconds": d / 10_000, "peak_pss_gb": 1.5,  # linear time, flat tree
+             "driver_peak_rss_gb": 0.5 + d * 1e-6} for d in docs]  # + 1 GB per 1M docs
+    growth = corpus_bench.fit_growth(runs)
+    assert growth["time_exponent"] == pytest.approx(1.0)
+    assert growth["seconds_per_1m_docs"] == pytest.approx(100.0)  # (100 - 10) s / 0.9M docs
+    assert growth["minutes_at_10m_docs"] == pytest.approx(1000 / 60, abs=0.05)
+    assert growth["peak_pss_mb_per_1m_docs"] == pytest.approx(0.0, abs=0.01)
+    assert growth["driver_peak_rss_mb_per_1m_docs"] == pytest.approx(1024.0)
+    assert growth["driver_peak_rss_gb_at_10m_docs"] == pytest.approx(10.5)
+    corpus_bench.plot_scaling(runs, growth, tmp_path / "scaling.png")
+    assert (tmp_path / "scaling.png").read_bytes()[:4] == b"\x89PNG"
+    k, minutes, driver, tree = map(bench.summarise, bench.rows_corpus_scaling(
+        {"scale": runs, "growth": growth}))
+    assert k["met"] is True and "10,000-1,000,000 docs" in k["metric"]
+    assert minutes["ours_median"] == pytest.approx(100 / 60)
+    assert driver["ours_median"] == pytest.approx(1024.0) and tree["met"] is None
+
+
+def test_results_in_a_childs_arguments_is_the_reports_path(bench, tmp_path):
+    script = tmp_path / "fake.py"
+    script.write_text(
+        "import json, sys\n"
+        "args = sys.argv[1:]\n"
+        "open(args[args.index('--json') + 1], 'w').write(json.dumps({'argv': args}))\n")
+    spec = bench.Spec("fake", str(script), [], ["--plot", "{results}-scaling.png"])
+    report = tmp_path / "results" / "2026-12-06-vm-quick.json"
+    raw = bench.subprocess_runner("quick", 3, tmp_path, report)(spec)
+    assert raw["argv"][:2] == ["--plot", str(tmp_path / "results" / "2026-12-06-vm-quick")
+                               + "-scaling.png"]
