@@ -4,7 +4,8 @@
     mortgagellm <stage> CONFIG [--force] [--section.key VALUE ...]
     mortgagellm evaluate CONFIG --model DIR|VERSION   evaluate one model into its registry entry
     mortgagellm config CONFIG [--section.key VALUE ...]     print the resolved recipe
-    mortgagellm report CONFIG [--output DIR]           run up to evaluate, write report.md + plots
+    mortgagellm report CONFIG [--output DIR]           run up to evaluate (and at run.repeat_seeds),
+                                                       write report.md, results.json + plots
     mortgagellm submit CONFIG [--stages STAGE ...] [--address URL]   run it as a Ray job
     mortgagellm serve CONFIG [--demo]                  the OpenAI-compatible app on serve.host:port
     mortgagellm deploy CONFIG EXPERT VERSION|DIR       switch an expert's model in place
@@ -191,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         from mortgagellm.pipelines.report import build
 
         pipeline.run_recipe(recipe, last="evaluate")
+        pipeline.run_seeds(recipe, last="evaluate")  # run.repeat_seeds, if any
         print(build(recipe, args.config, args.output))
         return 0
     if args.command == "run":

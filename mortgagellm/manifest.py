@@ -177,6 +177,16 @@ def stage_dir(recipe: Recipe, stage: str) -> Path:
     return recipe.run.local_dir / stage
 
 
+def seed_recipe(recipe: Recipe, seed: int) -> Recipe:
+    """The recipe of one of run.repeat_seeds: the same recipe at `seed`, writing under
+    <output_dir>/seeds/<seed> (and <cache_dir>/seeds/<seed> when that is set)."""
+    run = recipe.run
+    cache = f"{run.cache_dir.rstrip('/')}/seeds/{seed}" if run.cache_dir else None
+    return recipe.model_copy(update={"run": run.model_copy(update={
+        "seed": seed, "repeat_seeds": [], "cache_dir": cache,
+        "output_dir": f"{run.output_dir.rstrip('/')}/seeds/{seed}"})})
+
+
 def stage_uri(recipe: Recipe, stage: str) -> str:
     """Where a stage's output and manifest are kept: <run.output_dir>/<stage>, path or URI."""
     if storage.is_remote(recipe.run.output_dir):

@@ -21,6 +21,11 @@ NEEDS: dict[str, tuple[str, ...]] = {
 what `waves` orders by."""
 
 
+SHARED_ACROSS_SEEDS: tuple[str, ...] = ("bootstrap", "corpus")
+"""The stages run.repeat_seeds share with the run: the pretrained pair and the data. Each
+further seed trains and evaluates from pretrain on."""
+
+
 def select(first: str | None = None, last: str | None = None) -> tuple[str, ...]:
     """The stages from `first` to `last` inclusive, in flow order."""
     for name in (first, last):

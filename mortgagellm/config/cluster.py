@@ -35,6 +35,13 @@ class RunConfig(Section):
         "a local output_dir.",
     )
     seed: int = Field(0, ge=0, description="Global seed; stages derive their own seeds from it.")
+    repeat_seeds: list[int] = Field(
+        [],
+        description="Further seeds `mortgagellm report` runs the training stages at, pretrain "
+        "through evaluate, each in <output_dir>/seeds/<seed>/ and sharing this run's bootstrap "
+        "and corpus (their manifests are copied there). The report then gives the key numbers "
+        "at every seed, with their mean and spread. [] (default): one seed.",
+    )
     parallel_stages: bool = Field(
         True,
         description="`mortgagellm run` runs stages that read nothing of each other side by side "
@@ -42,6 +49,14 @@ class RunConfig(Section):
         "its own on the driver's node with its own Ray Train job: on a 2-core laptop each trains "
         "on one core, on a cluster each gets its own workers. false: one after the other.",
     )
+
+    @model_validator(mode="after")
+    def _distinct_seeds(self) -> RunConfig:
+        seeds = [self.seed, *self.repeat_seeds]
+        if len(set(seeds)) != len(seeds) or min(seeds) < 0:
+            raise ValueError(f"run.repeat_seeds {self.repeat_seeds}: each seed at most once, "
+                             f"none negative, none equal to run.seed ({self.seed})")
+        return self
 
     @field_validator("output_dir")
     @classmethod

@@ -19,8 +19,8 @@ from collections.abc import Callable
 
 from mortgagellm.cluster import storage
 from mortgagellm.config import Recipe
-from mortgagellm.manifest import Manifest
-from mortgagellm.stages import STAGES, select, waves
+from mortgagellm.manifest import MANIFEST, Manifest, seed_recipe, stage_uri
+from mortgagellm.stages import SHARED_ACROSS_SEEDS, STAGES, select, waves
 
 log = logging.getLogger(__name__)
 
@@ -80,3 +80,27 @@ def _side_by_side(recipe: Recipe, wave: tuple[str, ...], force: bool,
     if failed:
         raise failed[min(failed, key=STAGES.index)]
     return done
+
+
+def run_seeds(recipe: Recipe, last: str = "evaluate",
+              on_done: Callable[[Manifest, float], None] | None = None
+              ) -> dict[int, list[Manifest]]:
+    """Run the recipe at each of run.repeat_seeds, from pretrain to `last`, each in
+    <output_dir>/seeds/<seed> (manifest.seed_recipe), after the run itself has its bootstrap
+    and corpus: their manifests are copied into each seed's run, so every seed trains on the
+    same pretrained pair and data (the outputs they name stay where they are). A seed whose
+    stages are up to date is skipped by their manifests, as any run is."""
+    if not recipe.run.repeat_seeds:
+        return {}
+    shared = {stage: storage.read_bytes(f"{stage_uri(recipe, stage)}/{MANIFEST}")
+              for stage in SHARED_ACROSS_SEEDS}
+    first = STAGES[STAGES.index(SHARED_ACROSS_SEEDS[-1]) + 1]
+    out = {}
+    for seed in recipe.run.repeat_seeds:
+        seeded = seed_recipe(recipe, seed)
+        for stage, text in shared.items():
+            storage.write_bytes(f"{stage_uri(seeded, stage)}/{MANIFEST}", text)
+        log.info("== seed %d of run.repeat_seeds: %s to %s in %s ==", seed, first, last,
+                 seeded.run.output_dir)
+        out[seed] = run_recipe(seeded, first=first, last=last, on_done=on_done)
+    return out

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,8 @@ from typing import Any
 from mortgagellm.cluster import storage
 from mortgagellm.config import Recipe
 from mortgagellm.evaluation import html_report, routed_report, router_report, scoring
-from mortgagellm.manifest import Manifest, require_manifest, stage_dir, stage_uri
+from mortgagellm.manifest import (Manifest, require_manifest, seed_recipe, stage_dir,
+                                  stage_uri)
 from mortgagellm.stages import select
 
 VARIANTS = (*scoring.VARIANTS, scoring.ROUTED)
@@ -243,6 +245,93 @@ def effects(metrics: dict[str, Any]) -> list[Effect]:
     return found
 
 
+# ---- across seeds (run.repeat_seeds) ------------------------------------------------------------
+
+def spread(values: dict[int, float | None]) -> dict[str, Any]:
+    """{values, mean, sd, min, max, seeds} over the seeds that measured it (sd 0 for one)."""
+    got = [v for v in values.values() if v is not None and not math.isnan(v)]
+    if not got:
+        return {"values": values, "mean": None, "sd": None, "min": None, "max": None, "seeds": 0}
+    return {"values": values, "mean": statistics.fmean(got),
+            "sd": statistics.stdev(got) if len(got) > 1 else 0.0, "min": min(got),
+            "max": max(got), "seeds": len(got)}
+
+
+def spread_text(s: dict[str, Any]) -> str:
+    """'mean ± sd [min–max]' (two decimals), or a dash when no seed measured it."""
+    if s["mean"] is None:
+        return DASH
+    return f"{fmt(s['mean'])} ± {fmt(s['sd'])} [{fmt(s['min'])}–{fmt(s['max'])}]"
+
+
+def seed_runs(recipe: Recipe) -> dict[int, dict[str, Manifest]]:
+    """{seed: {'residual': manifest, 'evaluate': manifest}} for run.seed and each of
+    run.repeat_seeds (their runs under <output_dir>/seeds/<seed>)."""
+    runs = {recipe.run.seed: recipe} | {s: seed_recipe(recipe, s) for s in recipe.run.repeat_seeds}
+    return {seed: {stage: require_manifest(r, stage) for stage in ("residual", "evaluate")}
+            for seed, r in runs.items()}
+
+
+def across_seeds(runs: dict[int, dict[str, Manifest]], min_fidelity_ratio: float
+                 ) -> dict[str, Any]:
+    """Every cell of the first seed's table at every seed (mean, sd, min, max), each of the
+    paper's effects with its verdict at every seed, and the residual gate at every seed."""
+    evaluations = {seed: r["evaluate"].metrics for seed, r in runs.items()}
+    first = next(iter(evaluations.values()))
+    cells = []
+    for row in table_rows(first):
+        for variant in row.cells:
+            values = {seed: (c["value"] if (c := _cell(m, variant, row.task, row.metric))
+                             else None) for seed, m in evaluations.items()}
+            cells.append({"task": row.task, "metric": row.metric, "variant": variant,
+                          **spread(values)})
+    claims: dict[str, dict[str, Any]] = {}
+    for seed, metrics in evaluations.items():
+        for effect in effects(metrics):
+            claims.setdefault(effect.claim, {})[seed] = effect.verdict
+    key = {(c["variant"], c["task"], c["metric"]): c for c in cells}
+    found = []
+    for claim, variant, other, task, metric in EFFECTS:
+        found.append({"claim": claim, "task": task, "metric": metric,
+                      "variant": key.get((variant, task, metric)),
+                      "than": key.get((other, task, metric)), "verdicts": claims[claim]})
+    gate = {seed: {"scale": r["residual"].metrics["scale"],
+                   "fidelity_ratio": r["residual"].metrics["fidelity_ratio"],
+                   "merged_perplexity": r["residual"].metrics["domain_perplexity"]["merged"],
+                   "instruct_perplexity": r["residual"].metrics["domain_perplexity"]["instruct"]}
+            for seed, r in runs.items()}
+    ok = all(g["fidelity_ratio"] >= min_fidelity_ratio and
+             g["merged_perplexity"] < g["instruct_perplexity"] for g in gate.values())
+    return {"seeds": list(runs), "cells": cells, "effects": found, "residual_gate": gate,
+            "min_fidelity_ratio": min_fidelity_ratio, "gate_held_on_every_seed": ok}
+
+
+def seeds_section(data: dict[str, Any]) -> list[str]:
+    """The Markdown of across_seeds: the effects with both sides' spread and each seed's
+    verdict, then the residual gate per seed."""
+    seeds = data["seeds"]
+    lines = ["## Across seeds", "",
+             f"Seeds {', '.join(map(str, seeds))} (run.seed, then run.repeat_seeds): pretrain "
+             "to evaluate trained and measured at each seed, from the same bootstrap models and "
+             "corpus. Each cell: mean ± sd over the seeds [min–max]; results.json has every cell "
+             "at every seed.", "",
+             "| claim | variant | compared with | verdict per seed |", "|---|---|---|---|"]
+    for e in data["effects"]:
+        sides = [spread_text(e[k]) if e[k] else DASH for k in ("variant", "than")]
+        verdicts = "; ".join(f"{seed}: {v}" for seed, v in e["verdicts"].items())
+        lines.append(f"| {e['claim']} ({e['task']} {e['metric']}) | {sides[0]} | {sides[1]} | "
+                     f"{verdicts} |")
+    lines += ["", "| seed | λ written | fidelity ratio | domain perplexity merged / instruct |",
+              "|---|---|---|---|"]
+    lines += [f"| {seed} | {g['scale']:g} | {g['fidelity_ratio']:.3f} | "
+              f"{g['merged_perplexity']:.2f} / {g['instruct_perplexity']:.2f} |"
+              for seed, g in data["residual_gate"].items()]
+    held = "held" if data["gate_held_on_every_seed"] else "**did not hold**"
+    lines += ["", f"The residual gate (fidelity ratio ≥ {data['min_fidelity_ratio']:g} with a "
+              f"domain perplexity below instruct's) {held} on every seed.", ""]
+    return lines
+
+
 # ---- the page --------------------------------------------------------------------------------
 
 def header(manifests: dict[str, Manifest], name: str, recipe_file: str, date: str) -> list[str]:
@@ -439,9 +528,15 @@ def build(recipe: Recipe, recipe_file: str | Path, output: str | Path | None = N
     date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     data = results(manifests["evaluate"].metrics, recipe.run.seed)
     data |= {"run": recipe.run.name, "recipe": str(recipe_file), "written": date}
+    seeds = (across_seeds(seed_runs(recipe), recipe.residual.min_fidelity_ratio)
+             if recipe.run.repeat_seeds else None)
+    if seeds:
+        data["across_seeds"] = seeds
     (out / "results.json").write_text(json.dumps(data, indent=1) + "\n")
     path = out / "report.md"
     text = render_markdown(manifests, recipe.run.name, str(recipe_file), date, plots)
+    if seeds:  # after the first seed's verdicts, before nothing else
+        text += "\n" + "\n".join(seeds_section(seeds)) + "\n"
     path.write_text(text)
     (out / "report.html").write_text(
         html_report.render(text, out, f"MortgageLLM run report: {recipe.run.name}"))

@@ -347,3 +347,91 @@ def test_routed_is_compared_with_its_best_part_on_every_task_it_shares():
     assert "Met on 2 of 3; missed on intent accuracy." in text
     assert report.results(metrics, 0)["routed_vs_parts"][0]["task"] == "decision"
     assert routed_report.section(evaluate_metrics(), report.LOWER_IS_BETTER) == []
+
+
+# ---- run.repeat_seeds: the recipe at further seeds, and the report across them -----------------
+
+def test_a_seeds_recipe_writes_under_seeds_and_repeats_nothing_further():
+    recipe = validate_recipe({"run": {"output_dir": "s3://bucket/run/", "cache_dir": "/c",
+                                      "seed": 0, "repeat_seeds": [1, 2]}})
+    seeded = manifest.seed_recipe(recipe, 2)
+    assert (seeded.run.seed, seeded.run.repeat_seeds) == (2, [])
+    assert seeded.run.output_dir == "s3://bucket/run/seeds/2"
+    assert str(seeded.run.local_dir) == "/c/seeds/2"
+    assert manifest.stage_uri(seeded, "pretrain") == "s3://bucket/run/seeds/2/pretrain"
+    assert recipe.run.seed == 0 and recipe.run.repeat_seeds == [1, 2]  # the run is unchanged
+    for bad in ([0], [1, 1]):
+        with pytest.raises(ValueError, match="each seed at most once"):
+            validate_recipe({"run": {"seed": 0, "repeat_seeds": bad}})
+
+
+def test_each_further_seed_runs_from_pretrain_on_the_runs_bootstrap_and_corpus(
+        run_dir, monkeypatch):
+    recipe = run_dir.model_copy(update={"run": run_dir.run.model_copy(
+        update={"repeat_seeds": [3, 5]})})
+    calls = []
+    monkeypatch.setattr(pipeline, "run_recipe", lambda r, **kw: calls.append((r, kw)) or [])
+    pipeline.run_seeds(recipe)
+    assert [(r.run.seed, r.run.output_dir, kw["first"], kw["last"]) for r, kw in calls] == [
+        (s, f"{run_dir.run.output_dir}/seeds/{s}", "pretrain", "evaluate") for s in (3, 5)]
+    for seed in (3, 5):
+        seeded = manifest.seed_recipe(recipe, seed)
+        for stage in stages.SHARED_ACROSS_SEEDS:  # the very manifest, naming the run's outputs
+            assert manifest.require_manifest(seeded, stage) == \
+                manifest.require_manifest(recipe, stage)
+        assert manifest.stage_manifest(seeded, "pretrain") is None  # trained anew there
+    assert pipeline.run_seeds(run_dir) == {} and len(calls) == 2  # no repeat_seeds: nothing
+
+
+def seeded_run(run_dir, values):
+    """run_dir plus seeds 1 and 2 whose structured decision accuracy and residual fidelity
+    ratio are values[seed] = (accuracy, fidelity ratio)."""
+    recipe = run_dir.model_copy(update={"run": run_dir.run.model_copy(
+        update={"repeat_seeds": [1, 2]})})
+    for seed, (accuracy, ratio) in values.items():
+        target = recipe if seed == 0 else manifest.seed_recipe(recipe, seed)
+        metrics = evaluate_metrics()
+        metrics["variants"]["structured"]["tasks"]["decision"]["accuracy"] = m(
+            accuracy, accuracy - 0.05, accuracy + 0.05)
+        for stage, data in (("evaluate", metrics), ("residual", RESIDUAL | {
+                "fidelity_ratio": ratio})):
+            manifest.write(str(manifest.stage_dir(target, stage)), manifest.Manifest(
+                stage=stage, fingerprint=f"{stage}-{seed}", config={}, metrics=data))
+    return recipe
+
+
+def test_the_report_gives_each_key_number_at_every_seed_with_its_spread(run_dir):
+    import json
+
+    recipe = seeded_run(run_dir, {0: (0.75, 0.95), 1: (0.55, 0.92), 2: (0.95, 0.91)})
+    path = report.build(recipe, "configs/fixture.yaml")
+    data = json.loads((path.parent / "results.json").read_text())["across_seeds"]
+    assert data["seeds"] == [0, 1, 2]
+    cells = {(c["variant"], c["task"], c["metric"]): c for c in data["cells"]}
+    acc = cells[("structured", "decision", "accuracy")]
+    assert acc["values"] == {"0": 0.75, "1": 0.55, "2": 0.95}
+    assert acc["mean"] == pytest.approx(0.75) and acc["sd"] == pytest.approx(0.2)  # by hand
+    assert (acc["min"], acc["max"], acc["seeds"]) == (0.55, 0.95, 3)
+    assert cells[("instruct", "decision", "accuracy")]["sd"] == 0.0  # same at every seed
+    decision = next(e for e in data["effects"] if e["claim"].endswith("on decision"))
+    # structured 0.55 [0.50, 0.60] vs instruct 0.5 [0.4, 0.6] overlaps at seed 1 only
+    assert decision["verdicts"] == {"0": report.SHOWN, "1": report.NOISE, "2": report.SHOWN}
+    assert data["gate_held_on_every_seed"] is True
+    text = path.read_text()
+    section = text[text.index("## Across seeds"):]
+    assert "0.75 ± 0.20 [0.55–0.95]" in section and "0: shown; 1: not shown" in section
+    assert "| 1 | 0.5 | 0.920 | 6.40 / 10.00 |" in section and "held on every seed" in section
+
+
+def test_a_seed_that_fails_the_residual_gate_is_said(run_dir):
+    recipe = seeded_run(run_dir, {0: (0.75, 0.95), 1: (0.75, 0.85), 2: (0.75, 0.93)})
+    text = report.build(recipe, "configs/fixture.yaml").read_text()
+    assert "(fidelity ratio ≥ 0.9 with a domain perplexity below instruct's) **did not hold** " \
+        "on every seed" in text
+
+
+def test_a_missing_seed_run_names_the_stage_to_run(run_dir):
+    recipe = run_dir.model_copy(update={"run": run_dir.run.model_copy(
+        update={"repeat_seeds": [7]})})
+    with pytest.raises(FileNotFoundError, match="seeds/7/residual"):
+        report.build(recipe, "configs/fixture.yaml")
