@@ -193,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
 
         pipeline.run_recipe(recipe, last="evaluate")
         pipeline.run_seeds(recipe, last="evaluate")  # run.repeat_seeds, if any
+        pipeline.run_variants(recipe, "dpo")  # dpo.compare, if any
         print(build(recipe, args.config, args.output))
         return 0
     if args.command == "run":

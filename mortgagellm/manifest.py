@@ -187,6 +187,17 @@ def seed_recipe(recipe: Recipe, seed: int) -> Recipe:
         "output_dir": f"{run.output_dir.rstrip('/')}/seeds/{seed}"})})
 
 
+def variant_recipe(recipe: Recipe, stage: str, name: str) -> Recipe:
+    """The recipe of one of <stage>.compare: the stage's section with that variant's settings,
+    writing under <output_dir>/variants/<stage>-<name> (and likewise under cache_dir)."""
+    run, where = recipe.run, f"variants/{stage}-{name}"
+    cache = f"{run.cache_dir.rstrip('/')}/{where}" if run.cache_dir else None
+    return recipe.model_copy(update={
+        stage: getattr(recipe, stage).variant(name),
+        "run": run.model_copy(update={"repeat_seeds": [], "cache_dir": cache,
+                                      "output_dir": f"{run.output_dir.rstrip('/')}/{where}"})})
+
+
 def stage_uri(recipe: Recipe, stage: str) -> str:
     """Where a stage's output and manifest are kept: <run.output_dir>/<stage>, path or URI."""
     if storage.is_remote(recipe.run.output_dir):

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, Field, ValidationError, model_validator
 
-from mortgagellm.config.base import Section
+from mortgagellm.config.base import Section, deep_update
 from mortgagellm.config.cluster import DeepSpeedSettings, ScalingSettings
 
 
@@ -268,3 +268,28 @@ class DpoConfig(ExpertTrainingSection):
         160, ge=8, description="Generation budget of a held-out answer; held-out prompts are cut "
         "to max_seq_len minus this."
     )
+    compare: dict[str, dict[str, Any]] = Field(
+        {}, description="Other settings of this stage that `mortgagellm report` trains and "
+        "measures beside it on the same held-out QA pairs, by name: dpo.* overrides, e.g. "
+        "{dpo-only: {sft: {epochs: 0}, onpolicy: {enabled: false}}}. Each trains from the same "
+        "merged model in <output_dir>/variants/dpo-<name>/ and the report sets their held-out "
+        "numbers side by side; serving uses this recipe's own dpo. {} (default): none."
+    )
+
+    def variant(self, name: str) -> DpoConfig:
+        """This section with compare[name]'s overrides (and no compare of its own)."""
+        data = self.model_dump(mode="json", exclude={"compare"})
+        return DpoConfig.model_validate(deep_update(data, self.compare[name]))
+
+    @model_validator(mode="after")
+    def _variants_valid(self) -> DpoConfig:
+        for name, overrides in self.compare.items():
+            if "compare" in overrides:
+                raise ValueError(f"dpo.compare.{name}: a variant has no compare of its own")
+            try:
+                self.variant(name)
+            except ValidationError as err:
+                problems = "; ".join(f"dpo.compare.{name}.{'.'.join(map(str, e['loc']))}: "
+                                     f"{e['msg']}" for e in err.errors())
+                raise ValueError(problems) from None
+        return self

@@ -19,8 +19,8 @@ from collections.abc import Callable
 
 from mortgagellm.cluster import storage
 from mortgagellm.config import Recipe
-from mortgagellm.manifest import MANIFEST, Manifest, seed_recipe, stage_uri
-from mortgagellm.stages import SHARED_ACROSS_SEEDS, STAGES, select, waves
+from mortgagellm.manifest import MANIFEST, Manifest, seed_recipe, stage_uri, variant_recipe
+from mortgagellm.stages import NEEDS, SHARED_ACROSS_SEEDS, STAGES, select, waves
 
 log = logging.getLogger(__name__)
 
@@ -98,9 +98,37 @@ def run_seeds(recipe: Recipe, last: str = "evaluate",
     out = {}
     for seed in recipe.run.repeat_seeds:
         seeded = seed_recipe(recipe, seed)
-        for stage, text in shared.items():
-            storage.write_bytes(f"{stage_uri(seeded, stage)}/{MANIFEST}", text)
+        _share(shared, seeded)
         log.info("== seed %d of run.repeat_seeds: %s to %s in %s ==", seed, first, last,
                  seeded.run.output_dir)
         out[seed] = run_recipe(seeded, first=first, last=last, on_done=on_done)
     return out
+
+
+def run_variants(recipe: Recipe, stage: str = "dpo",
+                 on_done: Callable[[Manifest, float], None] | None = None
+                 ) -> dict[str, Manifest]:
+    """Train and measure each of <stage>.compare (manifest.variant_recipe) in
+    <output_dir>/variants/<stage>-<name>, from the run's own upstream outputs: the manifests of
+    the stages it NEEDS are copied there. Up-to-date variants are skipped by their manifests."""
+    compare = getattr(recipe, stage).compare
+    if not compare:
+        return {}
+    shared = {need: storage.read_bytes(f"{stage_uri(recipe, need)}/{MANIFEST}")
+              for need in NEEDS[stage]}
+    out = {}
+    for name in compare:
+        variant = variant_recipe(recipe, stage, name)
+        _share(shared, variant)
+        log.info("== %s variant %s in %s ==", stage, name, variant.run.output_dir)
+        t0 = time.monotonic()
+        out[name] = run_stage(variant, stage)
+        if on_done:
+            on_done(out[name], time.monotonic() - t0)
+    return out
+
+
+def _share(manifests: dict[str, bytes], recipe: Recipe) -> None:
+    """Write these stages' manifests (the run's) into `recipe`'s run, naming the same outputs."""
+    for stage, text in manifests.items():
+        storage.write_bytes(f"{stage_uri(recipe, stage)}/{MANIFEST}", text)

@@ -25,7 +25,7 @@ from mortgagellm.cluster import storage
 from mortgagellm.config import Recipe
 from mortgagellm.evaluation import html_report, routed_report, router_report, scoring
 from mortgagellm.manifest import (Manifest, require_manifest, seed_recipe, stage_dir,
-                                  stage_uri)
+                                  stage_uri, variant_recipe)
 from mortgagellm.stages import select
 
 VARIANTS = (*scoring.VARIANTS, scoring.ROUTED)
@@ -332,6 +332,50 @@ def seeds_section(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+# ---- the conversational expert's variants (dpo.compare) ----------------------------------------
+
+THIS_RECIPE = "this recipe"
+DPO_COLUMNS = (("reward margin", "reward_margin"), ("pref. accuracy", "reward_accuracy"),
+               ("figures right, as written", "qa_numeric_correct"),
+               ("figures right, grounded", "qa_numeric_grounded"),
+               ("no made-up figure", "qa_supported"), ("closed-book knowledge", "qa_knowledge"))
+
+
+def dpo_variants(recipe: Recipe) -> dict[str, dict[str, Any]]:
+    """{name: {sft_epochs, onpolicy, heldout}} for this recipe's dpo stage and each of
+    dpo.compare, from their manifests: the same held-out QA pairs, expert against instruct."""
+    found = {THIS_RECIPE: require_manifest(recipe, "dpo")}
+    found |= {name: require_manifest(variant_recipe(recipe, "dpo", name), "dpo")
+              for name in recipe.dpo.compare}
+    return {name: {"sft_epochs": m.config["dpo"]["sft"]["epochs"],
+                   "onpolicy": m.config["dpo"]["onpolicy"]["enabled"],
+                   "heldout": m.metrics["heldout"]} for name, m in found.items()}
+
+
+def dpo_variants_section(variants_: dict[str, dict[str, Any]]) -> list[str]:
+    """The variants side by side: their settings and the expert's held-out numbers, with
+    instruct's (from this recipe's run) as the reference row."""
+    head = ["conversational expert", "SFT epochs first", "on-policy pairs",
+            *(c for c, _ in DPO_COLUMNS), "n (with a figure)"]
+    lines = ["## Conversational expert: DPO variants (dpo.compare)", "",
+             "Each trained from the same merged model and measured by the dpo stage on the same "
+             "held-out QA pairs (dpo.eval_pairs): point values, n beside them.", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def line(name: str, sft: str, onpolicy: str, measured: dict[str, Any]) -> str:
+        cells = [f"{measured[k]:.2f}" if k in measured else DASH for _, k in DPO_COLUMNS]
+        n = f"{measured.get('n', DASH)} ({measured.get('n_numeric', DASH)})"
+        return "| " + " | ".join([name, sft, onpolicy, *cells, n]) + " |"
+
+    for name, v in variants_.items():
+        lines.append(line(name, str(v["sft_epochs"]), "yes" if v["onpolicy"] else "no",
+                          v["heldout"]["expert"]))
+    own = variants_[THIS_RECIPE]["heldout"]
+    if "instruct" in own:
+        lines.append(line(f"{BASELINE} (reference)", DASH, DASH, own["instruct"]))
+    return lines + [""]
+
+
 # ---- the page --------------------------------------------------------------------------------
 
 def header(manifests: dict[str, Manifest], name: str, recipe_file: str, date: str) -> list[str]:
@@ -532,11 +576,16 @@ def build(recipe: Recipe, recipe_file: str | Path, output: str | Path | None = N
              if recipe.run.repeat_seeds else None)
     if seeds:
         data["across_seeds"] = seeds
+    compared = dpo_variants(recipe) if recipe.dpo.compare else None
+    if compared:
+        data["dpo_variants"] = compared
     (out / "results.json").write_text(json.dumps(data, indent=1) + "\n")
     path = out / "report.md"
     text = render_markdown(manifests, recipe.run.name, str(recipe_file), date, plots)
-    if seeds:  # after the first seed's verdicts, before nothing else
+    if seeds:  # after the first seed's verdicts
         text += "\n" + "\n".join(seeds_section(seeds)) + "\n"
+    if compared:
+        text += "\n" + "\n".join(dpo_variants_section(compared)) + "\n"
     path.write_text(text)
     (out / "report.html").write_text(
         html_report.render(text, out, f"MortgageLLM run report: {recipe.run.name}"))

@@ -435,3 +435,66 @@ def test_a_missing_seed_run_names_the_stage_to_run(run_dir):
         update={"repeat_seeds": [7]})})
     with pytest.raises(FileNotFoundError, match="seeds/7/residual"):
         report.build(recipe, "configs/fixture.yaml")
+
+
+# ---- dpo.compare: the conversational expert's variants, trained and set side by side -----------
+
+DPO_ONLY = {"sft": {"epochs": 0}, "onpolicy": {"enabled": False}}
+
+
+def test_a_variant_is_the_section_with_its_overrides_and_a_bad_one_is_named():
+    recipe = validate_recipe({"dpo": {"sft": {"epochs": 2, "lr": 0.002}, "beta": 0.2,
+                                      "compare": {"dpo-only": DPO_ONLY}}})
+    variant = recipe.dpo.variant("dpo-only")
+    assert (variant.sft.epochs, variant.sft.lr, variant.beta) == (0, 0.002, 0.2)  # deep merge
+    assert variant.compare == {} and not variant.onpolicy.enabled
+    from mortgagellm.pipelines import dpo
+
+    plain = validate_recipe({"dpo": {"sft": {"epochs": 2, "lr": 0.002}, "beta": 0.2}})
+    assert dpo.settings(recipe.dpo) == dpo.settings(plain.dpo)  # a variant retrains nothing
+    with pytest.raises(ValueError, match=r"dpo.compare.typo.sft.epochz: Extra inputs are not"):
+        validate_recipe({"dpo": {"compare": {"typo": {"sft": {"epochz": 0}}}}})
+
+
+def test_each_variant_trains_in_its_own_run_on_the_runs_upstream_outputs(run_dir, monkeypatch):
+    recipe = run_dir.model_copy(update={"dpo": run_dir.dpo.model_copy(
+        update={"compare": {"dpo-only": DPO_ONLY, "no-onpolicy": {"onpolicy": {
+            "enabled": False}}}})})
+    ran = []
+    monkeypatch.setattr(pipeline, "run_stage", lambda r, stage: ran.append((r, stage)) or stage)
+    assert pipeline.run_variants(recipe) == {"dpo-only": "dpo", "no-onpolicy": "dpo"}
+    assert [(r.run.output_dir, r.dpo.sft.epochs, s) for r, s in ran] == [
+        (f"{run_dir.run.output_dir}/variants/dpo-dpo-only", 0, "dpo"),
+        (f"{run_dir.run.output_dir}/variants/dpo-no-onpolicy", run_dir.dpo.sft.epochs, "dpo")]
+    for variant, _ in ran:
+        for need in stages.NEEDS["dpo"]:
+            assert manifest.require_manifest(variant, need) == \
+                manifest.require_manifest(recipe, need)
+    assert pipeline.run_variants(run_dir) == {}  # no compare: nothing
+
+
+def test_the_report_sets_the_variants_side_by_side_with_instruct(run_dir):
+    import json
+
+    recipe = run_dir.model_copy(update={"dpo": run_dir.dpo.model_copy(
+        update={"compare": {"dpo-only": DPO_ONLY}})})
+    heldout = {"n": 60, "n_numeric": 40, "reward_margin": 9.1, "reward_accuracy": 0.88,
+               "qa_numeric_correct": 0.02, "qa_numeric_grounded": 0.33, "qa_supported": 0.22,
+               "qa_knowledge": 0.125}
+    for target, expert, sft, onpolicy in (
+            (recipe, heldout, 2, True),
+            (manifest.variant_recipe(recipe, "dpo", "dpo-only"),
+             heldout | {"qa_numeric_grounded": 0.01, "reward_margin": 2.5}, 0, False)):
+        manifest.write(str(manifest.stage_dir(target, "dpo")), manifest.Manifest(
+            stage="dpo", fingerprint="dpo", metrics={"history": history(0.7, 0.3, 5), "heldout": {
+                "expert": expert, "instruct": heldout | {"qa_numeric_grounded": 0.0}}},
+            config={"dpo": {"sft": {"epochs": sft}, "onpolicy": {"enabled": onpolicy}}}))
+    path = report.build(recipe, "configs/fixture.yaml")
+    text = path.read_text()
+    section = text[text.index("## Conversational expert: DPO variants"):]
+    assert "| this recipe | 2 | yes | 9.10 | 0.88 | 0.02 | 0.33 | 0.22 | 0.12 | 60 (40) |" \
+        in section
+    assert "| dpo-only | 0 | no | 2.50 | 0.88 | 0.02 | 0.01 | 0.22 | 0.12 | 60 (40) |" in section
+    assert "| instruct (reference) | – | – | 9.10 | 0.88 | 0.02 | 0.00 |" in section
+    data = json.loads((path.parent / "results.json").read_text())["dpo_variants"]
+    assert data["dpo-only"]["heldout"]["expert"]["reward_margin"] == 2.5
