@@ -107,11 +107,12 @@ def stage_dir(manifest: Any) -> str:
 def table(rows: list[tuple[Any, bool, float]], total: float | None = None) -> str:
     """The closing table: (manifest, skipped, wall seconds in this run) per stage, and the
     run's wall time (default: the stages' sum; less when stages ran side by side)."""
-    lines = ["", f"{'stage':<10} {'time':>9}  {'numbers':<74} output"]
-    for manifest, skipped, wall in rows:
-        output = stage_dir(manifest)
+    numbers = [headline(manifest) for manifest, _, _ in rows]
+    width = max([len("numbers"), *map(len, numbers)])  # every output path in one column
+    lines = ["", f"{'stage':<10} {'time':>9}  {'numbers':<{width}}  output"]
+    for (manifest, skipped, wall), text in zip(rows, numbers):
         took = "skipped" if skipped else f"{wall:.0f} s"
-        lines.append(f"{manifest.stage:<10} {took:>9}  {headline(manifest):<74} {output}")
+        lines.append(f"{manifest.stage:<10} {took:>9}  {text:<{width}}  {stage_dir(manifest)}")
     total = sum(wall for _, _, wall in rows) if total is None else total
     lines.append(f"{'total':<10} {total:>7.0f} s")
     return "\n".join(lines)

@@ -91,6 +91,19 @@ def test_headlines_pick_each_stages_numbers_from_its_manifest():
         "instruct 0.02; answers with no made-up figure 0.40")
 
 
+def test_the_closing_tables_outputs_stand_in_one_column_however_long_the_numbers():
+    from mortgagellm import headlines
+
+    dpo = stage_manifest("dpo", {"heldout": {"expert": {"reward_margin": 9.11,
+                                                        "qa_numeric_correct": 0.02}}})
+    corpus = stage_manifest("corpus", {"documents": {"kept": 3}})
+    lines = headlines.table([(corpus, False, 46.0), (dpo, True, 0.0)], 447.0).splitlines()
+    head, first, second, total = lines[1:]
+    assert len(headlines.headline(dpo)) > 74  # longer than the old fixed column
+    assert head.index("output") == first.index("/runs/x/corpus") == second.index("/runs/x/dpo")
+    assert second.split()[:2] == ["dpo", "skipped"] and total.split() == ["total", "447", "s"]
+
+
 def test_run_prints_a_line_per_stage_then_the_table_and_dumps_metrics_to_the_log(
         tmp_path, monkeypatch, capsys):
     from mortgagellm.pipelines import recipe as pipeline
