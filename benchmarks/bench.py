@@ -55,7 +55,7 @@ SPECS = [
     # The scaling picture: one run per size (its --repeats is ignored), the PNG beside the JSON.
     Spec("corpus_scaling", "corpus.py",
          ["--scale", "10000,100000,1000000", "--plot", "{results}-corpus-scaling.png"],
-         ["--scale", "2000,6000", "--plot", "{results}-corpus-scaling.png"]),
+         ["--scale", "1000,4000", "--plot", "{results}-corpus-scaling.png"]),
     Spec("train", "train.py", [],  # quick: the demo's model shape (bootstrap's small preset)
          ["--hidden", "128", "--layers", "4", "--vocab", "1024", "--seq-len", "256", "--micro",
           "8", "--steps", "12"]),
