@@ -193,7 +193,8 @@ def main(argv: list[str] | None = None) -> int:
 
         pipeline.run_recipe(recipe, last="evaluate")
         pipeline.run_seeds(recipe, last="evaluate")  # run.repeat_seeds, if any
-        pipeline.run_variants(recipe, "dpo")  # dpo.compare, if any
+        for stage in ("sft", "dpo"):  # sft.compare and dpo.compare, if any
+            pipeline.run_variants(recipe, stage)
         print(build(recipe, args.config, args.output))
         return 0
     if args.command == "run":

@@ -7,7 +7,7 @@ measures its length and data by stays in its own class.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import AliasChoices, Field, ValidationError, model_validator
 
@@ -161,16 +161,52 @@ class ExpertTrainingSection(TrainingSection):
         "far faster on 1. Ray workers use scaling.threads_per_worker."
     )
 
+    STAGE: ClassVar[str] = "expert"
+    """The stage this section configures (its errors name it)."""
+    compare: dict[str, dict[str, Any]] = Field(
+        {}, description="Other settings of this stage that `mortgagellm report` trains and "
+        "measures beside it on the same held-out sets, by name: overrides of this section, e.g. "
+        "dpo {dpo-only: {sft: {epochs: 0}, onpolicy: {enabled: false}}}. Each trains from the "
+        "same merged model in <output_dir>/variants/<stage>-<name>/ and the report sets their "
+        "held-out numbers side by side; serving uses this recipe's own expert. Not part of the "
+        "stage's fingerprint. {} (default): none."
+    )
+
     @model_validator(mode="after")
     def _adapter_needs_lora(self) -> ExpertTrainingSection:
         if self.export == "adapter" and self.method != "lora":
             raise ValueError("export 'adapter' needs method 'lora'")
         return self
 
+    def fingerprinted(self) -> dict[str, Any]:
+        """The section as the stage's fingerprint takes it: all but `compare`, so adding a
+        variant leaves the stage's own expert current."""
+        return self.model_dump(mode="json", exclude={"compare"})
+
+    def variant(self, name: str) -> ExpertTrainingSection:
+        """This section with compare[name]'s overrides (and no compare of its own)."""
+        return type(self).model_validate(deep_update(self.fingerprinted(), self.compare[name]))
+
+    @model_validator(mode="after")
+    def _variants_valid(self) -> ExpertTrainingSection:
+        stage = self.STAGE
+        for name, overrides in self.compare.items():
+            if "compare" in overrides:
+                raise ValueError(f"{stage}.compare.{name}: a variant has no compare of its own")
+            try:
+                self.variant(name)
+            except ValidationError as err:
+                problems = "; ".join(f"{stage}.compare.{name}.{'.'.join(map(str, e['loc']))}: "
+                                     f"{e['msg']}" for e in err.errors())
+                raise ValueError(problems) from None
+        return self
+
 
 class SftConfig(ExpertTrainingSection):
     """Structured-task expert: supervised fine-tuning of the merged model on classification and
     summary records (datasets/tasks/sft.py), chat template, loss on the answer tokens only."""
+
+    STAGE: ClassVar[str] = "sft"
 
     epochs: int = Field(
         2, ge=1, description="Passes over the training records; steps = records x epochs / "
@@ -184,6 +220,12 @@ class SftConfig(ExpertTrainingSection):
     eval_per_task: int = Field(
         60, ge=1, description="Held-out records per task answered (greedy) by the instruct "
         "baseline, the start model and the expert for the manifest's accuracies."
+    )
+    counterfactual: bool = Field(
+        False, description="Counterfactual augmentation: every decision training record is also "
+        "trained with its protected attributes swapped (datasets/fairness.swap_record) and the "
+        "same decision, so the expert learns they do not decide it (ECOA / Regulation B). The "
+        "manifest's held-out fairness row (flip rate over parseable pairs) measures the effect."
     )
     max_new_tokens: int = Field(
         256, ge=8, description="Generation budget of a held-out summary (labels get 16); held-out "
@@ -234,6 +276,8 @@ class DpoConfig(ExpertTrainingSection):
     (datasets/tasks/dpo.py), against a frozen reference (a copy of the start model, or the
     adapter-disabled model with LoRA), optionally with an NLL term on the chosen answers."""
 
+    STAGE: ClassVar[str] = "dpo"
+
     beta: float = Field(
         0.1, gt=0, description="DPO temperature: how far the policy may move from the reference "
         "(loss -log sigmoid(beta * margin of log-ratios))."
@@ -268,28 +312,4 @@ class DpoConfig(ExpertTrainingSection):
         160, ge=8, description="Generation budget of a held-out answer; held-out prompts are cut "
         "to max_seq_len minus this."
     )
-    compare: dict[str, dict[str, Any]] = Field(
-        {}, description="Other settings of this stage that `mortgagellm report` trains and "
-        "measures beside it on the same held-out QA pairs, by name: dpo.* overrides, e.g. "
-        "{dpo-only: {sft: {epochs: 0}, onpolicy: {enabled: false}}}. Each trains from the same "
-        "merged model in <output_dir>/variants/dpo-<name>/ and the report sets their held-out "
-        "numbers side by side; serving uses this recipe's own dpo. {} (default): none."
-    )
 
-    def variant(self, name: str) -> DpoConfig:
-        """This section with compare[name]'s overrides (and no compare of its own)."""
-        data = self.model_dump(mode="json", exclude={"compare"})
-        return DpoConfig.model_validate(deep_update(data, self.compare[name]))
-
-    @model_validator(mode="after")
-    def _variants_valid(self) -> DpoConfig:
-        for name, overrides in self.compare.items():
-            if "compare" in overrides:
-                raise ValueError(f"dpo.compare.{name}: a variant has no compare of its own")
-            try:
-                self.variant(name)
-            except ValidationError as err:
-                problems = "; ".join(f"dpo.compare.{name}.{'.'.join(map(str, e['loc']))}: "
-                                     f"{e['msg']}" for e in err.errors())
-                raise ValueError(problems) from None
-        return self

@@ -370,12 +370,6 @@ def sft_phase(recipe: Recipe, cfg: Any, start: Path, pairs: list[dict], tokenize
                                 "train": history[-1]}
 
 
-def settings(cfg: Any) -> dict[str, Any]:
-    """The dpo section as the stage's fingerprint takes it: everything but `compare` (the
-    variants the report trains beside it), so adding a variant leaves this expert current."""
-    return cfg.model_dump(mode="json", exclude={"compare"})
-
-
 def run(recipe: Recipe, force: bool = False, *, on_ray: bool = True,
         fail_at_step: int | None = None) -> manifest.Manifest:
     """Train the start model on the preference pairs, export it, measure it against the start
@@ -386,7 +380,7 @@ def run(recipe: Recipe, force: bool = False, *, on_ray: bool = True,
     models = start_models(recipe)
     source_config, inputs = task_source(recipe, cfg.task_source)
     inputs |= models
-    config = {"seed": recipe.run.seed, "dpo": settings(cfg), **source_config}
+    config = {"seed": recipe.run.seed, "dpo": cfg.fingerprinted(), **source_config}
     pending = manifest.begin("dpo", out, config, inputs,
                              uri=manifest.stage_uri(recipe, "dpo"))
     if done := manifest.skip_if_current(pending, force):

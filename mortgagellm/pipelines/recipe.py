@@ -105,7 +105,7 @@ def run_seeds(recipe: Recipe, last: str = "evaluate",
     return out
 
 
-def run_variants(recipe: Recipe, stage: str = "dpo",
+def run_variants(recipe: Recipe, stage: str,
                  on_done: Callable[[Manifest, float], None] | None = None
                  ) -> dict[str, Manifest]:
     """Train and measure each of <stage>.compare (manifest.variant_recipe) in

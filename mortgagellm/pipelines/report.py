@@ -332,47 +332,80 @@ def seeds_section(data: dict[str, Any]) -> list[str]:
     return lines
 
 
-# ---- the conversational expert's variants (dpo.compare) ----------------------------------------
+# ---- the experts' variants (sft.compare, dpo.compare) --------------------------------------------
 
 THIS_RECIPE = "this recipe"
-DPO_COLUMNS = (("reward margin", "reward_margin"), ("pref. accuracy", "reward_accuracy"),
-               ("figures right, as written", "qa_numeric_correct"),
-               ("figures right, grounded", "qa_numeric_grounded"),
-               ("no made-up figure", "qa_supported"), ("closed-book knowledge", "qa_knowledge"))
+VARIANT_SETTINGS = {"sft": (("counterfactual", ("counterfactual",)),),
+                    "dpo": (("SFT epochs first", ("sft", "epochs")),
+                            ("on-policy pairs", ("onpolicy", "enabled")))}
+"""Per expert stage: the settings its variants table shows, as (column, path in the stage's
+config section)."""
+VARIANT_COLUMNS = {
+    "sft": (("decision", ("decision", "accuracy")), ("doc_kind", ("doc_kind", "accuracy")),
+            ("intent", ("intent", "accuracy")), ("summary fields", ("summary", "field_accuracy")),
+            ("fair-lending flip rate", ("fairness", "flip_rate")),
+            ("unparseable pair", ("fairness", "unparseable"))),
+    "dpo": (("reward margin", ("reward_margin",)), ("pref. accuracy", ("reward_accuracy",)),
+            ("figures right, as written", ("qa_numeric_correct",)),
+            ("figures right, grounded", ("qa_numeric_grounded",)),
+            ("no made-up figure", ("qa_supported",)), ("closed-book knowledge", ("qa_knowledge",)),
+            ("n (with a figure)", ("n",)))}
+"""Per expert stage: the held-out numbers its variants table shows, as (column, path in the
+stage manifest's heldout.<model>)."""
+VARIANT_TITLES = {"sft": "Structured expert: SFT variants (sft.compare)",
+                  "dpo": "Conversational expert: DPO variants (dpo.compare)"}
 
 
-def dpo_variants(recipe: Recipe) -> dict[str, dict[str, Any]]:
-    """{name: {sft_epochs, onpolicy, heldout}} for this recipe's dpo stage and each of
-    dpo.compare, from their manifests: the same held-out QA pairs, expert against instruct."""
-    found = {THIS_RECIPE: require_manifest(recipe, "dpo")}
-    found |= {name: require_manifest(variant_recipe(recipe, "dpo", name), "dpo")
-              for name in recipe.dpo.compare}
-    return {name: {"sft_epochs": m.config["dpo"]["sft"]["epochs"],
-                   "onpolicy": m.config["dpo"]["onpolicy"]["enabled"],
+def _at(data: Any, path: tuple[str, ...]) -> Any:
+    for key in path:
+        if not isinstance(data, dict) or key not in data:
+            return None
+        data = data[key]
+    return data
+
+
+def stage_variants(recipe: Recipe, stage: str) -> dict[str, dict[str, Any]]:
+    """{name: {settings, heldout}} for this recipe's expert stage and each of its compare
+    variants, from their manifests: the same held-out sets, measured by the stage."""
+    found = {THIS_RECIPE: require_manifest(recipe, stage)}
+    found |= {name: require_manifest(variant_recipe(recipe, stage, name), stage)
+              for name in getattr(recipe, stage).compare}
+    return {name: {"settings": {column: _at(m.config[stage], path)
+                                for column, path in VARIANT_SETTINGS[stage]},
                    "heldout": m.metrics["heldout"]} for name, m in found.items()}
 
 
-def dpo_variants_section(variants_: dict[str, dict[str, Any]]) -> list[str]:
-    """The variants side by side: their settings and the expert's held-out numbers, with
+def _variant_cell(value: Any) -> str:
+    if value is None:
+        return DASH
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, dict):  # a {value, n, ci95} cell
+        return f"n/a (n={value['n']})" if math.isnan(value["value"]) else \
+            f"{fmt(value['value'])} (n={value['n']})"
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
+def variants_section(stage: str, variants_: dict[str, dict[str, Any]]) -> list[str]:
+    """A stage's variants side by side: their settings and the expert's held-out numbers, with
     instruct's (from this recipe's run) as the reference row."""
-    head = ["conversational expert", "SFT epochs first", "on-policy pairs",
-            *(c for c, _ in DPO_COLUMNS), "n (with a figure)"]
-    lines = ["## Conversational expert: DPO variants (dpo.compare)", "",
-             "Each trained from the same merged model and measured by the dpo stage on the same "
-             "held-out QA pairs (dpo.eval_pairs): point values, n beside them.", "",
+    settings = [c for c, _ in VARIANT_SETTINGS[stage]]
+    head = ["expert", *settings, *(c for c, _ in VARIANT_COLUMNS[stage])]
+    lines = [f"## {VARIANT_TITLES[stage]}", "",
+             f"Each trained from the same merged model and measured by the {stage} stage on the "
+             "same held-out sets: point values, n where it differs by row.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
-    def line(name: str, sft: str, onpolicy: str, measured: dict[str, Any]) -> str:
-        cells = [f"{measured[k]:.2f}" if k in measured else DASH for _, k in DPO_COLUMNS]
-        n = f"{measured.get('n', DASH)} ({measured.get('n_numeric', DASH)})"
-        return "| " + " | ".join([name, sft, onpolicy, *cells, n]) + " |"
+    def line(name: str, shown: dict[str, Any], measured: dict[str, Any]) -> str:
+        cells = [_variant_cell(shown.get(c)) for c in settings]
+        cells += [_variant_cell(_at(measured, path)) for _, path in VARIANT_COLUMNS[stage]]
+        return "| " + " | ".join([name, *cells]) + " |"
 
     for name, v in variants_.items():
-        lines.append(line(name, str(v["sft_epochs"]), "yes" if v["onpolicy"] else "no",
-                          v["heldout"]["expert"]))
+        lines.append(line(name, v["settings"], v["heldout"]["expert"]))
     own = variants_[THIS_RECIPE]["heldout"]
     if "instruct" in own:
-        lines.append(line(f"{BASELINE} (reference)", DASH, DASH, own["instruct"]))
+        lines.append(line(f"{BASELINE} (reference)", {}, own["instruct"]))
     return lines + [""]
 
 
@@ -576,16 +609,17 @@ def build(recipe: Recipe, recipe_file: str | Path, output: str | Path | None = N
              if recipe.run.repeat_seeds else None)
     if seeds:
         data["across_seeds"] = seeds
-    compared = dpo_variants(recipe) if recipe.dpo.compare else None
+    compared = {stage: stage_variants(recipe, stage) for stage in ("sft", "dpo")
+                if getattr(recipe, stage).compare}
     if compared:
-        data["dpo_variants"] = compared
+        data["variants"] = compared
     (out / "results.json").write_text(json.dumps(data, indent=1) + "\n")
     path = out / "report.md"
     text = render_markdown(manifests, recipe.run.name, str(recipe_file), date, plots)
     if seeds:  # after the first seed's verdicts
         text += "\n" + "\n".join(seeds_section(seeds)) + "\n"
-    if compared:
-        text += "\n" + "\n".join(dpo_variants_section(compared)) + "\n"
+    for stage, found in compared.items():
+        text += "\n" + "\n".join(variants_section(stage, found)) + "\n"
     path.write_text(text)
     (out / "report.html").write_text(
         html_report.render(text, out, f"MortgageLLM run report: {recipe.run.name}"))

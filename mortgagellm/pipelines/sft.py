@@ -25,8 +25,10 @@ from typing import Any
 
 from mortgagellm import manifest, training
 from mortgagellm.config import Recipe
+from mortgagellm.datasets.fairness import swap_record
 from mortgagellm.datasets.tasks import SFT_TASKS, parse_answer, read_task_set, score
 from mortgagellm.evaluation.generate import measure_once
+from mortgagellm.evaluation.scoring import flip_metric
 from mortgagellm.evaluation.sets import subset
 from mortgagellm.manifest import stage_dir
 from mortgagellm.modeling import set_threads
@@ -65,6 +67,21 @@ def sft_problem(record: dict) -> str | None:
     if parse_answer(record["task"], record["answer"]) is None:
         return "unparseable_answer"
     return None
+
+
+def counterfactuals(records: list[dict]) -> list[dict]:
+    """Counterfactual augmentation (sft.counterfactual): the records, then each decision record
+    with its protected attributes swapped and the same decision. A file with no attribute to
+    swap adds nothing; a record missing its prompt or document is left to sft_problem."""
+    added = []
+    for record in records:
+        if record.get("task") != "decision" or record.get("prompt") is None \
+                or record.get("document") is None:
+            continue
+        swapped = swap_record(record)
+        if (swapped["prompt"], swapped["document"]) != (record["prompt"], record["document"]):
+            added.append(swapped)
+    return records + added
 
 
 def sft_rows(records: list[dict], tokenizer: Any, max_len: int) -> tuple[list[dict], dict]:
@@ -109,10 +126,29 @@ def heldout_prompts(sets: dict[str, list[dict]], tokenizer: Any, max_len: int,
     return prepared
 
 
+def fairness_prompts(records: list[dict], tokenizer: Any, max_len: int
+                     ) -> list[tuple[str, str]]:
+    """(prompt, the same with protected attributes swapped) for each held-out decision record
+    a swap changes and whose two prompts fit: the pairs of the manifest's fairness row."""
+    pairs = []
+    for record in records:
+        swapped = swap_record(record)
+        if (swapped["prompt"], swapped["document"]) == (record["prompt"], record["document"]):
+            continue
+        fitted = [fit_prompt(tokenizer, r["prompt"], r["document"], max_len - LABEL_TOKENS)
+                  for r in (record, swapped)]
+        if all(fitted):
+            pairs.append((fitted[0][0], fitted[1][0]))
+    return pairs
+
+
 def structured_metrics(model_dir: str | Path, prepared: dict[str, list[tuple[dict, str, bool]]],
-                       max_new_tokens: int) -> dict[str, dict]:
+                       max_new_tokens: int, fairness: list[tuple[str, str]] = ()
+                       ) -> dict[str, dict]:
     """Greedy answers to the held-out prompts, per task: accuracy (classification) or field
-    accuracy (summary), the share that parses in the task's format, prompts cut, n."""
+    accuracy (summary), the share that parses in the task's format, prompts cut, n; and with
+    `fairness` pairs, how often the decision flips when only protected attributes change (over
+    the pairs whose two answers parse, their n) and the share with an unparseable side."""
     from transformers import AutoTokenizer
 
     from mortgagellm.modeling import chat_generate
@@ -129,6 +165,10 @@ def structured_metrics(model_dir: str | Path, prepared: dict[str, list[tuple[dic
                         "parsed": round(sum(p is not None for p in parsed) / len(parsed), 4),
                         "prompts_cut": sum(cut for _, _, cut in items), "n": len(items),
                         "example": outputs[0][0][:300]}
+    if fairness:
+        answers = [text for text, _ in chat_generate(
+            model, tokenizer, [p for pair in fairness for p in pair], LABEL_TOKENS)]
+        result["fairness"] = flip_metric(answers[0::2], answers[1::2])
     return result
 
 
@@ -144,7 +184,7 @@ def run(recipe: Recipe, force: bool = False, *, on_ray: bool = True,
     models = start_models(recipe)
     source_config, inputs = task_source(recipe, cfg.task_source)
     inputs |= models
-    config = {"seed": recipe.run.seed, "sft": cfg.model_dump(mode="json"), **source_config}
+    config = {"seed": recipe.run.seed, "sft": cfg.fingerprinted(), **source_config}
     pending = manifest.begin("sft", out, config, inputs,
                              uri=manifest.stage_uri(recipe, "sft"))
     if done := manifest.skip_if_current(pending, force):
@@ -153,11 +193,14 @@ def run(recipe: Recipe, force: bool = False, *, on_ray: bool = True,
     start = Path(models["start"]["uri"])
     tasks = task_dir(recipe, cfg.task_source, out)
     tokenizer = AutoTokenizer.from_pretrained(start)
-    rows, counts = sft_rows(read_task_set(tasks / "sft_train.parquet"), tokenizer, cfg.max_seq_len)
-    heldout = heldout_prompts(
-        {name: subset(read_task_set(tasks / f"eval_{name}.parquet"), cfg.eval_per_task,
-                      recipe.run.seed) for name in SFT_TASKS},
-        tokenizer, cfg.max_seq_len, cfg.max_new_tokens)
+    records = read_task_set(tasks / "sft_train.parquet")
+    augmented = counterfactuals(records) if cfg.counterfactual else records
+    rows, counts = sft_rows(augmented, tokenizer, cfg.max_seq_len)
+    counts["counterfactual"] = len(augmented) - len(records)
+    sets = {name: subset(read_task_set(tasks / f"eval_{name}.parquet"), cfg.eval_per_task,
+                         recipe.run.seed) for name in SFT_TASKS}
+    heldout = heldout_prompts(sets, tokenizer, cfg.max_seq_len, cfg.max_new_tokens)
+    fairness = fairness_prompts(sets["decision"], tokenizer, cfg.max_seq_len)
     order = epoch_order(len(rows), cfg.epochs, global_batch(cfg), recipe.run.seed)
     steps = len(order) // global_batch(cfg)
     check_setup(recipe, cfg, start, steps, "sft")
@@ -180,7 +223,7 @@ def run(recipe: Recipe, force: bool = False, *, on_ray: bool = True,
         else model_dir
     adapters = {"adapter": manifest.artifact(adapter)} if adapter else {}
     measured = measure_once(models | {"expert": manifest.artifact(model_dir)}, lambda path:
-                            structured_metrics(path, heldout, cfg.max_new_tokens))
+                            structured_metrics(path, heldout, cfg.max_new_tokens, fairness))
     metrics = {"records": counts | {"steps": steps, "epochs": cfg.epochs}, "train": history[-1],
                "history": history, "heldout": measured, "export": cfg.export,
                "placement": placement,

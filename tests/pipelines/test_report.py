@@ -448,10 +448,8 @@ def test_a_variant_is_the_section_with_its_overrides_and_a_bad_one_is_named():
     variant = recipe.dpo.variant("dpo-only")
     assert (variant.sft.epochs, variant.sft.lr, variant.beta) == (0, 0.002, 0.2)  # deep merge
     assert variant.compare == {} and not variant.onpolicy.enabled
-    from mortgagellm.pipelines import dpo
-
     plain = validate_recipe({"dpo": {"sft": {"epochs": 2, "lr": 0.002}, "beta": 0.2}})
-    assert dpo.settings(recipe.dpo) == dpo.settings(plain.dpo)  # a variant retrains nothing
+    assert recipe.dpo.fingerprinted() == plain.dpo.fingerprinted()  # a variant retrains nothing
     with pytest.raises(ValueError, match=r"dpo.compare.typo.sft.epochz: Extra inputs are not"):
         validate_recipe({"dpo": {"compare": {"typo": {"sft": {"epochz": 0}}}}})
 
@@ -462,7 +460,7 @@ def test_each_variant_trains_in_its_own_run_on_the_runs_upstream_outputs(run_dir
             "enabled": False}}}})})
     ran = []
     monkeypatch.setattr(pipeline, "run_stage", lambda r, stage: ran.append((r, stage)) or stage)
-    assert pipeline.run_variants(recipe) == {"dpo-only": "dpo", "no-onpolicy": "dpo"}
+    assert pipeline.run_variants(recipe, "dpo") == {"dpo-only": "dpo", "no-onpolicy": "dpo"}
     assert [(r.run.output_dir, r.dpo.sft.epochs, s) for r, s in ran] == [
         (f"{run_dir.run.output_dir}/variants/dpo-dpo-only", 0, "dpo"),
         (f"{run_dir.run.output_dir}/variants/dpo-no-onpolicy", run_dir.dpo.sft.epochs, "dpo")]
@@ -470,7 +468,7 @@ def test_each_variant_trains_in_its_own_run_on_the_runs_upstream_outputs(run_dir
         for need in stages.NEEDS["dpo"]:
             assert manifest.require_manifest(variant, need) == \
                 manifest.require_manifest(recipe, need)
-    assert pipeline.run_variants(run_dir) == {}  # no compare: nothing
+    assert pipeline.run_variants(run_dir, "dpo") == {}  # no compare: nothing
 
 
 def test_the_report_sets_the_variants_side_by_side_with_instruct(run_dir):
@@ -492,9 +490,29 @@ def test_the_report_sets_the_variants_side_by_side_with_instruct(run_dir):
     path = report.build(recipe, "configs/fixture.yaml")
     text = path.read_text()
     section = text[text.index("## Conversational expert: DPO variants"):]
-    assert "| this recipe | 2 | yes | 9.10 | 0.88 | 0.02 | 0.33 | 0.22 | 0.12 | 60 (40) |" \
-        in section
-    assert "| dpo-only | 0 | no | 2.50 | 0.88 | 0.02 | 0.01 | 0.22 | 0.12 | 60 (40) |" in section
+    assert "| this recipe | 2 | yes | 9.10 | 0.88 | 0.02 | 0.33 | 0.22 | 0.12 | 60 |" in section
+    assert "| dpo-only | 0 | no | 2.50 | 0.88 | 0.02 | 0.01 | 0.22 | 0.12 | 60 |" in section
     assert "| instruct (reference) | – | – | 9.10 | 0.88 | 0.02 | 0.00 |" in section
-    data = json.loads((path.parent / "results.json").read_text())["dpo_variants"]
+    data = json.loads((path.parent / "results.json").read_text())["variants"]["dpo"]
     assert data["dpo-only"]["heldout"]["expert"]["reward_margin"] == 2.5
+    assert data["dpo-only"]["settings"] == {"SFT epochs first": 0, "on-policy pairs": False}
+
+
+def test_the_structured_experts_variants_show_the_flip_rate_before_and_after(run_dir):
+    recipe = run_dir.model_copy(update={"sft": run_dir.sft.model_copy(update={
+        "counterfactual": True, "compare": {"no-counterfactual": {"counterfactual": False}}})})
+    for target, flip, cda in ((recipe, 0.0, True), (manifest.variant_recipe(
+            recipe, "sft", "no-counterfactual"), 0.068, False)):
+        expert = {"decision": {"accuracy": 0.7}, "doc_kind": {"accuracy": 0.72},
+                  "intent": {"accuracy": 0.65}, "summary": {"field_accuracy": 0.4},
+                  "fairness": {"flip_rate": m(flip, 0.0, 0.15, n=59),
+                               "unparseable": m(0.017, 0.0, 0.09, n=60)}}
+        manifest.write(str(manifest.stage_dir(target, "sft")), manifest.Manifest(
+            stage="sft", fingerprint="sft", config={"sft": {"counterfactual": cda}},
+            metrics={"history": history(1.5, 0.5, 10), "heldout": {"expert": expert}}))
+    text = report.build(recipe, "configs/fixture.yaml").read_text()
+    section = text[text.index("## Structured expert: SFT variants"):]
+    assert "| this recipe | yes | 0.70 | 0.72 | 0.65 | 0.40 | 0.00 (n=59) | 0.02 (n=60) |" \
+        in section
+    assert "| no-counterfactual | no | 0.70 | 0.72 | 0.65 | 0.40 | 0.07 (n=59) |" in section
+    assert "instruct (reference)" not in section  # no instruct numbers in this manifest

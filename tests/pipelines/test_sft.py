@@ -78,6 +78,34 @@ def test_bad_records_are_rejected_with_counts_and_not_trained_on(tokenizer):
     assert answers == ["approve<|eot_id|>", "deny<|eot_id|>"]  # only the good ones, whole
 
 
+PERSONAL = "Borrower: Maria Kowalski. Sex: Female. Age: 47. Marital status: Married."
+
+
+def test_counterfactual_augmentation_adds_each_decision_with_its_attributes_swapped():
+    doc = f"{PERSONAL} Credit score 720, LTV 80%, DTI 31%."
+    personal = record(answer="deny", document=doc, prompt=f"Decide.\n\n{doc}")
+    records = [record(), personal, record(task="intent", answer="payoff_request",
+                                          document=doc, prompt=f"Route.\n\n{doc}")]
+    out = sft.counterfactuals(records)
+    assert out[:3] == records and len(out) == 4  # only the decision a swap changes
+    added = out[3]
+    assert "Sex: Male" in added["document"] and "Age: 17" not in added["document"]
+    assert "Age: 77" in added["prompt"] and "James Kowalski" in added["prompt"]
+    assert added["answer"] == "deny" and added["truth"] == personal["truth"]
+    assert added["document"] in added["prompt"]  # the prompt still holds its document
+
+
+def test_fairness_pairs_are_the_held_out_decisions_a_swap_changes(tokenizer):
+    doc = f"{PERSONAL} Credit score 640."
+    pairs = sft.fairness_prompts([record(), record(document=doc, prompt=f"Decide.\n\n{doc}")],
+                                 tokenizer, 256)
+    assert len(pairs) == 1
+    original, swapped = pairs[0]
+    assert "Sex: Female" in original and "Sex: Male" in swapped
+    assert original.replace("Female", "Male").replace("Married", "Unmarried").replace(
+        "47", "77").replace("Maria", "James") == swapped
+
+
 def test_fit_prompt_cuts_only_the_document_and_counts_it(tokenizer):
     doc = " ".join(f"line {i} of the loan file." for i in range(60))
     user = f"Classify this document.\n\n{doc}"
@@ -195,6 +223,11 @@ def test_structured_expert_answers_parse(trained):
             assert expert[task]["parsed"] >= 1 / 8, (task, expert[task])
     assert sum(expert[task]["parsed"] for task in SFT_TASKS) / len(SFT_TASKS) >= 0.3
     assert expert["decision"]["parsed"] == 1.0
+    # the fairness row: flips over the pairs whose two answers parse, their n beside it
+    fairness = expert["fairness"]
+    assert 1 <= fairness["unparseable"]["n"] <= 8 and fairness["flip_rate"]["n"] <= \
+        fairness["unparseable"]["n"]
+    assert m.metrics["records"]["counterfactual"] == 0  # sft.counterfactual is off here
 
 
 @pytest.mark.integration
