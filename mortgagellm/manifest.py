@@ -42,6 +42,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
+SHARED = "_shared"
+"""Where `fetch` puts outputs a stage's manifest names under another run's URI."""
 _FETCH_LOCK = threading.Lock()
 PACKAGE = Path(__file__).resolve().parent
 
@@ -321,14 +323,21 @@ def fetch(uri: str, local: Path) -> Manifest | None:
     remote = _parse(text, f"{uri}/{MANIFEST}")
     remote_root, local_root = _roots(uri, local)
     found = _rebased(remote, remote_root, local_root)
+    # Outputs stored under another run's URI (a further seed or a variant shares the run's
+    # bootstrap and corpus this way) are copied into <local>/_shared/<name>, like the rest.
+    shared = {name: str(local / SHARED / name) for name, e in found.outputs.items()
+              if storage.is_remote(e["uri"])}
+    for name, target in shared.items():
+        found.outputs[name] = found.outputs[name] | {"uri": target}
     cached = local / MANIFEST
     if cached.is_file() and cached.read_text() == text and all(
             storage.is_remote(e["uri"]) or Path(e["uri"]).exists() for e in found.outputs.values()):
         return found
     cached.unlink(missing_ok=True)
     for name, entry in remote.outputs.items():
-        if (target := _rebase(entry["uri"], uri, str(local))) == entry["uri"]:
-            continue  # not in the stage's directory (a model the recipe names): read in place
+        target = shared.get(name) or _rebase(entry["uri"], uri, str(local))
+        if target == entry["uri"]:
+            continue  # a local path outside the stage's directory: read in place
         storage.download(entry["uri"], target)
         if sha256_path(target) != entry["sha256"]:
             raise ValueError(f"{entry['uri']}: output {name} does not hash as {uri}/{MANIFEST} "

@@ -516,3 +516,28 @@ def test_the_structured_experts_variants_show_the_flip_rate_before_and_after(run
         in section
     assert "| no-counterfactual | no | 0.70 | 0.72 | 0.65 | 0.40 | 0.07 (n=59) |" in section
     assert "instruct (reference)" not in section  # no instruct numbers in this manifest
+
+
+def test_further_seeds_of_an_s3_run_read_its_bootstrap_and_corpus_from_s3(
+        s3_bucket, tmp_path, monkeypatch):
+    """With output_dir s3://…, each seed's run gets the run's published manifests under
+    <output_dir>/seeds/<seed>/ and downloads the outputs they name into its own cache."""
+    recipe = validate_recipe({"run": {"output_dir": f"{s3_bucket}/run", "repeat_seeds": [4],
+                                      "cache_dir": str(tmp_path / "cache")}})
+    for stage in stages.SHARED_ACROSS_SEEDS:
+        local = tmp_path / "elsewhere" / stage
+        (local / "out").mkdir(parents=True)
+        (local / "out" / "data.txt").write_text(f"{stage} output")
+        manifest.write(str(local), manifest.Manifest(
+            stage=stage, fingerprint=stage, config={},
+            outputs={"out": manifest.artifact(local / "out")}))
+        manifest.publish(manifest.read(str(local)), local, manifest.stage_uri(recipe, stage))
+    monkeypatch.setattr(pipeline, "run_recipe", lambda r, **kw: [])
+    pipeline.run_seeds(recipe)
+    seeded = manifest.seed_recipe(recipe, 4)
+    for stage in stages.SHARED_ACROSS_SEEDS:
+        found = manifest.require_manifest(seeded, stage)  # fetched into the seed's cache
+        path = Path(found.output_path("out"))
+        assert path == tmp_path / "cache" / "seeds" / "4" / stage / manifest.SHARED / "out"
+        assert (path / "data.txt").read_text() == f"{stage} output"
+    assert not (Path.cwd() / "s3:").exists()
