@@ -179,17 +179,28 @@ AGENT_NOT_READY = "No available agent to submit job"
 too busy to answer within Ray's wait); Ray's own message says to try again later."""
 
 
+ALREADY_EXISTS = "already exists"
+"""What the head answers a submission id it has queued: an earlier try got through."""
+
+
 def send(client: Any, job: JobSpec, attempts: int = 6, wait_s: float = 10.0) -> str:
-    """Submit the job; while the head has no job agent yet, wait and try again (the same
-    submission id, so the job is never queued twice). Any other refusal is raised at once."""
+    """Submit the job; while the head has no job agent yet, or drops the connection (a head
+    too busy to answer), wait and try again with the same submission id, so the job is never
+    queued twice: a retry the head answers with "already exists" means an earlier try got
+    through. Any other refusal is raised at once."""
     for attempt in range(1, attempts + 1):
         try:
             return client.submit_job(entrypoint=job.entrypoint, runtime_env=job.runtime_env,
                                      metadata=job.metadata, submission_id=job.submission_id)
-        except RuntimeError as err:
-            if AGENT_NOT_READY not in str(err) or attempt == attempts:
+        except (RuntimeError, OSError) as err:  # requests' ConnectionError is an OSError
+            if attempt > 1 and isinstance(err, RuntimeError) and ALREADY_EXISTS in str(err) \
+                    and job.submission_id in str(err):
+                return job.submission_id
+            dropped = isinstance(err, OSError)
+            if not (dropped or AGENT_NOT_READY in str(err)) or attempt == attempts:
                 raise
-            print(f"mortgagellm: the head has no job agent yet; retrying in {wait_s:.0f} s "
+            why = "dropped the connection" if dropped else "has no job agent yet"
+            print(f"mortgagellm: the head {why}; retrying in {wait_s:.0f} s "
                   f"({attempt}/{attempts - 1})", file=sys.stderr, flush=True)
             time.sleep(wait_s)
     raise AssertionError("unreachable")

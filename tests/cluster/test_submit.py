@@ -125,6 +125,27 @@ def test_a_head_without_its_job_agent_yet_is_asked_again_with_the_same_id(tmp_pa
     assert len(never.calls) == 3
 
 
+def test_a_dropped_connection_is_retried_and_an_earlier_try_that_got_through_counts(tmp_path,
+                                                                                  capsys):
+    import requests
+
+    path = tiny_recipe(tmp_path)
+    job = submit.job_spec(path, load_recipe(path, TINY), TINY)
+    dropped = requests.ConnectionError("('Connection aborted.', RemoteDisconnected('Remote end "
+                                       "closed connection without response'))")
+    head = Head(dropped)
+    assert submit.send(head, job, wait_s=0) == job.submission_id
+    assert head.calls == [job.submission_id] * 2
+    assert "the head dropped the connection; retrying" in capsys.readouterr().err
+    # the dropped try had queued the job: the retry's "already exists" is success, not an error
+    queued = RuntimeError(f"Request failed with status code 400: Job with submission_id "
+                          f"{job.submission_id} already exists. Please use a different id.")
+    head = Head(dropped, queued)
+    assert submit.send(head, job, wait_s=0) == job.submission_id and len(head.calls) == 2
+    with pytest.raises(RuntimeError, match="already exists"):  # another job's id, or a first try
+        submit.send(Head(queued), job, wait_s=0)
+
+
 def test_failure_line_is_the_last_error_of_the_log():
     log = ["INFO bootstrap: checking", "Traceback (most recent call last):", '  File "x.py"',
            "FileNotFoundError: /nope/config.json: missing", "(exit 1)"]
