@@ -7,6 +7,9 @@ Run: .venv/bin/python benchmarks/corpus.py [--docs 100000] [--num-cpus 4] [--rep
      .venv/bin/python benchmarks/corpus.py --scale 1000000   # Ray pipeline only, end to end
                                                              # (goal <= 20 min, peak <= 6 GB)
      .venv/bin/python benchmarks/corpus.py --scale 10000,100000,1000000 --plot scaling.png
+     .venv/bin/python benchmarks/corpus.py --scale 100000 --timeline trace.json
+         # where the cores idle: Ray's task timeline of the run (chrome://tracing) and, per
+         # operator, its tasks and busy seconds, with the seconds 0, 1, 2... tasks ran at once
          # the scaling picture: each size in one Ray session, time and memory against size with
          # the fitted growth (time ~ docs^k; MB per 1M documents) and the 10M figures from it
 
@@ -157,10 +160,11 @@ def measure(name: str, fn, cfg: CorpusConfig, spec: dict, out_dir: Path) -> dict
     out_dir.mkdir(parents=True)
     load = os.getloadavg()[0]
     with Usage() as usage:
-        t0 = time.monotonic()
+        t0, wall_t0 = time.monotonic(), time.time()
         result = fn(cfg, spec, out_dir / "out")
         seconds = time.monotonic() - t0
-    result |= {"seconds": round(seconds, 1), "docs_per_s": round(result["read"] / seconds, 1),
+    result |= {"window_us": [wall_t0 * 1e6, (wall_t0 + seconds) * 1e6],
+               "seconds": round(seconds, 1), "docs_per_s": round(result["read"] / seconds, 1),
                "tokens_per_s": round(result["tokens"] / seconds),
                "cpu_s": round(usage.cpu_s, 1),
                "docs_per_cpu_s": round(result["read"] / max(usage.cpu_s, 1e-9), 1),
@@ -170,6 +174,67 @@ def measure(name: str, fn, cfg: CorpusConfig, spec: dict, out_dir: Path) -> dict
                "load_avg_1m": [round(load, 1), round(os.getloadavg()[0], 1)]}
     print(f"{name:>16}: {json.dumps(result)}", flush=True)
     return result
+
+
+def concurrency_profile(events: list[dict], start_us: float, end_us: float) -> dict:
+    """Where the cores went in [start_us, end_us], from `ray.timeline()` events (chrome trace,
+    microseconds): per task name, the tasks, their busy seconds and the span from the first
+    start to the last end (seconds after `start_us`); and the seconds during which 0, 1, 2...
+    tasks were running at once. Seconds at 0 are the driver's own work (planning, the driver's
+    dedupe, waiting on results); seconds below the core count are a core left idle.
+
+    Only remote functions (module-qualified names, e.g. Ray Data's `..._map_task`) count as
+    running; Ray Data's bookkeeping actor calls (`get_reserved_resources`, ...) are listed in
+    `by_task` but take no core."""
+    spans = [(max(e["ts"], start_us), min(e["ts"] + e["dur"], end_us), e["name"])
+             for e in events if e.get("cat", "").startswith("task::")]
+    spans = [s for s in spans if s[1] > s[0]]
+    by_name: dict[str, dict] = {}
+    for begin, end, name in spans:
+        row = by_name.setdefault(name, {"tasks": 0, "busy_s": 0.0, "first_s": float("inf"),
+                                        "last_s": 0.0})
+        row["tasks"] += 1
+        row["busy_s"] += (end - begin) / 1e6
+        row["first_s"] = min(row["first_s"], (begin - start_us) / 1e6)
+        row["last_s"] = max(row["last_s"], (end - start_us) / 1e6)
+    work = [(b, e) for b, e, name in spans if "." in name]
+    edges = sorted([(b, 1) for b, _ in work] + [(e, -1) for _, e in work]
+                   + [(start_us, 0), (end_us, 0)])
+    at: dict[int, float] = {}
+    running, last = 0, start_us
+    for t, step in edges:
+        at[running] = at.get(running, 0.0) + (t - last) / 1e6
+        running, last = running + step, t
+    wall = (end_us - start_us) / 1e6
+    busy = sum(e - b for b, e in work) / 1e6
+    return {"wall_s": round(wall, 2), "busy_task_s": round(busy, 2),
+            "mean_running_tasks": round(busy / wall, 3) if wall else 0.0,
+            "seconds_with_n_running": {n: round(s, 2) for n, s in sorted(at.items())},
+            "by_task": {name: {k: round(v, 2) if isinstance(v, float) else v
+                               for k, v in row.items()}
+                        for name, row in sorted(by_name.items(),
+                                                key=lambda kv: -kv[1]["busy_s"])}}
+
+
+def pass_profiles(events: list[dict], run: dict) -> dict:
+    """`concurrency_profile` of a Ray run as a whole and of each of its passes, whose windows
+    follow each other from the run's start by its timings_s (clean, dedupe, pack)."""
+    start, end = run["window_us"]
+    out = {"run": concurrency_profile(events, start, end)}
+    for name, seconds in run.get("timings_s", {}).items():
+        out[name.removesuffix("_s")] = concurrency_profile(events, start, start + seconds * 1e6)
+        start += seconds * 1e6
+    return out
+
+
+def print_profiles(profiles: dict) -> None:
+    for name, p in profiles.items():
+        counts = ", ".join(f"{n}: {s} s" for n, s in p["seconds_with_n_running"].items())
+        print(f"timeline {name:>6}: {p['wall_s']} s, {p['mean_running_tasks']} tasks running on "
+              f"average; seconds with n tasks running {{{counts}}}")
+        if name == "run":
+            for task, row in p["by_task"].items():
+                print(f"    {task}: {json.dumps(row)}")
 
 
 def fit_growth(runs: list[dict]) -> dict:
@@ -238,6 +303,8 @@ def main() -> None:
     parser.add_argument("--no-threaded", action="store_true",
                         help="leave out the plain loop with tokenizer threads")
     parser.add_argument("--json", type=Path, help="write every timed run here")
+    parser.add_argument("--timeline", type=Path, help="write the last Ray run's task timeline "
+                        "here (chrome://tracing) and print where the cores idled")
     args = parser.parse_args()
 
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="corpus-bench-"))
@@ -276,6 +343,7 @@ def main() -> None:
                                      work / "out-ray"))
             print(f"scale: {size:,} docs in {r['seconds'] / 60:.1f} min, peak "
                   f"{r['peak_pss_gb']:.2f} GB, non-pad {r['non_pad_fraction']}", flush=True)
+        timeline(args.timeline, runs[-1])
         growth = fit_growth(runs) if len(runs) > 1 else {}
         if growth:
             print(f"growth: time ~ docs^{growth['time_exponent']}, "
@@ -294,6 +362,7 @@ def main() -> None:
         return
     ray_results = [measure("ray data", ray_pipeline, cfg, spec, work / "out-ray")
                    for _ in range(args.repeats)]
+    timeline(args.timeline, ray_results[-1])
     assert all(p["tokens"] == r["tokens"] for p in plain for r in ray_results), \
         "the two paths must produce the same tokens"
     for name, bases in (("plain loop", plain), ("plain loop with tokenizer threads", threaded)):
@@ -304,6 +373,19 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps({"docs": docs, "plain": plain, "threaded": threaded,
                                          "ray": ray_results}, indent=1))
+
+
+def timeline(path: Path | None, run: dict) -> None:
+    """With --timeline: Ray's task timeline to `path`, and the run's profiles into `run`."""
+    if path is None:
+        return
+    import ray
+
+    events = ray.timeline()
+    path.write_text(json.dumps(events))
+    run["timeline"] = pass_profiles(events, run)
+    print_profiles(run["timeline"])
+    print(f"timeline: {path} (chrome://tracing or ui.perfetto.dev)")
 
 
 if __name__ == "__main__":

@@ -169,6 +169,27 @@ def test_the_scaling_fit_by_hand(corpus_bench, bench, tmp_path):
     assert driver["ours_median"] == pytest.approx(1024.0) and tree["met"] is None
 
 
+def test_where_the_cores_idled_by_hand(corpus_bench):
+    """Two cores over 10 s: task a on 0-4 s, b on 2-6 s (clipped), c on 8-12 s (clipped to
+    10), and a bookkeeping actor call that takes no core; the run's passes split at 5 s."""
+    def task(name, start_s, seconds):
+        return {"cat": f"task::{name}", "name": name, "ts": 1e9 + start_s * 1e6,
+                "dur": seconds * 1e6}
+    events = [task("mod.clean", 0, 4), task("mod.clean", 2, 4), task("mod.pack", 8, 4),
+              task("get_reserved_resources", 1, 1), {"cat": "task:execute", "name": "x",
+                                                     "ts": 1e9, "dur": 5e6}]
+    profile = corpus_bench.concurrency_profile(events, 1e9, 1e9 + 10e6)
+    assert profile["seconds_with_n_running"] == {0: 2.0, 1: 6.0, 2: 2.0}  # 6-8: none
+    assert profile["busy_task_s"] == 10.0 and profile["mean_running_tasks"] == 1.0
+    assert profile["by_task"]["mod.clean"] == {"tasks": 2, "busy_s": 8.0, "first_s": 0.0,
+                                               "last_s": 6.0}
+    assert profile["by_task"]["mod.pack"]["busy_s"] == 2.0  # clipped at the window's end
+    passes = corpus_bench.pass_profiles(events, {"window_us": [1e9, 1e9 + 10e6],
+                                                 "timings_s": {"clean_s": 5, "pack_s": 5}})
+    assert passes["clean"]["seconds_with_n_running"] == {0: 0.0, 1: 3.0, 2: 2.0}
+    assert passes["pack"]["seconds_with_n_running"] == {0: 2.0, 1: 3.0}
+
+
 def test_results_in_a_childs_arguments_is_the_reports_path(bench, tmp_path):
     script = tmp_path / "fake.py"
     script.write_text(

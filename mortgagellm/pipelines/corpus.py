@@ -152,7 +152,7 @@ def build(cfg: CorpusConfig, seed: int, tokenizer: dict[str, Any], out_dir: Path
                                cfg.synthetic_noise)
     log.info("corpus pass 1/3 (clean): %d read units -> %s", len(units), staging)
     t = time.monotonic()
-    documents = clean_pass(cfg, seed, units, staging).sum("rows")
+    documents = sum(row["rows"] for row in clean_pass(cfg, seed, units, staging).iter_rows())
     timings = {"clean_s": time.monotonic() - t}
 
     t = time.monotonic()
