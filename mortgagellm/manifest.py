@@ -38,7 +38,7 @@ from mortgagellm import __version__
 from mortgagellm.cluster import storage
 
 if TYPE_CHECKING:
-    from mortgagellm.config import Recipe
+    from mortgagellm.config import Recipe, RunConfig
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
@@ -182,22 +182,22 @@ def stage_dir(recipe: Recipe, stage: str) -> Path:
 def seed_recipe(recipe: Recipe, seed: int) -> Recipe:
     """The recipe of one of run.repeat_seeds: the same recipe at `seed`, writing under
     <output_dir>/seeds/<seed> (and <cache_dir>/seeds/<seed> when that is set)."""
-    run = recipe.run
-    cache = f"{run.cache_dir.rstrip('/')}/seeds/{seed}" if run.cache_dir else None
-    return recipe.model_copy(update={"run": run.model_copy(update={
-        "seed": seed, "repeat_seeds": [], "cache_dir": cache,
-        "output_dir": f"{run.output_dir.rstrip('/')}/seeds/{seed}"})})
+    return recipe.model_copy(update={"run": _moved(recipe.run, f"seeds/{seed}", seed=seed)})
 
 
 def variant_recipe(recipe: Recipe, stage: str, name: str) -> Recipe:
     """The recipe of one of <stage>.compare: the stage's section with that variant's settings,
     writing under <output_dir>/variants/<stage>-<name> (and likewise under cache_dir)."""
-    run, where = recipe.run, f"variants/{stage}-{name}"
+    return recipe.model_copy(update={stage: getattr(recipe, stage).variant(name),
+                                     "run": _moved(recipe.run, f"variants/{stage}-{name}")})
+
+
+def _moved(run: RunConfig, where: str, **update: Any) -> RunConfig:
+    """`run` writing under <output_dir>/<where> (and <cache_dir>/<where>), with no further
+    repeat seeds: a seed's or a variant's run."""
     cache = f"{run.cache_dir.rstrip('/')}/{where}" if run.cache_dir else None
-    return recipe.model_copy(update={
-        stage: getattr(recipe, stage).variant(name),
-        "run": run.model_copy(update={"repeat_seeds": [], "cache_dir": cache,
-                                      "output_dir": f"{run.output_dir.rstrip('/')}/{where}"})})
+    return run.model_copy(update={"repeat_seeds": [], "cache_dir": cache, **update,
+                                  "output_dir": f"{run.output_dir.rstrip('/')}/{where}"})
 
 
 def stage_uri(recipe: Recipe, stage: str) -> str:
