@@ -50,8 +50,9 @@ class Spec:
 
 
 SPECS = [
-    Spec("corpus", "corpus.py", ["--no-threaded"],
-         ["--docs", "3000", "--docs-per-shard", "1000", "--no-threaded"]),
+    Spec("corpus", "corpus.py", ["--no-threaded", "--timeline", "{results}-corpus-timeline.json"],
+         ["--docs", "3000", "--docs-per-shard", "1000", "--no-threaded", "--timeline",
+          "{results}-corpus-timeline.json"]),
     # The scaling picture: one run per size (its --repeats is ignored), the PNG beside the JSON.
     Spec("corpus_scaling", "corpus.py",
          ["--scale", "10000,100000,1000000", "--plot", "{results}-corpus-scaling.png"],
@@ -89,7 +90,14 @@ def rows_corpus(raw: dict) -> list[dict]:
                 [r["docs_per_s"] for r in ray], [p["docs_per_s"] for p in plain],
                 goal=("ratio", ">=", 1.6)),
             row("corpus: Ray Data / plain loop, docs per CPU-s", "docs/CPU-s",
-                [r["docs_per_cpu_s"] for r in ray], [p["docs_per_cpu_s"] for p in plain])]
+                [r["docs_per_cpu_s"] for r in ray], [p["docs_per_cpu_s"] for p in plain])] + [
+            # Where a core idled (benchmarks/corpus.py --timeline): Ray tasks running at once.
+            row(f"corpus: Ray tasks running at once, mean over {name} ({os.cpu_count()} cores)",
+                "tasks",
+                [r["timeline"][key]["mean_running_tasks"] for r in ray])
+            for key, name in (("run", "the run"), ("clean", "pass 1 (clean)"),
+                              ("pack", "pass 3 (pack)"))
+            if all(key in r.get("timeline", {}) for r in ray)]
 
 
 def rows_corpus_scaling(raw: dict) -> list[dict]:

@@ -343,7 +343,7 @@ def main() -> None:
                                      work / "out-ray"))
             print(f"scale: {size:,} docs in {r['seconds'] / 60:.1f} min, peak "
                   f"{r['peak_pss_gb']:.2f} GB, non-pad {r['non_pad_fraction']}", flush=True)
-        timeline(args.timeline, runs[-1])
+        timeline(args.timeline, runs)
         growth = fit_growth(runs) if len(runs) > 1 else {}
         if growth:
             print(f"growth: time ~ docs^{growth['time_exponent']}, "
@@ -362,7 +362,7 @@ def main() -> None:
         return
     ray_results = [measure("ray data", ray_pipeline, cfg, spec, work / "out-ray")
                    for _ in range(args.repeats)]
-    timeline(args.timeline, ray_results[-1])
+    timeline(args.timeline, ray_results)
     assert all(p["tokens"] == r["tokens"] for p in plain for r in ray_results), \
         "the two paths must produce the same tokens"
     for name, bases in (("plain loop", plain), ("plain loop with tokenizer threads", threaded)):
@@ -375,16 +375,18 @@ def main() -> None:
                                          "ray": ray_results}, indent=1))
 
 
-def timeline(path: Path | None, run: dict) -> None:
-    """With --timeline: Ray's task timeline to `path`, and the run's profiles into `run`."""
+def timeline(path: Path | None, runs: list[dict]) -> None:
+    """With --timeline: Ray's task timeline of the session to `path`, and each run's profiles
+    (its own window of it) into the run's "timeline"; the last run's are printed."""
     if path is None:
         return
     import ray
 
     events = ray.timeline()
     path.write_text(json.dumps(events))
-    run["timeline"] = pass_profiles(events, run)
-    print_profiles(run["timeline"])
+    for run in runs:
+        run["timeline"] = pass_profiles(events, run)
+    print_profiles(runs[-1]["timeline"])
     print(f"timeline: {path} (chrome://tracing or ui.perfetto.dev)")
 
 

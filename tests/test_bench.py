@@ -169,7 +169,7 @@ def test_the_scaling_fit_by_hand(corpus_bench, bench, tmp_path):
     assert driver["ours_median"] == pytest.approx(1024.0) and tree["met"] is None
 
 
-def test_where_the_cores_idled_by_hand(corpus_bench):
+def test_where_the_cores_idled_by_hand(corpus_bench, bench):
     """Two cores over 10 s: task a on 0-4 s, b on 2-6 s (clipped), c on 8-12 s (clipped to
     10), and a bookkeeping actor call that takes no core; the run's passes split at 5 s."""
     def task(name, start_s, seconds):
@@ -188,6 +188,13 @@ def test_where_the_cores_idled_by_hand(corpus_bench):
                                                  "timings_s": {"clean_s": 5, "pack_s": 5}})
     assert passes["clean"]["seconds_with_n_running"] == {0: 0.0, 1: 3.0, 2: 2.0}
     assert passes["pack"]["seconds_with_n_running"] == {0: 2.0, 1: 3.0}
+    runs = [{"docs_per_s": 10.0, "docs_per_cpu_s": 5.0, "timeline": passes}]
+    rows = [bench.summarise(r) for r in bench.rows_corpus(
+        {"ray": runs, "plain": [{"docs_per_s": 8.0, "docs_per_cpu_s": 6.0}]})]
+    assert [r["ours_median"] for r in rows[2:]] == [1.0, 1.4, 0.6]  # 10/10, 7/5, 3/5 s
+    assert "pass 1 (clean)" in rows[3]["metric"]
+    assert len(bench.rows_corpus({"ray": [{"docs_per_s": 1, "docs_per_cpu_s": 1}],
+                                  "plain": [{"docs_per_s": 1, "docs_per_cpu_s": 1}]})) == 2
 
 
 def test_results_in_a_childs_arguments_is_the_reports_path(bench, tmp_path):
