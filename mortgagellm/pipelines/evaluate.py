@@ -27,6 +27,7 @@ from typing import Any
 
 from mortgagellm import manifest
 from mortgagellm.config import Recipe
+from mortgagellm.evaluation import fewshot
 from mortgagellm.evaluation.generate import generate, generate_models
 from mortgagellm.evaluation.routed import routed_variant, router_config
 from mortgagellm.evaluation.scoring import (
@@ -62,16 +63,26 @@ def variant_models(recipe: Recipe) -> dict[str, dict[str, str]]:
     return found
 
 
-def prepare(recipe: Recipe, out: Path) -> tuple[EvalSets, Scorer]:
-    """Threads, Ray (started as the recipe says if this process has none), the sets, the
-    scorer."""
+def prepare(recipe: Recipe, out: Path, model_dir: str) -> tuple[EvalSets, Scorer, dict]:
+    """Threads, Ray (started as the recipe says if this process has none), the sets with their
+    few-shot prefixes fitted to `model_dir`'s tokenizer (every variant shares it), the scorer,
+    and what the prompts fit: {"fewshot_fit", "prompts_without_room"} (evaluation/fewshot.py)."""
+    from transformers import AutoTokenizer
 
     from mortgagellm.cluster.runtime import ensure_ray
 
-    set_threads(recipe.evaluate.threads)
+    cfg = recipe.evaluate
+    set_threads(cfg.threads)
     ensure_ray(recipe.ray, recipe.run.local_dir)
-    sets = eval_sets(recipe, task_dir(recipe, recipe.evaluate.task_source, out))
-    return sets, make_scorer(recipe)
+    tasks = task_dir(recipe, cfg.task_source, out)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    sets, fitted = fewshot.fit_prefixes(eval_sets(recipe, tasks), tasks, cfg, tokenizer)
+    room = fewshot.without_room(sets, cfg, tokenizer)
+    for name, counts in room.items():
+        log.warning("evaluate: %d of %d %s prompts cannot fit in %d tokens with their answer "
+                    "budget, even with their document cut; they are answered with nothing",
+                    counts["without_room"], counts["prompts"], name, cfg.max_seq_len)
+    return sets, make_scorer(recipe), {"fewshot_fit": fitted, "prompts_without_room": room}
 
 
 def run(recipe: Recipe, force: bool = False) -> manifest.Manifest:
@@ -91,7 +102,7 @@ def run(recipe: Recipe, force: bool = False) -> manifest.Manifest:
                              uri=manifest.stage_uri(recipe, "evaluate"))
     if done := manifest.skip_if_current(pending, force):
         return done
-    sets, scorer = prepare(recipe, out)
+    sets, scorer, fit = prepare(recipe, out, str(models["instruct"]["uri"]))
     generated = generate_models(recipe, models, sets)
     set_threads(cfg.score_threads)  # the actors are done: scoring has the cores
     variants = {name: {"model": entry["uri"], "version": entry["sha256"],
@@ -100,7 +111,7 @@ def run(recipe: Recipe, force: bool = False) -> manifest.Manifest:
     if "router" in config:
         variants[ROUTED] = routed_variant(recipe, sets, generated, models, scorer)
     metrics = {"variants": variants, "sample_sizes": sample_sizes(sets),
-               "fewshot_prompts": sets.fewshot,
+               "fewshot_prompts": sets.fewshot, **fit,
                "judge": scorer.judge.describe() if scorer.judge else None}
     predictions = write_predictions(out / "predictions.jsonl", generated)
     return manifest.finish(pending, {"predictions": manifest.artifact(predictions)}, metrics)
@@ -123,13 +134,13 @@ def evaluate_model(recipe: Recipe, model_dir: str | Path, name: str,
                    version: str | None = None) -> dict[str, Any]:
     """One model on the stage's sets: {"model", "version" (its content hash unless given),
     "tasks", "sample_sizes", "judge"}; nothing is written but the built sets."""
-    sets, scorer = prepare(recipe, stage_dir(recipe, "evaluate"))
+    sets, scorer, fit = prepare(recipe, stage_dir(recipe, "evaluate"), str(model_dir))
     log.info("evaluate: %s (%s)", name, model_dir)
     generated = generate(recipe, str(model_dir), sets)
     set_threads(recipe.evaluate.score_threads)
     tasks = score_variant(sets, generated, scorer)
     return {"model": str(model_dir), "version": version or manifest.sha256_path(model_dir),
-            "tasks": tasks, "sample_sizes": sample_sizes(sets),
+            "tasks": tasks, "sample_sizes": sample_sizes(sets), **fit,
             "judge": scorer.judge.describe() if scorer.judge else None}
 
 

@@ -81,14 +81,34 @@ def training(manifests: dict[str, Manifest], plots: dict[str, str]) -> list[str]
 
 def fewshot_prompts(metrics: dict[str, Any]) -> list[str]:
     """What the fewshot_<task> rows asked: each task's solved examples, verbatim, before the
-    same question every variant answers zero-shot in the <task> row."""
-    prompts = metrics.get("fewshot_prompts") or {}
-    return ["", "fewshot_<task> rows: the <task> questions asked after solved training examples "
-            "of the task (evaluate.fewshot), each document cut to evaluate.fewshot_chars, as one "
-            "prompts an instruct model. The prefix, before the question:", ""] + [
-        line for task, prefix in prompts.items() for line in (
-            f"<details><summary>{task}</summary>", "", "```text", prefix.rstrip(), "```", "",
-            "</details>")] if prompts else []
+    same question every variant answers zero-shot in the <task> row; how each prefix was
+    fitted to the model's context, and any prompts that could not fit at all."""
+    prompts, fit = metrics.get("fewshot_prompts") or {}, metrics.get("fewshot_fit") or {}
+    lines = ["", "fewshot_<task> rows: the <task> questions asked after solved training "
+             "examples of the task (evaluate.fewshot), as one prompts an instruct model. "
+             "The prefix, before the question:", ""] if prompts or fit else []
+    if fit:
+        lines += ["Each prefix may take half of the prompt's room (max_seq_len less the "
+                  "answer budget), so the question keeps the rest; its examples' documents are "
+                  "cut to fit, and fewer examples are shown if even empty documents do not.", "",
+                  "| task | examples shown (asked) | document characters kept | prefix tokens "
+                  "(at most) |", "|---|---|---|---|"]
+        lines += [f"| {task} | {f['examples']} ({f['asked_examples']}) | {f['doc_chars']} | "
+                  f"{f['tokens']} ({f['max_tokens']}) |" for task, f in fit.items()]
+        lines += [""] + [f"**fewshot_{task} was not asked**: not even one example with an empty "
+                         "document fits its prefix's room." for task, f in fit.items()
+                         if not f["examples"]]
+    lines += [line for task, prefix in prompts.items() for line in (
+        f"<details><summary>{task}</summary>", "", "```text", prefix.rstrip(), "```", "",
+        "</details>")]
+    room = metrics.get("prompts_without_room") or {}
+    if room:
+        lines += ["", "**Prompts that could not fit** the model's context with their answer "
+                  "budget, even with their document cut; they were answered with nothing and "
+                  "count as wrong: " + ", ".join(
+                      f"{name} {c['without_room']} of {c['prompts']}" for name, c in room.items())
+                  + "."]
+    return lines
 
 
 def render_markdown(manifests: dict[str, Manifest], name: str, recipe_file: str, date: str,

@@ -386,13 +386,18 @@ def test_one_model_through_ray_data_into_its_registry_entry(ray_cluster, tiny_pa
     finally:
         stop_stub(server)
     sizes = result["sample_sizes"]
+    # The tiny pair's 256 positions hold no solved example in half a prompt's room: no
+    # fewshot_<task> set is asked (none answered with nothing), and the result says why.
     assert sizes == {"decision": 3, "doc_kind": 3, "intent": 3, "summary": 3, "qa": 3,
                      "instruction": 5, "domain": 3, "fairness": 3, "routing": 10,
-                     "routing_tier1": 10, "routing_hand": 0, "fewshot_decision": 3,
-                     "fewshot_doc_kind": 3, "fewshot_intent": 3, "fewshot_qa": 3}
+                     "routing_tier1": 10, "routing_hand": 0}
+    fit = result["fewshot_fit"]
+    assert set(fit) == set(es.FEWSHOT_TASKS) and all(f["examples"] == 0 for f in fit.values())
+    assert fit["decision"]["max_tokens"] == (256 - es.LABEL_TOKENS) // 2
+    assert result["prompts_without_room"] == {}
     tasks = result["tasks"]
     for task, names in scoring.TASK_METRICS.items():
-        if task in scoring.ROUTER_TASKS:
+        if task in scoring.ROUTER_TASKS or task not in sizes:  # not asked: no fewshot_<task>
             assert task not in tasks
             continue
         judged = {scoring.JUDGE, scoring.JUDGE_UNPARSEABLE} if task in scoring.JUDGED else set()
@@ -535,8 +540,8 @@ def test_all_models_share_one_pipeline_and_each_gets_its_own_answers(ray_cluster
     from mortgagellm.evaluation.generate import generate, generate_models
 
     recipe = fake_run(tmp_path, tiny_pair, (), ["evaluate.batch_size=1"])
-    sets, _ = ev.prepare(recipe, tmp_path / "run" / "evaluate")
     base, instruct = (str(tiny_pair.output_path(n)) for n in ("base", "instruct"))
+    sets, _, _ = ev.prepare(recipe, tmp_path / "run" / "evaluate", instruct)
     together = generate_models(recipe, {"base": {"uri": base, "sha256": "b"},
                                         "instruct": {"uri": instruct, "sha256": "i"},
                                         "same": {"uri": instruct, "sha256": "i"}}, sets)
