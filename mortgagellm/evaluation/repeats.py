@@ -13,6 +13,7 @@ from mortgagellm.config import Recipe
 from mortgagellm.evaluation.verdicts import (BASELINE, DASH, EFFECTS, cell_of, effects, fmt,
                                              table_rows)
 from mortgagellm.manifest import Manifest, require_manifest, seed_recipe, variant_recipe
+from mortgagellm.metrics import wilson
 
 # ---- across seeds (run.repeat_seeds) ------------------------------------------------------------
 
@@ -116,11 +117,16 @@ VARIANT_COLUMNS = {
             ("unparseable pair", ("fairness", "unparseable"))),
     "dpo": (("reward margin", ("reward_margin",)), ("pref. accuracy", ("reward_accuracy",)),
             ("figures right, as written", ("qa_numeric_correct",)),
-            ("figures right, grounded", ("qa_numeric_grounded",)),
+            ("figures right, grounded [95% CI]", ("qa_numeric_grounded",)),
             ("no made-up figure", ("qa_supported",)), ("closed-book knowledge", ("qa_knowledge",)),
             ("n (with a figure)", ("n",)))}
 """Per expert stage: the held-out numbers its variants table shows, as (column, path in the
 stage manifest's heldout.<model>)."""
+VARIANT_N = {("qa_numeric_grounded",): ("n_numeric",)}
+"""Rates the dpo stage stores as plain shares, with the path of their n: shown with a Wilson
+95% interval, since a variant is chosen on them."""
+PHASE = "sft"
+"""The held-out model of a dpo run's SFT phase (dpo.sft.epochs > 0): shown as its own row."""
 VARIANT_TITLES = {"sft": "Structured expert: SFT variants (sft.compare)",
                   "dpo": "Conversational expert: DPO variants (dpo.compare)"}
 
@@ -137,6 +143,8 @@ def stage_variants(recipe: Recipe, stage: str) -> dict[str, dict[str, Any]]:
     """{name: {settings, heldout}} for this recipe's expert stage and each of its compare
     variants, from their manifests: the same held-out sets, measured by the stage."""
     found = {THIS_RECIPE: require_manifest(recipe, stage)}
+    found |= {f"{THIS_RECIPE}, seed {seed}": require_manifest(seed_recipe(recipe, seed), stage)
+              for seed in recipe.run.repeat_seeds}
     found |= {name: require_manifest(variant_recipe(recipe, stage, name), stage)
               for name in getattr(recipe, stage).compare}
     return {name: {"settings": {column: _at(m.config[stage], path)
@@ -144,7 +152,10 @@ def stage_variants(recipe: Recipe, stage: str) -> dict[str, dict[str, Any]]:
                    "heldout": m.metrics["heldout"]} for name, m in found.items()}
 
 
-def _variant_cell(value: Any) -> str:
+def _variant_cell(value: Any, n: Any = None) -> str:
+    if isinstance(value, float) and isinstance(n, int) and n > 0:
+        lo, hi = wilson(round(value * n), n)
+        return f"{value:.2f} [{lo:.2f}, {hi:.2f}]"
     if value is None:
         return DASH
     if isinstance(value, bool):
@@ -167,11 +178,16 @@ def variants_section(stage: str, variants_: dict[str, dict[str, Any]]) -> list[s
 
     def line(name: str, shown: dict[str, Any], measured: dict[str, Any]) -> str:
         cells = [_variant_cell(shown.get(c)) for c in settings]
-        cells += [_variant_cell(_at(measured, path)) for _, path in VARIANT_COLUMNS[stage]]
+        cells += [_variant_cell(_at(measured, path),
+                                _at(measured, VARIANT_N[path]) if path in VARIANT_N else None)
+                  for _, path in VARIANT_COLUMNS[stage]]
         return "| " + " | ".join([name, *cells]) + " |"
 
     for name, v in variants_.items():
         lines.append(line(name, v["settings"], v["heldout"]["expert"]))
+        if PHASE in v["heldout"] and stage == "dpo":  # what DPO started from
+            lines.append(line(f"{name}: its SFT phase, before DPO", v["settings"],
+                              v["heldout"][PHASE]))
     own = variants_[THIS_RECIPE]["heldout"]
     if "instruct" in own:
         lines.append(line(f"{BASELINE} (reference)", {}, own["instruct"]))

@@ -9,6 +9,7 @@ import pytest
 
 from mortgagellm import cli, manifest, stages
 from mortgagellm.config import validate_recipe
+from mortgagellm.evaluation import repeats
 from mortgagellm.pipelines import recipe as pipeline
 from mortgagellm.pipelines import report
 
@@ -482,20 +483,38 @@ def test_the_report_sets_the_variants_side_by_side_with_instruct(run_dir):
     for target, expert, sft, onpolicy in (
             (recipe, heldout, 2, True),
             (manifest.variant_recipe(recipe, "dpo", "dpo-only"),
-             heldout | {"qa_numeric_grounded": 0.01, "reward_margin": 2.5}, 0, False)):
+             heldout | {"qa_numeric_grounded": 0.025, "reward_margin": 2.5}, 0, False)):
+        phase = {"sft": heldout | {"qa_numeric_grounded": 0.5, "reward_margin": 4.0}} if sft \
+            else {}  # an SFT phase is measured before DPO only when it ran
         manifest.write(str(manifest.stage_dir(target, "dpo")), manifest.Manifest(
             stage="dpo", fingerprint="dpo", metrics={"history": history(0.7, 0.3, 5), "heldout": {
-                "expert": expert, "instruct": heldout | {"qa_numeric_grounded": 0.0}}},
+                "expert": expert, "instruct": heldout | {"qa_numeric_grounded": 0.0}, **phase}},
             config={"dpo": {"sft": {"epochs": sft}, "onpolicy": {"enabled": onpolicy}}}))
     path = report.build(recipe, "configs/fixture.yaml")
     text = path.read_text()
     section = text[text.index("## Conversational expert: DPO variants"):]
-    assert "| this recipe | 2 | yes | 9.10 | 0.88 | 0.02 | 0.33 | 0.22 | 0.12 | 60 |" in section
-    assert "| dpo-only | 0 | no | 2.50 | 0.88 | 0.02 | 0.01 | 0.22 | 0.12 | 60 |" in section
-    assert "| instruct (reference) | – | – | 9.10 | 0.88 | 0.02 | 0.00 |" in section
+    # grounded figures with a Wilson interval over the 40 questions with a figure: 13 of 40
+    assert "| this recipe | 2 | yes | 9.10 | 0.88 | 0.02 | 0.33 [0.20, 0.48] | 0.22 | 0.12 | 60 |" \
+        in section
+    assert "| this recipe: its SFT phase, before DPO | 2 | yes | 4.00 | 0.88 | 0.02 | " \
+        "0.50 [0.35, 0.65] |" in section
+    assert "| dpo-only | 0 | no | 2.50 | 0.88 | 0.02 | 0.03 [0.00, 0.13] | 0.22 | 0.12 | 60 |" \
+        in section
+    assert "dpo-only: its SFT phase" not in section
+    assert "| instruct (reference) | – | – | 9.10 | 0.88 | 0.02 | 0.00 [0.00, 0.09] |" in section
     data = json.loads((path.parent / "results.json").read_text())["variants"]["dpo"]
     assert data["dpo-only"]["heldout"]["expert"]["reward_margin"] == 2.5
     assert data["dpo-only"]["settings"] == {"SFT epochs first": 0, "on-policy pairs": False}
+    # at each of run.repeat_seeds, this recipe's own expert is a row too (its seed's run)
+    seeded = recipe.model_copy(update={"run": recipe.run.model_copy(update={
+        "repeat_seeds": [3]})})
+    manifest.write(str(manifest.stage_dir(manifest.seed_recipe(seeded, 3), "dpo")),
+                   manifest.Manifest(stage="dpo", fingerprint="dpo", metrics={"heldout": {
+                       "expert": heldout | {"qa_numeric_grounded": 0.45}}},
+                       config={"dpo": {"sft": {"epochs": 2}, "onpolicy": {"enabled": True}}}))
+    found = repeats.stage_variants(seeded, "dpo")
+    assert list(found) == ["this recipe", "this recipe, seed 3", "dpo-only"]
+    assert found["this recipe, seed 3"]["heldout"]["expert"]["qa_numeric_grounded"] == 0.45
 
 
 def test_the_structured_experts_variants_show_the_flip_rate_before_and_after(run_dir):
