@@ -119,7 +119,7 @@ VARIANT_COLUMNS = {
             ("figures right, as written", ("qa_numeric_correct",)),
             ("figures right, grounded [95% CI]", ("qa_numeric_grounded",)),
             ("no made-up figure", ("qa_supported",)), ("closed-book knowledge", ("qa_knowledge",)),
-            ("n (with a figure)", ("n",)))}
+            ("n", ("n",)), ("of them with a figure", ("n_numeric",)))}
 """Per expert stage: the held-out numbers its variants table shows, as (column, path in the
 stage manifest's heldout.<model>)."""
 VARIANT_N = {("qa_numeric_grounded",): ("n_numeric",)}
