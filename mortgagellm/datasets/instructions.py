@@ -112,7 +112,8 @@ def instructions(split: str, seed: int, n: int) -> Iterator[Instruction]:
 def violation(instruction: Instruction, rng: random.Random) -> str:
     """The reference answer's content in a form that breaks the asked format, as a model that
     lost the instruction writes it: the word inside a sentence; the JSON's value bare, under
-    another key or in a sentence; the list on one line, one item short, or bulleted."""
+    another key or in a sentence; the list on one line, bulleted, one item short or one long
+    (the first repeated: small models miscount, overshooting more often than not)."""
     if instruction.format == "one_word":
         word = instruction.answer
         return rng.choice((f"The answer is {word}.", f"{word} is the answer.",
@@ -124,9 +125,9 @@ def violation(instruction: Instruction, rng: random.Random) -> str:
         return rng.choice((word, json.dumps({other: word}), f"The {key} is {word}."))
     if instruction.format == "numbered_list":
         items = [line.split(". ", 1)[1] for line in instruction.answer.split("\n")]
-        return rng.choice((", ".join(items),
-                           "\n".join(f"{j + 1}. {item}" for j, item in enumerate(items[:-1])),
-                           "\n".join(f"- {item}" for item in items)))
+        numbered = [f"{j + 1}. {item}" for j, item in enumerate([*items, items[0]])]
+        return rng.choice((", ".join(items), "\n".join(f"- {item}" for item in items),
+                           "\n".join(numbered[:-2]), "\n".join(numbered)))
     raise ValueError(f"unknown instruction format {instruction.format!r}")
 
 
