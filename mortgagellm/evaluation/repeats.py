@@ -108,7 +108,7 @@ THIS_RECIPE = "this recipe"
 VARIANT_SETTINGS = {"sft": (("counterfactual", ("counterfactual",)),),
                     "dpo": (("SFT epochs first", ("sft", "epochs")),
                             ("SFT format replay", ("sft", "replay_instructions")),
-                            ("format pairs", ("instruction_pairs",)),
+                            ("NLL weight", ("nll_weight",)),
                             ("on-policy pairs", ("onpolicy", "enabled")))}
 """Per expert stage: the settings its variants table shows, as (column, path in the stage's
 config section)."""
