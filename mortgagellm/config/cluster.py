@@ -79,6 +79,13 @@ class RunConfig(Section):
         cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
         return (Path(cache) / "mortgagellm" / scheme / rest.strip("/")).absolute()
 
+    def for_nodes(self) -> dict[str, str | None]:
+        """output_dir and cache_dir as plain data for a Ray task, actor or worker on any node:
+        an explicit cache_dir made absolute here; the default is resolved on that node (its
+        own $XDG_CACHE_HOME or ~/.cache) by `local_dir`. RunConfig(**for_nodes()) rebuilds it."""
+        cache = self.cache_dir and str(Path(self.cache_dir).expanduser().absolute())
+        return {"output_dir": self.output_dir, "cache_dir": cache}
+
 
 class RayConfig(Section):
     """How mortgagellm reaches Ray: an embedded local cluster or an existing one."""
