@@ -82,9 +82,18 @@ def delete(uri: str) -> None:
 
 def subdirs(uri: str) -> list[str]:
     """Names of the directories directly under the path or URI (none when it does not exist)."""
+    return _names(uri, pafs.FileType.Directory)
+
+
+def files(uri: str) -> list[str]:
+    """Names of the files directly under the path or URI (none when it does not exist)."""
+    return _names(uri, pafs.FileType.File)
+
+
+def _names(uri: str, kind: pafs.FileType) -> list[str]:
     fs, path = filesystem(uri)
     infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
-    return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
+    return sorted(i.base_name for i in infos if i.type == kind)
 
 
 def check_writable(uri: str) -> None:

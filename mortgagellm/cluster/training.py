@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pyarrow.fs import FileSelector
-
 from mortgagellm.cluster import storage
 from mortgagellm.cluster.data import rank_rows
 from mortgagellm.cluster.runtime import scaling_config
@@ -137,11 +135,9 @@ def read_placement(directory: str) -> list[dict]:
     """The placement records of every rank in `directory` (path or URI), by rank."""
     import json
 
-    fs, path = storage.filesystem(directory)
-    files = fs.get_file_info(FileSelector(path, allow_not_found=True))
-    return sorted((json.loads(storage.read_bytes(f"{directory}/{f.base_name}")) for f in files
-                   if f.base_name.startswith("rank") and f.base_name.endswith(".json")),
-                  key=lambda r: r["rank"])
+    return sorted((json.loads(storage.read_bytes(f"{directory}/{name}"))
+                   for name in storage.files(directory)
+                   if name.startswith("rank") and name.endswith(".json")), key=lambda r: r["rank"])
 
 
 def run_on_ray(train_fn: Callable[[dict, Any], Any], config: dict, scaling: ScalingSettings,
