@@ -18,6 +18,9 @@ never taken for a finished stage. The published manifest names the URIs. Later s
 earlier one with `require_manifest` / `stage_manifest`, which download its outputs into the
 cache (checking their hashes) and return a manifest naming the local copies. Skipping needs
 only the published manifest and the outputs' presence: they are hashed when downloaded.
+A Ray task, actor or Train worker, maybe on another node, is handed an input as `portable`
+names it (the published URI and hash, which storage.node_copy fetches on that node), and what
+a stage writes for its own workers is uploaded first (`share`).
 """
 
 from __future__ import annotations

@@ -31,8 +31,9 @@ class RunConfig(Section):
         "<cache_dir>/<stage>/ before publishing it, earlier stages' outputs are downloaded "
         "there (a copy whose manifest.json equals the published one is reused), and the Ray "
         "token and serve's registry, keys and audit log live there. Default: "
-        "$XDG_CACHE_HOME (else ~/.cache)/mortgagellm/<scheme>/<bucket>/<prefix>. Unused with "
-        "a local output_dir.",
+        "$XDG_CACHE_HOME (else ~/.cache)/mortgagellm/<scheme>/<bucket>/<prefix>, resolved on "
+        "each node: Ray workers on other nodes fetch the models they load into their own. "
+        "Unused with a local output_dir.",
     )
     seed: int = Field(0, ge=0, description="Global seed; stages derive their own seeds from it.")
     repeat_seeds: list[int] = Field(
