@@ -304,9 +304,20 @@ class DpoConfig(ExpertTrainingSection):
         "starts from (the SFT model when dpo.sft.epochs > 0) and ranked by a programmatic reward "
         "(off by default)."
     )
+    instruction_pairs: int = Field(
+        0, ge=0, description="Format preference pairs added to the DPO pairs: a training-split "
+        "format instruction (datasets/instructions.py), its reference answer chosen and a "
+        "violation of its format rejected, so the expert that also answers general requests "
+        "keeps instruct's formats. 0 = none."
+    )
     eval_pairs: int = Field(
         100, ge=1, description="Held-out QA pairs (eval_qa) for the manifest: reward margin and "
         "preference accuracy, and greedy answers scored for numeric correctness."
+    )
+    eval_instructions: int = Field(
+        60, ge=0, description="Held-out format instructions on which the manifest measures each "
+        "model's instruction fidelity (the routed system sends general requests to this "
+        "expert); 0 = not measured."
     )
     max_new_tokens: int = Field(
         160, ge=8, description="Generation budget of a held-out answer; held-out prompts are cut "

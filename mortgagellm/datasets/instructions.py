@@ -4,6 +4,8 @@
 Three formats: one word, a JSON object with one named key, a numbered list of n items. Every
 answer ends the turn (the model must stop). Train and eval are split by a stable hash of the
 question (or list category and length), so eval instructions are never trained on.
+`preference_pairs` sets each reference answer against a violation of its format: DPO pairs that
+teach an expert to keep instruct's formats.
 """
 
 from __future__ import annotations
@@ -105,6 +107,37 @@ def instructions(split: str, seed: int, n: int) -> Iterator[Instruction]:
             key = rng.choice(keys)
             prompt = rng.choice(JSON_KEY).format(q=q, key=key)
             yield Instruction(fmt, prompt, json.dumps({key: word}), {"key": key})
+
+
+def violation(instruction: Instruction, rng: random.Random) -> str:
+    """The reference answer's content in a form that breaks the asked format, as a model that
+    lost the instruction writes it: the word inside a sentence; the JSON's value bare, under
+    another key or in a sentence; the list on one line, bulleted, one item short or one long
+    (the first repeated: small models miscount, overshooting more often than not)."""
+    if instruction.format == "one_word":
+        word = instruction.answer
+        return rng.choice((f"The answer is {word}.", f"{word} is the answer.",
+                           f"It is {word}, I think."))
+    if instruction.format == "json":
+        key = instruction.spec["key"]
+        word = json.loads(instruction.answer)[key]
+        other = rng.choice([k for k in ("value", "response", "output") if k != key])
+        return rng.choice((word, json.dumps({other: word}), f"The {key} is {word}."))
+    if instruction.format == "numbered_list":
+        items = [line.split(". ", 1)[1] for line in instruction.answer.split("\n")]
+        numbered = [f"{j + 1}. {item}" for j, item in enumerate([*items, items[0]])]
+        return rng.choice((", ".join(items), "\n".join(f"- {item}" for item in items),
+                           "\n".join(numbered[:-2]), "\n".join(numbered)))
+    raise ValueError(f"unknown instruction format {instruction.format!r}")
+
+
+def preference_pairs(split: str, seed: int, n: int) -> list[dict]:
+    """n format preference pairs: an instruction, its reference answer (chosen) and a
+    `violation` of it (rejected), as DPO pairs with no document."""
+    rng = random.Random(f"violations:{split}:{seed}")
+    return [{"prompt": i.prompt, "document": "", "chosen": i.answer,
+             "rejected": violation(i, rng), "format": i.format}
+            for i in instructions(split, seed, n)]
 
 
 def follows(instruction: Instruction, output: str) -> bool:

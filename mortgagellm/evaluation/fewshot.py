@@ -17,19 +17,9 @@ is cut (training/chat.fit_prompt): those are answered with nothing and scored as
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
-from mortgagellm.datasets.tasks import read_task_set
-from mortgagellm.evaluation.sets import (
-    FEWSHOT_TASKS,
-    LABEL_TOKENS,
-    QA,
-    EvalSets,
-    fewshot_examples,
-    fewshot_prefix,
-    probes,
-)
+from mortgagellm.evaluation.sets import EvalSets, answer_budgets, fewshot_prefix, probes
 from mortgagellm.training.chat import encode, fit_prompt, render
 
 SHARE = 0.5
@@ -63,24 +53,15 @@ def fit_prefix(examples: list[tuple[str, str, str]], tokenizer: Any, max_tokens:
     return "", {"examples": 0, "doc_chars": 0, "tokens": 0}
 
 
-def budgets(cfg: Any) -> dict[str, int]:
-    """The answer budget of each few-shot task (as sets.probes gives it)."""
-    return {task: cfg.answer_tokens if task == QA else LABEL_TOKENS for task in FEWSHOT_TASKS}
-
-
-def fit_prefixes(sets: EvalSets, tasks: Path, cfg: Any, tokenizer: Any
-                 ) -> tuple[EvalSets, dict[str, dict]]:
-    """`sets` with each few-shot prefix fitted (fit_prefix, SHARE of the room), and what each
-    task kept: {task: {examples, doc_chars, tokens, max_tokens, asked_examples}}. A task whose
-    prefix cannot fit is left out of the few-shot sets, and its entry says so."""
-    if not sets.fewshot:
-        return sets, {}
-    train = {"sft": read_task_set(tasks / "sft_train.parquet"),
-             QA: read_task_set(tasks / "dpo_train.parquet")}
+def fit_prefixes(sets: EvalSets, cfg: Any, tokenizer: Any) -> tuple[EvalSets, dict[str, dict]]:
+    """`sets` with each few-shot prefix fitted from its solved examples (fit_prefix, SHARE of
+    the room), and what each task kept: {task: {examples, doc_chars, tokens, max_tokens,
+    asked_examples}}. A task whose prefix cannot fit is left out of the few-shot sets, and its
+    entry says so."""
     prefixes, kept = {}, {}
-    for task, budget in budgets(cfg).items():
-        examples = fewshot_examples(train[QA if task == QA else "sft"], task, cfg.fewshot)
-        max_tokens = int(SHARE * (cfg.max_seq_len - budget))
+    budgets = answer_budgets(cfg)
+    for task, examples in sets.examples.items():
+        max_tokens = int(SHARE * (cfg.max_seq_len - budgets[task]))
         prefix, kept[task] = fit_prefix(examples, tokenizer, max_tokens, cfg.fewshot_chars)
         kept[task] |= {"max_tokens": max_tokens, "asked_examples": cfg.fewshot}
         if prefix:

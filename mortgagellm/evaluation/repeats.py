@@ -107,6 +107,8 @@ def seeds_section(data: dict[str, Any]) -> list[str]:
 THIS_RECIPE = "this recipe"
 VARIANT_SETTINGS = {"sft": (("counterfactual", ("counterfactual",)),),
                     "dpo": (("SFT epochs first", ("sft", "epochs")),
+                            ("SFT format replay", ("sft", "replay_instructions")),
+                            ("NLL weight", ("nll_weight",)),
                             ("on-policy pairs", ("onpolicy", "enabled")))}
 """Per expert stage: the settings its variants table shows, as (column, path in the stage's
 config section)."""
@@ -119,10 +121,11 @@ VARIANT_COLUMNS = {
             ("figures right, as written", ("qa_numeric_correct",)),
             ("figures right, grounded [95% CI]", ("qa_numeric_grounded",)),
             ("no made-up figure", ("qa_supported",)), ("closed-book knowledge", ("qa_knowledge",)),
-            ("n", ("n",)), ("of them with a figure", ("n_numeric",)))}
+            ("n", ("n",)), ("of them with a figure", ("n_numeric",)),
+            ("instruction fidelity [95% CI]", ("fidelity",)))}
 """Per expert stage: the held-out numbers its variants table shows, as (column, path in the
 stage manifest's heldout.<model>)."""
-VARIANT_N = {("qa_numeric_grounded",): ("n_numeric",)}
+VARIANT_N = {("qa_numeric_grounded",): ("n_numeric",), ("fidelity",): ("n_instructions",)}
 """Rates the dpo stage stores as plain shares, with the path of their n: shown with a Wilson
 95% interval, since a variant is chosen on them."""
 PHASE = "sft"

@@ -114,15 +114,18 @@ def qa_metrics(records: list[dict], texts: list[str], bert: Any, resamples: int,
     it and after its source quote is resolved against the request (tasks/grounding.resolve, as
     serving does with ``ground: true``); the share of answers to questions with a context (but
     decisions, which cite program limits) that state no figure the context neither states nor
-    derives, once resolved (tasks/grounding.support); and correctness on the knowledge
-    questions, asked with no context (tasks/qa.context_for)."""
+    derives, once resolved (tasks/grounding.support), counted over the answers that state a
+    figure or date (an answer that states none makes nothing up, but says nothing either: n
+    shows how many did); and correctness on the knowledge questions, asked with no context
+    (tasks/qa.context_for)."""
     refs = [r["chosen"] for r in records]
     numeric = [bool(r["document"]) and r["truth"]["mode"] in NUMERIC_MODES for r in records]
     right = [score(QA, parse_answer(QA, t), r["truth"]) == 1.0 for t, r in zip(texts, records)]
     served = [resolve(t, r["prompt"])[0] for t, r in zip(texts, records)]
     resolved = [score(QA, parse_answer(QA, t), r["truth"]) == 1.0 for t, r in zip(served, records)]
-    supported = [not support(t, r["prompt"])["unsupported"] for t, r in zip(served, records)
-                 if r["document"] and r["truth"]["mode"] != "decision"]
+    checked = [support(t, r["prompt"]) for t, r in zip(served, records)
+               if r["document"] and r["truth"]["mode"] != "decision"]
+    supported = [not c["unsupported"] for c in checked if c["figures"]]
     return {TOKEN_F1: mean([token_f1(t, ref) for t, ref in zip(texts, refs)], resamples, seed),
             BERTSCORE_F1: mean(bert.f1(texts, refs), resamples, seed),
             NUMERIC: proportion([ok for ok, n in zip(right, numeric) if n]),

@@ -54,6 +54,9 @@ class EvalSets:
     routing: list[dict]
     fewshot: dict[str, str] = field(default_factory=dict)
     """Task -> the few-shot prefix its questions are also asked after (evaluate.fewshot)."""
+    examples: dict[str, list[tuple[str, str, str]]] = field(default_factory=dict)
+    """Task -> the solved examples (prompt, document, answer) its prefix shows, before any cut
+    (evaluation/fewshot.py fits the prefix to a model from them)."""
     routing_hand: list[dict] = field(default_factory=list)
     """Hand-written {request, route} requests (evaluate.routing_test_set), empty without one."""
 
@@ -125,25 +128,30 @@ def eval_sets(recipe: Recipe, tasks: Path) -> EvalSets:
     records = {task: read(task, cfg.per_task) for task in (*CLASSIFICATION, SUMMARY)}
     records[QA] = read(QA, cfg.qa_pairs)
     pairs = [(r, swap_record(r)) for r in read(DECISION, cfg.fairness_files)]
-    fewshot = {}
+    examples = {}
     if cfg.fewshot:
         train = {"sft": read_task_set(tasks / "sft_train.parquet"),
                  QA: read_task_set(tasks / "dpo_train.parquet")}
-        fewshot = {task: fewshot_prefix(fewshot_examples(train[QA if task == QA else "sft"], task,
-                                                         cfg.fewshot), cfg.fewshot_chars)
-                   for task in FEWSHOT_TASKS}
+        examples = {task: fewshot_examples(train[QA if task == QA else "sft"], task, cfg.fewshot)
+                    for task in FEWSHOT_TASKS}
+    fewshot = {task: fewshot_prefix(shown, cfg.fewshot_chars) for task, shown in examples.items()}
     return EvalSets(records, list(instructions("eval", seed, cfg.eval_instructions)),
                     heldout_domain_texts(seed, cfg.domain_docs),
                     [(a, b) for a, b in pairs if a["prompt"] != b["prompt"]],
-                    read("routing", cfg.routing_requests), fewshot=fewshot,
+                    read("routing", cfg.routing_requests), fewshot=fewshot, examples=examples,
                     routing_hand=read_routing_set(cfg.routing_test_set)
                     if cfg.routing_test_set else [])
 
 
+def answer_budgets(cfg: Any) -> dict[str, int]:
+    """Generation budget of an answer to each task's questions (evaluate's section `cfg`)."""
+    return {DECISION: LABEL_TOKENS, DOC_KIND: LABEL_TOKENS, INTENT: LABEL_TOKENS,
+            SUMMARY: cfg.summary_tokens, QA: cfg.answer_tokens}
+
+
 def probes(sets: EvalSets, cfg: Any) -> dict[str, list[tuple[str, str, int]]]:
     """(prompt, document inside it, answer budget) of every answer, by probe set."""
-    budget = {DECISION: LABEL_TOKENS, DOC_KIND: LABEL_TOKENS, INTENT: LABEL_TOKENS,
-              SUMMARY: cfg.summary_tokens, QA: cfg.answer_tokens}
+    budget = answer_budgets(cfg)
     out = {task: [(r["prompt"], r["document"], budget[task]) for r in records]
            for task, records in sets.records.items()}
     for task, prefix in sets.fewshot.items():

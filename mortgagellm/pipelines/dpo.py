@@ -26,7 +26,7 @@ from typing import Any
 
 from mortgagellm import manifest, training
 from mortgagellm.config import Recipe
-from mortgagellm.datasets.instructions import instructions
+from mortgagellm.datasets.instructions import Instruction, instructions, preference_pairs
 from mortgagellm.datasets.tasks import parse_answer, read_task_set, score
 from mortgagellm.datasets.tasks.format import NUMERIC_MODES
 from mortgagellm.evaluation.generate import measure_once
@@ -273,8 +273,9 @@ def qa_metrics(model: Any, tokenizer: Any, questions: list[tuple[dict, str]],
     """Greedy answers to the held-out questions scored against the truth: overall correctness,
     numeric correctness (questions with a context whose answer is a figure) as written and with
     the answer's source resolved against the prompt (tasks/grounding.py), correctness on the
-    knowledge questions (no context), the share of context answers (but decisions) stating no
-    figure their context does not support (tasks/grounding.support), and invented citations."""
+    knowledge questions (no context); of the context answers (but decisions) that state a figure
+    (n_supported), the share whose figures their context all supports (tasks/grounding.support);
+    and invented citations."""
     from mortgagellm.datasets.tasks import invented_citations
     from mortgagellm.datasets.tasks.grounding import resolve, support
     from mortgagellm.modeling import chat_generate
@@ -285,8 +286,9 @@ def qa_metrics(model: Any, tokenizer: Any, questions: list[tuple[dict, str]],
     scores = [score("qa", parse_answer("qa", t), p["truth"]) for p, t in zip(pairs, texts)]
     served = [resolve(t, q)[0] for (_, q), t in zip(questions, texts)]
     grounded = [score("qa", parse_answer("qa", t), p["truth"]) for p, t in zip(pairs, served)]
-    checked = [not support(t, q)["unsupported"] for (p, q), t in zip(questions, served)
-               if p["document"] and p["truth"]["mode"] != "decision"]
+    checked = [not c["unsupported"] for c in (
+        support(t, q) for (p, q), t in zip(questions, served)
+        if p["document"] and p["truth"]["mode"] != "decision") if c["figures"]]
     numeric = [bool(p["document"]) and p["truth"]["mode"] in NUMERIC_MODES for p in pairs]
     known = [s for p, s in zip(pairs, scores) if not p["document"]]
     invented = sum(bool(invented_citations(t, p["document"])) for p, t in zip(pairs, texts))
@@ -299,20 +301,27 @@ def qa_metrics(model: Any, tokenizer: Any, questions: list[tuple[dict, str]],
             "qa_numeric_correct": share(scores), "qa_numeric_grounded": share(grounded),
             "qa_knowledge": round(sum(known) / max(1, len(known)), 4), "n_knowledge": len(known),
             "qa_supported": round(sum(checked) / max(1, len(checked)), 4),
+            "n_supported": len(checked),
             "n_numeric": sum(numeric), "invented_citation_rate": round(invented / len(texts), 4),
             "n": len(texts), "example": texts[0][:300]}
 
 
 def conversational_metrics(models: dict[str, dict], rows: list[dict],
-                           questions: list[tuple[dict, str]], cfg: Any) -> dict[str, dict]:
-    """Preference metrics of every model against the start model (the DPO reference) and its
-    QA metrics; models with the same content hash are measured once."""
+                           questions: list[tuple[dict, str]], held: list[Instruction], cfg: Any
+                           ) -> dict[str, dict]:
+    """Preference metrics of every model against the start model (the DPO reference), its QA
+    metrics and its instruction fidelity on the `held` out format instructions (none: not
+    measured); models with the same content hash are measured once."""
     from transformers import AutoTokenizer
+
+    from mortgagellm.modeling import fidelity
 
     def measure(path: str) -> tuple[list, dict]:
         model, tokenizer = load_model(path), AutoTokenizer.from_pretrained(path)
+        obeyed = {"fidelity": round(fidelity(model, tokenizer, held)["fidelity"], 4),
+                  "n_instructions": len(held)} if held else {}
         return pair_logps(model, rows), qa_metrics(model, tokenizer, questions,
-                                                   cfg.max_new_tokens)
+                                                   cfg.max_new_tokens) | obeyed
 
     measured = measure_once(models, measure)
     reference = measured["start"][0]
@@ -400,7 +409,8 @@ def run(recipe: Recipe, force: bool = False, *, on_ray: bool = True,
         manifest.share(recipe, models["sft"])  # the start of what follows, on any node
         start = sft_model
     pairs, sampled = training_pairs(recipe, cfg, models.get("sft", models["start"]), tasks)
-    rows, counts = dpo_rows(pairs, tokenizer, cfg.max_seq_len)
+    formats = preference_pairs("train", recipe.run.seed, cfg.instruction_pairs)
+    rows, counts = dpo_rows(pairs + formats, tokenizer, cfg.max_seq_len)
     eval_rows, eval_counts, questions = heldout_pairs(
         subset(read_task_set(tasks / "eval_qa.parquet"), cfg.eval_pairs, recipe.run.seed),
         tokenizer, cfg.max_seq_len, cfg.max_new_tokens)
@@ -426,8 +436,11 @@ def run(recipe: Recipe, force: bool = False, *, on_ray: bool = True,
         else model_dir
     adapters = {"adapter": manifest.artifact(adapter)} if adapter else {}
     measured = conversational_metrics(models | {"expert": manifest.artifact(model_dir)},
-                                      eval_rows, questions, cfg)
-    metrics = {"records": counts | {"steps": steps, "epochs": cfg.epochs}, "sft": sft,
+                                      eval_rows, questions,
+                                      list(instructions("eval", recipe.run.seed,
+                                                        cfg.eval_instructions)), cfg)
+    metrics = {"records": counts | {"steps": steps, "epochs": cfg.epochs,
+                                    "instruction_pairs": len(formats)}, "sft": sft,
                "onpolicy": sampled,
                "heldout_pairs": eval_counts, "train": history[-1], "history": history,
                "heldout": measured, "export": cfg.export, "placement": placement,

@@ -76,7 +76,7 @@ def prepare(recipe: Recipe, out: Path, model_dir: str) -> tuple[EvalSets, Scorer
     ensure_ray(recipe.ray, recipe.run.local_dir)
     tasks = task_dir(recipe, cfg.task_source, out)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    sets, fitted = fewshot.fit_prefixes(eval_sets(recipe, tasks), tasks, cfg, tokenizer)
+    sets, fitted = fewshot.fit_prefixes(eval_sets(recipe, tasks), cfg, tokenizer)
     room = fewshot.without_room(sets, cfg, tokenizer)
     for name, counts in room.items():
         log.warning("evaluate: %d of %d %s prompts cannot fit in %d tokens with their answer "

@@ -5,7 +5,13 @@ import json
 import pytest
 
 from mortgagellm.datasets.general import general_documents
-from mortgagellm.datasets.instructions import Instruction, correct, follows, instructions
+from mortgagellm.datasets.instructions import (
+    Instruction,
+    correct,
+    follows,
+    instructions,
+    preference_pairs,
+)
 
 WORD = Instruction("one_word", "In one word: What color is a lime?", "green")
 JSON = Instruction("json", 'Answer in JSON with the key "color". ...', '{"color": "green"}',
@@ -68,3 +74,26 @@ def test_domain_fraction_controls_home_finance_share():
 def test_unknown_split_is_refused():
     with pytest.raises(ValueError, match="split must be"):
         next(instructions("test", 0, 1))
+
+
+def test_format_pairs_set_the_reference_against_a_violation_of_its_format():
+    pairs = preference_pairs("train", seed=3, n=300)
+    assert len(pairs) == 300
+    kinds = {}
+    for pair, instruction in zip(pairs, instructions("train", seed=3, n=300)):
+        assert (pair["prompt"], pair["chosen"]) == (instruction.prompt, instruction.answer)
+        assert pair["document"] == ""
+        assert follows(instruction, pair["chosen"]) and not follows(instruction, pair["rejected"])
+        kinds.setdefault(instruction.format, set()).add(pair["rejected"].split(" ")[0][:2])
+    # every format gets more than one kind of violation
+    assert all(len(v) > 1 for v in kinds.values()) and len(kinds) == 3
+    assert preference_pairs("train", seed=3, n=300) == pairs  # seeded
+    # the content is kept: the word, the key's value, the items
+    word = next(p for p in pairs if p["format"] == "one_word")
+    assert word["chosen"].lower() in word["rejected"].lower()
+    listed = next(p for p in pairs if p["format"] == "numbered_list")
+    first = listed["chosen"].split("\n")[0].split(". ", 1)[1]
+    assert first in listed["rejected"]
+    # held-out instructions are never trained on
+    held = {i.prompt for i in instructions("eval", seed=3, n=300)}
+    assert not held & {p["prompt"] for p in pairs if p["format"] != "numbered_list"}

@@ -15,7 +15,7 @@ from tests.pipelines.test_sft import make_run, weights
 DPO_SMALL = ["dpo.max_seq_len=192", "dpo.epochs=1", "dpo.deepspeed.micro_batch_size=4",
              "dpo.deepspeed.lr=2e-3", "dpo.log_every=2", "dpo.checkpoint_every=20",
              "dpo.eval_pairs=8", "dpo.max_new_tokens=24", "dpo.threads=1",
-             "dpo.scaling.threads_per_worker=1"]
+             "dpo.scaling.threads_per_worker=1", "dpo.eval_instructions=0"]
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +155,8 @@ def test_full_dpo_with_nll_in_one_process_uses_a_frozen_reference(tiny_pair, tmp
     # steps at 2e-3 passed or failed with the tiny pair's seed; too few steps to test anything.
     recipe = make_run(tmp_path, tiny_pair, [*DPO_SMALL, "dpo.nll_weight=0.5", "dpo.epochs=2",
                                             "dpo.deepspeed.lr=1e-3", "corpus.tasks.dpo_pairs=32",
-                                            "dpo.eval_pairs=6"])
+                                            "dpo.eval_pairs=6", "dpo.instruction_pairs=8",
+                                            "dpo.eval_instructions=6"])
     m = dpo.run(recipe, on_ray=False)
     heldout, history = m.metrics["heldout"], m.metrics["history"]
     # The held-out margin is measured on the trained model against the frozen start. Its sign
@@ -167,6 +168,22 @@ def test_full_dpo_with_nll_in_one_process_uses_a_frozen_reference(tiny_pair, tmp
     assert history[-1]["dpo_loss"] < min(math.log(2), history[0]["dpo_loss"])
     assert {"dpo_loss", "chosen_nll", "reward_accuracy"} <= set(m.metrics["history"][-1])
     assert m.metrics["records"]["documents_cut"] > 0
+    # the 8 format pairs are checked and trained on beside the 32 QA pairs
+    records = m.metrics["records"]
+    assert records["instruction_pairs"] == 8
+    assert records["kept"] + sum(records["rejected"].values()) == 32 + 8
+    # every model's fidelity on the 6 held-out format instructions of the run's seed
+    from transformers import AutoTokenizer
+
+    from mortgagellm.datasets.instructions import instructions
+    from mortgagellm.modeling import fidelity
+
+    path = tiny_pair.output_path("instruct")
+    held = list(instructions("eval", recipe.run.seed, 6))
+    by_hand = fidelity(AutoModelForCausalLM.from_pretrained(path),
+                       AutoTokenizer.from_pretrained(path), held)["fidelity"]
+    assert heldout["instruct"]["fidelity"] == pytest.approx(by_hand, abs=1e-4)
+    assert {h["n_instructions"] for h in heldout.values()} == {6}
     AutoModelForCausalLM.from_pretrained(m.output_path("model"))
     start, expert = weights(tiny_pair.output_path("instruct")), weights(m.output_path("model"))
     assert not torch.equal(start["lm_head.weight"], expert["lm_head.weight"])

@@ -100,8 +100,9 @@ def test_qa_numeric_counts_only_questions_with_a_figure():
     # after the source is resolved, $1,942.10 reads $1,842.10, which the context states; an
     # explanation's made-up figure is not supported; the closed-book questions are not counted
     made_up = "Source: “Monthly principal & interest: $1,842.10”\nIt is $1,842.10 on $9.00."
-    m4 = scoring.qa_metrics([grounded, grounded, closed], [miscopied, made_up, "$5.00"],
-                            FixedBert(), 100, 0)
+    # an answer that states no figure makes nothing up but is not counted as supported either
+    m4 = scoring.qa_metrics([grounded, grounded, closed, grounded],
+                            [miscopied, made_up, "$5.00", "I cannot say."], FixedBert(), 100, 0)
     assert (m4[scoring.SUPPORTED]["value"], m4[scoring.SUPPORTED]["n"]) == (0.5, 2)
     # q1: [your payment is 184210 month] vs [payment is 184210]: 3 shared -> 2*3/(5+3) = 0.75;
     # q2: nothing shared -> 0
@@ -267,9 +268,10 @@ def test_every_task_and_metric_is_reported_with_value_n_and_interval():
             assert set(m) == {"value", "n", "ci95"} and len(m["ci95"]) == 2
             if name.startswith("judge"):
                 assert m["n"] == 1  # judge.max_items of the task's records
-            elif task.endswith(es.QA) and name in (scoring.NUMERIC, scoring.NUMERIC_GROUNDED,
-                                                   scoring.SUPPORTED):
+            elif task.endswith(es.QA) and name in (scoring.NUMERIC, scoring.NUMERIC_GROUNDED):
                 assert m["n"] == 1
+            elif task.endswith(es.QA) and name == scoring.SUPPORTED:
+                assert m["n"] <= 1  # only an answer that states a figure
             elif task.endswith(es.QA) and name == scoring.KNOWLEDGE:
                 assert m["n"] == 0  # no closed-book question among the hand sets
             else:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import pandas as pd
 import pytest
 
 from mortgagellm.config import Recipe
@@ -50,28 +49,26 @@ def test_fewer_examples_when_even_empty_documents_do_not_fit_and_none_when_one_d
         "", {"examples": 0, "doc_chars": 0, "tokens": 0})
 
 
-def test_the_stage_fits_every_task_and_counts_prompts_without_room(tokenizer, tmp_path):
+def test_the_stage_fits_every_task_and_counts_prompts_without_room(tokenizer):
     """The cpu-replica failure: 2 examples of 240-character documents took more than the whole
     prompt; fitted, each prefix takes at most half the room and every question fits."""
     train = [{"task": t, "prompt": p, "document": d, "answer": a, "truth": {"label": a}}
              for t, golds in (("decision", ("deny", "approve")), ("doc_kind", ("rate_sheet",
                               "loan_estimate")), ("intent", ("payoff", "escrow")))
              for p, d, a in (example(g) for g in golds)]
-    pd.DataFrame(train).to_parquet(tmp_path / "sft_train.parquet")
     qa = [{"task": "qa", "prompt": p, "document": d, "chosen": a, "rejected": "no"}
           for p, d, a in (example("The APR is 6.9%."), example("It expires May 5."))]
-    pd.DataFrame(qa).to_parquet(tmp_path / "dpo_train.parquet")
     cfg = Recipe().evaluate.model_copy(update={"fewshot": 2, "max_seq_len": 512})
     records = {t: [{"prompt": f"Label it.\n\n{d}", "document": d, "answer": "x"}
                    for _, d, _ in [example("q", 100)]] for t in (*es.CLASSIFICATION, es.SUMMARY)}
     records[es.QA] = [{"prompt": f"Q?\n\n{d}", "document": d} for _, d, _ in [example("q", 100)]]
-    unfitted = {t: es.fewshot_prefix(
-        es.fewshot_examples(train if t != es.QA else qa, t, 2), 240) for t in es.FEWSHOT_TASKS}
-    sets = es.EvalSets(records, [], [], [], [], fewshot=unfitted)
+    shown = {t: es.fewshot_examples(train if t != es.QA else qa, t, 2) for t in es.FEWSHOT_TASKS}
+    unfitted = {t: es.fewshot_prefix(examples, 240) for t, examples in shown.items()}
+    sets = es.EvalSets(records, [], [], [], [], fewshot=unfitted, examples=shown)
     before = fewshot.without_room(sets, cfg, tokenizer)
     assert before["fewshot_qa"] == {"prompts": 1, "without_room": 1}  # as in the replica run
 
-    fitted, kept = fewshot.fit_prefixes(sets, tmp_path, cfg, tokenizer)
+    fitted, kept = fewshot.fit_prefixes(sets, cfg, tokenizer)
     assert set(kept) == set(es.FEWSHOT_TASKS)
     for task, k in kept.items():
         assert k["max_tokens"] == (512 - (cfg.answer_tokens if task == es.QA

@@ -479,7 +479,7 @@ def test_the_report_sets_the_variants_side_by_side_with_instruct(run_dir):
         update={"compare": {"dpo-only": DPO_ONLY}})})
     heldout = {"n": 60, "n_numeric": 40, "reward_margin": 9.1, "reward_accuracy": 0.88,
                "qa_numeric_correct": 0.02, "qa_numeric_grounded": 0.33, "qa_supported": 0.22,
-               "qa_knowledge": 0.125}
+               "qa_knowledge": 0.125, "fidelity": 0.8, "n_instructions": 150}
     for target, expert, sft, onpolicy in (
             (recipe, heldout, 2, True),
             (manifest.variant_recipe(recipe, "dpo", "dpo-only"),
@@ -489,22 +489,27 @@ def test_the_report_sets_the_variants_side_by_side_with_instruct(run_dir):
         manifest.write(str(manifest.stage_dir(target, "dpo")), manifest.Manifest(
             stage="dpo", fingerprint="dpo", metrics={"history": history(0.7, 0.3, 5), "heldout": {
                 "expert": expert, "instruct": heldout | {"qa_numeric_grounded": 0.0}, **phase}},
-            config={"dpo": {"sft": {"epochs": sft}, "onpolicy": {"enabled": onpolicy}}}))
+            config={"dpo": {"sft": {"epochs": sft}, "onpolicy": {"enabled": onpolicy}} | ({
+                "nll_weight": 1.0} if sft else {})}))  # dpo-only: an older manifest
     path = report.build(recipe, "configs/fixture.yaml")
     text = path.read_text()
     section = text[text.index("## Conversational expert: DPO variants"):]
     # grounded figures with a Wilson interval over the 40 questions with a figure: 13 of 40
-    assert "| this recipe | 2 | yes | 9.10 | 0.88 | 0.02 | 0.33 [0.20, 0.48] | 0.22 | 0.12 | " \
-        "60 | 40 |" in section
-    assert "| this recipe: its SFT phase, before DPO | 2 | yes | 4.00 | 0.88 | 0.02 | " \
+    # and instruction fidelity with its interval over the 150 held-out instructions (120 of 150);
+    # settings an older manifest lacks (format replay, NLL weight) are shown as a dash
+    assert "| this recipe | 2 | – | 1.00 | yes | 9.10 | 0.88 | 0.02 | 0.33 [0.20, 0.48] | 0.22 | " \
+        "0.12 | 60 | 40 | 0.80 [0.73, 0.86] |" in section
+    assert "| this recipe: its SFT phase, before DPO | 2 | – | 1.00 | yes | 4.00 | 0.88 | 0.02 | " \
         "0.50 [0.35, 0.65] |" in section
-    assert "| dpo-only | 0 | no | 2.50 | 0.88 | 0.02 | 0.03 [0.00, 0.13] | 0.22 | 0.12 | " \
+    assert "| dpo-only | 0 | – | – | no | 2.50 | 0.88 | 0.02 | 0.03 [0.00, 0.13] | 0.22 | 0.12 | " \
         "60 | 40 |" in section
     assert "dpo-only: its SFT phase" not in section
-    assert "| instruct (reference) | – | – | 9.10 | 0.88 | 0.02 | 0.00 [0.00, 0.09] |" in section
+    assert "| instruct (reference) | – | – | – | – | 9.10 | 0.88 | 0.02 | 0.00 [0.00, 0.09] |" \
+        in section
     data = json.loads((path.parent / "results.json").read_text())["variants"]["dpo"]
     assert data["dpo-only"]["heldout"]["expert"]["reward_margin"] == 2.5
-    assert data["dpo-only"]["settings"] == {"SFT epochs first": 0, "on-policy pairs": False}
+    assert data["dpo-only"]["settings"] == {"SFT epochs first": 0, "SFT format replay": None,
+                                            "NLL weight": None, "on-policy pairs": False}
     # at each of run.repeat_seeds, this recipe's own expert is a row too (its seed's run)
     seeded = recipe.model_copy(update={"run": recipe.run.model_copy(update={
         "repeat_seeds": [3]})})
