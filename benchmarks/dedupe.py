@@ -94,7 +94,7 @@ def replicate(staging: Path, units: list[dict], copies: int, out: Path
             number = unit["unit"] + k * len(units)
             all_units.append(unit | {"unit": number, "uri": f"copy{k}:{unit['uri']}"})
             target = accounting.unit_file(out, number)
-            if target.exists():
+            if Path(target).exists():
                 continue
             table = pq.read_table(accounting.unit_file(staging, unit["unit"]))
             sig = table["minhash"].combine_chunks()

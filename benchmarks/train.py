@@ -169,12 +169,15 @@ def worker_config(model_dir: Path, shards: list[str], work: Path, args: argparse
     scaling = ScalingSettings(use_gpu=args.gpu, threads_per_worker=variant.threads)
     ds = DeepSpeedSettings(zero_stage=variant.zero, micro_batch_size=args.micro, lr=args.lr)
     config = dataclasses.asdict(WorkerConfig(
-        seed=0, base_model=str(model_dir), shards=shards, shuffle_seed=0, seq_len=args.seq_len,
+        seed=0, base_model=str(model_dir), base_model_sha256="", shards=shards, shuffle_seed=0,
+        seq_len=args.seq_len,
         method="full", lora={}, ds_config=ds_config(ds, scaling), max_steps=args.steps,
         warmup_steps=1, min_lr_ratio=1.0, gradient_checkpointing=False,
         checkpoint_every=args.steps, log_every=warm_up(args),
         peak_tflops=args.peak_tflops, use_gpu=args.gpu, scratch=str(work / "scratch"),
-        tensorboard_dir=str(work / "tb"), fail_at_step=None, failure_marker=str(work / "none")))
+        tensorboard_dir=str(work / "tb"), placement_dir=str(work / "placement"),
+        fail_at_step=None, failure_marker=str(work / "none"),
+        run={"output_dir": str(work), "cache_dir": None}))
     return config, scaling
 
 

@@ -18,6 +18,9 @@ never taken for a finished stage. The published manifest names the URIs. Later s
 earlier one with `require_manifest` / `stage_manifest`, which download its outputs into the
 cache (checking their hashes) and return a manifest naming the local copies. Skipping needs
 only the published manifest and the outputs' presence: they are hashed when downloaded.
+A Ray task, actor or Train worker, maybe on another node, is handed an input as `portable`
+names it (the published URI and hash, which storage.node_copy fetches on that node), and what
+a stage writes for its own workers is uploaded first (`share`).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from mortgagellm import __version__
 from mortgagellm.cluster import storage
+from mortgagellm.cluster.storage import sha256_path
 
 if TYPE_CHECKING:
     from mortgagellm.config import Recipe, RunConfig
@@ -70,27 +74,6 @@ class Manifest:
         return self.outputs[name]["uri"]
 
 
-def sha256_path(path: str | Path) -> str:
-    """Content hash of a file, or of a directory tree (sorted relative paths + file hashes)."""
-    path = Path(path)
-    if path.is_file():
-        return _sha256_file(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"{path}: nothing to hash")
-    tree = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        tree.update(f"{file.relative_to(path).as_posix()}\0{_sha256_file(file)}\n".encode())
-    return tree.hexdigest()
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def artifact(path: str | Path) -> dict[str, str]:
     """An input/output entry: where it is and its content hash."""
     return {"uri": str(path), "sha256": sha256_path(path)}
@@ -117,7 +100,7 @@ def code_hash(module: str) -> str:
     comment-only change does too (the source is hashed, not its meaning)."""
     digest = hashlib.sha256()
     for name in sorted(_closure(module)):
-        digest.update(f"{name}\0{_sha256_file(_source_file(name))}\n".encode())
+        digest.update(f"{name}\0{storage.sha256_file(_source_file(name))}\n".encode())
     return digest.hexdigest()
 
 
@@ -213,6 +196,28 @@ def published(recipe: Recipe, path: str | Path) -> str:
     if not storage.is_remote(recipe.run.output_dir):
         return str(path)
     return _rebase(str(path), str(recipe.run.local_dir), recipe.run.output_dir.rstrip("/"))
+
+
+def portable(recipe: Recipe, entry: dict[str, str]) -> dict[str, str]:
+    """An input entry ({uri, sha256}) as a Ray task, actor or Train worker on any node reads it
+    (storage.node_copy): with a remote output_dir, where the cached copy `entry` names was
+    published; otherwise, and for a local path outside the cache (a model given by path), the
+    absolute path, which only a shared volume (or one node) lets another node read."""
+    if storage.is_remote(entry["uri"]):
+        return entry
+    path = Path(entry["uri"]).absolute()
+    if storage.is_remote(recipe.run.output_dir) and path.parent.name == SHARED:
+        return read(str(path.parent.parent)).outputs[path.name]  # another run's output (fetch)
+    return entry | {"uri": published(recipe, path)}
+
+
+def share(recipe: Recipe, entry: dict[str, str]) -> dict[str, str]:
+    """The `artifact` entry of something this stage wrote for its own Ray workers to read before
+    it finishes (training rows, dpo's sft-phase model), as `portable` hands it over: with a
+    remote output_dir it is uploaded first to where it would be published."""
+    if storage.is_remote(recipe.run.output_dir):
+        storage.upload(entry["uri"], published(recipe, Path(entry["uri"]).absolute()))
+    return portable(recipe, entry)
 
 
 def stage_manifest(recipe: Recipe, stage: str) -> Manifest | None:

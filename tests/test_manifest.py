@@ -215,3 +215,19 @@ def test_a_cached_copy_is_reused_while_its_manifest_matches(s3_bucket, tmp_path,
     (tmp_path / "cache" / "sft" / "manifest.json").write_text("{}")  # not the published one
     manifest.require_manifest(recipe, "sft")
     assert [target for _, target in downloads] == [str(tmp_path / "cache" / "sft" / "model")]
+
+
+def test_portable_names_the_published_uri_of_a_cached_copy(s3_bucket, tmp_path):
+    """What a Ray worker on another node is handed: a stage's output by its URI, and an output a
+    seed's run shares from the parent run (fetched into _shared) by the parent run's URI."""
+    recipe = s3_recipe(s3_bucket, tmp_path / "cache")
+    local = run_s3_stage(recipe, {"lr": 1})
+    got = manifest.require_manifest(recipe, "sft").outputs["model"]
+    assert got["uri"] == str(tmp_path / "cache" / "sft" / "model")
+    assert manifest.portable(recipe, got) == local.outputs["model"]
+
+    seed = manifest.seed_recipe(recipe, 3)
+    manifest.write(f"{s3_bucket}/run/seeds/3/sft", local)  # a seed's copy names the run's URIs
+    shared = manifest.require_manifest(seed, "sft").outputs["model"]
+    assert shared["uri"] == str(tmp_path / "cache" / "seeds/3/sft/_shared/model")
+    assert manifest.portable(seed, shared) == local.outputs["model"]

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mortgagellm.cluster import storage
 from mortgagellm.cluster.data import rank_rows
 from mortgagellm.cluster.runtime import scaling_config
-from mortgagellm.cluster.storage import filesystem, is_remote
-from mortgagellm.config import ScalingSettings
+from mortgagellm.config import RunConfig, ScalingSettings
 
 
 def init_single_process(use_gpu: bool) -> None:
@@ -118,36 +118,38 @@ class RaySession:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
 
 
-def record_placement(directory: Path, rank: int) -> None:
-    """Write which node and host this rank runs on (read back into the stage's manifest)."""
+def record_placement(directory: str, rank: int) -> None:
+    """Write which node and host this rank runs on into `directory`, a path or URI the driver
+    reads back (read_placement) into the stage's manifest."""
     import json
     import socket
 
     import ray
 
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / f"rank{rank}.json").write_text(json.dumps(
+    storage.write_bytes(f"{directory}/rank{rank}.json", json.dumps(
         {"rank": rank, "node_id": ray.get_runtime_context().get_node_id(),
-         "host": socket.gethostname(), "pid": os.getpid()}))
+         "host": socket.gethostname(), "pid": os.getpid()}).encode())
 
 
-def read_placement(directory: Path) -> list[dict]:
-    """The placement records of every rank, by rank."""
+def read_placement(directory: str) -> list[dict]:
+    """The placement records of every rank in `directory` (path or URI), by rank."""
     import json
 
-    return sorted((json.loads(p.read_text()) for p in directory.glob("rank*.json")),
-                  key=lambda r: r["rank"])
+    return sorted((json.loads(storage.read_bytes(f"{directory}/{name}"))
+                   for name in storage.files(directory)
+                   if name.startswith("rank") and name.endswith(".json")), key=lambda r: r["rank"])
 
 
 def run_on_ray(train_fn: Callable[[dict, Any], Any], config: dict, scaling: ScalingSettings,
-               storage: str, name: str, max_failures: int, keep: int) -> Any:
-    """Run `train_fn(config, RaySession)` on a TorchTrainer; returns Ray's Result. `storage` is
+               where: str, name: str, max_failures: int, keep: int) -> Any:
+    """Run `train_fn(config, RaySession)` on a TorchTrainer; returns Ray's Result. `where` is
     Ray Train's storage_path: a local directory or a URI (s3://...) every node can reach.
 
     Re-running with the same storage and name resumes from the latest checkpoint there (a
     stopped job relaunched continues instead of starting over).
     """
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig
+    from ray.train import CheckpointConfig, FailureConfig
+    from ray.train import RunConfig as TrainRunConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     def worker(cfg: dict) -> None:
@@ -155,15 +157,17 @@ def run_on_ray(train_fn: Callable[[dict, Any], Any], config: dict, scaling: Scal
             import torch
 
             torch.set_num_threads(scaling.threads_per_worker)
-        session = RaySession(cfg["shards"], cfg["scratch"], cfg["shuffle_seed"])
-        record_placement(Path(cfg["scratch"]) / "placement", session.rank)
+        scratch = storage.node_path(cfg["scratch"], RunConfig(**cfg["run"]))  # this node's
+        session = RaySession(cfg["shards"], str(scratch), cfg["shuffle_seed"])
+        record_placement(cfg["placement_dir"], session.rank)
         train_fn(cfg, session)
 
     # A URI is resolved here, with this process's settings (AWS_ENDPOINT_URL, region), and
     # handed to Ray as a filesystem: Ray's controller and workers would resolve the URI again
     # in their own environment. Credentials still come from each process's (IAM role, AWS_*).
-    fs, path = filesystem(storage) if is_remote(storage) else (None, os.path.abspath(storage))
-    run_config = RunConfig(
+    fs, path = storage.filesystem(where) if storage.is_remote(where) else (
+        None, os.path.abspath(where))
+    run_config = TrainRunConfig(
         storage_path=path, storage_filesystem=fs, name=name,
         failure_config=FailureConfig(max_failures=max_failures),
         checkpoint_config=CheckpointConfig(num_to_keep=keep),

@@ -31,8 +31,9 @@ class RunConfig(Section):
         "<cache_dir>/<stage>/ before publishing it, earlier stages' outputs are downloaded "
         "there (a copy whose manifest.json equals the published one is reused), and the Ray "
         "token and serve's registry, keys and audit log live there. Default: "
-        "$XDG_CACHE_HOME (else ~/.cache)/mortgagellm/<scheme>/<bucket>/<prefix>. Unused with "
-        "a local output_dir.",
+        "$XDG_CACHE_HOME (else ~/.cache)/mortgagellm/<scheme>/<bucket>/<prefix>, resolved on "
+        "each node: Ray workers on other nodes fetch the models they load into their own. "
+        "Unused with a local output_dir.",
     )
     seed: int = Field(0, ge=0, description="Global seed; stages derive their own seeds from it.")
     repeat_seeds: list[int] = Field(
@@ -78,6 +79,13 @@ class RunConfig(Section):
         scheme, rest = self.output_dir.split("://", 1)
         cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
         return (Path(cache) / "mortgagellm" / scheme / rest.strip("/")).absolute()
+
+    def for_nodes(self) -> dict[str, str | None]:
+        """output_dir and cache_dir as plain data for a Ray task, actor or worker on any node:
+        an explicit cache_dir made absolute here; the default is resolved on that node (its
+        own $XDG_CACHE_HOME or ~/.cache) by `local_dir`. RunConfig(**for_nodes()) rebuilds it."""
+        cache = self.cache_dir and str(Path(self.cache_dir).expanduser().absolute())
+        return {"output_dir": self.output_dir, "cache_dir": cache}
 
 
 class RayConfig(Section):

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from mortgagellm.cluster import storage
 from mortgagellm.datasets import pii
 from mortgagellm.datasets.dedupe import DUP_SCHEMA, find_duplicates, lookup
 from mortgagellm.datasets.schemas import DUPLICATES_SCHEMA, QUARANTINE_SCHEMA
@@ -30,17 +31,18 @@ DROP_SCHEMA = pa.schema([("order", pa.int64())])
 """The orders pass 3 leaves out of a unit: rejected, duplicate and low-quality documents."""
 
 
-def unit_file(directory: Path | str, unit: int, part: str = "") -> Path:
-    """<directory>/unit-NNNNNN[.part].parquet: a unit's staging file or one of its parts."""
-    return Path(directory) / f"unit-{unit:06d}{'.' + part if part else ''}.parquet"
+def unit_file(directory: Path | str, unit: int, part: str = "") -> str:
+    """<directory>/unit-NNNNNN[.part].parquet: a unit's staging file or one of its parts (a path
+    or, under a URI, a URI: pyarrow reads and writes both)."""
+    return f"{directory}/unit-{unit:06d}{'.' + part if part else ''}.parquet"
 
 
-def driver_duplicates(staging: Path, bands: int, rows: int, threshold: float) -> pa.Table:
+def driver_duplicates(staging: str, bands: int, rows: int, threshold: float) -> pa.Table:
     """DUP_SCHEMA rows decided in this process (`find_duplicates`) from every valid document's
     hash and signature in the staging files."""
     import pyarrow.dataset as pads
 
-    table = pads.dataset(str(staging), format="parquet").to_table(
+    table = pads.dataset(staging, format="parquet").to_table(
         columns=["order", "content_hash", "minhash"], filter=pc.field("reject") == "")
     order = table["order"].to_numpy()
     sig = np.concatenate([c.flatten().to_numpy() for c in table["minhash"].chunks]
@@ -61,18 +63,19 @@ def with_unit(table: pa.Table) -> pa.Table:
     return table.append_column("unit", pc.shift_right(table["order"], 32))
 
 
-def write_found(dups: pa.Table, found: Path) -> None:
+def write_found(dups: pa.Table, found: str) -> None:
     """Duplicates (DUP_SCHEMA) as <found>/unit=N/*.parquet, N the duplicate's unit, as the
     distributed path writes them."""
     pq.write_to_dataset(with_unit(dups), found, partition_cols=["unit"])
 
 
-def account_unit(unit: int, staging: Path, found: Path, parts: Path, unit_uris: list[str]
+def account_unit(unit: int, staging: str, found: str, parts: str, unit_uris: list[str]
                  ) -> dict[str, Any]:
-    """Write the unit's quarantine, duplicates and drop parts into `parts`; its counts."""
+    """Write the unit's quarantine, duplicates and drop parts into `parts`; its counts. The
+    three folders are paths or URIs."""
     table = pq.read_table(unit_file(staging, unit), columns=COUNT_COLUMNS)
-    mine = found / f"unit={unit}"
-    dups = (pq.read_table(mine, columns=DUP_SCHEMA.names) if mine.is_dir()
+    mine = f"{found}/unit={unit}"
+    dups = (pq.read_table(mine, columns=DUP_SCHEMA.names) if storage.exists(mine)
             else DUP_SCHEMA.empty_table()).sort_by("order")
     order = table["order"].to_numpy()
     valid = pc.equal(table["reject"], "").to_numpy(zero_copy_only=False)
@@ -100,7 +103,7 @@ def account_unit(unit: int, staging: Path, found: Path, parts: Path, unit_uris: 
     return counts(table, unit_uris, valid, is_dup, kind, low, kept)
 
 
-def kept_locations(kept: np.ndarray, staging: Path) -> pa.Array:
+def kept_locations(kept: np.ndarray, staging: str) -> pa.Array:
     """The `location` of each kept order, read from the staging files of the units it names."""
     out = np.empty(len(kept), dtype=object)
     for unit in np.unique(kept >> 32):
@@ -144,7 +147,7 @@ def add(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def concat(parts: Path, units: list[int], part: str, schema: pa.Schema, path: Path) -> int:
+def concat(parts: str, units: list[int], part: str, schema: pa.Schema, path: Path) -> int:
     """The units' `part` files, in unit order, into one Parquet file at `path`; its rows.
     One part is in memory at a time."""
     rows = 0

@@ -10,7 +10,7 @@ import logging
 import time
 from typing import Any
 
-from mortgagellm.config import Recipe
+from mortgagellm.config import Recipe, RunConfig
 from mortgagellm.evaluation.sets import CHAT, NLL, EvalSets, probes, request_key, requests
 
 log = logging.getLogger(__name__)
@@ -31,29 +31,36 @@ class Generator:
     """Ray Data callable answering for whichever model each row names: greedy chat answers
     (modeling.chat_generate, prompts cut to fit as the sft stage cuts them) and document NLLs
     (modeling.document_nlls). It holds one model at a time and loads the next when rows for it
-    arrive (the rows come in model order, so each actor loads each model about once)."""
+    arrive (the rows come in model order, so each actor loads each model about once).
 
-    def __init__(self, max_seq_len: int, threads: int | None) -> None:
+    Rows name a model by path or URI; `hashes` ({uri: sha256}) and `run` (RunConfig.for_nodes)
+    let the actor fetch a URI into its own node's cache (storage.node_copy)."""
+
+    def __init__(self, max_seq_len: int, threads: int | None, hashes: dict[str, str],
+                 run: dict[str, Any]) -> None:
         from mortgagellm.modeling import set_threads
 
         set_threads(threads)
         self.max_seq_len = max_seq_len
+        self.hashes, self.run = hashes, RunConfig(**run)
         self.path: str | None = None
 
-    def load(self, model_dir: str) -> None:
+    def load(self, model: str) -> None:
         import torch
         from transformers import AutoTokenizer
 
+        from mortgagellm.cluster.storage import node_copy
         from mortgagellm.training.export import load_model
 
         self.model = None  # the last model's memory goes before the next one's comes
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+        model_dir = node_copy(model, self.hashes[model], self.run)
         self.model = load_model(model_dir).eval()
         if torch.cuda.is_available():  # an actor given a GPU
             self.model = self.model.to("cuda", dtype=torch.bfloat16)
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.path = model_dir
+        self.path = model
 
     def __call__(self, batch: dict) -> dict:
         rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
@@ -92,7 +99,7 @@ def generate_models(recipe: Recipe, models: dict[str, dict], sets: EvalSets
     {set: [(text, stopped)]}, "nlls": [(nll, tokens)]}}), through one Ray Data pipeline (Ray
     must be initialised): its actors start once for all the models, not once per model (each
     start cost seconds of a demo's minutes). Models with the same content hash are generated
-    for once."""
+    for once. Entries name models as the actors' nodes can read them (manifest.portable)."""
     import ray
 
     cfg = recipe.evaluate
@@ -101,7 +108,9 @@ def generate_models(recipe: Recipe, models: dict[str, dict], sets: EvalSets
     t0 = time.monotonic()
     ds = ray.data.from_items([{"model": path, **row} for path in unique.values() for row in rows]
                              ).map_batches(
-        Generator, fn_constructor_kwargs={"max_seq_len": cfg.max_seq_len, "threads": cfg.threads},
+        Generator, fn_constructor_kwargs={
+            "max_seq_len": cfg.max_seq_len, "threads": cfg.threads, "run": recipe.run.for_nodes(),
+            "hashes": {uri: sha256 for sha256, uri in unique.items()}},
         batch_size=cfg.batch_size, compute=ray.data.ActorPoolStrategy(size=cfg.concurrency),
         num_cpus=cfg.num_cpus, num_gpus=cfg.num_gpus)
     done: dict[str, dict[str, dict]] = {path: {} for path in unique.values()}

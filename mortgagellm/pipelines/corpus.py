@@ -17,6 +17,11 @@ Three passes, because deciding which copy of a duplicate stays needs the whole c
 
 Outputs in <output_dir>/corpus/: shards/, quarantine.parquet, duplicates.parquet and
 manifest.json (counts per step, tokens, rejects by reason and source, shard list, hashes).
+
+The Ray Data tasks, on whichever node they run, read and write only what every node reaches:
+with a remote output_dir, staging/, dedupe/ and shards/ are under the stage's URI, and the
+tokenizer is read from the published base model; the driver then copies the shards into its
+cache, hashes them and publishes them as any stage does (the same bytes as a local run).
 """
 
 from __future__ import annotations
@@ -94,7 +99,9 @@ def run(recipe: Recipe, force: bool = False) -> manifest.Manifest:
     from mortgagellm.cluster.runtime import ensure_ray
 
     ensure_ray(recipe.ray, recipe.run.local_dir)
-    metrics = build(cfg, recipe.run.seed, tokenizer_spec(base), out_dir)
+    spec = tokenizer_spec(base) | {  # as the tasks read it, from any node
+        "file": f"{manifest.portable(recipe, boot.outputs['base'])['uri']}/tokenizer.json"}
+    metrics = build(cfg, recipe.run.seed, spec, out_dir, manifest.published(recipe, out_dir))
     metrics["tasks"] = write_tasks(cfg, recipe.run.seed, out_dir / "tasks")
     metrics["tier1"] = write_tier1(recipe, out_dir / "tasks", out_dir / routing.TIER1_FILE)
     outputs = {name: manifest.artifact(out_dir / file) for name, file in (
@@ -138,15 +145,18 @@ def write_tier1(recipe: Recipe, tasks: Path, path: Path) -> dict[str, float]:
     return result
 
 
-def build(cfg: CorpusConfig, seed: int, tokenizer: dict[str, Any], out_dir: Path
-          ) -> dict[str, Any]:
+def build(cfg: CorpusConfig, seed: int, tokenizer: dict[str, Any], out_dir: Path,
+          work: str | None = None) -> dict[str, Any]:
     """The three passes; returns the manifest's metrics. Ray must be initialised; `tokenizer`
-    is a `tokenizer_spec`."""
+    is a `tokenizer_spec`. The tasks write under `work` (default out_dir; a URI with a remote
+    output_dir), and shards/, quarantine.parquet and duplicates.parquet end up in out_dir."""
     # Reproducible without preserve_order: every task handles one read unit or one staging
     # file, pass 2 orders by `order`, and shards are named by their first document's order.
-    staging, shards = out_dir / "staging", out_dir / "shards"
+    work = work or str(out_dir.absolute())
+    staging, shards = f"{work}/staging", f"{work}/shards"
     for path in (staging, shards):
-        shutil.rmtree(path, ignore_errors=True)
+        storage.delete(path)
+    out_dir.mkdir(parents=True, exist_ok=True)  # quarantine and duplicates are written here
     units = readers.plan_units(cfg.synthetic_docs, cfg.synthetic_shards,
                                purpose_seed(seed, "corpus"), cfg.regulations, cfg.user_corpora,
                                cfg.synthetic_noise)
@@ -156,7 +166,7 @@ def build(cfg: CorpusConfig, seed: int, tokenizer: dict[str, Any], out_dir: Path
     timings = {"clean_s": time.monotonic() - t}
 
     t = time.monotonic()
-    drops, metrics = dedupe_pass(cfg, staging, units, documents, out_dir)
+    drops, metrics = dedupe_pass(cfg, staging, units, documents, out_dir, work)
     timings["dedupe_s"] = time.monotonic() - t
     check_rejects(metrics, cfg.max_reject_fraction, out_dir / "quarantine.parquet")
 
@@ -164,8 +174,10 @@ def build(cfg: CorpusConfig, seed: int, tokenizer: dict[str, Any], out_dir: Path
     t = time.monotonic()
     stats = pack_pass(cfg, seed, staging, drops, tokenizer, shards).to_pandas()
     timings["pack_s"] = time.monotonic() - t
-    shutil.rmtree(staging)
-    shutil.rmtree(drops.parent)
+    storage.delete(staging)
+    storage.delete(f"{work}/dedupe")
+    if work != str(out_dir.absolute()):
+        storage.download(shards, out_dir / "shards")  # hashed and published by the stage
     for source in SOURCES:
         metrics["by_source"][source]["tokens"] = int(stats[f"{source}_tokens"].sum())
     metrics["tokens_kept_documents"] = sum(int(stats[f"{s}_tokens"].sum()) for s in SOURCES)
@@ -185,7 +197,7 @@ def build(cfg: CorpusConfig, seed: int, tokenizer: dict[str, Any], out_dir: Path
 # --- pass 1: clean ---------------------------------------------------------------------------
 
 
-def clean_pass(cfg: CorpusConfig, seed: int, units: list[dict], staging: Path):
+def clean_pass(cfg: CorpusConfig, seed: int, units: list[dict], staging: str | Path):
     """The Ray Data dataset of pass 1: one task per read unit, reading, cleaning and writing it
     to <staging>/unit-NNNNNN.parquet batch by batch; yields a (unit, rows) row per unit.
 
@@ -234,7 +246,7 @@ def tokenizer_spec(base: str) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(base)
-    file = Path(base) / "tokenizer.json"
+    file = Path(base) / "tokenizer.json"  # the stage hands the tasks its URI (run)
     if not tokenizer.is_fast or not file.is_file():
         raise ValueError(f"{base}: the corpus stage needs a fast tokenizer (tokenizer.json)")
     ids = {"bos_id": tokenizer.bos_token_id, "eos_id": tokenizer.eos_token_id,
@@ -246,7 +258,7 @@ def tokenizer_spec(base: str) -> dict[str, Any]:
 
 @functools.lru_cache(maxsize=2)
 def load_tokenizer(file: str) -> Any:
-    """The Rust tokenizer of a tokenizer.json, loaded once per worker process.
+    """The Rust tokenizer of a tokenizer.json (path or URI), loaded once per worker process.
 
     Its own thread pool is turned off in the process: Ray already runs one task per CPU, and a
     pool per task on top used about 25 % more CPU time on 2 cores (threads spinning).
@@ -254,7 +266,7 @@ def load_tokenizer(file: str) -> Any:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     from tokenizers import Tokenizer
 
-    return Tokenizer.from_file(file)
+    return Tokenizer.from_str(storage.read_bytes(file).decode())
 
 
 def pii_salt(seed: int) -> str:
@@ -265,23 +277,25 @@ def pii_salt(seed: int) -> str:
 # --- pass 2: dedupe, counts, quarantine ------------------------------------------------------
 
 
-def dedupe_pass(cfg: CorpusConfig, staging: Path, units: list[dict], documents: int,
-                out_dir: Path) -> tuple[Path, dict[str, Any]]:
-    """Find duplicates, write quarantine + duplicate list; (folder of the units' drop lists,
-    metrics). Each unit's bookkeeping is a Ray task (datasets/accounting.py)."""
+def dedupe_pass(cfg: CorpusConfig, staging: str | Path, units: list[dict], documents: int,
+                out_dir: Path, work: str | None = None) -> tuple[str, dict[str, Any]]:
+    """Find duplicates, write quarantine + duplicate list into out_dir; (folder of the units'
+    drop lists, metrics). Each unit's bookkeeping is a Ray task (datasets/accounting.py),
+    writing under <work>/dedupe (work: default out_dir, a URI with a remote output_dir)."""
     import ray
 
-    work = out_dir / "dedupe"
-    shutil.rmtree(work, ignore_errors=True)
-    found, parts = work / "found", work / "units"
-    parts.mkdir(parents=True)
+    staging, dedupe_dir = str(staging), f"{work or out_dir.absolute()}/dedupe"
+    storage.delete(dedupe_dir)
+    found, parts = f"{dedupe_dir}/found", f"{dedupe_dir}/units"
+    filesystem, path = storage.filesystem(parts)
+    filesystem.create_dir(path, recursive=True)
     mode = dedupe_mode(cfg, documents)
     t = time.monotonic()
     if mode == "driver":
         accounting.write_found(accounting.driver_duplicates(
             staging, cfg.minhash_bands, cfg.minhash_rows, cfg.near_dup_threshold), found)
     else:
-        distributed(cfg, staging, documents).write_parquet(str(found), partition_cols=["unit"])
+        distributed(cfg, staging, documents).write_parquet(found, partition_cols=["unit"])
     log.info("corpus pass 2/3 (dedupe): %s, %d documents, %.1f s", mode, documents,
              time.monotonic() - t)
     uris = [u["uri"] for u in units]
@@ -289,7 +303,7 @@ def dedupe_pass(cfg: CorpusConfig, staging: Path, units: list[dict], documents: 
     counted = ray.data.from_items([{"unit": n} for n in numbers],
                                   override_num_blocks=len(numbers)).map_batches(
         _account, batch_format="pyarrow", num_cpus=cfg.cpus_per_task, fn_kwargs={
-            "staging": str(staging), "found": str(found), "parts": str(parts), "uris": uris})
+            "staging": staging, "found": found, "parts": parts, "uris": uris})
     metrics: dict[str, Any] = {}
     for row in sorted(counted.iter_rows(), key=lambda row: row["unit"]):  # one per unit
         metrics = accounting.add(metrics, json.loads(row["counts"]))
@@ -309,11 +323,11 @@ def dedupe_mode(cfg: CorpusConfig, documents: int) -> str:
     return "distributed" if documents >= cfg.dedupe_distributed_from else "driver"
 
 
-def distributed(cfg: CorpusConfig, staging: Path, documents: int):
+def distributed(cfg: CorpusConfig, staging: str, documents: int):
     """The Ray Dataset of DUP_SCHEMA rows plus `unit`, decided by Ray Data groupbys."""
     import ray
 
-    docs = ray.data.read_parquet(str(staging)).select_columns(
+    docs = ray.data.read_parquet(staging).select_columns(
         ["order", "reject", "content_hash", "minhash"])
     cpus = cfg.cpus_per_task
     docs = docs.map_batches(accounting.valid_only, batch_format="pyarrow", num_cpus=cpus)
@@ -327,8 +341,8 @@ def distributed(cfg: CorpusConfig, staging: Path, documents: int):
 def _account(units: pa.Table, staging: str, found: str, parts: str, uris: list[str]
              ) -> pa.Table:
     numbers = units["unit"].to_pylist()
-    counts = [json.dumps(accounting.account_unit(unit, Path(staging), Path(found), Path(parts),
-                                                 uris)) for unit in numbers]
+    counts = [json.dumps(accounting.account_unit(unit, staging, found, parts, uris))
+              for unit in numbers]
     return pa.table({"unit": numbers, "counts": counts})
 
 
@@ -349,8 +363,8 @@ def check_rejects(metrics: dict[str, Any], max_fraction: float, quarantine: Path
 # --- pass 3: pack ----------------------------------------------------------------------------
 
 
-def pack_pass(cfg: CorpusConfig, seed: int, staging: Path, drops: Path,
-              tokenizer: dict[str, Any], shards: Path):
+def pack_pass(cfg: CorpusConfig, seed: int, staging: str, drops: str,
+              tokenizer: dict[str, Any], shards: str):
     """The Ray Data dataset of pass 3: one task per staging file (one per read unit), each
     leaving out its unit's drop list (in `drops`), writing a shard per docs_per_shard documents
     and yielding its SHARD_STATS row.
@@ -360,11 +374,11 @@ def pack_pass(cfg: CorpusConfig, seed: int, staging: Path, drops: Path,
     """
     import ray
 
-    files = sorted(str(p) for p in staging.glob("*.parquet"))
+    files = [f"{staging}/{n}" for n in storage.files(staging) if n.endswith(".parquet")]
     ds = ray.data.from_items([{"file": f} for f in files], override_num_blocks=len(files))
     kwargs = {"drops": str(drops), "weights": dict(cfg.mixture),
               "salt": purpose_seed(seed, "corpus"), "seq_len": cfg.seq_len,
-              "docs_per_shard": cfg.docs_per_shard, "tokenizer": tokenizer, "out_dir": str(shards)}
+              "docs_per_shard": cfg.docs_per_shard, "tokenizer": tokenizer, "out_dir": shards}
     return ds.map_batches(_pack_file, batch_size=1, batch_format="pyarrow",
                           num_cpus=cfg.cpus_per_task, fn_kwargs=kwargs)
 

@@ -174,7 +174,7 @@ def frozen_reference(worker: WorkerConfig, engine: Any) -> Any:
     one device."""
     from transformers import AutoModelForCausalLM
 
-    reference = AutoModelForCausalLM.from_pretrained(worker.base_model)
+    reference = AutoModelForCausalLM.from_pretrained(worker.start_model())
     reference.eval().requires_grad_(False)
     ds = worker.ds_config
     if ds["zero_optimization"]["stage"] != 3:
@@ -331,9 +331,10 @@ def conversational_metrics(models: dict[str, dict], rows: list[dict],
 
 # ---- the stage -----------------------------------------------------------------------------------
 
-def training_pairs(recipe: Recipe, cfg: Any, start: Path, tasks: Path
+def training_pairs(recipe: Recipe, cfg: Any, start: dict[str, str], tasks: Path
                    ) -> tuple[list[dict], dict | None]:
-    """dpo_train's pairs, plus on-policy pairs from the start model when the recipe asks
+    """dpo_train's pairs, plus on-policy pairs from the start model (its manifest entry) when
+    the recipe asks
     (training/onpolicy.py; its Ray Data pipeline starts Ray as the recipe says if this
     process has none yet). Returns the pairs and the on-policy counts (None when off)."""
     pairs = read_task_set(tasks / "dpo_train.parquet")
@@ -344,16 +345,17 @@ def training_pairs(recipe: Recipe, cfg: Any, start: Path, tasks: Path
     from mortgagellm.training.onpolicy import onpolicy_pairs
 
     ensure_ray(recipe.ray, recipe.run.local_dir)
-    new, counts = onpolicy_pairs(pairs, str(start), cfg.onpolicy, cfg.max_seq_len,
-                                 recipe.run.seed, cfg.threads)
+    new, counts = onpolicy_pairs(pairs, manifest.portable(recipe, start), recipe.run,
+                                 cfg.onpolicy, cfg.max_seq_len, recipe.run.seed, cfg.threads)
     return pairs + new, counts
 
 
-def sft_phase(recipe: Recipe, cfg: Any, start: Path, pairs: list[dict], tokenizer: Any,
-              out: Path, on_ray: bool, fingerprint: str) -> tuple[Path, dict]:
-    """dpo.sft: fine-tune the start model on the chosen answers (plus replayed format
-    instructions), export it merged to <out>/sft_model; returns it and what the phase did."""
-    settings = cfg.sft
+def sft_phase(recipe: Recipe, cfg: Any, entry: dict[str, str], pairs: list[dict],
+              tokenizer: Any, out: Path, on_ray: bool, fingerprint: str) -> tuple[Path, dict]:
+    """dpo.sft: fine-tune the start model (`entry`, its manifest entry) on the chosen answers
+    (plus replayed format instructions), export it merged to <out>/sft_model; returns it and
+    what the phase did."""
+    settings, start = cfg.sft, Path(entry["uri"])
     replay = list(instructions("train", recipe.run.seed, settings.replay_instructions)
                   ) if settings.replay_instructions else []
     rows, counts = chosen_rows(pairs, replay, tokenizer, cfg.max_seq_len)
@@ -366,8 +368,8 @@ def sft_phase(recipe: Recipe, cfg: Any, start: Path, pairs: list[dict], tokenize
     log.info("dpo.sft: %d chosen answers and %d instructions, %d steps", len(rows) - len(replay),
              len(replay), steps)
     work = out / "sft_phase"
-    rows_file = write_rows(rows, order, work / "data" / "train.parquet")
-    worker = worker_config(recipe, phase, start, [str(rows_file.absolute())], work,
+    rows_file = write_rows(recipe, rows, order, work / "data" / "train.parquet")
+    worker = worker_config(recipe, phase, entry, [rows_file], work,
                            seq_len=cfg.max_seq_len, max_steps=steps,
                            warmup_steps=round(cfg.warmup_ratio * steps))
     history, checkpoint, _ = training.run(SFT, worker, recipe, phase, work, on_ray, fingerprint,
@@ -400,11 +402,13 @@ def run(recipe: Recipe, force: bool = False, *, on_ray: bool = True,
     tokenizer = AutoTokenizer.from_pretrained(start)
     sft = None
     if cfg.sft.epochs:
-        sft_model, sft = sft_phase(recipe, cfg, start, read_task_set(tasks / "dpo_train.parquet"),
-                                   tokenizer, out, on_ray, pending.fingerprint)
+        sft_model, sft = sft_phase(recipe, cfg, models["start"],
+                                   read_task_set(tasks / "dpo_train.parquet"), tokenizer, out,
+                                   on_ray, pending.fingerprint)
         models["sft"] = manifest.artifact(sft_model)
+        manifest.share(recipe, models["sft"])  # the start of what follows, on any node
         start = sft_model
-    pairs, sampled = training_pairs(recipe, cfg, start, tasks)
+    pairs, sampled = training_pairs(recipe, cfg, models.get("sft", models["start"]), tasks)
     formats = preference_pairs("train", recipe.run.seed, cfg.instruction_pairs)
     rows, counts = dpo_rows(pairs + formats, tokenizer, cfg.max_seq_len)
     eval_rows, eval_counts, questions = heldout_pairs(
@@ -415,8 +419,8 @@ def run(recipe: Recipe, force: bool = False, *, on_ray: bool = True,
     check_setup(recipe, cfg, start, steps, "dpo")
     log.info("dpo: %d pairs kept (%s rejected), %d steps", counts["kept"], counts["rejected"],
              steps)
-    rows_file = write_rows(rows, order, out / "data" / "train.parquet")
-    worker = worker_config(recipe, cfg, start, [str(rows_file.absolute())], out,
+    rows_file = write_rows(recipe, rows, order, out / "data" / "train.parquet")
+    worker = worker_config(recipe, cfg, models.get("sft", models["start"]), [rows_file], out,
                            seq_len=cfg.max_seq_len, max_steps=steps,
                            warmup_steps=round(cfg.warmup_ratio * steps), fail_at_step=fail_at_step,
                            objective_args={"beta": cfg.beta, "nll_weight": cfg.nll_weight})

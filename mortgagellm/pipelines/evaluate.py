@@ -103,7 +103,8 @@ def run(recipe: Recipe, force: bool = False) -> manifest.Manifest:
     if done := manifest.skip_if_current(pending, force):
         return done
     sets, scorer, fit = prepare(recipe, out, str(models["instruct"]["uri"]))
-    generated = generate_models(recipe, models, sets)
+    generated = generate_models(recipe, {name: manifest.portable(recipe, entry)
+                                         for name, entry in models.items()}, sets)
     set_threads(cfg.score_threads)  # the actors are done: scoring has the cores
     variants = {name: {"model": entry["uri"], "version": entry["sha256"],
                        "tasks": score_variant(sets, generated[name], scorer)}

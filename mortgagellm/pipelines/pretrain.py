@@ -83,7 +83,9 @@ def run(recipe: Recipe, force: bool = False, *, on_ray: bool = True,
                              uri=manifest.stage_uri(recipe, "pretrain"))
     if done := manifest.skip_if_current(pending, force):
         return done
-    worker = worker_config(recipe, cfg, base, shards, out, seq_len=seq_len,
+    shard_dir = manifest.portable(recipe, corpus.outputs["shards"])["uri"]  # read in place
+    worker = worker_config(recipe, cfg, boot.outputs["base"],
+                           [f"{shard_dir}/{Path(s).name}" for s in shards], out, seq_len=seq_len,
                            max_steps=cfg.max_steps, warmup_steps=cfg.warmup_steps,
                            shuffle_seed=recipe.run.seed,  # row groups in a seeded order: mixed
                            peak_tflops=cfg.peak_tflops, fail_at_step=fail_at_step)

@@ -206,8 +206,8 @@ def run(recipe: Recipe, force: bool = False, *, on_ray: bool = True,
     check_setup(recipe, cfg, start, steps, "sft")
     log.info("sft: %d records kept (%s rejected), %d steps", counts["kept"], counts["rejected"],
              steps)
-    rows_file = write_rows(rows, order, out / "data" / "train.parquet")
-    worker = worker_config(recipe, cfg, start, [str(rows_file.absolute())], out,
+    rows_file = write_rows(recipe, rows, order, out / "data" / "train.parquet")
+    worker = worker_config(recipe, cfg, models["start"], [rows_file], out,
                            seq_len=cfg.max_seq_len, max_steps=steps,
                            warmup_steps=round(cfg.warmup_ratio * steps),
                            fail_at_step=fail_at_step)  # epoch_order is the row order

@@ -45,7 +45,7 @@ def run(objective: Objective, worker: WorkerConfig, recipe: Recipe, cfg: Any, ou
     name, key = name or objective.name, fingerprint[:12]
     config = dataclasses.asdict(worker)
     train_fn = functools.partial(train_loop, objective=objective)
-    shutil.rmtree(out / "scratch" / "placement", ignore_errors=True)
+    storage.delete(worker.placement_dir)
     if not on_ray:
         from mortgagellm.cluster.training import LocalSession, init_single_process
 
@@ -66,7 +66,7 @@ def run(objective: Objective, worker: WorkerConfig, recipe: Recipe, cfg: Any, ou
     shutil.rmtree(out / "final_checkpoint", ignore_errors=True)
     final = Path(result.checkpoint.to_directory(str(out / "final_checkpoint")))
     return (json.loads((final / "history.json").read_text()), final,
-            read_placement(out / "scratch" / "placement"))
+            read_placement(worker.placement_dir))
 
 
 def _drop_other_runs(parent: str, keep: str) -> None:

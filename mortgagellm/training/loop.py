@@ -14,9 +14,9 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from mortgagellm.cluster import storage
 from mortgagellm.training.export import DS_TAG, load_trainable
 from mortgagellm.training.worker import WorkerConfig
 
@@ -89,7 +89,7 @@ def train_loop(config: dict, session: Any, objective: Objective) -> list[dict]:
 
     worker = WorkerConfig(**config)
     torch.manual_seed(worker.seed)
-    model = load_trainable(worker.base_model, worker.method, worker.lora,
+    model = load_trainable(worker.start_model(), worker.method, worker.lora,
                            worker.gradient_checkpointing)
     trainable = [p for p in model.parameters() if p.requires_grad]
     total, warmup, floor = worker.max_steps, worker.warmup_steps, worker.min_lr_ratio
@@ -127,6 +127,7 @@ def train_loop(config: dict, session: Any, objective: Objective) -> list[dict]:
             window = _new_window()
         if step % worker.checkpoint_every == 0 or step == total:
             _checkpoint(engine, session, step, history)
+            _publish_logs(worker, writer)
     return history
 
 
@@ -171,9 +172,9 @@ def _checkpoint(engine: Any, session: Any, step: int, history: list[dict]) -> No
 
 
 def _maybe_fail(worker: WorkerConfig, step: int, rank: int) -> None:
-    marker = Path(worker.failure_marker)
-    if worker.fail_at_step == step and rank == 0 and not marker.exists():
-        marker.write_text(str(step))
+    marker = worker.failure_marker  # a path or URI: a restarted rank 0 may be on another node
+    if worker.fail_at_step == step and rank == 0 and not storage.exists(marker):
+        storage.write_bytes(marker, str(step).encode())
         raise RuntimeError(f"injected failure at step {step}")
 
 
@@ -189,7 +190,17 @@ def _tensorboard(worker: WorkerConfig, rank: int) -> Any:
         return None
     from tensorboardX import SummaryWriter
 
-    return SummaryWriter(worker.tensorboard_dir)
+    return SummaryWriter(str(worker.local(worker.tensorboard_dir)))
+
+
+def _publish_logs(worker: WorkerConfig, writer: Any) -> None:
+    """Rank 0's TensorBoard logs to their URI, at every checkpoint: a resumed rank 0, maybe on
+    another node, writes new event files beside the ones kept there. (Nothing to do when the
+    location is a path: the logs are written in place.)"""
+    if writer is None or not storage.is_remote(worker.tensorboard_dir):
+        return
+    writer.flush()
+    storage.copy_into(writer.logdir, worker.tensorboard_dir)
 
 
 def clock(seconds: float) -> str:

@@ -20,6 +20,8 @@ import json
 from collections import Counter
 from typing import Any
 
+from mortgagellm.cluster.storage import node_copy
+from mortgagellm.config import RunConfig
 from mortgagellm.datasets.tasks import invented_citations, parse_answer, score
 from mortgagellm.datasets.tasks.format import figures
 
@@ -67,16 +69,19 @@ def score_batch(batch: dict) -> dict:
 # ---- sampling (one model per Ray Data actor) -----------------------------------------------------
 
 class Sampler:
-    """Ray Data callable: `samples` sampled answers per question from the model at `model_dir`,
-    seeded per question id, so the same question gets the same answers on any worker."""
+    """Ray Data callable: `samples` sampled answers per question from the model `model`
+    ({uri, sha256}, a copy on the actor's node: storage.node_copy), seeded per question id, so
+    the same question gets the same answers on any worker."""
 
-    def __init__(self, model_dir: str, samples: int, temperature: float, top_p: float,
-                 max_new_tokens: int, seed: int, threads: int | None) -> None:
+    def __init__(self, model: dict[str, str], run: dict[str, Any], samples: int,
+                 temperature: float, top_p: float, max_new_tokens: int, seed: int,
+                 threads: int | None) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if threads:
             torch.set_num_threads(threads)
+        model_dir = node_copy(model["uri"], model["sha256"], RunConfig(**run))
         self.model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.options = {"do_sample": True, "temperature": temperature, "top_p": top_p,
@@ -108,16 +113,17 @@ class Sampler:
         return answers
 
 
-def onpolicy_pairs(questions: list[dict], model_dir: str, cfg: Any, max_len: int, seed: int,
-                   threads: int | None) -> tuple[list[dict], dict]:
+def onpolicy_pairs(questions: list[dict], model: dict[str, str], run: RunConfig, cfg: Any,
+                   max_len: int, seed: int, threads: int | None) -> tuple[list[dict], dict]:
     """Sample, score and pair `cfg.questions` training questions through Ray Data (Ray must be
-    initialised); returns the new pairs and counts for the manifest."""
+    initialised) with the model `model` names as manifest.portable hands it over; returns the
+    new pairs and counts for the manifest."""
     import ray
     from transformers import AutoTokenizer
 
     from mortgagellm.training.chat import fit_prompt
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(node_copy(model["uri"], model["sha256"], run))
     items = []
     for q in questions[:cfg.questions]:
         fitted = fit_prompt(tokenizer, q["prompt"], q["document"], max_len - cfg.max_new_tokens)
@@ -125,9 +131,9 @@ def onpolicy_pairs(questions: list[dict], model_dir: str, cfg: Any, max_len: int
             items.append({"id": q["id"], "fitted": fitted[0], "prompt": q["prompt"],
                           "document": q["document"], "chosen": q["chosen"],
                           "truth_json": json.dumps(q["truth"])})
-    sampler = {"model_dir": model_dir, "samples": cfg.samples, "temperature": cfg.temperature,
-               "top_p": cfg.top_p, "max_new_tokens": cfg.max_new_tokens, "seed": seed,
-               "threads": threads}
+    sampler = {"model": model, "run": run.for_nodes(), "samples": cfg.samples,
+               "temperature": cfg.temperature, "top_p": cfg.top_p,
+               "max_new_tokens": cfg.max_new_tokens, "seed": seed, "threads": threads}
     # One actor holds the model; answers are seeded per question, so more actors (or a
     # retried task) would give the same samples.
     ds = ray.data.from_items(items).map_batches(

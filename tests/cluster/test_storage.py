@@ -90,3 +90,103 @@ def test_write_check_names_an_unreachable_endpoint(s3_bucket, monkeypatch):
     with pytest.raises(storage.StorageError, match=rf"{s3_bucket}/run is not usable .* "
                        r"NETWORK_CONNECTION.*AWS_ENDPOINT_URL"):
         storage.check_writable(f"{s3_bucket}/run")
+
+
+# ---- node_copy: what a Ray task, actor or Train worker on any node reads -------------------------
+
+def published_model(s3_bucket, tmp_path):
+    """A small 'model' directory published at <run>/bootstrap/base: (run URI, its hash, files)."""
+    src = tmp_path / "published"
+    (src / "sub").mkdir(parents=True)
+    (src / "config.json").write_text('{"a": 1}')
+    (src / "sub" / "w.bin").write_bytes(bytes(range(256)) * 64)
+    run = f"{s3_bucket}/run"
+    storage.upload(src, f"{run}/bootstrap/base")
+    return run, storage.sha256_path(src), files_under(src)
+
+
+def counting_downloads(monkeypatch):
+    calls = []
+    real = storage.download
+
+    def download(uri, local):
+        calls.append(uri)
+        return real(uri, local)
+
+    monkeypatch.setattr(storage, "download", download)
+    return calls
+
+
+def test_node_copy_downloads_once_into_this_nodes_own_cache(s3_bucket, tmp_path, monkeypatch):
+    """No run.cache_dir: the root is this node's $XDG_CACHE_HOME, read when node_copy runs."""
+    from mortgagellm.config import RunConfig
+
+    run, sha, files = published_model(s3_bucket, tmp_path)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "node2"))
+    calls = counting_downloads(monkeypatch)
+    config = RunConfig(output_dir=run)
+    local = storage.node_copy(f"{run}/bootstrap/base", sha, config)
+    assert local == tmp_path / "node2/mortgagellm/s3" / run[5:] / "bootstrap/base"
+    assert files_under(local) == files and storage.sha256_path(local) == sha
+    assert storage.node_copy(f"{run}/bootstrap/base", sha, config) == local  # reused
+    assert calls == [f"{run}/bootstrap/base"]
+    assert sorted(p.name for p in local.parent.iterdir()) == [".base.lock", ".base.sha256", "base"]
+
+    explicit = RunConfig(output_dir=run, cache_dir=str(tmp_path / "mine"))  # respected
+    assert storage.node_copy(f"{run}/bootstrap/base", sha, explicit) == \
+        tmp_path / "mine/bootstrap/base"
+    other = storage.node_path(f"{s3_bucket}/elsewhere/base", explicit)  # another run's output
+    assert other == tmp_path / "mine/_shared/s3" / s3_bucket[5:] / "elsewhere/base"
+    assert storage.node_copy(str(tmp_path / "x"), "", explicit) == tmp_path / "x"  # a path
+
+
+def test_node_copy_adopts_a_copy_already_there_and_replaces_a_wrong_one(s3_bucket, tmp_path,
+                                                                        monkeypatch):
+    """The driver's node holds its own fetched copy at the same place: hashed, not downloaded.
+    A copy whose content differs from the hash is downloaded again."""
+    from mortgagellm.config import RunConfig
+
+    run, sha, files = published_model(s3_bucket, tmp_path)
+    config = RunConfig(output_dir=run, cache_dir=str(tmp_path / "cache"))
+    storage.download(f"{run}/bootstrap/base", tmp_path / "cache/bootstrap/base")
+    calls = counting_downloads(monkeypatch)
+    assert storage.node_copy(f"{run}/bootstrap/base", sha, config) == \
+        tmp_path / "cache/bootstrap/base"
+    assert calls == []
+    (tmp_path / "cache/bootstrap/.base.sha256").unlink()
+    (tmp_path / "cache/bootstrap/base/config.json").write_text("changed")
+    local = storage.node_copy(f"{run}/bootstrap/base", sha, config)
+    assert calls == [f"{run}/bootstrap/base"] and storage.sha256_path(local) == sha
+
+
+def test_node_copy_refuses_content_that_does_not_hash_as_recorded(s3_bucket, tmp_path):
+    from mortgagellm.config import RunConfig
+
+    run, sha, _ = published_model(s3_bucket, tmp_path)
+    config = RunConfig(output_dir=run, cache_dir=str(tmp_path / "cache"))
+    wrong = "0" * 64
+    with pytest.raises(storage.StorageError, match=rf"{run}/bootstrap/base hashes as {sha}, "
+                       rf"not {wrong} as its manifest records"):
+        storage.node_copy(f"{run}/bootstrap/base", wrong, config)
+    assert sorted(p.name for p in (tmp_path / "cache/bootstrap").iterdir()) == [".base.lock"]
+
+
+def test_concurrent_ranks_on_one_node_download_once_and_see_a_whole_copy(s3_bucket, tmp_path,
+                                                                         monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mortgagellm.config import RunConfig
+
+    run, sha, files = published_model(s3_bucket, tmp_path)
+    config = RunConfig(output_dir=run, cache_dir=str(tmp_path / "cache"))
+    calls = counting_downloads(monkeypatch)
+
+    def rank(_):
+        local = storage.node_copy(f"{run}/bootstrap/base", sha, config)
+        return local, files_under(local), storage.sha256_path(local)
+
+    with ThreadPoolExecutor(6) as pool:
+        seen = list(pool.map(rank, range(6)))
+    assert seen == [(tmp_path / "cache/bootstrap/base", files, sha)] * 6
+    assert len(calls) == 1
+    assert not [p for p in (tmp_path / "cache").rglob("*") if ".part-" in p.name]

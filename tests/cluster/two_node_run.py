@@ -1,9 +1,13 @@
 """Script for test_multinode: a 2-node Ray cluster on loopback (ray.cluster_utils.Cluster, token
 auth, own temp dir, also as Ray's default temp dir) runs the pretrain stage with 2 workers, one
-per node (STRICT_SPREAD), and prints the ranks' placement as JSON. Only the cluster this script
-started is shut down.
+per node (STRICT_SPREAD), and prints the ranks' placement and the nodes as JSON. Only the cluster
+this script started is shut down.
 
-Usage: python tests/cluster/two_node_run.py RECIPE.yaml RUN_DIR
+With NODE2_CACHE the second node's raylet, and so every worker it starts, gets
+XDG_CACHE_HOME=NODE2_CACHE: the cache root another machine would have (the driver and the
+head's workers keep this process's).
+
+Usage: python tests/cluster/two_node_run.py RECIPE.yaml RUN_DIR [NODE2_CACHE]
 """
 
 import os
@@ -34,7 +38,8 @@ node = {"num_cpus": 2, "node_ip_address": "127.0.0.1", "object_store_memory": 12
 head = node | {"temp_dir": os.path.join(temp_dir, "ray")}
 cluster = Cluster(initialize_head=True, head_node_args=head)
 try:
-    cluster.add_node(**node)
+    second = cluster.add_node(**node, env_vars={"XDG_CACHE_HOME": sys.argv[3]} if
+                              len(sys.argv) > 3 else None)
     cluster.wait_for_nodes()
     recipe = load_recipe(sys.argv[1], [
         f"ray.address={cluster.address}", "pretrain.scaling.num_nodes=2",
@@ -43,6 +48,7 @@ try:
     m = pretrain.run(recipe)
     print("PLACEMENT " + json.dumps(m.metrics["placement"]))
     print("NODES " + json.dumps(sorted(n["NodeID"] for n in __import__("ray").nodes())))
+    print("SECOND " + json.dumps(second.node_id))
 finally:
     __import__("ray").shutdown()
     cluster.shutdown()

@@ -273,7 +273,8 @@ def test_distributed_dedupe_pass_writes_what_the_driver_pass_writes(ray_cluster,
         written[mode] = {"metrics": metrics, **{
             name: pq.read_table(out / f"{name}.parquet").to_pylist()
             for name in ("duplicates", "quarantine")}, "drop": {
-            p.name: pq.read_table(p)["order"].to_pylist() for p in drops.glob("*.drop.parquet")}}
+            p.name: pq.read_table(p)["order"].to_pylist()
+            for p in Path(drops).glob("*.drop.parquet")}}
     assert written["driver"] == written["distributed"]
     docs = written["driver"]["metrics"]["documents"]
     assert docs["exact_duplicates"] > 0 and docs["near_duplicates"] > 0

@@ -4,6 +4,7 @@ adapters disabled) raises the held-out reward margin; in one process with full t
 (reference = frozen copy) it does too, and the export loads."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -262,7 +263,10 @@ def test_onpolicy_pairs_sample_and_score_through_ray_data(ray_cluster, tiny_pair
                 "chosen": APR_REFERENCE, "truth": apr_truth()}
     questions = [question | {"id": "q1"}, question | {"id": "q2"}, question | {"id": "q3"}]
     cfg = OnPolicySettings(enabled=True, questions=2, samples=3, max_new_tokens=12)
-    pairs, counts = onpolicy_pairs(questions, tiny_pair.output_path("instruct"), cfg, 192, 0, 1)
+    from mortgagellm.config import RunConfig
+
+    run = RunConfig(output_dir=str(Path(tiny_pair.output_path("instruct")).parents[1]))
+    pairs, counts = onpolicy_pairs(questions, tiny_pair.outputs["instruct"], run, cfg, 192, 0, 1)
     assert pairs == []
     assert counts["questions"] == 2 and counts["pairs"] == {"no_correct_sample": 2}
     assert counts["sample_correct_rate"] == 0.0 and counts["sample_mean_reward"] >= 0.0

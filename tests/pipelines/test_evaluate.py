@@ -524,9 +524,10 @@ def test_a_batch_mixing_two_models_answers_each_row_with_its_own_model(tiny_pair
         return {k: [r[k] for r in rows] for k in rows[0]}
 
     texts = ["What is escrow?", "Define APR in one line."]
-    alone = {m: Generator(256, 1)(batch(rows(m, texts))) for m in (base, instruct)}
+    where = ({base: "b", instruct: "i"}, {"output_dir": base, "cache_dir": None})
+    alone = {m: Generator(256, 1, *where)(batch(rows(m, texts))) for m in (base, instruct)}
     a, b = rows(base, texts), rows(instruct, texts)
-    generator = Generator(256, 1)
+    generator = Generator(256, 1, *where)
     mixed = generator(batch([a[0], b[0], a[1], b[1]]))
     assert mixed["model"] == [base, instruct, base, instruct]
     assert mixed["text"] == [alone[base]["text"][0], alone[instruct]["text"][0],

@@ -41,23 +41,49 @@ def test_a_missing_bucket_fails_the_run_before_any_stage(tiny_recipe_path, s3_bu
 
 
 @pytest.mark.integration
+@pytest.mark.timeout(900)
 def test_corpus_on_s3_reads_bootstrap_from_the_uri_and_is_read_back(
         ray_cluster, tiny_recipe_path, tiny_pair, s3_bucket, tmp_path, caplog):
     run = f"{s3_bucket}/run"
     # The session's tiny bootstrap output, published as a machine that ran it on s3 would.
     local = Path(tiny_pair.output_path("base")).parent
+    original = (local / "manifest.json").read_bytes()
     boot = manifest.publish(manifest.read(str(local)), local, f"{run}/bootstrap")
+    (local / "manifest.json").write_bytes(original)  # publish keeps the URIs' one: undone
     assert boot.output_path("base") == f"{run}/bootstrap/base"
     assert storage.exists(f"{run}/bootstrap/base/config.json")
 
     # Another machine: its cache has no bootstrap output, so corpus fetches it from the URI.
-    corpus = run_stage(machine(tiny_recipe_path, run, tmp_path / "b"), "corpus")
+    # `mortgagellm corpus` in a process of its own, whose embedded Ray has the S3 settings as a
+    # cluster's nodes would: its Ray Data tasks write their work under the stage's URI.
+    done = subprocess.run(
+        [sys.executable, "-m", "mortgagellm", "corpus", str(tiny_recipe_path),
+         f"--run.output_dir={run}", f"--run.cache_dir={tmp_path / 'b'}", "--ray.num_cpus=4",
+         "--ray.object_store_mb=256", *(f"--{k}={v}" for k, v in SMALL.items())],
+        capture_output=True, text=True, timeout=840, env=os.environ | {"PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"-> {run}/corpus/staging" in done.stderr and f"-> {run}/corpus/shards" in done.stderr
+    corpus = manifest.read(f"{run}/corpus")
     assert (tmp_path / "b" / "bootstrap" / "base" / "config.json").is_file()
+    assert sorted(p.name for p in (tmp_path / "b" / "corpus").iterdir()) == [
+        "duplicates.parquet", "manifest.json", "quarantine.parquet", "shards", "tasks",
+        "tier1.json"]
+    assert not storage.exists(f"{run}/corpus/staging") and not storage.exists(
+        f"{run}/corpus/dedupe")  # removed when the stage is done
     assert corpus.inputs["base"] == boot.outputs["base"]  # named by its URI, same hash
     assert corpus.output_path("shards") == f"{run}/corpus/shards"
     files = sorted(s["file"] for s in corpus.metrics["shards"])
     fs, path = storage.filesystem(f"{run}/corpus/shards")
     assert sorted(i.base_name for i in fs.get_file_info(pafs.FileSelector(path))) == files
+
+    # The same corpus built with a local output_dir (the session's Ray) is the same, byte for
+    # byte: the same fingerprint and the same hash of every output.
+    shutil.copytree(local, tmp_path / "local" / "bootstrap")
+    here = run_stage(load_recipe(tiny_recipe_path, SMALL | {
+        "run.output_dir": str(tmp_path / "local")}), "corpus")
+    assert here.fingerprint == corpus.fingerprint
+    assert {k: v["sha256"] for k, v in here.outputs.items()} == {
+        k: v["sha256"] for k, v in corpus.outputs.items()}
 
     # A third reads the corpus stage's outputs from the URI, as pretrain, sft and serve do.
     c = machine(tiny_recipe_path, run, tmp_path / "c")
