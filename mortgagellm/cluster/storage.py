@@ -139,6 +139,9 @@ def download(uri: str, local: str | Path) -> Path:
     if kind == pafs.FileType.NotFound:
         raise FileNotFoundError(f"{uri}: not found")
     local = Path(local)
+    if not is_remote(uri) and Path(path).resolve() == local.resolve():
+        raise ValueError(f"download {uri} to {local}: the same place; copying it onto itself "
+                         "would delete it")
     if local.is_dir():
         shutil.rmtree(local)
     local.unlink(missing_ok=True)

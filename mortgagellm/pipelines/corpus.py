@@ -101,7 +101,8 @@ def run(recipe: Recipe, force: bool = False) -> manifest.Manifest:
     ensure_ray(recipe.ray, recipe.run.local_dir)
     spec = tokenizer_spec(base) | {  # as the tasks read it, from any node
         "file": f"{manifest.portable(recipe, boot.outputs['base'])['uri']}/tokenizer.json"}
-    metrics = build(cfg, recipe.run.seed, spec, out_dir, manifest.published(recipe, out_dir))
+    metrics = build(cfg, recipe.run.seed, spec, out_dir,
+                    manifest.published(recipe, out_dir.absolute()))
     metrics["tasks"] = write_tasks(cfg, recipe.run.seed, out_dir / "tasks")
     metrics["tier1"] = write_tier1(recipe, out_dir / "tasks", out_dir / routing.TIER1_FILE)
     outputs = {name: manifest.artifact(out_dir / file) for name, file in (
@@ -176,7 +177,7 @@ def build(cfg: CorpusConfig, seed: int, tokenizer: dict[str, Any], out_dir: Path
     timings["pack_s"] = time.monotonic() - t
     storage.delete(staging)
     storage.delete(f"{work}/dedupe")
-    if work != str(out_dir.absolute()):
+    if storage.is_remote(work):
         storage.download(shards, out_dir / "shards")  # hashed and published by the stage
     for source in SOURCES:
         metrics["by_source"][source]["tokens"] = int(stats[f"{source}_tokens"].sum())

@@ -41,6 +41,15 @@ def files_under(root):
     return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
 
 
+def test_a_download_onto_itself_is_refused_and_deletes_nothing(tmp_path, monkeypatch):
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "shards" / "a.parquet").write_bytes(b"rows")
+    monkeypatch.chdir(tmp_path)  # the same place, named relative and absolute
+    with pytest.raises(ValueError, match="the same place"):
+        storage.download("shards", tmp_path / "shards")
+    assert (tmp_path / "shards" / "a.parquet").read_bytes() == b"rows"
+
+
 def test_upload_and_download_round_trip_on_s3(s3_bucket, tmp_path):
     src = tmp_path / "src"
     (src / "sub").mkdir(parents=True)

@@ -156,12 +156,15 @@ def write_user_corpus(root: Path) -> dict[str, str]:
 
 
 @pytest.mark.integration
-def test_corpus_stage_end_to_end(ray_cluster, tiny_recipe_path, tmp_path, caplog):
+def test_corpus_stage_end_to_end(ray_cluster, tiny_recipe_path, tmp_path, caplog, monkeypatch):
     # The tiny pair, built through its own stage: tiny_pair runs the whole recipe, which now
     # includes this stage and later ones.
     boot = run_stage(load_recipe(tiny_recipe_path), "bootstrap")
     expected_rejects = write_user_corpus(tmp_path / "user")
-    recipe = load_recipe(tiny_recipe_path, {
+    # run.output_dir relative to the working directory, as configs/cpu-demo.yaml gives it: the
+    # shards were once written, then deleted by copying them onto themselves (make demo failed)
+    monkeypatch.chdir(tiny_recipe_path.parent)
+    recipe = load_recipe(tiny_recipe_path, {"run.output_dir": "run",
         "corpus.synthetic_docs": 2000, "corpus.synthetic_shards": 4,
         "corpus.regulations": [str(REGULATION)], "corpus.user_corpora": [str(tmp_path / "user")],
         "corpus.mixture": {"regulations": 2.0}, "corpus.max_doc_chars": 20_000,
