@@ -334,9 +334,8 @@ def conversational_metrics(models: dict[str, dict], rows: list[dict],
 def training_pairs(recipe: Recipe, cfg: Any, start: dict[str, str], tasks: Path
                    ) -> tuple[list[dict], dict | None]:
     """dpo_train's pairs, plus on-policy pairs from the start model (its manifest entry) when
-    the recipe asks
-    (training/onpolicy.py; its Ray Data pipeline starts Ray as the recipe says if this
-    process has none yet). Returns the pairs and the on-policy counts (None when off)."""
+    the recipe asks (training/onpolicy.py; its Ray Data pipeline starts Ray as the recipe says
+    if this process has none yet). Returns the pairs and the on-policy counts (None when off)."""
     pairs = read_task_set(tasks / "dpo_train.parquet")
     if not cfg.onpolicy.enabled:
         return pairs, None
