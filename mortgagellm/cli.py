@@ -191,10 +191,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "report":
         from mortgagellm.pipelines.report import build
 
-        pipeline.run_recipe(recipe, last="evaluate")
-        pipeline.run_seeds(recipe, last="evaluate")  # run.repeat_seeds, if any
-        for stage in ("sft", "dpo"):  # sft.compare and dpo.compare, if any
-            pipeline.run_variants(recipe, stage)
+        from mortgagellm import headlines
+        from mortgagellm.manifest import now
+
+        started, _ = now()
+
+        def done(job: Any, manifest: Any, seconds: float) -> None:
+            line = headlines.stage_line(manifest, manifest.started_at < started)
+            print(f"[{job.name}, {seconds:.0f} s] {line}", flush=True)
+
+        # the run, run.repeat_seeds and sft/dpo.compare, side by side as cores allow
+        pipeline.run_plan(recipe, pipeline.plan(recipe), on_done=done)
         print(build(recipe, args.config, args.output))
         return 0
     if args.command == "run":

@@ -109,28 +109,52 @@ def ensure_ray(cfg: RayConfig, run_dir: str | Path) -> None:
 
 def side_by_side(calls: dict[str, tuple[Callable[..., Any], tuple]]
                  ) -> Iterator[tuple[str, Any, BaseException | None]]:
-    """Run each fn(*args) of `calls` at the same time, each a Ray task in a process of its own
-    (its own interpreter: transformers' lazy imports are not thread-safe, and no GIL is shared)
-    on this node, so it reads and writes the files this process does, in this process's working
-    directory and with its log lines at INFO (Ray shows them prefixed "(name pid=...)").
-    Yields (name, result, None) or (name, None, error) as each ends; error is the call's own
-    exception. Ray must be running (ensure_ray).
+    """Run each fn(*args) of `calls` at the same time (OwnProcesses). Yields (name, result,
+    None) or (name, None, error) as each ends; error is the call's own exception. Ray must be
+    running (ensure_ray).
     """
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    tasks = OwnProcesses()
+    for name, (fn, args) in calls.items():
+        tasks.start(name, fn, args)
+    while tasks:
+        yield tasks.next_done()
 
-    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    task = ray.remote(num_cpus=0, max_calls=1, max_retries=0,
-                      scheduling_strategy=here)(_in_own_process)
-    refs = {task.options(name=name).remote(fn, args, os.getcwd()): name  # '(name pid=..)'
-            for name, (fn, args) in calls.items()}
-    pending = list(refs)
-    while pending:
-        (ready,), pending = ray.wait(pending, num_returns=1)
+
+class OwnProcesses:
+    """Calls started one by one, each a Ray task in a process of its own (its own interpreter:
+    transformers' lazy imports are not thread-safe, and no GIL is shared) on this node, so it
+    reads and writes the files this process does, in this process's working directory and with
+    its log lines at INFO (Ray shows them prefixed "(name pid=...)"). The tasks take no CPU of
+    Ray's: what they start (Train workers, Data tasks, actors) asks for its own. Ray must be
+    running (ensure_ray)."""
+
+    def __init__(self) -> None:
+        import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        self._task = ray.remote(num_cpus=0, max_calls=1, max_retries=0,
+                                scheduling_strategy=here)(_in_own_process)
+        self._running: dict[Any, str] = {}
+
+    def __len__(self) -> int:
+        return len(self._running)
+
+    def start(self, name: str, fn: Callable[..., Any], args: tuple) -> None:
+        """Start fn(*args) under `name` (its log lines are prefixed "(name pid=...)")."""
+        ref = self._task.options(name=name).remote(fn, args, os.getcwd())
+        self._running[ref] = name
+
+    def next_done(self) -> tuple[str, Any, BaseException | None]:
+        """Wait for the next call to end: (name, result, None) or (name, None, error)."""
+        import ray
+
+        (ready,), _ = ray.wait(list(self._running), num_returns=1)
+        name = self._running.pop(ready)
         try:
-            yield refs[ready], ray.get(ready), None
+            return name, ray.get(ready), None
         except ray.exceptions.RayTaskError as err:
-            yield refs[ready], None, err.cause if isinstance(err.cause, BaseException) else err
+            return name, None, err.cause if isinstance(err.cause, BaseException) else err
 
 
 def _in_own_process(fn: Callable[..., Any], args: tuple, cwd: str) -> Any:

@@ -227,11 +227,12 @@ def test_results_json_holds_every_cell_and_verdict_of_the_page(run_dir):
 
 def test_report_command_runs_up_to_evaluate_then_builds(run_dir, tmp_path, monkeypatch, capsys):
     calls = []
-    monkeypatch.setattr(pipeline, "run_recipe", lambda recipe, **kw: calls.append(kw) or [])
+    monkeypatch.setattr(pipeline, "run_plan", lambda recipe, jobs, **kw: calls.append(
+        [job.name for job in jobs]) or {})
     out = tmp_path / "elsewhere"
     assert cli.main(["report", str(ROOT / "configs/cpu-demo.yaml"),
                      "--run.output_dir", run_dir.run.output_dir, "--output", str(out)]) == 0
-    assert calls == [{"last": "evaluate"}]
+    assert calls == [list(stages.STAGES)]  # cpu-demo: one seed, no variants
     assert capsys.readouterr().out.strip() == str(out / "report.md")
     assert (out / "report.md").is_file() and (out / "losses.png").is_file()
 
@@ -366,22 +367,145 @@ def test_a_seeds_recipe_writes_under_seeds_and_repeats_nothing_further():
             validate_recipe({"run": {"seed": 0, "repeat_seeds": bad}})
 
 
-def test_each_further_seed_runs_from_pretrain_on_the_runs_bootstrap_and_corpus(
-        run_dir, monkeypatch):
-    recipe = run_dir.model_copy(update={"run": run_dir.run.model_copy(
-        update={"repeat_seeds": [3, 5]})})
-    calls = []
-    monkeypatch.setattr(pipeline, "run_recipe", lambda r, **kw: calls.append((r, kw)) or [])
-    pipeline.run_seeds(recipe)
-    assert [(r.run.seed, r.run.output_dir, kw["first"], kw["last"]) for r, kw in calls] == [
-        (s, f"{run_dir.run.output_dir}/seeds/{s}", "pretrain", "evaluate") for s in (3, 5)]
+class InOrder:
+    """cluster.runtime.OwnProcesses without Ray: each call runs when it is waited for, first
+    started first; records what ran and the most jobs started and not yet done at once."""
+
+    def __init__(self):
+        self.started, self.ran, self.most = [], [], 0
+
+    def __len__(self):
+        return len(self.started)
+
+    def start(self, name, fn, args):
+        self.started.append((name, fn, args))
+        self.most = max(self.most, len(self.started))
+
+    def next_done(self):
+        name, fn, args = self.started.pop(0)
+        self.ran.append(name)
+        try:
+            return name, fn(*args), None
+        except Exception as err:  # noqa: BLE001 - handed back as OwnProcesses does
+            return name, None, err
+
+
+@pytest.fixture
+def in_order(monkeypatch):
+    from mortgagellm.cluster import runtime
+
+    tasks = InOrder()
+    monkeypatch.setattr(runtime, "OwnProcesses", lambda: tasks)
+    monkeypatch.setattr(runtime, "ensure_ray", lambda *a: None)
+    return tasks
+
+
+def with_runs(recipe, seeds=(), **compare):
+    """`recipe` with run.repeat_seeds and <stage>.compare set."""
+    update = {"run": recipe.run.model_copy(update={"repeat_seeds": list(seeds)})}
+    for stage, variants in compare.items():
+        update[stage] = getattr(recipe, stage).model_copy(update={"compare": variants})
+    return recipe.model_copy(update=update)
+
+
+def test_the_plan_is_the_run_its_further_seeds_from_pretrain_and_the_variants():
+    recipe = with_runs(validate_recipe({"run": {"output_dir": "/r"}}), seeds=(3,),
+                       dpo={"dpo-only": DPO_ONLY}, sft={"plain": {"counterfactual": False}})
+    jobs = {job.name: job for job in pipeline.plan(recipe)}
+    assert list(jobs) == [
+        "bootstrap", "corpus", "pretrain", "residual", "sft", "dpo",
+        "seed 3 pretrain", "seed 3 residual", "seed 3 sft", "seed 3 dpo",
+        "sft variant plain", "dpo variant dpo-only", "evaluate", "seed 3 evaluate"]
+    assert jobs["seed 3 pretrain"].after == ("bootstrap", "corpus")  # the run's, shared
+    assert jobs["seed 3 sft"].after == ("bootstrap", "corpus", "seed 3 residual")
+    assert jobs["seed 3 sft"].share == stages.SHARED_ACROSS_SEEDS
+    assert (jobs["seed 3 sft"].recipe.run.output_dir, jobs["seed 3 sft"].recipe.run.seed) == (
+        "/r/seeds/3", 3)
+    variant = jobs["dpo variant dpo-only"]
+    assert variant.after == variant.share == stages.NEEDS["dpo"]  # the run's merged model
+    assert (variant.recipe.run.output_dir, variant.recipe.dpo.sft.epochs) == (
+        "/r/variants/dpo-dpo-only", 0)
+    assert [job.name for job in pipeline.plan(recipe, last="residual")] == [
+        "bootstrap", "corpus", "pretrain", "residual", "seed 3 pretrain", "seed 3 residual"]
+
+
+def test_a_jobs_cores_are_its_workers_threads_or_the_whole_node():
+    recipe = validate_recipe({
+        "sft": {"threads": 1, "scaling": {"workers_per_node": 2, "threads_per_worker": 1}},
+        "residual": {"threads": 1}, "evaluate": {"concurrency": 2, "threads": 1}})
+    cores = {job.stage: job.cores for job in pipeline.plan(recipe)}
+    assert (cores["sft"], cores["residual"], cores["evaluate"]) == (2, 1, 2)
+    assert cores["bootstrap"] is None and cores["corpus"] is None  # every core
+    assert validate_recipe({}).dpo.scaling.threads_per_worker is None
+    assert next(job for job in pipeline.plan(validate_recipe({})) if job.stage == "dpo"
+                ).cores is None  # Ray's default threads: taken as the whole node
+
+
+def test_report_runs_every_job_once_after_its_inputs_as_many_as_fit(run_dir, in_order,
+                                                                     monkeypatch):
+    recipe = with_runs(run_dir, seeds=(3, 5), dpo={"dpo-only": DPO_ONLY})
+    ran = []
+    monkeypatch.setattr(pipeline, "run_stage", lambda r, stage: ran.append(
+        (r.run.output_dir, stage)) or manifest.stage_manifest(r, stage) or stage)
+    jobs = pipeline.plan(recipe)
+    one_core = sum(1 for job in jobs if job.cores == 1)
+    done = pipeline.run_plan(recipe, jobs, cores=2)
+    assert sorted(done) == sorted(job.name for job in jobs) and len(ran) == len(jobs)
+    order = in_order.ran
+    for job in jobs:  # each after what it reads
+        assert all(order.index(name) < order.index(job.name) for name in job.after), job.name
+    assert in_order.most <= 2 if one_core else in_order.most == 1
+    out = run_dir.run.output_dir
+    assert (f"{out}/seeds/5", "pretrain") in ran and (f"{out}/variants/dpo-dpo-only", "dpo") in ran
     for seed in (3, 5):
         seeded = manifest.seed_recipe(recipe, seed)
         for stage in stages.SHARED_ACROSS_SEEDS:  # the very manifest, naming the run's outputs
             assert manifest.require_manifest(seeded, stage) == \
                 manifest.require_manifest(recipe, stage)
-        assert manifest.stage_manifest(seeded, "pretrain") is None  # trained anew there
-    assert pipeline.run_seeds(run_dir) == {} and len(calls) == 2  # no repeat_seeds: nothing
+    variant = manifest.variant_recipe(recipe, "dpo", "dpo-only")
+    for need in stages.NEEDS["dpo"]:
+        assert manifest.require_manifest(variant, need) == manifest.require_manifest(recipe, need)
+
+
+def test_two_one_core_jobs_run_together_and_a_whole_node_job_alone(tmp_path, in_order,
+                                                                 monkeypatch):
+    one_core = {"threads": 1, "scaling": {"threads_per_worker": 1}}
+    recipe = with_runs(validate_recipe({
+        "run": {"output_dir": str(tmp_path)}, "sft": one_core, "dpo": one_core,
+        "evaluate": {"concurrency": 2, "threads": 1}}), seeds=(3,))
+    beside = {}
+    def stage(r, name):  # the jobs started and not yet done while this one runs
+        beside[f"{'' if r.run.seed == 0 else 'seed 3 '}{name}"] = [
+            started for started, _, _ in in_order.started]
+        return name
+    monkeypatch.setattr(pipeline, "run_stage", stage)
+    jobs = [pipeline.Job(j.name, j.recipe, j.stage, (), ()) for j in pipeline.plan(recipe)
+            if j.stage in ("sft", "dpo", "evaluate")]
+    assert [(job.name, job.cores) for job in jobs] == [
+        ("sft", 1), ("dpo", 1), ("seed 3 sft", 1), ("seed 3 dpo", 1), ("evaluate", 2),
+        ("seed 3 evaluate", 2)]
+    pipeline.run_plan(recipe, jobs, cores=2)
+    assert beside["sft"] == ["dpo"] and beside["seed 3 sft"] == ["seed 3 dpo"]  # a core each
+    assert beside["evaluate"] == beside["seed 3 evaluate"] == []  # every core: alone
+    assert in_order.most == 2
+    serial = recipe.model_copy(update={"run": recipe.run.model_copy(
+        update={"parallel_stages": False})})
+    in_order.most = 0
+    pipeline.run_plan(serial, jobs, cores=2)
+    assert in_order.most == 1  # run.parallel_stages false: one at a time
+
+
+def test_a_failed_job_stops_what_reads_it_and_the_rest_finish(run_dir, in_order, monkeypatch):
+    recipe = with_runs(run_dir, seeds=(3,))
+    def stage(r, name):
+        if r.run.seed == 3 and name == "residual":
+            raise RuntimeError("seed 3's residual gate failed")
+        return name
+    monkeypatch.setattr(pipeline, "run_stage", stage)
+    with pytest.raises(RuntimeError, match="seed 3's residual gate failed"):
+        pipeline.run_plan(recipe, pipeline.plan(recipe), cores=2)
+    assert "evaluate" in in_order.ran and "seed 3 residual" in in_order.ran
+    assert not {"seed 3 sft", "seed 3 dpo", "seed 3 evaluate"} & set(in_order.ran)
 
 
 def seeded_run(run_dir, values):
@@ -455,23 +579,6 @@ def test_a_variant_is_the_section_with_its_overrides_and_a_bad_one_is_named():
         validate_recipe({"dpo": {"compare": {"typo": {"sft": {"epochz": 0}}}}})
 
 
-def test_each_variant_trains_in_its_own_run_on_the_runs_upstream_outputs(run_dir, monkeypatch):
-    recipe = run_dir.model_copy(update={"dpo": run_dir.dpo.model_copy(
-        update={"compare": {"dpo-only": DPO_ONLY, "no-onpolicy": {"onpolicy": {
-            "enabled": False}}}})})
-    ran = []
-    monkeypatch.setattr(pipeline, "run_stage", lambda r, stage: ran.append((r, stage)) or stage)
-    assert pipeline.run_variants(recipe, "dpo") == {"dpo-only": "dpo", "no-onpolicy": "dpo"}
-    assert [(r.run.output_dir, r.dpo.sft.epochs, s) for r, s in ran] == [
-        (f"{run_dir.run.output_dir}/variants/dpo-dpo-only", 0, "dpo"),
-        (f"{run_dir.run.output_dir}/variants/dpo-no-onpolicy", run_dir.dpo.sft.epochs, "dpo")]
-    for variant, _ in ran:
-        for need in stages.NEEDS["dpo"]:
-            assert manifest.require_manifest(variant, need) == \
-                manifest.require_manifest(recipe, need)
-    assert pipeline.run_variants(run_dir, "dpo") == {}  # no compare: nothing
-
-
 def test_the_report_sets_the_variants_side_by_side_with_instruct(run_dir):
     import json
 
@@ -543,7 +650,7 @@ def test_the_structured_experts_variants_show_the_flip_rate_before_and_after(run
 
 
 def test_further_seeds_of_an_s3_run_read_its_bootstrap_and_corpus_from_s3(
-        s3_bucket, tmp_path, monkeypatch):
+        s3_bucket, tmp_path, in_order, monkeypatch):
     """With output_dir s3://…, each seed's run gets the run's published manifests under
     <output_dir>/seeds/<seed>/ and downloads the outputs they name into its own cache."""
     recipe = validate_recipe({"run": {"output_dir": f"{s3_bucket}/run", "repeat_seeds": [4],
@@ -556,8 +663,9 @@ def test_further_seeds_of_an_s3_run_read_its_bootstrap_and_corpus_from_s3(
             stage=stage, fingerprint=stage, config={},
             outputs={"out": manifest.artifact(local / "out")}))
         manifest.publish(manifest.read(str(local)), local, manifest.stage_uri(recipe, stage))
-    monkeypatch.setattr(pipeline, "run_recipe", lambda r, **kw: [])
-    pipeline.run_seeds(recipe)
+    monkeypatch.setattr(pipeline, "run_stage", lambda r, stage: stage)
+    jobs = [job for job in pipeline.plan(recipe) if job.name == "seed 4 pretrain"]
+    pipeline.run_plan(recipe, jobs, cores=2)
     seeded = manifest.seed_recipe(recipe, 4)
     for stage in stages.SHARED_ACROSS_SEEDS:
         found = manifest.require_manifest(seeded, stage)  # fetched into the seed's cache
