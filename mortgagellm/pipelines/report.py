@@ -13,6 +13,7 @@ manifest; none is typed in.
 
 from __future__ import annotations
 
+import calendar
 import json
 import math
 import time
@@ -28,7 +29,8 @@ from mortgagellm.evaluation.verdicts import (  # noqa: F401 - the report's vocab
     BASELINE, DASH, EFFECTS, LOWER_IS_BETTER, MIN_EFFECT_ABSOLUTE, MIN_EFFECT_BY_METRIC,
     MIN_EFFECT_RELATIVE, MISSING, NOISE, REVERSED, SHOWN, SMALL, VARIANTS, Effect, Row,
     cell_text, effects, fmt, min_effect, results_table, table_rows, variants, verdict)
-from mortgagellm.manifest import Manifest, require_manifest, stage_dir, stage_uri
+from mortgagellm.manifest import (Manifest, require_manifest, seed_recipe, stage_dir,
+                                  stage_manifest, stage_uri, variant_recipe)
 from mortgagellm.stages import select
 
 TASK_GROUPS = {"classification": ("decision", "doc_kind", "intent", "fewshot_decision",
@@ -244,6 +246,50 @@ def results(metrics: dict[str, Any], seed: int) -> dict[str, Any]:
                         for e in effects(metrics)]}
 
 
+def schedule(recipe: Recipe) -> dict[str, Any]:
+    """Every stage behind the report (the run's, each further seed's from pretrain on, each
+    compare variant's) with its start and duration, and how much ran side by side: the
+    durations' sum against the span from the first start to the last end. A stage skipped as up
+    to date keeps the times of the run that made it."""
+    runs = [("", recipe, select(last="evaluate"))]
+    runs += [(f"seed {seed} ", seed_recipe(recipe, seed), select("pretrain", "evaluate"))
+             for seed in recipe.run.repeat_seeds]
+    runs += [(f"{stage} variant {name} ", variant_recipe(recipe, stage, name), (stage,))
+             for stage in ("sft", "dpo") for name in getattr(recipe, stage).compare]
+    jobs = []
+    for prefix, run, stages in runs:
+        for stage in stages:
+            found = stage_manifest(run, stage)
+            if found and found.started_at:
+                start = calendar.timegm(time.strptime(found.started_at, "%Y-%m-%dT%H:%M:%SZ"))
+                jobs.append({"job": prefix + stage, "started": found.started_at,
+                             "start_s": start, "duration_s": round(found.duration_s, 1)})
+    jobs.sort(key=lambda job: job["start_s"])
+    if not jobs:
+        return {"jobs": [], "sum_s": 0.0, "span_s": 0.0}
+    span = max(j["start_s"] + j["duration_s"] for j in jobs) - jobs[0]["start_s"]
+    for job in jobs:
+        del job["start_s"]
+    return {"jobs": jobs, "sum_s": round(sum(j["duration_s"] for j in jobs), 1),
+            "span_s": round(span, 1)}
+
+
+def schedule_section(found: dict[str, Any]) -> list[str]:
+    """The schedule as Markdown: the totals, then one row per stage in order of start."""
+    if not found["jobs"]:
+        return []
+    ratio = found["sum_s"] / found["span_s"] if found["span_s"] else float("nan")
+    lines = ["## Schedule", "",
+             f"{len(found['jobs'])} stages (the run's, its further seeds', its variants'): "
+             f"their durations sum to {found['sum_s'] / 3600:.2f} h; from the first start to "
+             f"the last end took {found['span_s'] / 3600:.2f} h, ×{ratio:.2f} of the sum ran "
+             "side by side (pipelines/recipe.run_plan). A stage skipped as up to date keeps the "
+             "times of the run that made it.", "",
+             "| stage | started | duration (s) |", "|---|---|---|"]
+    lines += [f"| {j['job']} | {j['started']} | {j['duration_s']:.1f} |" for j in found["jobs"]]
+    return lines
+
+
 def build(recipe: Recipe, recipe_file: str | Path, output: str | Path | None = None) -> Path:
     """Write report.md, results.json and the plots from the manifests of every stage up to
     evaluate (also to <output_dir>/report when that is a URI); returns report.md's path."""
@@ -262,6 +308,7 @@ def build(recipe: Recipe, recipe_file: str | Path, output: str | Path | None = N
                 if getattr(recipe, stage).compare}
     if compared:
         data["variants"] = compared
+    data["schedule"] = schedule(recipe)
     (out / "results.json").write_text(json.dumps(data, indent=1) + "\n")
     path = out / "report.md"
     text = render_markdown(manifests, recipe.run.name, str(recipe_file), date, plots)
@@ -269,6 +316,8 @@ def build(recipe: Recipe, recipe_file: str | Path, output: str | Path | None = N
         text += "\n" + "\n".join(seeds_section(seeds)) + "\n"
     for stage, found in compared.items():
         text += "\n" + "\n".join(variants_section(stage, found)) + "\n"
+    if recipe.run.repeat_seeds or compared:
+        text += "\n" + "\n".join(schedule_section(data["schedule"])) + "\n"
     path.write_text(text)
     (out / "report.html").write_text(
         html_report.render(text, out, f"MortgageLLM run report: {recipe.run.name}"))

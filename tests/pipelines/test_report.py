@@ -548,6 +548,29 @@ def test_the_report_gives_each_key_number_at_every_seed_with_its_spread(run_dir)
     assert "| 1 | 0.5 | 0.920 | 6.40 / 10.00 |" in section and "held on every seed" in section
 
 
+def test_the_schedule_sums_every_stage_and_says_how_much_ran_side_by_side(run_dir):
+    import json
+
+    recipe = with_runs(run_dir, seeds=(3,))
+    seeded = manifest.seed_recipe(recipe, 3)
+    for stage in stages.select("pretrain", "evaluate"):  # seed 3's, 5 s after the run's began
+        manifest.write(str(manifest.stage_dir(seeded, stage)), manifest.Manifest(
+            stage=stage, fingerprint=stage, config={}, metrics=STAGE_METRICS.get(stage, {}),
+            started_at="2025-01-01T00:00:05Z", duration_s=20.0))
+    found = report.schedule(recipe)
+    # the run's 7 stages: 10..16 s, all started at 00:00:00; seed 3's 5 stages: 20 s each
+    assert found["sum_s"] == sum(range(10, 17)) + 5 * 20 == 191
+    assert found["span_s"] == 25.0  # 00:00:00 to seed 3's ends at 00:00:25
+    assert found["jobs"][0] == {"job": "bootstrap", "started": "2025-01-01T00:00:00Z",
+                                "duration_s": 10.0}
+    assert [j["job"] for j in found["jobs"]][-5:] == [
+        f"seed 3 {s}" for s in stages.select("pretrain", "evaluate")]
+    path = report.build(recipe, "configs/fixture.yaml")
+    assert json.loads((path.parent / "results.json").read_text())["schedule"] == found
+    assert "durations sum to 0.05 h; from the first start to the last end took 0.01 h, ×7.64" \
+        in path.read_text()
+
+
 def test_a_seed_that_fails_the_residual_gate_is_said(run_dir):
     recipe = seeded_run(run_dir, {0: (0.75, 0.95), 1: (0.75, 0.85), 2: (0.75, 0.93)})
     text = report.build(recipe, "configs/fixture.yaml").read_text()
