@@ -22,7 +22,7 @@ from typing import Any
 
 from mortgagellm.cluster import storage
 from mortgagellm.config import Recipe
-from mortgagellm.evaluation import html_report, routed_report, router_report
+from mortgagellm.evaluation import goals, html_report, routed_report, router_report
 from mortgagellm.evaluation.repeats import (across_seeds, seed_runs, seeds_section,
                                             stage_variants, variants_section)
 from mortgagellm.evaluation.verdicts import (  # noqa: F401 - the report's vocabulary, re-exported
@@ -308,6 +308,7 @@ def build(recipe: Recipe, recipe_file: str | Path, output: str | Path | None = N
                 if getattr(recipe, stage).compare}
     if compared:
         data["variants"] = compared
+    data["goals"] = goals.goals(data)
     data["schedule"] = schedule(recipe)
     (out / "results.json").write_text(json.dumps(data, indent=1) + "\n")
     path = out / "report.md"
@@ -316,6 +317,7 @@ def build(recipe: Recipe, recipe_file: str | Path, output: str | Path | None = N
         text += "\n" + "\n".join(seeds_section(seeds)) + "\n"
     for stage, found in compared.items():
         text += "\n" + "\n".join(variants_section(stage, found)) + "\n"
+    text += "\n" + "\n".join(goals.section(data["goals"])) + "\n"
     if recipe.run.repeat_seeds or compared:
         text += "\n" + "\n".join(schedule_section(data["schedule"])) + "\n"
     path.write_text(text)
