@@ -444,3 +444,18 @@ def test_the_replica_classifies_with_a_content_free_prior_asked_once(openai_mode
     assert len(server.calls) == 6  # 2 for the prior, once; 2 per request
     assert {options["multiplexed_model_id"] for _, _, options, _ in server.calls} == {
         "mortgagellm-base:a2"}
+
+
+def test_vllm_is_an_opt_in_extra_on_the_same_ray():
+    """`pip install .[gpu]` brings Ray Serve LLM and vLLM on the Ray pinned for everything else;
+    `make install` (.[dev]) never does."""
+    import re
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    (ray,) = [d for d in project["dependencies"] if d.startswith("ray[")]
+    extras = project["optional-dependencies"]
+    assert extras["gpu"] == [f"ray[llm]=={ray.split('==')[1]}", "vllm==0.29.0"]
+    assert not any("vllm" in d or "llm]" in d for d in extras["dev"])
+    installs = re.findall(r'-e "\.\[(\w+)\]"', (ROOT / "Makefile").read_text())
+    assert installs == ["dev"]
