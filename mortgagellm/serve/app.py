@@ -49,7 +49,8 @@ limit. A client can lift the proxy's limit (header x-request-timeout-seconds); n
 
 
 def load(args: dict[str, Any]) -> Recipe:
-    """The recipe named by args['config'] with the other args (but api_keys_file) as overrides."""
+    """The recipe named by args['config'] with the other args (but api_keys_file and SERVED_ARG)
+    as overrides."""
     if "config" not in args:
         raise ValueError("build_app needs args['config'], the recipe YAML")
     overrides = {k: v for k, v in args.items()

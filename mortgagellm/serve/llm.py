@@ -298,7 +298,15 @@ class VllmExpert:
                        adapter: str | None = None) -> dict[str, float]:
         """Tier-2 route probabilities, as experts.Expert.classify: each label scored by the
         LLMServer's prompt log-probabilities (label_scores), calibrated by the content-free
-        prompt's scores, which are asked once per adapter and kept."""
+        prompt's scores, which are asked once per adapter and kept.
+
+        Why scored here rather than left to tier 1 alone (the router's fallback): hybrid routing
+        asks tier 2 exactly for the requests tier 1 is unsure of, and vLLM gives the prompt's
+        exact log-probabilities (prompt_logprobs), so the scores are modeling.label_logprobs'
+        and the threshold fitted with tier 1 still means what it meant. The cost: one request
+        per label on a few-hundred-token prompt (vLLM may prefill it afresh rather than from its
+        prefix cache, to compute the log-probabilities), for the unsure share of requests only.
+        """
         model, _ = target(self.served, adapter)
         if adapter not in self.priors:
             self.priors[adapter] = await self.label_logprobs(
@@ -335,8 +343,7 @@ def bind(name: str, llm_name: str, role: str, s: ExpertSettings, served: Mapping
     model directory and version, and the adapters under topology adapters)."""
     from ray.serve.llm import LLMConfig, build_llm_deployment
 
-    expert = None if served.get("adapters") else role
-    mid = model_id(s, expert)
+    mid = model_id(s, None if role == "adapters" else role)
     config = LLMConfig(**llm_config(s, mid, served["model"], options[llm_name], lora))
     server = build_llm_deployment(config, override_serve_options={"name": llm_name})
     loaded = {"model": served["model"], "version": served["version"]}
