@@ -6,6 +6,14 @@ Run: python k8s/serve_config.py --write     rewrite every serveConfigV2 block li
      python k8s/serve_config.py a100-adapters   serve.topology adapters: one AdapterExperts
                                             deployment (both experts as LoRA adapters on the
                                             merged model); printed only, no manifest embeds it
+     python k8s/serve_config.py a100-vllm   engine vllm: each expert a VllmExpert in front of a
+                                            Ray Serve LLM LLMServer (vLLM); printed only
+     python k8s/serve_config.py a100-adapters-vllm   both: one LLMServer, multi-LoRA
+
+The vllm variants are reviewed, not measured (no GPU was at hand), so the RayService embeds the
+continuous engine. To serve one, embed it (TARGETS) and give the head and the a100 group the -gpu
+image built with `--build-arg EXTRAS=[gpu]`: Serve's build task, on the head, and VllmExpert,
+placed on the a100 pods by accelerator_type, import Ray Serve LLM, which needs vLLM.
 
 The app is configured only through build_app(args) (STYLE 9): args name the recipe inside the
 image, the file the API-key Secret is mounted as, and, as dotted recipe overrides, what only the
@@ -32,13 +40,16 @@ ROUTER_RESOURCE = "mortgagellm_router"
 mounts the shared volume writable (tests/k8s/test_storage.py)."""
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # this checkout's mortgagellm, whichever is installed
+EXPERTS = ("structured", "conversational")
+ADAPTERS_URI = "s3://your-bucket/mortgagellm/llama3-8b/adapters"
+"""a100-adapters-vllm: where Ray Serve LLM loads adapter versions from (<URI>/<version>/)."""
 SERVING = {"serve.host": "0.0.0.0", "serve.port": 8000}
 """A pod serves on every interface (the Service routes to it); 127.0.0.1 is for laptops."""
 
 
 def expert_placement(cpus: float, gpus: float, replicas: tuple[int, int], target: float,
                      max_ongoing: int, accelerator: str | None = None,
-                     experts: tuple[str, ...] = ("structured", "conversational")
+                     experts: tuple[str, ...] = EXPERTS
                      ) -> dict[str, Any]:
     """The expert deployments' overrides (both experts', or serve.adapters' for topology
     adapters): resources, autoscaling bounds and concurrency."""
@@ -72,6 +83,24 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "a100-adapters": {"recipe": "configs/llama3-8b-a100.yaml",
                       "overrides": expert_placement(4, 1, (1, 8), 8, 32, "A100", ("adapters",))
                       | router_placement((2, 8)) | {"serve.topology": "adapters"}},
+    # Engine vllm on the same pods: the LLMServer replica takes the A100 (its engine's bundle)
+    # and 4 CPUs, the VllmExpert in front of it a quarter CPU beside it.
+    "a100-vllm": {"recipe": "configs/llama3-8b-a100.yaml",
+                  "overrides": expert_placement(4, 1, (1, 4), 8, 32, "A100")
+                  | router_placement((2, 8)) | {f"serve.{e}.engine": "vllm" for e in EXPERTS}},
+    # Topology adapters with engine vllm: one LLMServer holds the merged model, and loads each
+    # expert's adapter version from the bucket the registry's versions are copied to.
+    "a100-adapters-vllm": {"recipe": "configs/llama3-8b-a100.yaml",
+                           "overrides": expert_placement(4, 1, (1, 8), 8, 32, "A100",
+                                                         ("adapters",))
+                           | router_placement((2, 8)) | {
+                               "serve.topology": "adapters", "serve.adapters.engine": "vllm",
+                               "serve.adapters.vllm": {
+                                   "lora": {"dynamic_lora_loading_path": ADAPTERS_URI},
+                                   "engine_kwargs": {"max_model_len": 8192,
+                                                     "gpu_memory_utilization": 0.9,
+                                                     "dtype": "bfloat16", "max_lora_rank": 16,
+                                                     "enable_prefix_caching": True}}}},
     # CPU only: small models, 1-2 replicas each, for a laptop-sized Kubernetes (kind, minikube).
     "cpu": {"recipe": "configs/cpu-demo.yaml",
             # The cpu-dev RayJobs write the run to the shared volume: serve that run, not the

@@ -4,8 +4,9 @@ Every field carries a description; unknown keys and bad values are rejected with
 names the key and the file. This package imports no torch, so `mortgagellm --help` stays instant.
 
 Modules, in the order a recipe reads: base (Section), cluster (run, Ray, scaling, DeepSpeed),
-data (bootstrap, task sets, corpus), training (pretrain, residual, sft, dpo), evaluate, serve,
-recipe (Recipe, load_recipe, validate_recipe, stage_config). Import from here.
+data (bootstrap, task sets, corpus), training (pretrain, residual, sft, dpo), evaluate, vllm (an
+expert's engine vllm), serve, recipe (Recipe, load_recipe, validate_recipe, stage_config). Import
+from here.
 """
 
 from mortgagellm.config.base import Section
@@ -39,9 +40,11 @@ from mortgagellm.config.training import (
     SftConfig,
     TrainingSection,
 )
+from mortgagellm.config.vllm import AdapterVllmSettings, VllmLoraSettings, VllmSettings
 
 __all__ = [
     "AdapterSettings",
+    "AdapterVllmSettings",
     "ApiKeySettings",
     "AuditSettings",
     "AutoscalingSettings",
@@ -70,6 +73,8 @@ __all__ = [
     "SftConfig",
     "TaskSetsConfig",
     "TrainingSection",
+    "VllmLoraSettings",
+    "VllmSettings",
     "load_recipe",
     "stage_config",
     "validate_recipe",

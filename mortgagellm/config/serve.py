@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from mortgagellm.config.base import Section
+from mortgagellm.config.vllm import AdapterVllmSettings, VllmSettings
 
 
 class AutoscalingSettings(Section):
@@ -61,7 +62,8 @@ class ExpertSettings(Section):
     num_gpus: float = Field(0.0, ge=0, description="GPUs per replica (fractions allowed).")
     accelerator_type: str | None = Field(
         None, description="Ray accelerator type a replica must run on (e.g. A100); None: any.")
-    threads: int = Field(1, ge=1, description="torch CPU threads per replica.")
+    threads: int = Field(1, ge=1, description="torch CPU threads per replica (continuous and "
+                         "static).")
     autoscaling: AutoscalingSettings = Field(
         default_factory=AutoscalingSettings, description="Replica bounds and targets.")
     max_ongoing_requests: int = Field(
@@ -69,14 +71,20 @@ class ExpertSettings(Section):
     max_queued_requests: int = Field(
         16, ge=-1, description="Requests waiting for a replica before callers get 503 "
         "(-1 = unbounded, which turns overload into a hang: avoid).")
-    engine: Literal["continuous", "static"] = Field(
+    engine: Literal["continuous", "static", "vllm"] = Field(
         "continuous", description="continuous: requests join the running batch at its next "
         "step and leave it when they end (transformers' continuous batching on a paged KV "
         "cache, serve/batching.py); static: @serve.batch gathers a batch, which decodes until "
         "its last request ends while new ones wait (engine.Decoder; kept to compare, see "
-        "benchmarks/serve.py).")
+        "benchmarks/serve.py); vllm: GPU only, the model runs in a Ray Serve LLM LLMServer "
+        "deployment (vLLM) of its own, and this deployment forwards to it (serve/llm.py; "
+        "`vllm` below; needs `pip install .[gpu]`).")
+    vllm: VllmSettings = Field(
+        default_factory=VllmSettings, description="Engine vllm's LLMConfig (engine vllm only).")
     kv_cache: KvCacheSettings = Field(
-        default_factory=KvCacheSettings, description="The continuous engine's KV cache.")
+        default_factory=KvCacheSettings, description="The continuous engine's KV cache (not "
+        "read by static or vllm; vLLM sizes its own from vllm.engine_kwargs."
+        "gpu_memory_utilization).")
     ground: bool = Field(
         False, description="Check each chat answer that opens with a 'Source: “…”' quote against "
         "the user's message before it is sent: the quote the answer names is put in verbatim, "
@@ -89,7 +97,8 @@ class ExpertSettings(Section):
         "They are audited either way (grounding.unsupported).")
     max_batch_size: int = Field(
         4, ge=1, description="Most requests decoded together: in one forward pass "
-        "(continuous; more wait for a place) or in one @serve.batch (static).")
+        "(continuous; more wait for a place), in one @serve.batch (static), or vLLM's "
+        "max_num_seqs (vllm).")
     batch_wait_timeout_s: float = Field(
         0.01, ge=0, description="static: how long a batch waits to fill before decoding "
         "starts.")
@@ -110,21 +119,51 @@ class AdapterSettings(ExpertSettings):
     model: str | None = Field(
         None, description="Base model directory both adapters apply to. None: the residual "
         "stage's merged model, which the sft and dpo adapters are trained on.")
-    engine: Literal["continuous", "static"] = Field(
-        "static", description="static only: transformers' continuous batching "
-        "(ContinuousBatchingManager) takes no per-request adapter, so the adapters are "
-        "served by the static engine (engine.Decoder with adapter_names).")
+    engine: Literal["continuous", "static", "vllm"] = Field(
+        "static", description="static or vllm: transformers' continuous batching "
+        "(ContinuousBatchingManager) takes no per-request adapter, so on CPU the adapters are "
+        "served by the static engine (engine.Decoder with adapter_names); vllm (GPU) serves "
+        "them with Ray Serve LLM's multi-LoRA, each request naming `<model_id>:<adapter "
+        "version>` (vllm.lora).")
+    vllm: AdapterVllmSettings = Field(
+        default_factory=AdapterVllmSettings, description="Engine vllm's LLMConfig, with its "
+        "LoRA loading (engine vllm only).")
 
     @model_validator(mode="after")
     def _static_and_per_adapter(self) -> AdapterSettings:
         if self.engine == "continuous":
             raise ValueError("serve.adapters.engine continuous cannot serve LoRA adapters: "
                              "transformers' continuous batching takes no per-request adapter; "
-                             "set serve.adapters.engine: static (or serve.topology: separate)")
+                             "set serve.adapters.engine: static (or vllm on GPU, or "
+                             "serve.topology: separate)")
+        if self.engine == "vllm" and self.vllm.lora.dynamic_lora_loading_path is None:
+            raise ValueError("serve.adapters.vllm.lora.dynamic_lora_loading_path is required with "
+                             "serve.adapters.engine vllm: Ray Serve LLM loads each adapter from "
+                             "<path>/<adapter version> in remote storage (s3://, gs://, ...); "
+                             "copy the registry's registry/<version>/ folders there")
         if self.ground:
             raise ValueError("serve.adapters.ground: grounding is per adapter; set "
                              "serve.<expert>.ground (e.g. serve.conversational.ground) instead")
         return self
+
+
+def vllm_problem(name: str, s: ExpertSettings) -> str | None:
+    """Why deployment settings `s` (at recipe key `name`, e.g. serve.structured) cannot run
+    engine vllm, else None: vLLM serves on GPUs, whole ones unless a placement group of
+    vllm.llm_config says otherwise, as many as tensor x pipeline parallelism use."""
+    kwargs, placed = s.vllm.engine_kwargs, "placement_group_config" in s.vllm.llm_config
+    if s.num_gpus == 0:
+        return (f"{name}.num_gpus is 0: engine vllm needs a GPU (vLLM runs on CUDA devices); set "
+                f"{name}.num_gpus: 1, or {name}.engine: continuous to serve on CPU")
+    if not placed and s.num_gpus != int(s.num_gpus):
+        return (f"{name}.num_gpus {s.num_gpus}: engine vllm takes whole GPUs; for part of one "
+                f"set {name}.vllm.llm_config.placement_group_config (bundle_per_worker)")
+    devices = kwargs.get("tensor_parallel_size", 1) * kwargs.get("pipeline_parallel_size", 1)
+    parallel = {"tensor_parallel_size", "pipeline_parallel_size"} & set(kwargs)
+    if parallel and not placed and devices != s.num_gpus:
+        return (f"{name}.vllm.engine_kwargs: tensor_parallel_size x pipeline_parallel_size = "
+                f"{devices} GPUs, but {name}.num_gpus is {s.num_gpus:g}; make them equal")
+    return None
 
 
 class RouterSettings(Section):
@@ -338,6 +377,16 @@ class ServeConfig(Section):
         if self.limits.default_max_tokens > self.limits.max_tokens:
             raise ValueError(f"limits.default_max_tokens {self.limits.default_max_tokens} "
                              f"exceeds limits.max_tokens {self.limits.max_tokens}")
+        return self
+
+    @model_validator(mode="after")
+    def _vllm_runs(self) -> ServeConfig:
+        """Engine vllm's resources, checked for the deployments this topology builds."""
+        used = ({"serve.adapters": self.adapters} if self.topology == "adapters" else
+                {"serve.structured": self.structured, "serve.conversational": self.conversational})
+        for name, s in used.items():
+            if s.engine == "vllm" and (problem := vllm_problem(name, s)):
+                raise ValueError(problem)
         return self
 
     @model_validator(mode="after")

@@ -4,16 +4,19 @@
 Run: mortgagellm serve configs/cpu-demo.yaml
      serve run mortgagellm.serve.app:build_app config=configs/cpu-demo.yaml serve.port=8001
 
-args: `config` (recipe YAML, required), `api_keys_file` (overrides serve.auth.keys_file), and any
-dotted recipe override (`serve.router.mode=tier1`). Everything else comes from the recipe's
-`serve` section: a Router (ingress) bound to StructuredExpert and ConversationalExpert (with
-serve.topology adapters: to AdapterExperts, both experts as LoRA adapters on one model), and to
-RateLimits (the per-key counts all router replicas share) unless serve.limits.storage_uri names
-a store of its own.
+args: `config` (recipe YAML, required), `api_keys_file` (overrides serve.auth.keys_file),
+`model_versions` (SERVED_ARG, written by serve_config; not read) and any dotted recipe override
+(`serve.router.mode=tier1`). Everything else comes from the recipe's `serve` section: a Router
+(ingress) bound to StructuredExpert and ConversationalExpert (with serve.topology adapters: to
+AdapterExperts, both experts as LoRA adapters on one model), and to RateLimits (the per-key
+counts all router replicas share) unless serve.limits.storage_uri names a store of its own. An
+expert of engine vllm is a VllmExpert in front of an LLMServer deployment of its own
+(StructuredLLM, ConversationalLLM, AdapterLLM: serve/llm.py).
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,15 @@ log = logging.getLogger(__name__)
 DEPLOYMENTS = {"structured": "StructuredExpert", "conversational": "ConversationalExpert"}
 ADAPTERS = "AdapterExperts"
 """serve.topology adapters: the one deployment serving both experts as adapters."""
+LLM_DEPLOYMENTS = {"StructuredExpert": "StructuredLLM", "ConversationalExpert": "ConversationalLLM",
+                   ADAPTERS: "AdapterLLM"}
+"""Engine vllm: the LLMServer deployment (Ray Serve LLM) behind each expert deployment."""
+SERVED_ARG = "model_versions"
+"""The build arg naming the model versions the LLMServers of engine vllm load. build_app does not
+read it (the registry says what is served): it is there so that a version switch changes the
+app's args, which makes Serve rebuild the app. vLLM loads weights only when its engine starts,
+so an LLMServer cannot be reconfigured in place as Expert is; Serve then replaces every replica
+of the app (a rolling update)."""
 ROUTER = "Router"
 RATE_LIMITS = "RateLimits"
 IMPORT_PATH = "mortgagellm.serve.app:build_app"
@@ -37,10 +49,12 @@ limit. A client can lift the proxy's limit (header x-request-timeout-seconds); n
 
 
 def load(args: dict[str, Any]) -> Recipe:
-    """The recipe named by args['config'] with the other args (but api_keys_file) as overrides."""
+    """The recipe named by args['config'] with the other args (but api_keys_file and SERVED_ARG)
+    as overrides."""
     if "config" not in args:
         raise ValueError("build_app needs args['config'], the recipe YAML")
-    overrides = {k: v for k, v in args.items() if k not in ("config", "api_keys_file")}
+    overrides = {k: v for k, v in args.items()
+                 if k not in ("config", "api_keys_file", SERVED_ARG)}
     return load_recipe(args["config"], overrides)
 
 
@@ -146,7 +160,9 @@ def expert_deployments(recipe: Recipe) -> dict[str, ExpertSettings]:
 def deployment_options(recipe: Recipe) -> dict[str, dict[str, Any]]:
     """{deployment name: its options} from the recipe: resources, autoscaling, queue limits and
     health checks. build_app applies them in code; serve_config writes them out, for
-    `mortgagellm serve` and for the RayServices (k8s/serve_config.py): they exist only here."""
+    `mortgagellm serve` and for the RayServices (k8s/serve_config.py): they exist only here.
+    An expert of engine vllm has two: its VllmExpert (proxy_num_cpus, placed by
+    accelerator_type) and its LLMServer (LLM_DEPLOYMENTS; no actor options here)."""
     cfg = recipe.serve
     # The router's queue is kept in the replica (serve/gate.py), so it can answer overflow in
     # JSON: Serve lets ongoing + queued requests in, and its own queue is only a backstop.
@@ -162,9 +178,16 @@ def deployment_options(recipe: Recipe) -> dict[str, dict[str, Any]]:
             "max_ongoing_requests": s.max_ongoing_requests,
             "max_queued_requests": s.max_queued_requests,
             "health_check_period_s": s.health_check_period_s,
-            "health_check_timeout_s": s.health_check_timeout_s,
-            "ray_actor_options": {"num_cpus": s.num_cpus, "num_gpus": s.num_gpus}
-            | ({"accelerator_type": s.accelerator_type} if s.accelerator_type else {})}
+            "health_check_timeout_s": s.health_check_timeout_s}
+        if s.engine == "vllm":
+            # The LLMServer's actor options are left to its LLMConfig (llm.llm_config): a Serve
+            # config's ray_actor_options would replace them whole, with the runtime_env it
+            # builds, and its GPUs are its engine's placement bundles, not actor options.
+            options[LLM_DEPLOYMENTS[name]] = copy.deepcopy(options[name])  # no YAML anchors
+        actor = ({"num_cpus": s.vllm.proxy_num_cpus} if s.engine == "vllm" else
+                 {"num_cpus": s.num_cpus, "num_gpus": s.num_gpus})
+        options[name]["ray_actor_options"] = actor | (
+            {"accelerator_type": s.accelerator_type} if s.accelerator_type else {})
     if cfg.limits.storage_uri is None:
         # Exactly one replica: it is the shared state. Each admission is a few dict operations,
         # so it needs no CPU of its own; it runs where routers run (their resources).
@@ -190,11 +213,17 @@ def serve_config(recipe: Recipe, args: dict[str, Any], versions: bool = True) ->
     """
     cfg = recipe.serve
     options = deployment_options(recipe)
+    loaded = {}  # engine vllm: the model version each LLMServer loads (SERVED_ARG)
     if versions and cfg.topology == "adapters":
         options[ADAPTERS]["user_config"] = adapters_config(recipe)
+        if cfg.adapters.engine == "vllm":  # a new adapter is a new model id: no rebuild
+            loaded["adapters"] = options[ADAPTERS]["user_config"]["version"]
     elif versions:
         for expert, name in DEPLOYMENTS.items():
             options[name]["user_config"] = user_config(recipe, expert)
+            if getattr(cfg, expert).engine == "vllm":
+                loaded[expert] = options[name]["user_config"]["version"]
+    args = args | ({SERVED_ARG: loaded} if loaded else {})
     return {
         "http_options": {"host": cfg.host, "port": cfg.port, "request_timeout_s":
                          cfg.router.request_timeout_s + PROXY_TIMEOUT_MARGIN_S},
@@ -210,7 +239,7 @@ def build_app(args: dict[str, Any]) -> Any:
     reads: the recipe, the registry (or the stage outputs, before any deploy), the corpus
     stage's tier-1 router and the key file (the Router re-reads it). Nothing is registered,
     deployed, trained or written here."""
-    from mortgagellm.serve import door
+    from mortgagellm.serve import door, llm
     from mortgagellm.serve.experts import Expert
     from mortgagellm.serve.ratelimit import RateLimits
     from mortgagellm.serve.router import Router
@@ -219,7 +248,14 @@ def build_app(args: dict[str, Any]) -> Any:
     cfg = recipe.serve
     options = deployment_options(recipe)
     experts = {}
-    if cfg.topology == "adapters":  # one deployment in both places; requests name an adapter
+    if cfg.topology == "adapters" and cfg.adapters.engine == "vllm":
+        s = cfg.adapters
+        experts = dict.fromkeys(DEPLOYMENTS, llm.bind(
+            ADAPTERS, LLM_DEPLOYMENTS[ADAPTERS], "adapters", s, adapters_config(recipe), options,
+            cfg.limits.max_prompt_tokens, {e: getattr(cfg, e).ground for e in DEPLOYMENTS},
+            {e: getattr(cfg, e).flag_unsupported for e in DEPLOYMENTS},
+            s.vllm.lora.model_dump()))
+    elif cfg.topology == "adapters":  # one deployment in both places; requests name an adapter
         s = cfg.adapters
         deployment = Expert.options(name=ADAPTERS, user_config=adapters_config(recipe),
                                     **options[ADAPTERS])
@@ -231,6 +267,11 @@ def build_app(args: dict[str, Any]) -> Any:
     else:
         for expert, name in DEPLOYMENTS.items():
             s = getattr(cfg, expert)
+            if s.engine == "vllm":
+                experts[expert] = llm.bind(
+                    name, LLM_DEPLOYMENTS[name], expert, s, user_config(recipe, expert), options,
+                    cfg.limits.max_prompt_tokens, s.ground, s.flag_unsupported)
+                continue
             deployment = Expert.options(name=name, user_config=user_config(recipe, expert),
                                         **options[name])
             experts[expert] = deployment.bind(

@@ -1,7 +1,8 @@
 """The expert deployment: one class, deployed twice by build_app (StructuredExpert and
 ConversationalExpert), or once (AdapterExperts) with serve.topology `adapters`. It holds a model
 and runs it with one of two engines (serve.<expert>.engine): continuous (batching.py, the
-default) or static (engine.Decoder, batched by @serve.batch); nothing else.
+default) or static (engine.Decoder, batched by @serve.batch); nothing else. (Engine vllm holds no
+model here: llm.py's VllmExpert takes this deployment's place, in front of an LLMServer.)
 
 The model comes in through `user_config` ({"model": directory, "version": registry hash}), so
 `mortgagellm deploy` / `rollback` swap weights in place through `reconfigure`, replica by replica,

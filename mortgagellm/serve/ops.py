@@ -194,7 +194,11 @@ def switch(recipe: Recipe, config: str, overrides: list[str], expert: str, actio
     print(f"{action}: {expert} {str(previous)[:12]} -> {version[:12]}")
     if connect(recipe):
         start(app_args(config, overrides))
-        print("the running app now serves it (replicas reconfigured in place)")
+        rebuilt = recipe.serve.topology == "separate" and \
+            getattr(recipe.serve, expert).engine == "vllm"  # app.SERVED_ARG
+        print("the running app now serves it (" + ("app rebuilt: vLLM loads a model when its "
+              "engine starts, so Serve replaced the replicas" if rebuilt else
+              "replicas reconfigured in place") + ")")
     else:
         print("no running app found; the next `mortgagellm serve` serves it")
     return 0

@@ -64,6 +64,43 @@ def test_adapters_variant_serves_both_experts_from_one_gpu_deployment():
     assert "a100-adapters" not in GENERATOR.TARGETS
 
 
+@pytest.mark.parametrize("variant, experts", [
+    ("a100-vllm", {"StructuredExpert": "StructuredLLM",
+                   "ConversationalExpert": "ConversationalLLM"}),
+    ("a100-adapters-vllm", {"AdapterExperts": "AdapterLLM"})])
+def test_vllm_variants_put_an_llm_server_behind_each_expert(variant, experts):
+    """Engine vllm renders, valid for Ray Serve's schemas, each expert deployment (a quarter CPU,
+    on the A100 pods where vLLM is installed) beside its LLMServer, whose actor options are left
+    to its LLMConfig; that LLMConfig takes one A100 per replica and passes Ray's own model. The
+    RayServices keep the measured engine: these are printed only."""
+    from ray.llm._internal.serve.core.configs.llm_config import LLMConfig
+
+    from mortgagellm.serve import app as serve_app
+    from mortgagellm.serve import llm
+
+    config = GENERATOR.serve_config(variant)
+    assert m.serve_config_errors(yaml.safe_dump(config)) == []
+    deployments = {d["name"]: d for d in config["applications"][0]["deployments"]}
+    assert list(deployments) == ["Router", *[n for pair in experts.items() for n in pair],
+                                 "RateLimits"]
+    v = GENERATOR.VARIANTS[variant]
+    recipe = load_recipe(m.ROOT / v["recipe"], v["overrides"] | GENERATOR.SERVING)
+    options = serve_app.deployment_options(recipe)
+    for expert, server in experts.items():
+        assert deployments[expert]["ray_actor_options"] == {"num_cpus": 0.25,
+                                                            "accelerator_type": "A100"}
+        assert "ray_actor_options" not in deployments[server]
+        assert deployments[server]["autoscaling_config"] == \
+            deployments[expert]["autoscaling_config"]
+        s = serve_app.expert_deployments(recipe)[expert]
+        fields = llm.llm_config(s, "m", "/mnt/shared/model", options[server],
+                                s.vllm.lora.model_dump() if expert == "AdapterExperts" else None)
+        assert fields["engine_kwargs"]["tensor_parallel_size"] == 1
+        assert fields["deployment_config"]["ray_actor_options"] == {"num_cpus": 4}
+        assert LLMConfig(**fields).accelerator_type == "A100"
+    assert variant not in GENERATOR.TARGETS
+
+
 def test_rewrite_replaces_only_the_block(tmp_path):
     path = tmp_path / "rayservice.yaml"
     path.write_text("# keep me\nspec:\n  serveConfigV2: |\n    stale: 1\n\n    more: 2\n"

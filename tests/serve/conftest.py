@@ -40,11 +40,10 @@ def tier1(serve_output):
     return load(tier1_path(recipe).read_text())
 
 
-@pytest.fixture(scope="session")
-def micro_model(tmp_path_factory):
-    """A Llama-3-style chat model in seconds (the tiny bootstrap pair takes minutes on a busy
-    2-core machine): an in-process BPE tokenizer and a random 2-layer Llama whose output layer
-    is scaled up, so greedy decoding has clear winners and is stable under batching."""
+def chat_model(path, shape):
+    """A Llama-3-style chat model of `shape` in seconds, written to `path`: an in-process BPE
+    tokenizer and a random Llama (seed 0) whose output layer is scaled up, so greedy decoding has
+    clear winners and is stable under batching."""
     import torch
 
     from mortgagellm.datasets.general import general_documents
@@ -54,18 +53,25 @@ def micro_model(tmp_path_factory):
     texts = list(general_documents(0, 300, 0.1))
     texts += [f"{i.prompt}\n{i.answer}" for i in instructions("train", 0, 300)]
     tokenizer = train_tokenizer(texts, 512)
-    model = build_llama({"hidden_size": 32, "intermediate_size": 64, "num_layers": 2,
-                         "num_heads": 2, "max_position_embeddings": 256}, tokenizer, 0)
+    model = build_llama(shape, tokenizer, 0)
     with torch.no_grad():
         model.lm_head.weight.mul_(40)
     model.config.eos_token_id = tokenizer.convert_tokens_to_ids(EOT)
     model.generation_config.eos_token_id = stop_token_ids(tokenizer)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    path = tmp_path_factory.mktemp("micro") / "instruct"
     model.save_pretrained(path)
     tokenizer.eos_token = EOT
     tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def micro_model(tmp_path_factory):
+    """The chat model of the serve tests (the tiny bootstrap pair takes minutes on a busy 2-core
+    machine): 2 layers, hidden 32."""
+    return chat_model(tmp_path_factory.mktemp("micro") / "instruct", {
+        "hidden_size": 32, "intermediate_size": 64, "num_layers": 2, "num_heads": 2,
+        "max_position_embeddings": 256})
 
 
 @pytest.fixture(scope="session")
