@@ -13,6 +13,11 @@ checks the copy's hash, so an sft or dpo rerun that rewrites its output director
 a registered version serves, and a rollback restores the weights, not only a label. Copied, not
 hard-linked: a rerun that rewrites a file in place would change a hard link's content too.
 `verified` rehashes a version's directory when an expert loads it and refuses a changed one.
+
+With a remote run.output_dir (s3://...), each version is also published to
+<output_dir>/serve/registry/<sha256>/ (`published_dir`; the entry's "uri"), so a replica on a
+node without the registry's volume fetches it once into that node's cache (`node_weights`,
+hash-checked), and Ray Serve LLM finds adapter versions there by name.
 """
 
 from __future__ import annotations
@@ -25,10 +30,11 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mortgagellm.cluster import storage
 from mortgagellm.manifest import sha256_path
 
 if TYPE_CHECKING:
@@ -71,6 +77,27 @@ def locked(path: str | Path) -> Iterator[None]:
 def store_dir(path: str | Path, version: str) -> Path:
     """Where a registered version's weights are kept: <registry file's dir>/registry/<version>."""
     return Path(path).absolute().parent / "registry" / version
+
+
+def published_dir(recipe: Recipe) -> str | None:
+    """Where registered versions are published, one folder per version: <output_dir>/serve/
+    registry with a remote output_dir; None with a local one (every node reads the store)."""
+    if not storage.is_remote(recipe.run.output_dir):
+        return None
+    return f"{recipe.run.output_dir.rstrip('/')}/serve/registry"
+
+
+def node_weights(served: Mapping[str, Any]) -> str:
+    """A served version's weights on THIS node: the registry's directory when it is here
+    (rehashed, `verified`), else its published copy ({"uri", "run": RunConfig.for_nodes()} in
+    `served`, as app.user_config gives it) fetched once into this node's cache and hash-checked
+    (storage.node_copy)."""
+    if served.get("uri") and not Path(served["model"]).is_dir():
+        from mortgagellm.config import RunConfig
+
+        return str(storage.node_copy(served["uri"], served["version"],
+                                     RunConfig(**served["run"])))
+    return verified(served["model"], served["version"])
 
 
 def verified(model_dir: str | Path, version: str) -> str:
@@ -118,20 +145,29 @@ def _write(path: str | Path, data: dict[str, Any]) -> None:
 
 
 def register(path: str | Path, model_dir: str, source: str, metrics: dict[str, Any] | None = None,
-             version: str | None = None) -> str:
+             version: str | None = None, publish: str | None = None) -> str:
     """Add a model directory: its weights are copied to store_dir (the copy is hashed and must
-    equal `version`, a manifest's hash, when given). Registering the same content again changes
-    nothing."""
+    equal `version`, a manifest's hash, when given) and, with `publish` (`published_dir`),
+    uploaded to <publish>/<version>, recorded as the entry's "uri" once the upload is complete.
+    Registering the same content again changes nothing, but publishes a version not yet
+    published."""
     version = version or sha256_path(model_dir)
-    if version in read(path)["versions"]:
+    known = read(path)["versions"].get(version)
+    if known is not None and (publish is None or known.get("uri")):
         return version
-    stored = _store(path, model_dir, version)  # outside the lock: copying takes a while
+    # outside the lock: copying and uploading take a while
+    stored = Path(known["path"]) if known else _store(path, model_dir, version)
+    uri = f"{publish.rstrip('/')}/{version}" if publish else None
+    if uri:
+        storage.upload(stored, uri)
     with locked(path):
         data = read(path)
-        data["versions"].setdefault(version, {
+        entry = data["versions"].setdefault(version, {
             "path": str(stored), "source": source, "copied_from": str(Path(model_dir).absolute()),
             "metrics": metrics or {},
             "registered_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+        if uri:
+            entry["uri"] = uri
         _write(path, data)
     return version
 
@@ -268,17 +304,21 @@ def sync(recipe: Recipe) -> dict[str, str]:
     trained expert goes live on the next `mortgagellm serve`); a version it knows is left as
     the registry has it (a rollback stays rolled back). An expert with nothing deployed and no
     model of its own gets the bootstrap instruct model. Returns {expert: current version}."""
-    path, live = registry_path(recipe), {}
+    path, live, publish = registry_path(recipe), {}, published_dir(recipe)
     for expert in EXPERTS:
         offered = candidate(recipe, expert)
         if offered is not None and offered[0] not in read(path)["versions"]:
             version, model_dir, source, metrics = offered
-            register(path, model_dir, source=source, metrics=metrics, version=version)
+            register(path, model_dir, source=source, metrics=metrics, version=version,
+                     publish=publish)
             deploy(path, expert, version)
             log.info("%s expert: deployed %s (%s) from %s", expert, version[:12], source,
                      model_dir)
         if (deployed := current(path, expert)) is not None:
             live[expert] = deployed[0]
+            if publish:  # deployed before the run was remote, or its upload was cut short
+                register(path, deployed[1]["path"], deployed[1]["source"], version=deployed[0],
+                         publish=publish)
             continue
         try:
             offered = offered or candidate(recipe, expert, fallback=True)
@@ -286,7 +326,8 @@ def sync(recipe: Recipe) -> dict[str, str]:
             log.warning("%s expert: nothing to deploy (%s)", expert, err)
             continue
         version, model_dir, source, metrics = offered
-        register(path, model_dir, source=source, metrics=metrics, version=version)
+        register(path, model_dir, source=source, metrics=metrics, version=version,
+                 publish=publish)
         deploy(path, expert, version)
         if source == "bootstrap:instruct":
             log.warning("%s expert: no %s output yet; serving the bootstrap instruct model in "

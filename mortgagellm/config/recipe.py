@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import AliasChoices, BaseModel, Field, ValidationError
+from pydantic import AliasChoices, BaseModel, Field, ValidationError, model_validator
 
 from mortgagellm.config.base import Section
 from mortgagellm.config.cluster import RayConfig, RunConfig
@@ -46,6 +46,21 @@ class Recipe(Section):
     serve: ServeConfig = Field(
         default_factory=ServeConfig, description="Router, experts, API, limits and audit log."
     )
+
+    @model_validator(mode="after")
+    def _adapters_in_remote_storage(self) -> Recipe:
+        adapters = self.serve.adapters
+        if (self.serve.topology == "adapters" and adapters.engine == "vllm"
+                and adapters.vllm.lora.dynamic_lora_loading_path is None
+                and "://" not in self.run.output_dir):
+            raise ValueError(
+                "serve.adapters.vllm.lora.dynamic_lora_loading_path is required with "
+                "serve.adapters.engine vllm and a local run.output_dir: Ray Serve LLM loads "
+                "each adapter from <path>/<adapter version> in remote storage (s3://, gs://, "
+                "...); copy the registry's registry/<version>/ folders there. With a remote "
+                "output_dir it defaults to <output_dir>/serve/registry, where the registry "
+                "publishes every version")
+        return self
 
 
 class ConfigError(ValueError):

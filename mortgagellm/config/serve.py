@@ -136,11 +136,6 @@ class AdapterSettings(ExpertSettings):
                              "transformers' continuous batching takes no per-request adapter; "
                              "set serve.adapters.engine: static (or vllm on GPU, or "
                              "serve.topology: separate)")
-        if self.engine == "vllm" and self.vllm.lora.dynamic_lora_loading_path is None:
-            raise ValueError("serve.adapters.vllm.lora.dynamic_lora_loading_path is required with "
-                             "serve.adapters.engine vllm: Ray Serve LLM loads each adapter from "
-                             "<path>/<adapter version> in remote storage (s3://, gs://, ...); "
-                             "copy the registry's registry/<version>/ folders there")
         if self.ground:
             raise ValueError("serve.adapters.ground: grounding is per adapter; set "
                              "serve.<expert>.ground (e.g. serve.conversational.ground) instead")

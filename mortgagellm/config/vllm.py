@@ -97,8 +97,9 @@ class VllmLoraSettings(Section):
     dynamic_lora_loading_path: str | None = Field(
         None, description="Remote folder (" + ", ".join(REMOTE_SCHEMES) + ") holding one "
         "folder per adapter version, named by the version (the registry's registry/<version>/ "
-        "folders, copied there). Required with engine vllm: Ray Serve LLM loads adapters from "
-        "remote storage only.")
+        "folders, copied there). Ray Serve LLM loads adapters from remote storage only: None "
+        "takes <run.output_dir>/serve/registry, where the registry publishes every version, "
+        "when output_dir is remote (required otherwise).")
     max_num_adapters_per_replica: int = Field(
         2, ge=1, description="Adapters one replica keeps loaded (also vLLM's max_loras): 2, "
         "one per expert; more keeps a just-replaced version loaded through a deploy.")

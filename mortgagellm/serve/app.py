@@ -145,8 +145,8 @@ def adapters_config(recipe: Recipe) -> dict[str, Any]:
                 f"`mortgagellm {stage}` on this base (dpo.sft.epochs > 0 trains DPO's adapter on "
                 "its SFT model: set it to 0), set serve.adapters.model to its base, or use "
                 "serve.topology: separate")
-        adapters[expert] = {"model": model_dir, "version": version}
-    return {"model": base_dir, "version": base_version, "adapters": adapters}
+        adapters[expert] = weights(recipe, version, model_dir)
+    return weights(recipe, base_version, base_dir) | {"adapters": adapters}
 
 
 def expert_deployments(recipe: Recipe) -> dict[str, ExpertSettings]:
@@ -198,10 +198,39 @@ def deployment_options(recipe: Recipe) -> dict[str, dict[str, Any]]:
     return options
 
 
-def user_config(recipe: Recipe, expert: str) -> dict[str, str]:
+def user_config(recipe: Recipe, expert: str) -> dict[str, Any]:
     """An expert's user_config: the model version it serves and where its weights are."""
-    version, model_dir = served_model(recipe, expert)
-    return {"model": model_dir, "version": version}
+    return weights(recipe, *served_model(recipe, expert))
+
+
+def _lora(recipe: Recipe) -> dict[str, Any]:
+    """serve.adapters.vllm.lora as LLMConfig.lora_config: adapters are loaded from where the
+    registry publishes them (registry.published_dir) unless the recipe names a path."""
+    from mortgagellm import registry
+
+    lora = recipe.serve.adapters.vllm.lora.model_dump()
+    lora["dynamic_lora_loading_path"] = (lora["dynamic_lora_loading_path"]
+                                         or registry.published_dir(recipe))
+    return lora
+
+
+def weights(recipe: Recipe, version: str, model_dir: str) -> dict[str, Any]:
+    """Where a replica finds a version's weights (registry.node_weights): its directory here
+    and, with a remote output_dir, where it is published (the registry's copy, else the stage
+    output's) with the run's storage as plain data, so a replica on a node without this
+    node's files fetches it into that node's cache."""
+    from mortgagellm import registry
+    from mortgagellm.cluster import storage
+    from mortgagellm.manifest import portable
+
+    found: dict[str, Any] = {"model": model_dir, "version": version}
+    if not storage.is_remote(recipe.run.output_dir):
+        return found
+    entry = registry.read(registry.registry_path(recipe))["versions"].get(version, {})
+    uri = entry.get("uri") or portable(recipe, {"uri": model_dir, "sha256": version})["uri"]
+    if not storage.is_remote(uri):  # a directory given by path: only a shared volume has it
+        return found
+    return found | {"uri": uri, "run": recipe.run.for_nodes()}
 
 
 def serve_config(recipe: Recipe, args: dict[str, Any], versions: bool = True) -> dict[str, Any]:
@@ -254,7 +283,7 @@ def build_app(args: dict[str, Any]) -> Any:
             ADAPTERS, LLM_DEPLOYMENTS[ADAPTERS], "adapters", s, adapters_config(recipe), options,
             cfg.limits.max_prompt_tokens, {e: getattr(cfg, e).ground for e in DEPLOYMENTS},
             {e: getattr(cfg, e).flag_unsupported for e in DEPLOYMENTS},
-            s.vllm.lora.model_dump()))
+            _lora(recipe)))
     elif cfg.topology == "adapters":  # one deployment in both places; requests name an adapter
         s = cfg.adapters
         deployment = Expert.options(name=ADAPTERS, user_config=adapters_config(recipe),

@@ -109,12 +109,12 @@ class Expert:
         adapters = {name: a["version"] for name, a in config.get("adapters", {}).items()}
         if (config["version"], adapters) == (self.version, self.adapters):
             return
-        # Rehashed at every load: a registered version's files changed since are refused.
-        model_dir = registry.verified(config["model"], config["version"])
+        # Rehashed (or hash-checked as fetched) at every load: changed files are refused.
+        model_dir = registry.node_weights(config)  # fetched to this node when published
         if adapters:
             model, tokenizer = modeling.load_adapters(model_dir, {
-                name: registry.verified(a["model"], a["version"])
-                for name, a in config["adapters"].items()}, self.threads)
+                name: registry.node_weights(a) for name, a in config["adapters"].items()},
+                self.threads)
         else:
             model, tokenizer = modeling.load_for_inference(model_dir, self.threads)
         # Tier 2's content-free prior (routing.fewshot_probabilities) belongs to the model.

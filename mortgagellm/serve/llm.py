@@ -344,7 +344,9 @@ def bind(name: str, llm_name: str, role: str, s: ExpertSettings, served: Mapping
     from ray.serve.llm import LLMConfig, build_llm_deployment
 
     mid = model_id(s, None if role == "adapters" else role)
-    config = LLMConfig(**llm_config(s, mid, served["model"], options[llm_name], lora))
+    # vLLM reads the weights itself: from where they are published, when they are
+    config = LLMConfig(**llm_config(s, mid, served.get("uri") or served["model"],
+                                    options[llm_name], lora))
     server = build_llm_deployment(config, override_serve_options={"name": llm_name})
     loaded = {"model": served["model"], "version": served["version"]}
     return VllmExpert.options(name=name, user_config=dict(served), **options[name]).bind(

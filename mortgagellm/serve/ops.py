@@ -208,7 +208,8 @@ def deploy(recipe: Recipe, config: str, overrides: list[str], expert: str, ref: 
     """`mortgagellm deploy`: register a directory if given one, make it current, apply."""
     path = registry.registry_path(recipe)
     if Path(ref).is_dir():
-        ref = registry.register(path, ref, source="mortgagellm deploy")
+        ref = registry.register(path, ref, source="mortgagellm deploy",
+                                publish=registry.published_dir(recipe))
     return switch(recipe, config, overrides, expert, "deploy",
                   registry.deploy(path, expert, ref))
 

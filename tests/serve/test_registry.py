@@ -82,6 +82,57 @@ def test_serve_reads_the_experts_from_an_s3_output_dir(s3_bucket, tmp_path, micr
     assert app.served_model(recipe, "structured") == (instruct["sha256"], entry["path"])
 
 
+def test_with_an_s3_run_each_version_is_published_and_a_replica_elsewhere_fetches_it(
+        s3_bucket, tmp_path, micro_model, monkeypatch):
+    """No shared volume: sync publishes each registered version to <output_dir>/serve/registry/
+    <version>, the experts' user_config names it, and a replica on a node without the registry's
+    files loads a hash-checked copy from its own cache."""
+    from mortgagellm.cluster import storage
+
+    instruct = bootstrap_run(tmp_path / "elsewhere" / "bootstrap", micro_model)
+    manifest.publish(manifest.read(str(tmp_path / "elsewhere" / "bootstrap")),
+                     tmp_path / "elsewhere" / "bootstrap", f"{s3_bucket}/run/bootstrap")
+    recipe = Recipe.model_validate({"run": {"output_dir": f"{s3_bucket}/run",
+                                            "cache_dir": str(tmp_path / "cache")}})
+    uploads = []
+    real_upload = storage.upload
+    monkeypatch.setattr(storage, "upload", lambda local, uri: uploads.append(uri) or
+                        real_upload(local, uri))
+    version = instruct["sha256"]
+    registry.sync(recipe)
+    published = f"{s3_bucket}/run/serve/registry/{version}"
+    assert registry.published_dir(recipe) == f"{s3_bucket}/run/serve/registry"
+    assert registry.read(registry.registry_path(recipe))["versions"][version]["uri"] == published
+    assert uploads == [published]  # once, though both experts serve it
+    registry.sync(recipe)
+    assert uploads == [published]  # published already: not again
+    served = app.user_config(recipe, "conversational")
+    assert (served["uri"], served["run"]) == (published, recipe.run.for_nodes())
+    other = served | {"model": str(tmp_path / "not-on-this-node" / version),
+                      "run": {"output_dir": f"{s3_bucket}/run", "cache_dir": str(tmp_path / "n2")}}
+    fetched = registry.node_weights(other)
+    assert fetched == str(tmp_path / "n2" / "serve" / "registry" / version)
+    assert manifest.sha256_path(fetched) == version
+    assert registry.node_weights(served) == served["model"]  # here: the store, rehashed
+    storage.write_bytes(f"{published}/config.json", b"{}")  # changed in the bucket
+    with pytest.raises(storage.StorageError, match=f"not {version}"):
+        registry.node_weights(other | {"run": {"output_dir": f"{s3_bucket}/run",
+                                               "cache_dir": str(tmp_path / "n3")}})
+
+
+def test_a_version_registered_before_the_run_was_remote_is_published_once_asked(
+        s3_bucket, tmp_path):
+    reg = tmp_path / "registry.json"
+    version = registry.register(reg, str(model_dir(tmp_path, "a", "{}")), "test")
+    assert "uri" not in registry.read(reg)["versions"][version]
+    assert registry.register(reg, str(tmp_path / "a"), "again", publish=f"{s3_bucket}/reg") \
+        == version
+    assert registry.read(reg)["versions"][version]["uri"] == f"{s3_bucket}/reg/{version}"
+    local = Recipe.model_validate({"run": {"output_dir": str(tmp_path / "run")}})
+    assert registry.published_dir(local) is None  # every node reads the store
+    assert app.weights(local, version, "/d") == {"model": "/d", "version": version}
+
+
 def test_trained_experts_go_live_and_a_rollback_stays(tmp_path, micro_model):
     run = tmp_path / "run"
     boot = run / "bootstrap"
